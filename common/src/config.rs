@@ -1,0 +1,213 @@
+//! `config.yaml`: cm's settings and their defaults.
+//!
+//! Precedence, lowest first: these built-in defaults, the file (`--config`, `CM_CONFIG`, else
+//! `/etc/cm/config.yaml` when present), then environment variables and flags, which the
+//! binaries apply on top with [`Config`]'s public fields.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the configuration is looked for when no path is given.
+pub const SYSTEM_CONFIG: &str = "/etc/cm/config.yaml";
+
+/// Every setting of cm. The file may set any subset; the rest keep these defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `HOST:PORT` where tools and compute daemons reach the head.
+    pub head_address: String,
+    /// `HOST:PORT` the head listens on (the original design's daemon_port is 5001).
+    pub head_listen: String,
+    /// `HOST:PORT` compute daemons listen on. A different port from the head's lets a head and a
+    /// compute share one host.
+    pub compute_listen: String,
+    /// The address the head should use for this compute node, when `compute_listen`'s host is a
+    /// wildcard; default: the host name with the listen port.
+    pub compute_advertise: Option<String>,
+    /// Where daemons keep their state (the head's embedded store). Default: /var/lib/cm for root,
+    /// ~/.local/state/cm for other users.
+    pub state_dir: Option<PathBuf>,
+    /// How often the head runs a scheduling pass even when nothing changed (scheduler_lag).
+    #[serde(with = "humantime_serde")]
+    pub scheduler_interval: Duration,
+    /// How often a compute node checks its jobs' time limits and processes (status_lag).
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// How often compute nodes send heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Registration attempts before a compute daemon gives up; 0 keeps trying forever.
+    pub register_retries: u32,
+    /// Longest pause between registration attempts (they back off up to this).
+    #[serde(with = "humantime_serde")]
+    pub register_retry_wait: Duration,
+    /// Deadline of one request attempt.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts after the first before a peer counts as unreachable.
+    pub request_retries: u32,
+    /// Time between SIGTERM and SIGKILL when a job is killed or times out.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// Largest message a daemon accepts, in bytes.
+    pub max_message_size: u64,
+    /// Resources of this node; unset values are detected from the OS (and the cgroup limits).
+    pub node: NodeResources,
+    /// What `cmrun` asks for when the user does not say.
+    pub defaults: JobDefaults,
+}
+
+/// Overrides of a node's detected resources, to simulate small nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeResources {
+    pub cpus: Option<u32>,
+    pub memory_mb: Option<u64>,
+}
+
+/// Job defaults, from the original design.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobDefaults {
+    pub nodes: u32,
+    pub processes_per_node: u32,
+    pub cpus_per_node: u32,
+    pub memory_per_node_mb: u64,
+    /// Minutes or `[D-]HH:MM:SS`; "0" means no limit.
+    pub time_limit: String,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        JobDefaults {
+            nodes: 1,
+            processes_per_node: 1,
+            cpus_per_node: 1,
+            memory_per_node_mb: 100,
+            time_limit: "0".to_string(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            head_address: "127.0.0.1:5001".to_string(),
+            head_listen: "0.0.0.0:5001".to_string(),
+            compute_listen: "0.0.0.0:5002".to_string(),
+            compute_advertise: None,
+            state_dir: None,
+            scheduler_interval: Duration::from_secs(1),
+            status_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(3),
+            register_retries: 0,
+            register_retry_wait: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+            request_retries: 2,
+            kill_grace: Duration::from_secs(10),
+            max_message_size: 16 * 1024 * 1024,
+            node: NodeResources::default(),
+            defaults: JobDefaults::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the system file when `path` is `None` and it exists, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(SYSTEM_CONFIG).exists() => PathBuf::from(SYSTEM_CONFIG),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::ConfigRead {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| Error::ConfigParse { path, message })
+    }
+
+    /// Parses YAML text; an empty file gives the defaults.
+    pub fn parse(text: &str) -> std::result::Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.request_timeout.is_zero() {
+            return Err("request_timeout must be more than zero".into());
+        }
+        if self.heartbeat_interval.is_zero()
+            || self.scheduler_interval.is_zero()
+            || self.status_interval.is_zero()
+        {
+            return Err(
+                "heartbeat_interval, scheduler_interval and status_interval must be more than zero"
+                    .into(),
+            );
+        }
+        if self.max_message_size < 4096 {
+            return Err("max_message_size must be at least 4096 bytes".into());
+        }
+        crate::timelimit::parse_time_limit(&self.defaults.time_limit).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The state directory: configured, else per-user default.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+            || std::env::var_os("HOME").is_some_and(|h| h == "/root");
+        match std::env::var_os("HOME") {
+            Some(home) if !is_root => PathBuf::from(home).join(".local/state/cm"),
+            _ => PathBuf::from("/var/lib/cm"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_yaml_equals_the_defaults() {
+        // config.yaml at the repository root documents every default; it must not drift.
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.yaml"))
+            .expect("config.yaml");
+        assert_eq!(Config::parse(&text).expect("parse"), Config::default());
+    }
+
+    #[test]
+    fn a_partial_file_keeps_other_defaults() {
+        let c = Config::parse("heartbeat_interval: 500ms\ndefaults:\n  nodes: 2\n").expect("parse");
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.defaults.nodes, 2);
+        assert_eq!(c.defaults.cpus_per_node, 1);
+        assert_eq!(c.request_timeout, Config::default().request_timeout);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        assert!(Config::parse("hearbeat_interval: 1s")
+            .unwrap_err()
+            .contains("hearbeat_interval"));
+        assert!(Config::parse("request_timeout: 0s").is_err());
+        assert!(Config::parse("defaults:\n  time_limit: soon\n").is_err());
+    }
+
+    #[test]
+    fn load_reports_the_path_of_a_missing_file() {
+        let err = Config::load(Some(Path::new("/nonexistent/cm.yaml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/cm.yaml"), "{err}");
+    }
+}

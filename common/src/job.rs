@@ -1,0 +1,447 @@
+//! Jobs: what a user submits ([`JobSpec`]) and what the head tracks ([`Job`], [`JobState`]).
+//!
+//! A job runs `procs_per_node` replicas of one shell command on each of `nodes` nodes, reserving
+//! `per_node` resources on each. Replicas are numbered by a global rank
+//! (`node_rank * procs_per_node + local_rank`), as MPI and torch.distributed expect.
+
+use crate::{JobId, NodeId, Resources, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Who a job runs as: captured by `cmrun` from the submitting process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserIdentity {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups, applied to every replica.
+    #[serde(default)]
+    pub groups: Vec<u32>,
+    /// The user name, for display; the uid is what counts.
+    pub name: String,
+}
+
+/// A job as submitted: everything needed to run it anywhere in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// A short name, shown in tables; defaults to the command's first word.
+    pub name: String,
+    pub user: UserIdentity,
+    /// Run as `sh -c COMMAND` by every replica.
+    pub command: String,
+    /// Absolute directory every replica starts in.
+    pub workdir: String,
+    /// The submitter's environment; cm adds CM_* variables on top.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub nodes: u32,
+    pub procs_per_node: u32,
+    /// Reserved on each node.
+    pub per_node: Resources,
+    /// Wall-clock limit in seconds; `None` means no limit.
+    #[serde(default)]
+    pub time_limit_secs: Option<u64>,
+    /// stdout path pattern (`%j` job id, `%n` node, `%r` rank); default `cmlogs/%j/%n.%r.out`.
+    #[serde(default)]
+    pub stdout: Option<String>,
+    /// stderr path pattern, as for `stdout`; default `cmlogs/%j/%n.%r.err`.
+    #[serde(default)]
+    pub stderr: Option<String>,
+}
+
+/// Where a replica's output goes unless the user says otherwise (relative to the working directory).
+pub const DEFAULT_STDOUT: &str = "cmlogs/%j/%n.%r.out";
+pub const DEFAULT_STDERR: &str = "cmlogs/%j/%n.%r.err";
+
+impl JobSpec {
+    pub fn time_limit(&self) -> Option<Duration> {
+        self.time_limit_secs.map(Duration::from_secs)
+    }
+
+    pub fn total_procs(&self) -> u64 {
+        u64::from(self.nodes) * u64::from(self.procs_per_node)
+    }
+
+    /// Checks what the head can check without looking at the cluster; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.command.trim().is_empty() {
+            return Err(
+                "the command is empty; give the command to run, e.g. `cmrun hostname`".into(),
+            );
+        }
+        if self.nodes == 0 {
+            return Err("a job needs at least one node (-n 1 or more)".into());
+        }
+        if self.procs_per_node == 0 {
+            return Err("a job needs at least one process per node (-p 1 or more)".into());
+        }
+        if self.per_node.cpus == 0 {
+            return Err("a job must reserve at least one CPU per node (-c 1 or more)".into());
+        }
+        if !Path::new(&self.workdir).is_absolute() {
+            return Err(format!(
+                "the working directory {:?} is not an absolute path",
+                self.workdir
+            ));
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err("the job name contains control characters".into());
+        }
+        for pattern in [&self.stdout, &self.stderr].into_iter().flatten() {
+            if pattern.is_empty() || pattern.contains('\0') {
+                return Err(format!(
+                    "the output path {pattern:?} is empty or contains a NUL byte"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stdout and stderr files of the replica with global `rank` on `node`.
+    pub fn output_paths(&self, job: JobId, node: &NodeId, rank: u64) -> (PathBuf, PathBuf) {
+        let expand = |pattern: &str| {
+            let mut out = String::with_capacity(pattern.len() + 16);
+            let mut chars = pattern.chars();
+            while let Some(c) = chars.next() {
+                if c != '%' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('j') => out.push_str(&job.to_string()),
+                    Some('n') => out.push_str(node.as_str()),
+                    Some('r') => out.push_str(&rank.to_string()),
+                    Some('%') => out.push('%'),
+                    Some(other) => {
+                        out.push('%');
+                        out.push(other);
+                    }
+                    None => out.push('%'),
+                }
+            }
+            Path::new(&self.workdir).join(out)
+        };
+        (
+            expand(self.stdout.as_deref().unwrap_or(DEFAULT_STDOUT)),
+            expand(self.stderr.as_deref().unwrap_or(DEFAULT_STDERR)),
+        )
+    }
+}
+
+/// How one replica ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum ExitStatus {
+    /// The process exited with this code.
+    Exited { code: i32 },
+    /// The process was killed by this signal.
+    Signaled { signal: i32 },
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Exited { code: 0 })
+    }
+
+    /// The status a shell would report: the code, or 128 + signal.
+    pub fn shell_code(&self) -> i32 {
+        match *self {
+            ExitStatus::Exited { code } => code,
+            ExitStatus::Signaled { signal } => 128 + signal,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited { code } => write!(f, "exit {code}"),
+            ExitStatus::Signaled { signal } => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+/// One replica's outcome, reported by its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaExit {
+    /// Global rank.
+    pub rank: u64,
+    pub status: ExitStatus,
+}
+
+/// Why a node's share of a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum NodeEndCause {
+    /// Every replica exited by itself.
+    Exited,
+    /// The time limit ran out and the node killed the replicas.
+    TimedOut,
+    /// The head asked the node to kill the job.
+    Killed,
+    /// The node could not start the replicas (bad directory, unknown user, ...).
+    LaunchFailed { reason: String },
+}
+
+/// A node's report that its share of a job is over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEnd {
+    pub ended_at: Timestamp,
+    pub cause: NodeEndCause,
+    /// Every replica that ran on the node, by rank.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaExit>,
+}
+
+/// One of a running job's nodes, in node-rank order, with what that node has reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobNode {
+    pub node: NodeId,
+    /// When the node started the replicas (the node's clock).
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    /// Set once the node reports the job's end there.
+    #[serde(default)]
+    pub end: Option<NodeEnd>,
+}
+
+/// A job's lifecycle. Terminal states never change again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status")]
+pub enum JobState {
+    /// Queued, waiting for resources.
+    Pending,
+    /// Placed on its nodes at `started_at`; replicas run until every node reports an end.
+    Running { started_at: Timestamp },
+    /// Every replica exited 0.
+    Completed {
+        started_at: Timestamp,
+        ended_at: Timestamp,
+    },
+    /// A replica exited non-zero or could not start.
+    Failed {
+        started_at: Timestamp,
+        ended_at: Timestamp,
+        reason: String,
+    },
+    /// Cancelled by `cmkill` (`started_at` is absent if it was still pending).
+    Killed {
+        started_at: Option<Timestamp>,
+        ended_at: Timestamp,
+        by_uid: u32,
+    },
+    /// The time limit ran out.
+    TimedOut {
+        started_at: Timestamp,
+        ended_at: Timestamp,
+    },
+}
+
+impl JobState {
+    /// The name shown in tables and accepted by filters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Pending => "Pending",
+            JobState::Running { .. } => "Running",
+            JobState::Completed { .. } => "Completed",
+            JobState::Failed { .. } => "Failed",
+            JobState::Killed { .. } => "Killed",
+            JobState::TimedOut { .. } => "TimedOut",
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, JobState::Pending | JobState::Running { .. })
+    }
+
+    pub fn started_at(&self) -> Option<Timestamp> {
+        match self {
+            JobState::Pending => None,
+            JobState::Running { started_at }
+            | JobState::Completed { started_at, .. }
+            | JobState::Failed { started_at, .. }
+            | JobState::TimedOut { started_at, .. } => Some(*started_at),
+            JobState::Killed { started_at, .. } => *started_at,
+        }
+    }
+
+    pub fn ended_at(&self) -> Option<Timestamp> {
+        match self {
+            JobState::Pending | JobState::Running { .. } => None,
+            JobState::Completed { ended_at, .. }
+            | JobState::Failed { ended_at, .. }
+            | JobState::Killed { ended_at, .. }
+            | JobState::TimedOut { ended_at, .. } => Some(*ended_at),
+        }
+    }
+}
+
+/// A job as the head tracks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub submitted_at: Timestamp,
+    pub state: JobState,
+    /// The nodes the job was placed on, in node-rank order; empty while pending.
+    #[serde(default)]
+    pub nodes: Vec<JobNode>,
+    /// The client's token for this submission, so a retried submit returns the same id.
+    #[serde(default)]
+    pub submit_token: String,
+}
+
+impl Job {
+    pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp, submit_token: String) -> Self {
+        Job {
+            id,
+            spec,
+            submitted_at,
+            state: JobState::Pending,
+            nodes: Vec::new(),
+            submit_token,
+        }
+    }
+
+    pub fn node_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.nodes.iter().map(|n| &n.node)
+    }
+
+    /// Every replica exit reported so far, by rank.
+    pub fn replica_exits(&self) -> Vec<ReplicaExit> {
+        let mut all: Vec<ReplicaExit> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.end.as_ref())
+            .flat_map(|e| e.replicas.iter().cloned())
+            .collect();
+        all.sort_by_key(|r| r.rank);
+        all
+    }
+
+    /// The exit code `cmrun --wait` returns: 0 for Completed, the first failing replica's
+    /// shell code for Failed (1 if none ran), 124 for TimedOut (as timeout(1)), 143 for Killed
+    /// (128 + SIGTERM); `None` while the job has not ended.
+    pub fn exit_code(&self) -> Option<i32> {
+        match &self.state {
+            JobState::Pending | JobState::Running { .. } => None,
+            JobState::Completed { .. } => Some(0),
+            JobState::Failed { .. } => Some(
+                self.replica_exits()
+                    .iter()
+                    .map(|r| r.status.shell_code())
+                    .find(|&c| c != 0)
+                    .unwrap_or(1),
+            ),
+            JobState::TimedOut { .. } => Some(124),
+            JobState::Killed { .. } => Some(143),
+        }
+    }
+}
+
+/// The name a job gets when the user gives none: the command's first word, without its directory.
+pub fn default_job_name(command: &str) -> String {
+    let first = command.split_whitespace().next().unwrap_or("job");
+    let base = first
+        .rsplit('/')
+        .next()
+        .filter(|b| !b.is_empty())
+        .unwrap_or(first);
+    base.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn spec() -> JobSpec {
+        JobSpec {
+            name: "t".into(),
+            user: UserIdentity {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![],
+                name: "alice".into(),
+            },
+            command: "true".into(),
+            workdir: "/home/alice".into(),
+            env: BTreeMap::new(),
+            nodes: 1,
+            procs_per_node: 1,
+            per_node: Resources::new(1, 100),
+            time_limit_secs: None,
+            stdout: None,
+            stderr: None,
+        }
+    }
+
+    #[test]
+    fn output_paths_expand_patterns() {
+        let mut s = spec();
+        let node = NodeId::new("c1");
+        let (out, err) = s.output_paths(JobId(7), &node, 3);
+        assert_eq!(out, PathBuf::from("/home/alice/cmlogs/7/c1.3.out"));
+        assert_eq!(err, PathBuf::from("/home/alice/cmlogs/7/c1.3.err"));
+        s.stdout = Some("/tmp/o-%j-%n-%r-%%-%x.txt".into());
+        s.stderr = Some("e%j".into());
+        let (out, err) = s.output_paths(JobId(7), &node, 3);
+        assert_eq!(out, PathBuf::from("/tmp/o-7-c1-3-%-%x.txt"));
+        assert_eq!(err, PathBuf::from("/home/alice/e7"));
+    }
+
+    #[test]
+    fn validate_names_the_problem() {
+        assert!(spec().validate().is_ok());
+        let mut s = spec();
+        s.nodes = 0;
+        assert!(s.validate().unwrap_err().contains("node"));
+        let mut s = spec();
+        s.workdir = "relative".into();
+        assert!(s.validate().unwrap_err().contains("absolute"));
+        let mut s = spec();
+        s.command = "  ".into();
+        assert!(s.validate().unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn exit_code_follows_state() {
+        let mut job = Job::new(JobId(1), spec(), Timestamp(0), String::new());
+        assert_eq!(job.exit_code(), None);
+        job.nodes = vec![JobNode {
+            node: NodeId::new("a"),
+            started_at: Some(Timestamp(1)),
+            end: Some(NodeEnd {
+                ended_at: Timestamp(2),
+                cause: NodeEndCause::Exited,
+                replicas: vec![
+                    ReplicaExit {
+                        rank: 1,
+                        status: ExitStatus::Signaled { signal: 9 },
+                    },
+                    ReplicaExit {
+                        rank: 0,
+                        status: ExitStatus::Exited { code: 3 },
+                    },
+                ],
+            }),
+        }];
+        job.state = JobState::Failed {
+            started_at: Timestamp(1),
+            ended_at: Timestamp(2),
+            reason: String::new(),
+        };
+        assert_eq!(job.exit_code(), Some(3));
+        job.state = JobState::Completed {
+            started_at: Timestamp(1),
+            ended_at: Timestamp(2),
+        };
+        assert_eq!(job.exit_code(), Some(0));
+    }
+
+    #[test]
+    fn default_name_is_the_first_word() {
+        assert_eq!(default_job_name("/usr/bin/python3 train.py"), "python3");
+        assert_eq!(default_job_name("hostname"), "hostname");
+    }
+}

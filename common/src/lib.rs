@@ -1,0 +1,29 @@
+//! cm-common: the vocabulary every cm program shares.
+//!
+//! A map of the crate:
+//! - [`ids`]: `JobId` and `NodeId` newtypes.
+//! - [`time`]: wall-clock timestamps as they travel and are stored.
+//! - [`resources`]: CPUs and memory, as capacities and reservations.
+//! - [`job`]: what a user submits (`JobSpec`) and what the head tracks (`Job`, `JobState`).
+//! - [`node`]: what the head knows of each node (`Node`, `NodeHealth`).
+//! - [`timelimit`]: SLURM-style time-limit strings (`90`, `1:30:00`, `2-12`).
+//! - [`protocol`]: the wire messages, one request/response pair per direction, in a versioned envelope.
+//! - [`transport`]: ZeroMQ REQ/REP with deadlines, lazy-pirate retries and a message size limit.
+//! - [`config`]: `config.yaml` and its defaults.
+//! - [`error`]: the errors this crate returns.
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod node;
+pub mod protocol;
+pub mod resources;
+pub mod time;
+pub mod timelimit;
+pub mod transport;
+
+pub use error::{Error, Result};
+pub use ids::{JobId, NodeId};
+pub use resources::Resources;
+pub use time::Timestamp;

@@ -1,0 +1,445 @@
+//! The wire protocol: every message cm sends, in one place.
+//!
+//! Every message travels in an [`Envelope`] (protocol version, sender, credential, body) encoded as
+//! MessagePack with named fields, so fields can be added without breaking older peers. There is one
+//! request enum per direction, each variant wrapping a named struct, and each reply is
+//! `Result<Response, ErrorReply>`:
+//!
+//! | direction        | request enum                   | response enum      |
+//! |------------------|--------------------------------|--------------------|
+//! | client -> head   | [`ClientRequest`] (in [`HeadRequest::Client`])   | [`ClientResponse`]  |
+//! | compute -> head  | [`ComputeRequest`] (in [`HeadRequest::Compute`]) | [`ComputeResponse`] |
+//! | head -> compute  | [`NodeRequest`]                | [`NodeResponse`]   |
+//!
+//! The version is checked before the body is decoded, so a peer from another release gets a clear
+//! [`ErrorCode::VersionMismatch`] instead of a decoding failure.
+
+use crate::job::{Job, JobSpec, NodeEnd};
+use crate::node::Node;
+use crate::{Error, JobId, NodeId, Resources, Result, Timestamp};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a change breaks decoding by the previous release.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Who the sender claims to be. Until authentication lands, the head trusts the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub uid: u32,
+}
+
+/// The frame around every message body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    pub version: u16,
+    /// Node id or `tool@host` of the sender, for logs.
+    pub sender: String,
+    pub credential: Credential,
+    pub body: B,
+}
+
+/// The borrowed form of [`Envelope`], so encoding copies nothing.
+#[derive(Serialize)]
+struct EnvelopeRef<'a, B> {
+    version: u16,
+    sender: &'a str,
+    credential: Credential,
+    body: &'a B,
+}
+
+/// Only the version, decoded first so a foreign version never reaches the body decoder.
+#[derive(Deserialize)]
+struct EnvelopeHeader {
+    version: u16,
+}
+
+/// A reply: the response, or an error saying what went wrong.
+pub type Reply<T> = std::result::Result<T, ErrorReply>;
+
+/// Encodes a message for the wire.
+pub fn encode<B: Serialize>(sender: &str, credential: Credential, body: &B) -> Result<Vec<u8>> {
+    let envelope = EnvelopeRef {
+        version: PROTOCOL_VERSION,
+        sender,
+        credential,
+        body,
+    };
+    rmp_serde::to_vec_named(&envelope).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Decodes a message from the wire, checking the protocol version first.
+pub fn decode<B: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<B>> {
+    let header: EnvelopeHeader = rmp_serde::from_slice(bytes)
+        .map_err(|e| Error::Decode(format!("no valid envelope: {e}")))?;
+    if header.version != PROTOCOL_VERSION {
+        return Err(Error::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: header.version,
+        });
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// What kind of error a reply carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The bytes were not a message of this protocol.
+    BadRequest,
+    /// The sender speaks another protocol version.
+    VersionMismatch,
+    /// The request is well-formed but asks for something impossible or invalid.
+    Invalid,
+    /// The named job or node does not exist.
+    NotFound,
+    /// The sender may not do this (e.g. kill another user's job).
+    PermissionDenied,
+    /// The receiver cannot serve the request right now (e.g. its store is down); retry later.
+    Unavailable,
+    /// The head does not know the sending node; it should register again.
+    UnknownNode,
+    /// A bug on the receiving side.
+    Internal,
+}
+
+/// The generic error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    /// A sentence for the user, saying what to do.
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the head receives, on its one port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HeadRequest {
+    Client(ClientRequest),
+    Compute(ComputeRequest),
+}
+
+// ---------------------------------------------------------------- client -> head
+
+/// Requests from the user tools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    FetchNodes(FetchNodes),
+    FetchJobs(FetchJobs),
+    GetJob(GetJob),
+    /// Submit: the head stores the job and assigns its id.
+    AssignJobId(AssignJobId),
+    KillJob(KillJob),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchNodes {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchJobs {
+    /// Also return finished jobs (the most recent `limit`).
+    #[serde(default)]
+    pub include_finished: bool,
+    /// At most this many finished jobs; pending and running jobs are always all returned.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetJob {
+    pub id: JobId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignJobId {
+    pub spec: JobSpec,
+    /// Unique per submission: a retried request with the same token gets the same id back.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KillJob {
+    pub id: JobId,
+}
+
+/// Responses to [`ClientRequest`]s, one per request variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Nodes(NodesReply),
+    Jobs(JobsReply),
+    Job(JobReply),
+    JobAccepted(JobAccepted),
+    JobKilled(JobKilled),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodesReply {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobsReply {
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReply {
+    pub job: Job,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobAccepted {
+    pub id: JobId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobKilled {
+    pub id: JobId,
+    /// The state the job was in when the kill arrived.
+    pub previous_state: String,
+}
+
+// ---------------------------------------------------------------- compute -> head
+
+/// Requests from compute daemons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ComputeRequest {
+    RegisterNode(RegisterNode),
+    Heartbeat(Heartbeat),
+    ReportJobStart(ReportJobStart),
+    ReportJobEnd(ReportJobEnd),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterNode {
+    pub node: NodeId,
+    /// Endpoint the head reaches this node at.
+    pub address: String,
+    pub capacity: Resources,
+    /// See [`Node::only_uid`].
+    #[serde(default)]
+    pub only_uid: Option<u32>,
+    /// Jobs the node is running right now (after a daemon restart, for reconciliation).
+    #[serde(default)]
+    pub running: Vec<JobId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node: NodeId,
+    #[serde(default)]
+    pub running: Vec<JobId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportJobStart {
+    pub node: NodeId,
+    pub job: JobId,
+    pub started_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportJobEnd {
+    pub node: NodeId,
+    pub job: JobId,
+    pub end: NodeEnd,
+}
+
+/// Responses to [`ComputeRequest`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ComputeResponse {
+    Registered(Registered),
+    HeartbeatAck(HeartbeatAck),
+    Ack(Ack),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    /// How often the head wants heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Jobs the node reports running that the head has already ended: kill them.
+    #[serde(default)]
+    pub kill: Vec<JobId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {}
+
+// ---------------------------------------------------------------- head -> compute
+
+/// Requests from the head to a compute daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    GetNodeStatus(GetNodeStatus),
+    /// Asks whether the node could host a job's share right now.
+    HostJob(HostJob),
+    StartJob(StartJob),
+    /// Kill the job's replicas on this node and release what they hold.
+    FreeResources(FreeResources),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetNodeStatus {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostJob {
+    pub job: JobId,
+    pub per_node: Resources,
+    pub uid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartJob {
+    /// The whole job: spec, id and the node list (for CM_NODELIST and ranks).
+    pub job: Job,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreeResources {
+    pub job: JobId,
+}
+
+/// Responses to [`NodeRequest`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeResponse {
+    NodeStatus(NodeStatusReply),
+    CanHost(CanHost),
+    Ack(Ack),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatusReply {
+    pub node: NodeId,
+    pub capacity: Resources,
+    /// Resources held by the jobs running here.
+    pub allocated: Resources,
+    pub running: Vec<JobId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanHost {
+    pub ok: bool,
+    /// Why not, when `ok` is false.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: Credential = Credential { uid: 0 };
+
+    fn round_trip<B: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(body: B) {
+        let bytes = encode("t", ROOT, &body).expect("encode");
+        let back: Envelope<B> = decode(&bytes).expect("decode");
+        assert_eq!(back.body, body);
+        assert_eq!(back.version, PROTOCOL_VERSION);
+        assert_eq!(back.sender, "t");
+    }
+
+    #[test]
+    fn every_direction_round_trips() {
+        round_trip(HeadRequest::Client(ClientRequest::KillJob(KillJob {
+            id: JobId(3),
+        })));
+        round_trip(HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs {
+            include_finished: true,
+            limit: Some(5),
+        })));
+        round_trip(HeadRequest::Compute(ComputeRequest::Heartbeat(Heartbeat {
+            node: NodeId::new("c1"),
+            running: vec![JobId(1), JobId(2)],
+        })));
+        round_trip(NodeRequest::FreeResources(FreeResources { job: JobId(9) }));
+        let ok: Reply<ClientResponse> =
+            Ok(ClientResponse::JobAccepted(JobAccepted { id: JobId(12) }));
+        round_trip(ok);
+        let err: Reply<NodeResponse> = Err(ErrorReply::new(ErrorCode::NotFound, "no such job"));
+        round_trip(err);
+    }
+
+    #[test]
+    fn an_error_reply_decodes_as_any_reply_type() {
+        // A daemon that cannot decode a request does not know which reply type was expected.
+        let err: Reply<ComputeResponse> = Err(ErrorReply::new(ErrorCode::BadRequest, "garbage"));
+        let bytes = encode("head", ROOT, &err).expect("encode");
+        let back: Envelope<Reply<ClientResponse>> = decode(&bytes).expect("decode");
+        assert_eq!(back.body.unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_foreign_version_is_reported_not_misread() {
+        let envelope = Envelope {
+            version: 99,
+            sender: "future".to_string(),
+            credential: ROOT,
+            body: "anything",
+        };
+        let bytes = rmp_serde::to_vec_named(&envelope).expect("encode");
+        match decode::<HeadRequest>(&bytes) {
+            Err(Error::VersionMismatch { ours, theirs }) => {
+                assert_eq!((ours, theirs), (PROTOCOL_VERSION, 99))
+            }
+            other => panic!("expected a version mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        for bytes in [
+            &b""[..],
+            b"\xff\xff\xff",
+            b"hello world",
+            &[0x81, 0xa7, b'v'],
+        ] {
+            assert!(
+                matches!(decode::<HeadRequest>(bytes), Err(Error::Decode(_))),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_so_fields_can_be_added() {
+        #[derive(Serialize)]
+        struct NewerKill {
+            id: JobId,
+            reason: &'static str,
+        }
+        #[derive(Serialize)]
+        enum NewerClient {
+            KillJob(NewerKill),
+        }
+        #[derive(Serialize)]
+        enum NewerHead {
+            Client(NewerClient),
+        }
+        let bytes = encode(
+            "t",
+            ROOT,
+            &NewerHead::Client(NewerClient::KillJob(NewerKill {
+                id: JobId(4),
+                reason: "x",
+            })),
+        )
+        .expect("encode");
+        let back: Envelope<HeadRequest> = decode(&bytes).expect("decode");
+        assert_eq!(
+            back.body,
+            HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(4) }))
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! ZeroMQ REQ/REP with deadlines: the only place cm touches sockets.
+//!
+//! [`Requester`] is a "lazy pirate" client: each request has a deadline; a REQ socket whose request
+//! timed out is closed (it cannot be reused: REQ insists on a reply) and a fresh one sends the
+//! request again after a backoff. After the last attempt the peer is reported unreachable, so a
+//! silent peer costs the caller a bounded time and never wedges it.
+//!
+//! [`Responder`] is a REP socket serving one request at a time with a message size limit.
+//! Malformed frames (several parts, too large) are answered by the handler's error path, so a
+//! REQ peer always gets exactly one reply.
+
+use crate::protocol::{self, Credential, Envelope, Reply};
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Turns `HOST:PORT` into a ZeroMQ TCP endpoint; endpoints with a scheme pass through.
+pub fn tcp_endpoint(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("tcp://{address}")
+    }
+}
+
+/// How a [`Requester`] waits and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// How long one attempt waits for the reply.
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// First pause between attempts; doubles each time, capped at `timeout`.
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub fn new(timeout: Duration, retries: u32) -> Self {
+        RetryPolicy {
+            timeout,
+            retries,
+            backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A REQ client for one peer, with deadlines and retries.
+pub struct Requester {
+    ctx: zmq::Context,
+    endpoint: String,
+    socket: Option<zmq::Socket>,
+    policy: RetryPolicy,
+    sender: String,
+    credential: Credential,
+}
+
+impl Requester {
+    pub fn new(
+        ctx: &zmq::Context,
+        address: &str,
+        policy: RetryPolicy,
+        sender: &str,
+        credential: Credential,
+    ) -> Self {
+        Requester {
+            ctx: ctx.clone(),
+            endpoint: tcp_endpoint(address),
+            socket: None,
+            policy,
+            sender: sender.to_string(),
+            credential,
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn set_policy(&mut self, policy: RetryPolicy) {
+        self.policy = policy;
+    }
+
+    /// Sends `body` and decodes the reply; transport and decoding failures are the outer error,
+    /// the peer's error reply the inner one.
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        body: &Req,
+    ) -> Result<Reply<Resp>> {
+        let request = protocol::encode(&self.sender, self.credential, body)?;
+        let reply = self.request_bytes(&request)?;
+        let envelope: Envelope<Reply<Resp>> = protocol::decode(&reply)?;
+        Ok(envelope.body)
+    }
+
+    /// Sends raw bytes and returns the raw reply, retrying with fresh sockets on timeouts.
+    pub fn request_bytes(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        let mut backoff = self.policy.backoff;
+        let attempts = self.policy.retries.saturating_add(1);
+        for attempt in 1..=attempts {
+            match self.attempt(request) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {
+                    tracing::debug!(endpoint = %self.endpoint, attempt, "request timed out");
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.endpoint, attempt, error = %e, "request failed");
+                }
+            }
+            // A REQ socket that sent without receiving is stuck: close it and start afresh.
+            self.socket = None;
+            if attempt < attempts {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(self.policy.timeout);
+            }
+        }
+        Err(Error::Unreachable {
+            endpoint: self.endpoint.clone(),
+            attempts,
+            timeout_ms: u64::try_from(self.policy.timeout.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    fn attempt(&mut self, request: &[u8]) -> Result<Option<Vec<u8>>> {
+        let zmq_err = |source| Error::Zmq {
+            endpoint: self.endpoint.clone(),
+            source,
+        };
+        if self.socket.is_none() {
+            let socket = self.ctx.socket(zmq::REQ).map_err(zmq_err)?;
+            socket.set_linger(0).map_err(zmq_err)?;
+            socket.connect(&self.endpoint).map_err(zmq_err)?;
+            self.socket = Some(socket);
+        }
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(None);
+        };
+        socket.send(request, 0).map_err(zmq_err)?;
+        let timeout_ms = i64::try_from(self.policy.timeout.as_millis()).unwrap_or(i64::MAX);
+        if socket.poll(zmq::POLLIN, timeout_ms).map_err(zmq_err)? == 0 {
+            return Ok(None);
+        }
+        let mut parts = socket.recv_multipart(0).map_err(zmq_err)?;
+        if parts.len() != 1 {
+            return Err(Error::Decode(format!(
+                "reply has {} frames, expected 1",
+                parts.len()
+            )));
+        }
+        Ok(parts.pop())
+    }
+}
+
+/// A REP server socket.
+pub struct Responder {
+    socket: zmq::Socket,
+    endpoint: String,
+}
+
+/// What the handler is given: a well-formed single frame, or why the message was refused.
+pub enum Incoming<'a> {
+    Message(&'a [u8]),
+    /// The message had several frames; it is answered with an error.
+    Malformed(String),
+}
+
+impl Responder {
+    /// Binds `address` (`HOST:PORT`; port 0 picks a free one). Messages above `max_message_size`
+    /// bytes make libzmq drop the sender's connection, so they never reach the handler.
+    pub fn bind(ctx: &zmq::Context, address: &str, max_message_size: u64) -> Result<Self> {
+        let wanted = tcp_endpoint(address);
+        let zmq_err = |source| Error::Zmq {
+            endpoint: wanted.clone(),
+            source,
+        };
+        let socket = ctx.socket(zmq::REP).map_err(zmq_err)?;
+        socket.set_linger(0).map_err(zmq_err)?;
+        socket
+            .set_maxmsgsize(i64::try_from(max_message_size).unwrap_or(i64::MAX))
+            .map_err(zmq_err)?;
+        socket.bind(&wanted).map_err(zmq_err)?;
+        let endpoint = socket.get_last_endpoint().map_err(zmq_err)?.map_err(|_| {
+            Error::InvalidSetting(format!("bound endpoint of {wanted} is not UTF-8"))
+        })?;
+        Ok(Responder { socket, endpoint })
+    }
+
+    /// The endpoint actually bound (with the real port when 0 was asked for).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Serves until `shutdown` is set: one request in, one reply out, in order.
+    pub fn serve(
+        &self,
+        shutdown: &AtomicBool,
+        mut handler: impl FnMut(Incoming<'_>) -> Vec<u8>,
+    ) -> Result<()> {
+        let zmq_err = |source| Error::Zmq {
+            endpoint: self.endpoint.clone(),
+            source,
+        };
+        while !shutdown.load(Ordering::Relaxed) {
+            // The poll timeout only bounds how late a shutdown is noticed.
+            if self.socket.poll(zmq::POLLIN, 200).map_err(zmq_err)? == 0 {
+                continue;
+            }
+            let parts = match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) => parts,
+                Err(zmq::Error::EAGAIN) => continue,
+                Err(e) => return Err(zmq_err(e)),
+            };
+            let reply = match parts.as_slice() {
+                [one] => handler(Incoming::Message(one)),
+                _ => handler(Incoming::Malformed(format!(
+                    "a request must be one frame, got {}",
+                    parts.len()
+                ))),
+            };
+            if let Err(e) = self.socket.send(reply, 0) {
+                tracing::warn!(endpoint = %self.endpoint, error = %e, "could not send a reply");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn a_silent_peer_costs_bounded_time_and_reports_unreachable() {
+        let ctx = zmq::Context::new();
+        // Bind a REP socket that never answers.
+        let silent = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let policy = RetryPolicy {
+            timeout: Duration::from_millis(100),
+            retries: 2,
+            backoff: Duration::from_millis(10),
+        };
+        let mut client =
+            Requester::new(&ctx, silent.endpoint(), policy, "t", Credential { uid: 0 });
+        let started = Instant::now();
+        let err = client
+            .request_bytes(b"ping")
+            .expect_err("no reply must be an error");
+        assert!(
+            matches!(err, Error::Unreachable { attempts: 3, .. }),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn requests_are_answered_and_the_server_stops_on_shutdown() {
+        let ctx = zmq::Context::new();
+        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            server.serve(&stop, |incoming| match incoming {
+                Incoming::Message(m) => [b"echo:", m].concat(),
+                Incoming::Malformed(why) => why.into_bytes(),
+            })
+        });
+        let mut client = Requester::new(
+            &ctx,
+            &endpoint,
+            RetryPolicy::new(Duration::from_secs(2), 1),
+            "t",
+            Credential { uid: 0 },
+        );
+        assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi");
+        assert_eq!(
+            client.request_bytes(b"again").expect("reply"),
+            b"echo:again"
+        );
+        shutdown.store(true, Ordering::Relaxed);
+        thread.join().expect("join").expect("serve");
+    }
+}
