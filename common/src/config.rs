@@ -38,6 +38,9 @@ pub struct Config {
     /// How often compute nodes send heartbeats.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// A compute node silent for this long is marked Down and its jobs fail.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
     /// Registration attempts before a compute daemon gives up; 0 keeps trying forever.
     pub register_retries: u32,
     /// Longest pause between registration attempts (they back off up to this).
@@ -102,6 +105,7 @@ impl Default for Config {
             scheduler_interval: Duration::from_secs(1),
             status_interval: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(3),
+            heartbeat_timeout: Duration::from_secs(10),
             register_retries: 0,
             register_retry_wait: Duration::from_secs(5),
             request_timeout: Duration::from_secs(2),
@@ -122,10 +126,7 @@ impl Config {
             None if Path::new(SYSTEM_CONFIG).exists() => PathBuf::from(SYSTEM_CONFIG),
             None => return Ok(Config::default()),
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::ConfigRead {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::ConfigRead { path: path.clone(), source })?;
         Config::parse(&text).map_err(|message| Error::ConfigParse { path, message })
     }
 
@@ -143,14 +144,11 @@ impl Config {
         if self.request_timeout.is_zero() {
             return Err("request_timeout must be more than zero".into());
         }
-        if self.heartbeat_interval.is_zero()
-            || self.scheduler_interval.is_zero()
-            || self.status_interval.is_zero()
-        {
-            return Err(
-                "heartbeat_interval, scheduler_interval and status_interval must be more than zero"
-                    .into(),
-            );
+        if self.heartbeat_interval.is_zero() || self.scheduler_interval.is_zero() || self.status_interval.is_zero() {
+            return Err("heartbeat_interval, scheduler_interval and status_interval must be more than zero".into());
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err("heartbeat_timeout must be longer than heartbeat_interval".into());
         }
         if self.max_message_size < 4096 {
             return Err("max_message_size must be at least 4096 bytes".into());
@@ -180,8 +178,8 @@ mod tests {
     #[test]
     fn the_shipped_config_yaml_equals_the_defaults() {
         // config.yaml at the repository root documents every default; it must not drift.
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.yaml"))
-            .expect("config.yaml");
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.yaml")).expect("config.yaml");
         assert_eq!(Config::parse(&text).expect("parse"), Config::default());
     }
 
@@ -196,18 +194,14 @@ mod tests {
 
     #[test]
     fn typos_and_bad_values_are_refused() {
-        assert!(Config::parse("hearbeat_interval: 1s")
-            .unwrap_err()
-            .contains("hearbeat_interval"));
+        assert!(Config::parse("hearbeat_interval: 1s").unwrap_err().contains("hearbeat_interval"));
         assert!(Config::parse("request_timeout: 0s").is_err());
         assert!(Config::parse("defaults:\n  time_limit: soon\n").is_err());
     }
 
     #[test]
     fn load_reports_the_path_of_a_missing_file() {
-        let err = Config::load(Some(Path::new("/nonexistent/cm.yaml")))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(Path::new("/nonexistent/cm.yaml"))).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/cm.yaml"), "{err}");
     }
 }

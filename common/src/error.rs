@@ -10,10 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The configuration file could not be read.
     #[error("cannot read the configuration file {path}: {source}")]
-    ConfigRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ConfigRead { path: PathBuf, source: std::io::Error },
     /// The configuration file is not valid YAML for cm's settings.
     #[error("the configuration file {path} is invalid: {message}")]
     ConfigParse { path: PathBuf, message: String },
@@ -31,17 +28,10 @@ pub enum Error {
     VersionMismatch { ours: u16, theirs: u16 },
     /// No reply came from the peer within the deadline, after every retry.
     #[error("no reply from {endpoint} after {attempts} attempt(s) of {timeout_ms} ms each; is the daemon running and reachable there?")]
-    Unreachable {
-        endpoint: String,
-        attempts: u32,
-        timeout_ms: u64,
-    },
+    Unreachable { endpoint: String, attempts: u32, timeout_ms: u64 },
     /// ZeroMQ itself failed (bad address, port in use, ...).
     #[error("network error on {endpoint}: {source}")]
-    Zmq {
-        endpoint: String,
-        source: zmq::Error,
-    },
+    Zmq { endpoint: String, source: zmq::Error },
     /// A time limit string could not be parsed.
     #[error("invalid time limit {input:?}: {reason}; use minutes (90), MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")]
     TimeLimit { input: String, reason: String },

@@ -19,9 +19,7 @@ impl std::str::FromStr for JobId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().parse::<u64>() {
             Ok(n) if n > 0 => Ok(JobId(n)),
-            _ => Err(format!(
-                "{s:?} is not a job id (job ids are positive integers)"
-            )),
+            _ => Err(format!("{s:?} is not a job id (job ids are positive integers)")),
         }
     }
 }

@@ -66,9 +66,7 @@ impl JobSpec {
     /// Checks what the head can check without looking at the cluster; the message says what to fix.
     pub fn validate(&self) -> Result<(), String> {
         if self.command.trim().is_empty() {
-            return Err(
-                "the command is empty; give the command to run, e.g. `cmrun hostname`".into(),
-            );
+            return Err("the command is empty; give the command to run, e.g. `cmrun hostname`".into());
         }
         if self.nodes == 0 {
             return Err("a job needs at least one node (-n 1 or more)".into());
@@ -80,19 +78,14 @@ impl JobSpec {
             return Err("a job must reserve at least one CPU per node (-c 1 or more)".into());
         }
         if !Path::new(&self.workdir).is_absolute() {
-            return Err(format!(
-                "the working directory {:?} is not an absolute path",
-                self.workdir
-            ));
+            return Err(format!("the working directory {:?} is not an absolute path", self.workdir));
         }
         if self.name.chars().any(char::is_control) {
             return Err("the job name contains control characters".into());
         }
         for pattern in [&self.stdout, &self.stderr].into_iter().flatten() {
             if pattern.is_empty() || pattern.contains('\0') {
-                return Err(format!(
-                    "the output path {pattern:?} is empty or contains a NUL byte"
-                ));
+                return Err(format!("the output path {pattern:?} is empty or contains a NUL byte"));
             }
         }
         Ok(())
@@ -180,8 +173,10 @@ pub enum NodeEndCause {
     TimedOut,
     /// The head asked the node to kill the job.
     Killed,
-    /// The node could not start the replicas (bad directory, unknown user, ...).
+    /// The node could not start the replicas (bad directory, unknown user, unreachable node, ...).
     LaunchFailed { reason: String },
+    /// The node lost the job: its daemon restarted without it, or the node stopped answering.
+    Lost { reason: String },
 }
 
 /// A node's report that its share of a job is over.
@@ -215,27 +210,13 @@ pub enum JobState {
     /// Placed on its nodes at `started_at`; replicas run until every node reports an end.
     Running { started_at: Timestamp },
     /// Every replica exited 0.
-    Completed {
-        started_at: Timestamp,
-        ended_at: Timestamp,
-    },
+    Completed { started_at: Timestamp, ended_at: Timestamp },
     /// A replica exited non-zero or could not start.
-    Failed {
-        started_at: Timestamp,
-        ended_at: Timestamp,
-        reason: String,
-    },
+    Failed { started_at: Timestamp, ended_at: Timestamp, reason: String },
     /// Cancelled by `cmkill` (`started_at` is absent if it was still pending).
-    Killed {
-        started_at: Option<Timestamp>,
-        ended_at: Timestamp,
-        by_uid: u32,
-    },
+    Killed { started_at: Option<Timestamp>, ended_at: Timestamp, by_uid: u32 },
     /// The time limit ran out.
-    TimedOut {
-        started_at: Timestamp,
-        ended_at: Timestamp,
-    },
+    TimedOut { started_at: Timestamp, ended_at: Timestamp },
 }
 
 impl JobState {
@@ -294,14 +275,7 @@ pub struct Job {
 
 impl Job {
     pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp, submit_token: String) -> Self {
-        Job {
-            id,
-            spec,
-            submitted_at,
-            state: JobState::Pending,
-            nodes: Vec::new(),
-            submit_token,
-        }
+        Job { id, spec, submitted_at, state: JobState::Pending, nodes: Vec::new(), submit_token }
     }
 
     pub fn node_ids(&self) -> impl Iterator<Item = &NodeId> {
@@ -310,12 +284,8 @@ impl Job {
 
     /// Every replica exit reported so far, by rank.
     pub fn replica_exits(&self) -> Vec<ReplicaExit> {
-        let mut all: Vec<ReplicaExit> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.end.as_ref())
-            .flat_map(|e| e.replicas.iter().cloned())
-            .collect();
+        let mut all: Vec<ReplicaExit> =
+            self.nodes.iter().filter_map(|n| n.end.as_ref()).flat_map(|e| e.replicas.iter().cloned()).collect();
         all.sort_by_key(|r| r.rank);
         all
     }
@@ -327,13 +297,9 @@ impl Job {
         match &self.state {
             JobState::Pending | JobState::Running { .. } => None,
             JobState::Completed { .. } => Some(0),
-            JobState::Failed { .. } => Some(
-                self.replica_exits()
-                    .iter()
-                    .map(|r| r.status.shell_code())
-                    .find(|&c| c != 0)
-                    .unwrap_or(1),
-            ),
+            JobState::Failed { .. } => {
+                Some(self.replica_exits().iter().map(|r| r.status.shell_code()).find(|&c| c != 0).unwrap_or(1))
+            }
             JobState::TimedOut { .. } => Some(124),
             JobState::Killed { .. } => Some(143),
         }
@@ -343,11 +309,7 @@ impl Job {
 /// The name a job gets when the user gives none: the command's first word, without its directory.
 pub fn default_job_name(command: &str) -> String {
     let first = command.split_whitespace().next().unwrap_or("job");
-    let base = first
-        .rsplit('/')
-        .next()
-        .filter(|b| !b.is_empty())
-        .unwrap_or(first);
+    let base = first.rsplit('/').next().filter(|b| !b.is_empty()).unwrap_or(first);
     base.chars().take(64).collect()
 }
 
@@ -358,12 +320,7 @@ mod tests {
     pub fn spec() -> JobSpec {
         JobSpec {
             name: "t".into(),
-            user: UserIdentity {
-                uid: 1000,
-                gid: 1000,
-                groups: vec![],
-                name: "alice".into(),
-            },
+            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![], name: "alice".into() },
             command: "true".into(),
             workdir: "/home/alice".into(),
             env: BTreeMap::new(),
@@ -415,27 +372,14 @@ mod tests {
                 ended_at: Timestamp(2),
                 cause: NodeEndCause::Exited,
                 replicas: vec![
-                    ReplicaExit {
-                        rank: 1,
-                        status: ExitStatus::Signaled { signal: 9 },
-                    },
-                    ReplicaExit {
-                        rank: 0,
-                        status: ExitStatus::Exited { code: 3 },
-                    },
+                    ReplicaExit { rank: 1, status: ExitStatus::Signaled { signal: 9 } },
+                    ReplicaExit { rank: 0, status: ExitStatus::Exited { code: 3 } },
                 ],
             }),
         }];
-        job.state = JobState::Failed {
-            started_at: Timestamp(1),
-            ended_at: Timestamp(2),
-            reason: String::new(),
-        };
+        job.state = JobState::Failed { started_at: Timestamp(1), ended_at: Timestamp(2), reason: String::new() };
         assert_eq!(job.exit_code(), Some(3));
-        job.state = JobState::Completed {
-            started_at: Timestamp(1),
-            ended_at: Timestamp(2),
-        };
+        job.state = JobState::Completed { started_at: Timestamp(1), ended_at: Timestamp(2) };
         assert_eq!(job.exit_code(), Some(0));
     }
 

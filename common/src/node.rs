@@ -65,11 +65,7 @@ impl std::fmt::Display for NodeStatus {
 
 impl Node {
     pub fn allocated(&self) -> Resources {
-        self.allocations
-            .iter()
-            .fold(Resources::default(), |sum, a| {
-                sum.saturating_add(&a.resources)
-            })
+        self.allocations.iter().fold(Resources::default(), |sum, a| sum.saturating_add(&a.resources))
     }
 
     pub fn free(&self) -> Resources {

@@ -59,24 +59,16 @@ pub type Reply<T> = std::result::Result<T, ErrorReply>;
 
 /// Encodes a message for the wire.
 pub fn encode<B: Serialize>(sender: &str, credential: Credential, body: &B) -> Result<Vec<u8>> {
-    let envelope = EnvelopeRef {
-        version: PROTOCOL_VERSION,
-        sender,
-        credential,
-        body,
-    };
+    let envelope = EnvelopeRef { version: PROTOCOL_VERSION, sender, credential, body };
     rmp_serde::to_vec_named(&envelope).map_err(|e| Error::Encode(e.to_string()))
 }
 
 /// Decodes a message from the wire, checking the protocol version first.
 pub fn decode<B: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<B>> {
-    let header: EnvelopeHeader = rmp_serde::from_slice(bytes)
-        .map_err(|e| Error::Decode(format!("no valid envelope: {e}")))?;
+    let header: EnvelopeHeader =
+        rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(format!("no valid envelope: {e}")))?;
     if header.version != PROTOCOL_VERSION {
-        return Err(Error::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: header.version,
-        });
+        return Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: header.version });
     }
     rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
 }
@@ -113,10 +105,7 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorReply {
-            code,
-            message: message.into(),
-        }
+        ErrorReply { code, message: message.into() }
     }
 }
 
@@ -265,6 +254,9 @@ pub enum ComputeResponse {
 pub struct Registered {
     /// How often the head wants heartbeats, in milliseconds.
     pub heartbeat_interval_ms: u64,
+    /// Jobs the node reported running that the head has already ended: kill them.
+    #[serde(default)]
+    pub kill: Vec<JobId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,20 +344,14 @@ mod tests {
 
     #[test]
     fn every_direction_round_trips() {
-        round_trip(HeadRequest::Client(ClientRequest::KillJob(KillJob {
-            id: JobId(3),
-        })));
-        round_trip(HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs {
-            include_finished: true,
-            limit: Some(5),
-        })));
+        round_trip(HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(3) })));
+        round_trip(HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: Some(5) })));
         round_trip(HeadRequest::Compute(ComputeRequest::Heartbeat(Heartbeat {
             node: NodeId::new("c1"),
             running: vec![JobId(1), JobId(2)],
         })));
         round_trip(NodeRequest::FreeResources(FreeResources { job: JobId(9) }));
-        let ok: Reply<ClientResponse> =
-            Ok(ClientResponse::JobAccepted(JobAccepted { id: JobId(12) }));
+        let ok: Reply<ClientResponse> = Ok(ClientResponse::JobAccepted(JobAccepted { id: JobId(12) }));
         round_trip(ok);
         let err: Reply<NodeResponse> = Err(ErrorReply::new(ErrorCode::NotFound, "no such job"));
         round_trip(err);
@@ -382,12 +368,7 @@ mod tests {
 
     #[test]
     fn a_foreign_version_is_reported_not_misread() {
-        let envelope = Envelope {
-            version: 99,
-            sender: "future".to_string(),
-            credential: ROOT,
-            body: "anything",
-        };
+        let envelope = Envelope { version: 99, sender: "future".to_string(), credential: ROOT, body: "anything" };
         let bytes = rmp_serde::to_vec_named(&envelope).expect("encode");
         match decode::<HeadRequest>(&bytes) {
             Err(Error::VersionMismatch { ours, theirs }) => {
@@ -399,16 +380,8 @@ mod tests {
 
     #[test]
     fn garbage_is_a_decode_error() {
-        for bytes in [
-            &b""[..],
-            b"\xff\xff\xff",
-            b"hello world",
-            &[0x81, 0xa7, b'v'],
-        ] {
-            assert!(
-                matches!(decode::<HeadRequest>(bytes), Err(Error::Decode(_))),
-                "{bytes:?}"
-            );
+        for bytes in [&b""[..], b"\xff\xff\xff", b"hello world", &[0x81, 0xa7, b'v']] {
+            assert!(matches!(decode::<HeadRequest>(bytes), Err(Error::Decode(_))), "{bytes:?}");
         }
     }
 
@@ -427,19 +400,10 @@ mod tests {
         enum NewerHead {
             Client(NewerClient),
         }
-        let bytes = encode(
-            "t",
-            ROOT,
-            &NewerHead::Client(NewerClient::KillJob(NewerKill {
-                id: JobId(4),
-                reason: "x",
-            })),
-        )
-        .expect("encode");
+        let bytes =
+            encode("t", ROOT, &NewerHead::Client(NewerClient::KillJob(NewerKill { id: JobId(4), reason: "x" })))
+                .expect("encode");
         let back: Envelope<HeadRequest> = decode(&bytes).expect("decode");
-        assert_eq!(
-            back.body,
-            HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(4) }))
-        );
+        assert_eq!(back.body, HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(4) })));
     }
 }

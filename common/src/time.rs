@@ -14,10 +14,7 @@ pub struct Timestamp(pub u64);
 
 impl Timestamp {
     pub fn now() -> Self {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 
@@ -33,10 +30,6 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}",
-            humantime::format_rfc3339_seconds(self.as_system_time())
-        )
+        write!(f, "{}", humantime::format_rfc3339_seconds(self.as_system_time()))
     }
 }

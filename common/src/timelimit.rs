@@ -10,10 +10,7 @@ use std::time::Duration;
 /// Parses a time limit; `Ok(None)` means no limit.
 pub fn parse_time_limit(input: &str) -> Result<Option<Duration>> {
     let s = input.trim();
-    let bad = |reason: &str| Error::TimeLimit {
-        input: input.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| Error::TimeLimit { input: input.to_string(), reason: reason.to_string() };
     if s.is_empty() {
         return Err(bad("it is empty"));
     }
@@ -24,8 +21,7 @@ pub fn parse_time_limit(input: &str) -> Result<Option<Duration>> {
         if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad(&format!("{part:?} is not a whole number")));
         }
-        part.parse::<u64>()
-            .map_err(|_| bad("a number is too large"))
+        part.parse::<u64>().map_err(|_| bad("a number is too large"))
     };
     let (days, rest) = match s.split_once('-') {
         Some((d, rest)) => (Some(number(d)?), rest),
@@ -97,13 +93,7 @@ mod tests {
     #[test]
     fn formats_like_slurm() {
         assert_eq!(format_time_limit(None), "UNLIMITED");
-        assert_eq!(
-            format_time_limit(Some(Duration::from_secs(5400))),
-            "01:30:00"
-        );
-        assert_eq!(
-            format_time_limit(Some(Duration::from_secs(90061))),
-            "1-01:01:01"
-        );
+        assert_eq!(format_time_limit(Some(Duration::from_secs(5400))), "01:30:00");
+        assert_eq!(format_time_limit(Some(Duration::from_secs(90061))), "1-01:01:01");
     }
 }

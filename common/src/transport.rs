@@ -38,11 +38,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub fn new(timeout: Duration, retries: u32) -> Self {
-        RetryPolicy {
-            timeout,
-            retries,
-            backoff: Duration::from_millis(50),
-        }
+        RetryPolicy { timeout, retries, backoff: Duration::from_millis(50) }
     }
 }
 
@@ -57,13 +53,7 @@ pub struct Requester {
 }
 
 impl Requester {
-    pub fn new(
-        ctx: &zmq::Context,
-        address: &str,
-        policy: RetryPolicy,
-        sender: &str,
-        credential: Credential,
-    ) -> Self {
+    pub fn new(ctx: &zmq::Context, address: &str, policy: RetryPolicy, sender: &str, credential: Credential) -> Self {
         Requester {
             ctx: ctx.clone(),
             endpoint: tcp_endpoint(address),
@@ -84,10 +74,7 @@ impl Requester {
 
     /// Sends `body` and decodes the reply; transport and decoding failures are the outer error,
     /// the peer's error reply the inner one.
-    pub fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &mut self,
-        body: &Req,
-    ) -> Result<Reply<Resp>> {
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: &Req) -> Result<Reply<Resp>> {
         let request = protocol::encode(&self.sender, self.credential, body)?;
         let reply = self.request_bytes(&request)?;
         let envelope: Envelope<Reply<Resp>> = protocol::decode(&reply)?;
@@ -123,10 +110,7 @@ impl Requester {
     }
 
     fn attempt(&mut self, request: &[u8]) -> Result<Option<Vec<u8>>> {
-        let zmq_err = |source| Error::Zmq {
-            endpoint: self.endpoint.clone(),
-            source,
-        };
+        let zmq_err = |source| Error::Zmq { endpoint: self.endpoint.clone(), source };
         if self.socket.is_none() {
             let socket = self.ctx.socket(zmq::REQ).map_err(zmq_err)?;
             socket.set_linger(0).map_err(zmq_err)?;
@@ -143,10 +127,7 @@ impl Requester {
         }
         let mut parts = socket.recv_multipart(0).map_err(zmq_err)?;
         if parts.len() != 1 {
-            return Err(Error::Decode(format!(
-                "reply has {} frames, expected 1",
-                parts.len()
-            )));
+            return Err(Error::Decode(format!("reply has {} frames, expected 1", parts.len())));
         }
         Ok(parts.pop())
     }
@@ -170,19 +151,15 @@ impl Responder {
     /// bytes make libzmq drop the sender's connection, so they never reach the handler.
     pub fn bind(ctx: &zmq::Context, address: &str, max_message_size: u64) -> Result<Self> {
         let wanted = tcp_endpoint(address);
-        let zmq_err = |source| Error::Zmq {
-            endpoint: wanted.clone(),
-            source,
-        };
+        let zmq_err = |source| Error::Zmq { endpoint: wanted.clone(), source };
         let socket = ctx.socket(zmq::REP).map_err(zmq_err)?;
         socket.set_linger(0).map_err(zmq_err)?;
-        socket
-            .set_maxmsgsize(i64::try_from(max_message_size).unwrap_or(i64::MAX))
-            .map_err(zmq_err)?;
+        socket.set_maxmsgsize(i64::try_from(max_message_size).unwrap_or(i64::MAX)).map_err(zmq_err)?;
         socket.bind(&wanted).map_err(zmq_err)?;
-        let endpoint = socket.get_last_endpoint().map_err(zmq_err)?.map_err(|_| {
-            Error::InvalidSetting(format!("bound endpoint of {wanted} is not UTF-8"))
-        })?;
+        let endpoint = socket
+            .get_last_endpoint()
+            .map_err(zmq_err)?
+            .map_err(|_| Error::InvalidSetting(format!("bound endpoint of {wanted} is not UTF-8")))?;
         Ok(Responder { socket, endpoint })
     }
 
@@ -192,15 +169,8 @@ impl Responder {
     }
 
     /// Serves until `shutdown` is set: one request in, one reply out, in order.
-    pub fn serve(
-        &self,
-        shutdown: &AtomicBool,
-        mut handler: impl FnMut(Incoming<'_>) -> Vec<u8>,
-    ) -> Result<()> {
-        let zmq_err = |source| Error::Zmq {
-            endpoint: self.endpoint.clone(),
-            source,
-        };
+    pub fn serve(&self, shutdown: &AtomicBool, mut handler: impl FnMut(Incoming<'_>) -> Vec<u8>) -> Result<()> {
+        let zmq_err = |source| Error::Zmq { endpoint: self.endpoint.clone(), source };
         while !shutdown.load(Ordering::Relaxed) {
             // The poll timeout only bounds how late a shutdown is noticed.
             if self.socket.poll(zmq::POLLIN, 200).map_err(zmq_err)? == 0 {
@@ -213,10 +183,7 @@ impl Responder {
             };
             let reply = match parts.as_slice() {
                 [one] => handler(Incoming::Message(one)),
-                _ => handler(Incoming::Malformed(format!(
-                    "a request must be one frame, got {}",
-                    parts.len()
-                ))),
+                _ => handler(Incoming::Malformed(format!("a request must be one frame, got {}", parts.len()))),
             };
             if let Err(e) = self.socket.send(reply, 0) {
                 tracing::warn!(endpoint = %self.endpoint, error = %e, "could not send a reply");
@@ -237,26 +204,13 @@ mod tests {
         let ctx = zmq::Context::new();
         // Bind a REP socket that never answers.
         let silent = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let policy = RetryPolicy {
-            timeout: Duration::from_millis(100),
-            retries: 2,
-            backoff: Duration::from_millis(10),
-        };
-        let mut client =
-            Requester::new(&ctx, silent.endpoint(), policy, "t", Credential { uid: 0 });
+        let policy =
+            RetryPolicy { timeout: Duration::from_millis(100), retries: 2, backoff: Duration::from_millis(10) };
+        let mut client = Requester::new(&ctx, silent.endpoint(), policy, "t", Credential { uid: 0 });
         let started = Instant::now();
-        let err = client
-            .request_bytes(b"ping")
-            .expect_err("no reply must be an error");
-        assert!(
-            matches!(err, Error::Unreachable { attempts: 3, .. }),
-            "{err}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            started.elapsed()
-        );
+        let err = client.request_bytes(b"ping").expect_err("no reply must be an error");
+        assert!(matches!(err, Error::Unreachable { attempts: 3, .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     }
 
     #[test]
@@ -272,18 +226,10 @@ mod tests {
                 Incoming::Malformed(why) => why.into_bytes(),
             })
         });
-        let mut client = Requester::new(
-            &ctx,
-            &endpoint,
-            RetryPolicy::new(Duration::from_secs(2), 1),
-            "t",
-            Credential { uid: 0 },
-        );
+        let mut client =
+            Requester::new(&ctx, &endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credential { uid: 0 });
         assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi");
-        assert_eq!(
-            client.request_bytes(b"again").expect("reply"),
-            b"echo:again"
-        );
+        assert_eq!(client.request_bytes(b"again").expect("reply"), b"echo:again");
         shutdown.store(true, Ordering::Relaxed);
         thread.join().expect("join").expect("serve");
     }

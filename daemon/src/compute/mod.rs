@@ -1,0 +1,198 @@
+//! The compute role: runs the replicas the head places here and reports how they end.
+//!
+//! `run` detects the node's resources, binds its port, starts the [`head_link`] (registration,
+//! heartbeats, reports) and then runs one loop that owns the node's [`jobs::RunningJobs`]:
+//! requests from the head, replica exits and kill orders arrive as [`Event`]s on one channel;
+//! time limits and kill grace periods are enforced between events.
+
+pub mod head_link;
+pub mod jobs;
+pub mod launch;
+
+use crate::service::{self, reply_bytes, ReplySlot};
+use crate::settings::ComputeConfig;
+use anyhow::{anyhow, Context};
+use cm_common::job::NodeEndCause;
+use cm_common::protocol::*;
+use cm_common::transport::{Responder, RetryPolicy};
+use cm_common::{JobId, Resources};
+use head_link::{HeadLink, LinkConfig};
+use jobs::{ReplicaExited, RunningJobs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the compute loop reacts to.
+pub enum Event {
+    Request(Envelope<NodeRequest>, ReplySlot),
+    ReplicaExited(ReplicaExited),
+    /// The head says these jobs must not run here (any more).
+    Kill(Vec<JobId>),
+    /// The head link gave up (registration failed for good).
+    Fatal(String),
+}
+
+const MAX_WAIT: Duration = Duration::from_millis(250);
+
+/// The address the head should use: the bound endpoint, with a wildcard host replaced.
+fn advertised(endpoint: &str, advertise: Option<&str>) -> String {
+    if let Some(address) = advertise {
+        return cm_common::transport::tcp_endpoint(address);
+    }
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    endpoint.replace("0.0.0.0", &host).replace("://*:", &format!("://{host}:"))
+}
+
+struct Compute {
+    config: ComputeConfig,
+    capacity: Resources,
+    /// Whether this daemon can switch users (runs as root).
+    is_root: bool,
+    my_uid: u32,
+    jobs: RunningJobs,
+    link: HeadLink,
+    events: Sender<Event>,
+}
+
+/// Runs the compute daemon until `shutdown` is set. `bound` receives the endpoint listened on.
+pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&str)) -> anyhow::Result<()> {
+    let capacity = config.resources;
+    let ctx = zmq::Context::new();
+    let responder = Responder::bind(&ctx, &config.listen, config.max_message_size)
+        .with_context(|| format!("the compute daemon cannot listen on {}", config.listen))?;
+    let endpoint = responder.endpoint().to_string();
+    let address = advertised(&endpoint, config.advertise.as_deref());
+    tracing::info!(%endpoint, %address, node = %config.node_id, cpus = capacity.cpus, memory_mb = capacity.memory_mb, "compute listening");
+    bound(&endpoint);
+
+    let my_uid = nix::unistd::getuid().as_raw();
+    let is_root = my_uid == 0;
+    let (events, inbox) = channel::<Event>();
+    let server =
+        service::spawn("compute-rep", responder, config.node_id.to_string(), shutdown.clone(), events.clone(), Event::Request)?;
+    let running = Arc::new(Mutex::new(Vec::new()));
+    let link = HeadLink::spawn(
+        &ctx,
+        LinkConfig {
+            head_address: config.head_address.clone(),
+            node: config.node_id.clone(),
+            address,
+            capacity,
+            only_uid: (!is_root).then_some(my_uid),
+            heartbeat_interval: config.heartbeat_interval,
+            register_retries: config.register_retries,
+            register_retry_wait: config.register_retry_wait,
+            policy: RetryPolicy::new(config.request_timeout, config.request_retries),
+        },
+        running.clone(),
+        events.clone(),
+        shutdown.clone(),
+    )?;
+    let jobs = RunningJobs::new(config.node_id.clone(), config.kill_grace);
+    let mut compute = Compute { config, capacity, is_root, my_uid, jobs, link, events };
+
+    let mut result = Ok(());
+    while !shutdown.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wake = compute.jobs.next_deadline().unwrap_or(now + compute.config.status_interval);
+        match inbox.recv_timeout(wake.saturating_duration_since(now).min(MAX_WAIT)) {
+            Ok(Event::Request(envelope, slot)) => {
+                let reply = compute.handle(envelope.body);
+                let _ = slot.send(reply_bytes(compute.config.node_id.as_str(), &reply));
+            }
+            Ok(Event::ReplicaExited(exited)) => compute.replica_exited(exited),
+            Ok(Event::Kill(ids)) => {
+                for id in ids {
+                    compute.jobs.stop(id, NodeEndCause::Killed);
+                }
+            }
+            Ok(Event::Fatal(message)) => {
+                result = Err(anyhow!(message));
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        compute.jobs.enforce(Instant::now());
+        if let Ok(mut ids) = running.lock() {
+            *ids = compute.jobs.ids();
+        }
+    }
+    tracing::info!("compute daemon shutting down; killing its jobs");
+    compute.jobs.kill_all();
+    shutdown.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    result
+}
+
+impl Compute {
+    fn handle(&mut self, request: NodeRequest) -> Reply<NodeResponse> {
+        match request {
+            NodeRequest::GetNodeStatus(_) => Ok(NodeResponse::NodeStatus(NodeStatusReply {
+                node: self.config.node_id.clone(),
+                capacity: self.capacity,
+                allocated: self.jobs.allocated(),
+                running: self.jobs.ids(),
+            })),
+            NodeRequest::HostJob(req) => {
+                let reason = if !self.may_run_as(req.uid) {
+                    Some(self.uid_refusal(req.uid))
+                } else if !self.capacity.saturating_sub(&self.jobs.allocated()).contains(&req.per_node) {
+                    Some("not enough free CPUs or memory".to_string())
+                } else {
+                    None
+                };
+                Ok(NodeResponse::CanHost(CanHost { ok: reason.is_none(), reason }))
+            }
+            NodeRequest::StartJob(StartJob { job }) => {
+                if self.jobs.contains(job.id) {
+                    return Ok(NodeResponse::Ack(Ack {})); // a retried request
+                }
+                let uid = job.spec.user.uid;
+                if !self.may_run_as(uid) {
+                    return Err(ErrorReply::new(ErrorCode::PermissionDenied, self.uid_refusal(uid)));
+                }
+                let events = self.events.clone();
+                let switch_user = self.is_root && uid != self.my_uid;
+                let on_exit = move |exited| {
+                    let _ = events.send(Event::ReplicaExited(exited));
+                };
+                let started_at = self.jobs.start(&job, switch_user, on_exit).map_err(|e| {
+                    tracing::warn!(job = %job.id, error = %e, "cannot start job");
+                    ErrorReply::new(ErrorCode::Invalid, e)
+                })?;
+                tracing::info!(job = %job.id, replicas = job.spec.procs_per_node, "job started");
+                self.link.report(ComputeRequest::ReportJobStart(ReportJobStart {
+                    node: self.config.node_id.clone(),
+                    job: job.id,
+                    started_at,
+                }));
+                Ok(NodeResponse::Ack(Ack {}))
+            }
+            NodeRequest::FreeResources(FreeResources { job }) => {
+                self.jobs.stop(job, NodeEndCause::Killed);
+                Ok(NodeResponse::Ack(Ack {}))
+            }
+        }
+    }
+
+    fn may_run_as(&self, uid: u32) -> bool {
+        self.is_root || uid == self.my_uid
+    }
+
+    fn uid_refusal(&self, uid: u32) -> String {
+        format!(
+            "the compute daemon on {} runs as uid {} and cannot run jobs as uid {uid}; run it as root to serve every user",
+            self.config.node_id, self.my_uid
+        )
+    }
+
+    fn replica_exited(&mut self, exited: ReplicaExited) {
+        let job = exited.job;
+        if let Some(end) = self.jobs.replica_exited(exited) {
+            tracing::info!(job = %job, cause = ?end.cause, "job ended here");
+            self.link.report(ComputeRequest::ReportJobEnd(ReportJobEnd { node: self.config.node_id.clone(), job, end }));
+        }
+    }
+}

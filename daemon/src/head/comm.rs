@@ -1,0 +1,108 @@
+//! How the head talks to compute nodes, kept apart from what it decides to say.
+//!
+//! [`NodeComm`] is fire-and-forget: the head's loop never waits on a node. [`ZmqComm`] gives each
+//! node a worker thread with its own REQ socket and queue, so a slow or dead node delays only its
+//! own messages; a message that cannot be delivered (after the transport's retries) or that the
+//! node refuses comes back to the loop as a [`DeliveryFailure`]. Tests use [`RecordingComm`].
+
+use cm_common::node::Node;
+use cm_common::protocol::{Credential, NodeRequest, NodeResponse};
+use cm_common::transport::{Requester, RetryPolicy};
+use cm_common::NodeId;
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+
+/// Sends requests to compute nodes without waiting for them.
+pub trait NodeComm: Send {
+    fn send(&mut self, node: &Node, request: NodeRequest);
+}
+
+/// A request that did not get through, reported back to the head's loop.
+#[derive(Debug, Clone)]
+pub struct DeliveryFailure {
+    pub node: NodeId,
+    pub request: NodeRequest,
+    /// Why, as a sentence.
+    pub error: String,
+}
+
+struct Worker {
+    address: String,
+    queue: Sender<NodeRequest>,
+}
+
+/// Called with every request that could not be delivered.
+pub type FailureSink = Arc<dyn Fn(DeliveryFailure) + Send + Sync>;
+
+/// [`NodeComm`] over ZeroMQ: one worker thread and socket per node.
+pub struct ZmqComm {
+    ctx: zmq::Context,
+    policy: RetryPolicy,
+    me: String,
+    failures: FailureSink,
+    workers: HashMap<NodeId, Worker>,
+}
+
+impl ZmqComm {
+    pub fn new(ctx: zmq::Context, policy: RetryPolicy, me: String, failures: FailureSink) -> Self {
+        ZmqComm { ctx, policy, me, failures, workers: HashMap::new() }
+    }
+
+    fn spawn_worker(&self, node: &Node) -> Worker {
+        let (queue, requests) = channel::<NodeRequest>();
+        let mut requester = Requester::new(&self.ctx, &node.address, self.policy, &self.me, Credential { uid: 0 });
+        let node_id = node.id.clone();
+        let failures = self.failures.clone();
+        let spawned = std::thread::Builder::new().name(format!("comm-{}", node.id)).spawn(move || {
+            // Ends when the head drops the queue (node re-registered elsewhere, or shutdown).
+            for request in requests {
+                let error = match requester.call::<NodeRequest, NodeResponse>(&request) {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(refusal)) => format!("node {node_id} refused: {}", refusal.message),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(node = %node_id, %error, "could not deliver a request");
+                failures(DeliveryFailure { node: node_id.clone(), request, error });
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(node = %node.id, error = %e, "cannot start a sender thread");
+        }
+        Worker { address: node.address.clone(), queue }
+    }
+}
+
+impl NodeComm for ZmqComm {
+    fn send(&mut self, node: &Node, request: NodeRequest) {
+        let stale = self.workers.get(&node.id).is_none_or(|w| w.address != node.address);
+        if stale {
+            // A node that re-registered at a new address gets a fresh worker; the old one ends
+            // when its queue is dropped.
+            let worker = self.spawn_worker(node);
+            self.workers.insert(node.id.clone(), worker);
+        }
+        let Some(worker) = self.workers.get(&node.id) else { return };
+        if let Err(returned) = worker.queue.send(request) {
+            (self.failures)(DeliveryFailure {
+                node: node.id.clone(),
+                request: returned.0,
+                error: "the node's sender thread has stopped".into(),
+            });
+        }
+    }
+}
+
+/// A [`NodeComm`] for tests: records what would have been sent.
+#[derive(Default, Clone)]
+pub struct RecordingComm {
+    pub sent: std::sync::Arc<std::sync::Mutex<Vec<(NodeId, NodeRequest)>>>,
+}
+
+impl NodeComm for RecordingComm {
+    fn send(&mut self, node: &Node, request: NodeRequest) {
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.push((node.id.clone(), request));
+        }
+    }
+}

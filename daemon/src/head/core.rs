@@ -1,0 +1,470 @@
+//! The head's state machine: every request and event goes through [`HeadCore`].
+//!
+//! It holds the nodes and the jobs still in play (pending, running, or ended but still held by a
+//! node) in memory, writes every change through the [`Store`] before acknowledging it, and
+//! sends to nodes only through [`NodeComm`]. It does no waiting and reads no clock: `now` is a
+//! parameter, so every path is unit-tested with a recording comm.
+//!
+//! Resources: a job's reservation on a node (an `Allocation`) is released only when that node
+//! reports the job's end there, or the node is lost, so a killed job's CPUs are not handed out
+//! while its processes are still dying.
+
+use super::comm::{DeliveryFailure, NodeComm};
+use crate::scheduler::{self, NodeView};
+use crate::store::{Store, StoreError};
+use cm_common::job::{Job, JobNode, JobSpec, JobState, NodeEnd, NodeEndCause};
+use cm_common::node::{Allocation, Node, NodeHealth, Role};
+use cm_common::protocol::*;
+use cm_common::{JobId, NodeId, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Settings the head's decisions depend on.
+#[derive(Debug, Clone)]
+pub struct HeadSettings {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+/// The head's state and decisions.
+pub struct HeadCore {
+    store: Box<dyn Store>,
+    comm: Box<dyn NodeComm>,
+    settings: HeadSettings,
+    /// The head's own entry in node listings.
+    me: Node,
+    nodes: BTreeMap<NodeId, Node>,
+    /// Jobs not yet settled: not terminal, or terminal with a node that has not reported its end.
+    jobs: BTreeMap<JobId, Job>,
+    /// Submission tokens of the jobs in `jobs`, so a retried submit returns the same id.
+    tokens: HashMap<String, JobId>,
+    /// Something changed that may let a pending job start.
+    wants_schedule: bool,
+}
+
+fn unavailable(e: StoreError) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Unavailable, format!("{e}; nothing was changed, try again"))
+}
+
+fn invalid(message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Invalid, message)
+}
+
+/// Every node has reported its end and the job is terminal: nothing more will change.
+fn is_settled(job: &Job) -> bool {
+    job.state.is_terminal() && job.nodes.iter().all(|n| n.end.is_some())
+}
+
+/// The terminal state of a running job whose nodes have all reported.
+pub fn final_state(job: &Job, now: Timestamp) -> JobState {
+    let started_at = job.state.started_at().unwrap_or(now);
+    let ended_at = job.nodes.iter().filter_map(|n| n.end.as_ref().map(|e| e.ended_at)).max().unwrap_or(now);
+    let ends: Vec<(&NodeId, &NodeEnd)> = job.nodes.iter().filter_map(|n| n.end.as_ref().map(|e| (&n.node, e))).collect();
+    for (node, end) in &ends {
+        match &end.cause {
+            NodeEndCause::LaunchFailed { reason } => {
+                return JobState::Failed { started_at, ended_at, reason: format!("could not start on {node}: {reason}") }
+            }
+            NodeEndCause::Lost { reason } => {
+                return JobState::Failed { started_at, ended_at, reason: format!("lost on {node}: {reason}") }
+            }
+            _ => {}
+        }
+    }
+    if ends.iter().any(|(_, e)| e.cause == NodeEndCause::TimedOut) {
+        return JobState::TimedOut { started_at, ended_at };
+    }
+    let failed = ends.iter().flat_map(|(node, e)| e.replicas.iter().map(move |r| (node, r))).find(|(_, r)| !r.status.success());
+    match failed {
+        None if ends.iter().all(|(_, e)| e.cause == NodeEndCause::Exited) => JobState::Completed { started_at, ended_at },
+        None => JobState::Failed { started_at, ended_at, reason: "killed on a node by the head".into() },
+        Some((node, r)) => JobState::Failed { started_at, ended_at, reason: format!("rank {} on {node}: {}", r.rank, r.status) },
+    }
+}
+
+impl HeadCore {
+    /// Loads nodes and unfinished jobs from the store.
+    pub fn open(store: Box<dyn Store>, comm: Box<dyn NodeComm>, me: Node, settings: HeadSettings) -> Result<Self, StoreError> {
+        let nodes = store.nodes()?.into_iter().map(|n| (n.id.clone(), n)).collect();
+        let jobs: BTreeMap<JobId, Job> = store.active_jobs()?.into_iter().map(|j| (j.id, j)).collect();
+        let tokens = jobs.values().map(|j| (j.submit_token.clone(), j.id)).collect();
+        Ok(HeadCore { store, comm, settings, me, nodes, jobs, tokens, wants_schedule: true })
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    pub fn node(&self, id: &NodeId) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    /// Persists `jobs` and `nodes`, then makes them the truth in memory.
+    fn commit(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
+        self.store.save(&jobs.iter().collect::<Vec<_>>(), &nodes.iter().collect::<Vec<_>>())?;
+        for node in nodes {
+            self.nodes.insert(node.id.clone(), node);
+        }
+        for job in jobs {
+            if is_settled(&job) {
+                self.tokens.remove(&job.submit_token);
+                self.jobs.remove(&job.id);
+            } else {
+                self.tokens.insert(job.submit_token.clone(), job.id);
+                self.jobs.insert(job.id, job);
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ clients
+
+    pub fn handle_client(&mut self, credential: Credential, request: ClientRequest, now: Timestamp) -> Reply<ClientResponse> {
+        match request {
+            ClientRequest::FetchNodes(_) => {
+                let mut nodes = vec![self.me.clone()];
+                nodes.extend(self.nodes.values().cloned());
+                Ok(ClientResponse::Nodes(NodesReply { nodes }))
+            }
+            ClientRequest::FetchJobs(req) => self.fetch_jobs(req),
+            ClientRequest::GetJob(GetJob { id }) => {
+                let job = match self.jobs.get(&id) {
+                    Some(job) => job.clone(),
+                    None => self.store.job(id).map_err(unavailable)?.ok_or_else(|| not_found(id))?,
+                };
+                Ok(ClientResponse::Job(JobReply { job }))
+            }
+            ClientRequest::AssignJobId(req) => self.submit(credential, req, now),
+            ClientRequest::KillJob(KillJob { id }) => self.kill(credential, id, now),
+        }
+    }
+
+    fn fetch_jobs(&self, req: FetchJobs) -> Reply<ClientResponse> {
+        let mut jobs: Vec<Job> = Vec::new();
+        if req.include_finished {
+            let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+            jobs = self.store.finished_jobs(limit).map_err(unavailable)?;
+        }
+        jobs.extend(self.jobs.values().filter(|j| !j.state.is_terminal()).cloned());
+        jobs.sort_by_key(|j| j.id);
+        Ok(ClientResponse::Jobs(JobsReply { jobs }))
+    }
+
+    fn submit(&mut self, credential: Credential, req: AssignJobId, now: Timestamp) -> Reply<ClientResponse> {
+        if let Some(&id) = self.tokens.get(&req.token) {
+            return Ok(ClientResponse::JobAccepted(JobAccepted { id })); // a retry of a submit we already took
+        }
+        let spec = req.spec;
+        spec.validate().map_err(invalid)?;
+        if credential.uid != 0 && credential.uid != spec.user.uid {
+            return Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!("uid {} cannot submit a job that runs as uid {}", credential.uid, spec.user.uid),
+            ));
+        }
+        self.check_cluster_can_fit(&spec)?;
+        let id = self.store.allocate_job_id().map_err(unavailable)?;
+        let job = Job::new(id, spec, now, req.token);
+        self.commit(vec![job], vec![]).map_err(unavailable)?;
+        self.wants_schedule = true;
+        tracing::info!(job = %id, "job submitted");
+        Ok(ClientResponse::JobAccepted(JobAccepted { id }))
+    }
+
+    /// Refuses at once a job that could never run on the registered nodes, however long it waited.
+    fn check_cluster_can_fit(&self, spec: &JobSpec) -> Result<(), ErrorReply> {
+        let computes: Vec<&Node> = self.nodes.values().filter(|n| n.role == Role::Compute).collect();
+        if computes.is_empty() {
+            return Err(invalid(
+                "no compute node has registered with the head yet; start compute daemons (cmd --role compute) and submit again",
+            ));
+        }
+        let big_enough = computes.iter().filter(|n| n.capacity.contains(&spec.per_node)).count();
+        let usable = computes.iter().filter(|n| n.capacity.contains(&spec.per_node) && n.can_run_as(spec.user.uid)).count();
+        let wanted = usize::try_from(spec.nodes).unwrap_or(usize::MAX);
+        if usable >= wanted {
+            return Ok(());
+        }
+        let mut message = format!(
+            "the job asks for {} node(s) with {} CPU(s) and {} MB each, but the cluster has {} compute node(s) and only {} that large",
+            spec.nodes,
+            spec.per_node.cpus,
+            spec.per_node.memory_mb,
+            computes.len(),
+            big_enough
+        );
+        if usable < big_enough {
+            message.push_str(&format!(
+                ", of which {usable} may run jobs of uid {} (the others' daemons do not run as root)",
+                spec.user.uid
+            ));
+        }
+        message.push_str("; ask for fewer nodes or less per node");
+        Err(invalid(message))
+    }
+
+    fn kill(&mut self, credential: Credential, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
+        let mut job = match self.jobs.get(&id) {
+            Some(job) => job.clone(),
+            None => match self.store.job(id).map_err(unavailable)? {
+                Some(job) => return Err(invalid(format!("job {id} has already ended ({})", job.state.name()))),
+                None => return Err(not_found(id)),
+            },
+        };
+        if job.state.is_terminal() {
+            return Err(invalid(format!("job {id} has already ended ({})", job.state.name())));
+        }
+        if credential.uid != 0 && credential.uid != job.spec.user.uid {
+            return Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!("job {id} belongs to {} (uid {}); only its owner or root may kill it", job.spec.user.name, job.spec.user.uid),
+            ));
+        }
+        let previous_state = job.state.name().to_string();
+        job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: credential.uid };
+        let still_running: Vec<NodeId> = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
+        self.commit(vec![job], vec![]).map_err(unavailable)?;
+        self.send_free(id, &still_running);
+        tracing::info!(job = %id, by = credential.uid, "job killed");
+        Ok(ClientResponse::JobKilled(JobKilled { id, previous_state }))
+    }
+
+    fn send_free(&mut self, job: JobId, nodes: &[NodeId]) {
+        for id in nodes {
+            if let Some(node) = self.nodes.get(id) {
+                self.comm.send(node, NodeRequest::FreeResources(FreeResources { job }));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ compute nodes
+
+    pub fn handle_compute(&mut self, request: ComputeRequest, now: Timestamp) -> Reply<ComputeResponse> {
+        match request {
+            ComputeRequest::RegisterNode(req) => self.register(req, now),
+            ComputeRequest::Heartbeat(req) => self.heartbeat(req, now),
+            ComputeRequest::ReportJobStart(req) => self.report_start(req),
+            ComputeRequest::ReportJobEnd(req) => {
+                self.record_node_end(req.job, &req.node, req.end, now).map_err(unavailable)?;
+                Ok(ComputeResponse::Ack(Ack {}))
+            }
+        }
+    }
+
+    fn register(&mut self, req: RegisterNode, now: Timestamp) -> Reply<ComputeResponse> {
+        let mut node = self.nodes.get(&req.node).cloned().unwrap_or_else(|| Node {
+            id: req.node.clone(),
+            role: Role::Compute,
+            address: String::new(),
+            capacity: req.capacity,
+            allocations: vec![],
+            health: NodeHealth::Up,
+            only_uid: None,
+            registered_at: now,
+            last_heartbeat: now,
+        });
+        node.address = req.address;
+        node.capacity = req.capacity;
+        node.only_uid = req.only_uid;
+        node.health = NodeHealth::Up;
+        node.registered_at = now;
+        node.last_heartbeat = now;
+        // Jobs placed here that the (re)started daemon does not run were lost with the old daemon.
+        let lost: Vec<JobId> = node.allocations.iter().map(|a| a.job).filter(|j| !req.running.contains(j)).collect();
+        self.commit(vec![], vec![node]).map_err(unavailable)?;
+        for job in lost {
+            let end = NodeEnd {
+                ended_at: now,
+                cause: NodeEndCause::Lost { reason: format!("the compute daemon on {} restarted without it", req.node) },
+                replicas: vec![],
+            };
+            self.record_node_end(job, &req.node, end, now).map_err(unavailable)?;
+        }
+        self.wants_schedule = true;
+        tracing::info!(node = %req.node, cpus = req.capacity.cpus, memory_mb = req.capacity.memory_mb, "node registered");
+        let heartbeat_interval_ms = u64::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
+        Ok(ComputeResponse::Registered(Registered { heartbeat_interval_ms, kill: self.stale_jobs(&req.node, &req.running) }))
+    }
+
+    fn heartbeat(&mut self, req: Heartbeat, now: Timestamp) -> Reply<ComputeResponse> {
+        let Some(node) = self.nodes.get_mut(&req.node) else {
+            return Err(ErrorReply::new(ErrorCode::UnknownNode, format!("node {} is not registered; register first", req.node)));
+        };
+        // Heartbeats only touch memory: persisting each would cost a disk sync per node per interval.
+        node.last_heartbeat = now;
+        if !node.is_up() {
+            let mut back = node.clone();
+            back.health = NodeHealth::Up;
+            self.commit(vec![], vec![back]).map_err(unavailable)?;
+            self.wants_schedule = true;
+            tracing::info!(node = %req.node, "node is back");
+        }
+        Ok(ComputeResponse::HeartbeatAck(HeartbeatAck { kill: self.stale_jobs(&req.node, &req.running) }))
+    }
+
+    /// Of the jobs a node says it runs, those the head does not expect it to run: to be killed.
+    fn stale_jobs(&self, node: &NodeId, running: &[JobId]) -> Vec<JobId> {
+        let expected = |id: &JobId| {
+            self.jobs.get(id).is_some_and(|job| {
+                !job.state.is_terminal() && job.nodes.iter().any(|n| &n.node == node && n.end.is_none())
+            })
+        };
+        running.iter().filter(|id| !expected(id)).copied().collect()
+    }
+
+    fn report_start(&mut self, req: ReportJobStart) -> Reply<ComputeResponse> {
+        let Some(mut job) = self.jobs.get(&req.job).cloned() else {
+            return Ok(ComputeResponse::Ack(Ack {})); // ended meanwhile; the heartbeat will fence it
+        };
+        if let Some(slot) = job.nodes.iter_mut().find(|n| n.node == req.node && n.started_at.is_none()) {
+            slot.started_at = Some(req.started_at);
+            self.commit(vec![job], vec![]).map_err(unavailable)?;
+        }
+        Ok(ComputeResponse::Ack(Ack {}))
+    }
+
+    /// Records that `node` is done with `id`: releases its reservation there and, once every node
+    /// is done, gives the job its final state. Idempotent: a repeated report changes nothing.
+    pub fn record_node_end(&mut self, id: JobId, node_id: &NodeId, end: NodeEnd, now: Timestamp) -> Result<(), StoreError> {
+        let mut nodes = Vec::new();
+        if let Some(node) = self.nodes.get(node_id) {
+            let mut node = node.clone();
+            if node.release(id) {
+                nodes.push(node);
+            }
+        }
+        let job = match self.jobs.get(&id) {
+            Some(job) => Some(job.clone()),
+            None => self.store.job(id)?,
+        };
+        let Some(mut job) = job else { return self.commit(vec![], nodes) };
+        let Some(slot) = job.nodes.iter_mut().find(|n| &n.node == node_id && n.end.is_none()) else {
+            return self.commit(vec![], nodes);
+        };
+        let failed_to_run = matches!(end.cause, NodeEndCause::LaunchFailed { .. } | NodeEndCause::Lost { .. });
+        slot.end = Some(end);
+        let mut kill_others = Vec::new();
+        if matches!(job.state, JobState::Running { .. }) {
+            if job.nodes.iter().all(|n| n.end.is_some()) {
+                job.state = final_state(&job, now);
+                tracing::info!(job = %id, state = job.state.name(), "job ended");
+            } else if failed_to_run {
+                // Without this node's share the job cannot do its work: stop the rest.
+                kill_others = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
+            }
+        }
+        self.commit(vec![job], nodes)?;
+        self.send_free(id, &kill_others);
+        self.wants_schedule = true;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ events
+
+    /// A request to a node did not get through.
+    pub fn delivery_failed(&mut self, failure: DeliveryFailure, now: Timestamp) {
+        match failure.request {
+            NodeRequest::StartJob(StartJob { job }) => {
+                let end =
+                    NodeEnd { ended_at: now, cause: NodeEndCause::LaunchFailed { reason: failure.error }, replicas: vec![] };
+                if let Err(e) = self.record_node_end(job.id, &failure.node, end, now) {
+                    tracing::error!(job = %job.id, error = %e, "cannot record a failed start");
+                }
+            }
+            // The reservation stays until the node reports the end or is declared Down.
+            other => tracing::warn!(node = %failure.node, request = ?other, error = %failure.error, "undelivered request"),
+        }
+    }
+
+    /// Periodic duties: declare silent nodes Down.
+    pub fn tick(&mut self, now: Timestamp) {
+        let timeout = self.settings.heartbeat_timeout;
+        let silent: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.is_up() && n.role == Role::Compute && now.since(n.last_heartbeat) > timeout)
+            .map(|n| n.id.clone())
+            .collect();
+        for id in silent {
+            if let Err(e) = self.mark_down(&id, now) {
+                tracing::error!(node = %id, error = %e, "cannot mark a node down");
+            }
+        }
+        self.wants_schedule = true;
+    }
+
+    fn mark_down(&mut self, id: &NodeId, now: Timestamp) -> Result<(), StoreError> {
+        let Some(mut node) = self.nodes.get(id).cloned() else { return Ok(()) };
+        let reason = format!("no heartbeat for {} s", now.since(node.last_heartbeat).as_secs());
+        tracing::warn!(node = %id, %reason, "node is down");
+        let jobs: Vec<JobId> = node.allocations.iter().map(|a| a.job).collect();
+        node.health = NodeHealth::Down { since: now, reason: reason.clone() };
+        self.commit(vec![], vec![node])?;
+        for job in jobs {
+            let end = NodeEnd { ended_at: now, cause: NodeEndCause::Lost { reason: format!("node {id} went down ({reason})") }, replicas: vec![] };
+            self.record_node_end(job, id, end, now)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a scheduling pass if anything changed since the last one.
+    pub fn schedule_if_needed(&mut self, now: Timestamp) {
+        if std::mem::take(&mut self.wants_schedule) {
+            self.schedule(now);
+        }
+    }
+
+    /// Places what fits, persists the placements in one write, then tells the nodes.
+    pub fn schedule(&mut self, now: Timestamp) {
+        let pending: Vec<&Job> = self.jobs.values().filter(|j| j.state == JobState::Pending).collect();
+        if pending.is_empty() {
+            return;
+        }
+        let views: Vec<NodeView> = self
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Compute && n.is_up())
+            .map(|n| NodeView { id: n.id.clone(), free: n.free(), only_uid: n.only_uid })
+            .collect();
+        let placements = scheduler::schedule(&pending, &views);
+        if placements.is_empty() {
+            return;
+        }
+        let mut jobs = Vec::with_capacity(placements.len());
+        let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+        for placement in placements {
+            let Some(mut job) = self.jobs.get(&placement.job).cloned() else { continue };
+            job.state = JobState::Running { started_at: now };
+            job.nodes = placement.nodes.iter().map(|n| JobNode { node: n.clone(), started_at: None, end: None }).collect();
+            for id in &placement.nodes {
+                let node = match nodes.get_mut(id) {
+                    Some(node) => node,
+                    None => match self.nodes.get(id) {
+                        Some(node) => nodes.entry(id.clone()).or_insert_with(|| node.clone()),
+                        None => continue,
+                    },
+                };
+                node.allocations.push(Allocation { job: job.id, resources: job.spec.per_node });
+            }
+            jobs.push(job);
+        }
+        let starts: Vec<Job> = jobs.clone();
+        if let Err(e) = self.commit(jobs, nodes.into_values().collect()) {
+            // Nothing was placed; the next pass tries again.
+            tracing::error!(error = %e, "cannot persist placements");
+            return;
+        }
+        for job in starts {
+            tracing::info!(job = %job.id, nodes = ?job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), "job placed");
+            for id in job.node_ids() {
+                if let Some(node) = self.nodes.get(id) {
+                    self.comm.send(node, NodeRequest::StartJob(StartJob { job: job.clone() }));
+                }
+            }
+        }
+    }
+}
+
+fn not_found(id: JobId) -> ErrorReply {
+    ErrorReply::new(ErrorCode::NotFound, format!("job {id} does not exist"))
+}

@@ -1,0 +1,150 @@
+//! The scheduler: a pure function from (pending jobs, free node resources) to placements.
+//!
+//! Policy: strict FIFO by job id, greedy, all-or-nothing. The oldest pending job gets the first
+//! nodes (in the order given) with enough free CPUs and memory that may run its user's jobs; a job
+//! that cannot get every node it asks for reserves nothing, and no younger job may pass it.
+//! There is no I/O and no clock here, so the policy is tested with tables of cases. (A policy
+//! that needs time, such as backfill, takes `now` as a parameter.)
+
+use cm_common::job::Job;
+use cm_common::{JobId, NodeId, Resources};
+
+/// What the scheduler needs to know of one schedulable node.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub free: Resources,
+    /// See `Node::only_uid`.
+    pub only_uid: Option<u32>,
+}
+
+/// A decision: start `job` on `nodes` (in node-rank order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub job: JobId,
+    pub nodes: Vec<NodeId>,
+}
+
+/// Places as many of `pending` (in FIFO order) as fit, stopping at the first that does not.
+pub fn schedule(pending: &[&Job], nodes: &[NodeView]) -> Vec<Placement> {
+    let mut free: Vec<Resources> = nodes.iter().map(|n| n.free).collect();
+    let mut placements = Vec::new();
+    for job in pending {
+        let need = job.spec.per_node;
+        let uid = job.spec.user.uid;
+        let wanted = usize::try_from(job.spec.nodes).unwrap_or(usize::MAX);
+        let chosen: Vec<usize> = (0..nodes.len())
+            .filter(|&i| free[i].contains(&need) && nodes[i].only_uid.is_none_or(|only| only == uid))
+            .take(wanted)
+            .collect();
+        if chosen.len() < wanted {
+            break; // Strict FIFO: nothing younger may start ahead of this job.
+        }
+        for &i in &chosen {
+            free[i] = free[i].saturating_sub(&need);
+        }
+        placements.push(Placement { job: job.id, nodes: chosen.iter().map(|&i| nodes[i].id.clone()).collect() });
+    }
+    placements
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::JobBuilder;
+
+    fn node(id: &str, cpus: u32, memory_mb: u64) -> NodeView {
+        NodeView { id: NodeId::new(id), free: Resources::new(cpus, memory_mb), only_uid: None }
+    }
+
+    fn placed(p: &[Placement]) -> Vec<(u64, Vec<&str>)> {
+        p.iter().map(|p| (p.job.0, p.nodes.iter().map(NodeId::as_str).collect())).collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        jobs: Vec<Job>,
+        nodes: Vec<NodeView>,
+        want: Vec<(u64, Vec<&'static str>)>,
+    }
+
+    #[test]
+    fn table() {
+        let cases = [
+            Case {
+                name: "a job that fits is placed on the first nodes that fit",
+                jobs: vec![JobBuilder::new(1).nodes(2).cpus(1).build()],
+                nodes: vec![node("a", 2, 512), node("b", 2, 512), node("c", 2, 512)],
+                want: vec![(1, vec!["a", "b"])],
+            },
+            Case {
+                name: "nodes without enough CPUs or memory are skipped",
+                jobs: vec![JobBuilder::new(1).nodes(1).cpus(2).mem(300).build()],
+                nodes: vec![node("a", 1, 512), node("b", 2, 200), node("c", 2, 512)],
+                want: vec![(1, vec!["c"])],
+            },
+            Case {
+                name: "all or nothing: a job short of one node reserves nothing",
+                jobs: vec![JobBuilder::new(1).nodes(3).build()],
+                nodes: vec![node("a", 2, 512), node("b", 2, 512)],
+                want: vec![],
+            },
+            Case {
+                name: "strict FIFO: a blocked job blocks younger ones that would fit",
+                jobs: vec![JobBuilder::new(1).nodes(3).build(), JobBuilder::new(2).nodes(1).build()],
+                nodes: vec![node("a", 2, 512), node("b", 2, 512)],
+                want: vec![],
+            },
+            Case {
+                name: "jobs fill nodes in order and share a node while resources last",
+                jobs: vec![
+                    JobBuilder::new(1).cpus(1).build(),
+                    JobBuilder::new(2).cpus(1).build(),
+                    JobBuilder::new(3).cpus(1).build(),
+                ],
+                nodes: vec![node("a", 2, 512), node("b", 1, 512)],
+                want: vec![(1, vec!["a"]), (2, vec!["a"]), (3, vec!["b"])],
+            },
+            Case {
+                name: "placement stops at the first job that no longer fits",
+                jobs: vec![
+                    JobBuilder::new(1).nodes(2).cpus(2).build(),
+                    JobBuilder::new(2).cpus(1).build(),
+                    JobBuilder::new(3).cpus(1).build(),
+                ],
+                nodes: vec![node("a", 2, 512), node("b", 3, 512)],
+                want: vec![(1, vec!["a", "b"]), (2, vec!["b"])],
+            },
+            Case {
+                name: "memory counts as well as CPUs",
+                jobs: vec![JobBuilder::new(1).mem(300).build(), JobBuilder::new(2).mem(300).build()],
+                nodes: vec![node("a", 8, 512)],
+                want: vec![(1, vec!["a"])],
+            },
+            Case {
+                name: "a node that runs only one user's jobs is skipped for other users",
+                jobs: vec![JobBuilder::new(1).uid(1000).build(), JobBuilder::new(2).uid(2000).build()],
+                nodes: vec![
+                    NodeView { only_uid: Some(2000), ..node("a", 4, 512) },
+                    NodeView { only_uid: Some(1000), ..node("b", 4, 512) },
+                ],
+                want: vec![(1, vec!["b"]), (2, vec!["a"])],
+            },
+            Case { name: "no nodes, nothing placed", jobs: vec![JobBuilder::new(1).build()], nodes: vec![], want: vec![] },
+        ];
+        for case in cases {
+            let pending: Vec<&Job> = case.jobs.iter().collect();
+            assert_eq!(placed(&schedule(&pending, &case.nodes)), case.want, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn freed_resources_let_the_next_job_start() {
+        let jobs = [JobBuilder::new(1).cpus(2).build(), JobBuilder::new(2).cpus(2).build()];
+        let pending: Vec<&Job> = jobs.iter().collect();
+        let busy = [node("a", 2, 512)];
+        assert_eq!(placed(&schedule(&pending, &busy)), vec![(1, vec!["a"])]);
+        // Job 1 ended and gave its 2 CPUs back: job 2 is next.
+        assert_eq!(placed(&schedule(&pending[1..], &busy)), vec![(2, vec!["a"])]);
+    }
+}

@@ -1,0 +1,136 @@
+//! Persistence of the head's truth (nodes, jobs, the job id counter) behind one trait.
+//!
+//! The head keeps every pending and running job and every node in memory and writes each change
+//! through a [`Store`] before it acknowledges it. Implementations: [`embedded::EmbeddedStore`]
+//! (redb, on local disk). The same contract tests (`contract_tests`) run against each one.
+
+pub mod embedded;
+
+use cm_common::job::Job;
+use cm_common::node::Node;
+use cm_common::JobId;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("the job store failed: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded (written by an incompatible release, or damaged).
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the head persists. Writes are durable when they return `Ok`.
+pub trait Store: Send {
+    /// Reserves the next job id: sequential from 1, never handed out twice, even across restarts.
+    fn allocate_job_id(&mut self) -> StoreResult<JobId>;
+    /// Writes jobs and nodes in one atomic step.
+    fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()>;
+    /// One job, whatever its state.
+    fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
+    /// Every job not in a terminal state, by id.
+    fn active_jobs(&self) -> StoreResult<Vec<Job>>;
+    /// The `limit` most recent terminal jobs, by id.
+    fn finished_jobs(&self, limit: usize) -> StoreResult<Vec<Job>>;
+    /// Every node ever registered, by id.
+    fn nodes(&self) -> StoreResult<Vec<Node>>;
+}
+
+/// The contract every store must keep; each implementation's tests call [`contract_tests::run_all`].
+#[cfg(test)]
+pub mod contract_tests {
+    use super::*;
+    use cm_common::job::{JobSpec, JobState, UserIdentity};
+    use cm_common::node::{Allocation, NodeHealth, Role};
+    use cm_common::{NodeId, Resources, Timestamp};
+
+    pub fn job(id: JobId) -> Job {
+        let spec = JobSpec {
+            name: format!("job{id}"),
+            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![27], name: "alice".into() },
+            command: "echo hi".into(),
+            workdir: "/home/alice".into(),
+            env: [("PATH".to_string(), "/bin".to_string())].into(),
+            nodes: 2,
+            procs_per_node: 2,
+            per_node: Resources::new(1, 100),
+            time_limit_secs: Some(60),
+            stdout: None,
+            stderr: Some("err-%j".into()),
+        };
+        Job::new(id, spec, Timestamp(1000 + id.0), format!("token-{id}"))
+    }
+
+    pub fn node(id: &str) -> Node {
+        Node {
+            id: NodeId::new(id),
+            role: Role::Compute,
+            address: format!("tcp://{id}:5002"),
+            capacity: Resources::new(4, 1024),
+            allocations: vec![Allocation { job: JobId(1), resources: Resources::new(1, 100) }],
+            health: NodeHealth::Up,
+            only_uid: None,
+            registered_at: Timestamp(5),
+            last_heartbeat: Timestamp(6),
+        }
+    }
+
+    /// Runs every contract case against stores made by `open` (called again to "restart").
+    pub fn run_all<S: Store>(mut open: impl FnMut() -> S) {
+        ids_are_sequential_and_survive_reopen(&mut open);
+        jobs_round_trip_and_move_between_active_and_finished(&mut open);
+        nodes_round_trip_and_update_in_place(&mut open);
+    }
+
+    fn ids_are_sequential_and_survive_reopen<S: Store>(open: &mut impl FnMut() -> S) {
+        let first = {
+            let mut store = open();
+            let a = store.allocate_job_id().expect("id");
+            let b = store.allocate_job_id().expect("id");
+            assert_eq!(b.0, a.0 + 1);
+            b
+        };
+        let mut store = open();
+        assert_eq!(store.allocate_job_id().expect("id").0, first.0 + 1, "ids continue after a restart");
+    }
+
+    fn jobs_round_trip_and_move_between_active_and_finished<S: Store>(open: &mut impl FnMut() -> S) {
+        let mut store = open();
+        let mut a = job(JobId(101));
+        let b = job(JobId(102));
+        store.save(&[&a, &b], &[]).expect("save");
+        assert_eq!(store.job(JobId(101)).expect("read"), Some(a.clone()));
+        assert_eq!(store.job(JobId(999)).expect("read"), None);
+        let active: Vec<JobId> = store.active_jobs().expect("active").iter().map(|j| j.id).collect();
+        assert!(active.windows(2).all(|w| w[0] < w[1]), "active jobs come in id order");
+        assert!(active.contains(&JobId(101)) && active.contains(&JobId(102)));
+
+        a.state = JobState::Completed { started_at: Timestamp(1), ended_at: Timestamp(2) };
+        store.save(&[&a], &[]).expect("save");
+        drop(store);
+        let store = open();
+        assert!(!store.active_jobs().expect("active").iter().any(|j| j.id == a.id), "a finished job is not active");
+        let finished = store.finished_jobs(10).expect("finished");
+        assert_eq!(finished.last(), Some(&a));
+        assert_eq!(store.job(a.id).expect("read"), Some(a));
+        assert!(store.finished_jobs(0).expect("finished").is_empty());
+    }
+
+    fn nodes_round_trip_and_update_in_place<S: Store>(open: &mut impl FnMut() -> S) {
+        let mut store = open();
+        let mut n1 = node("n1");
+        let n2 = node("n2");
+        store.save(&[], &[&n2, &n1]).expect("save");
+        n1.health = NodeHealth::Down { since: Timestamp(9), reason: "gone".into() };
+        n1.allocations.clear();
+        store.save(&[], &[&n1]).expect("save");
+        drop(store);
+        let nodes = open().nodes().expect("nodes");
+        let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["n1", "n2"]);
+        assert_eq!(nodes[0], n1);
+    }
+}

@@ -1,0 +1,85 @@
+//! Builders for unit tests: jobs and nodes with sensible defaults, changed one field at a time.
+
+use cm_common::job::{Job, JobSpec, UserIdentity};
+use cm_common::node::{Node, NodeHealth, Role};
+use cm_common::{JobId, NodeId, Resources, Timestamp};
+
+/// Builds a pending job: 1 node, 1 process, 1 CPU, 100 MB, run by alice (uid 1000).
+pub struct JobBuilder {
+    job: Job,
+}
+
+impl JobBuilder {
+    pub fn new(id: u64) -> Self {
+        let spec = JobSpec {
+            name: format!("job{id}"),
+            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![], name: "alice".into() },
+            command: "true".into(),
+            workdir: "/tmp".into(),
+            env: Default::default(),
+            nodes: 1,
+            procs_per_node: 1,
+            per_node: Resources::new(1, 100),
+            time_limit_secs: None,
+            stdout: None,
+            stderr: None,
+        };
+        JobBuilder { job: Job::new(JobId(id), spec, Timestamp(id), format!("token{id}")) }
+    }
+    pub fn nodes(mut self, n: u32) -> Self {
+        self.job.spec.nodes = n;
+        self
+    }
+    pub fn procs(mut self, n: u32) -> Self {
+        self.job.spec.procs_per_node = n;
+        self
+    }
+    pub fn cpus(mut self, n: u32) -> Self {
+        self.job.spec.per_node.cpus = n;
+        self
+    }
+    pub fn mem(mut self, mb: u64) -> Self {
+        self.job.spec.per_node.memory_mb = mb;
+        self
+    }
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.job.spec.user.uid = uid;
+        self
+    }
+    pub fn spec(&self) -> JobSpec {
+        self.job.spec.clone()
+    }
+    pub fn build(self) -> Job {
+        self.job
+    }
+}
+
+/// Builds an Up compute node with 2 CPUs and 512 MB, as the original design's nodes.
+pub struct NodeBuilder {
+    node: Node,
+}
+
+impl NodeBuilder {
+    pub fn new(id: &str) -> Self {
+        NodeBuilder {
+            node: Node {
+                id: NodeId::new(id),
+                role: Role::Compute,
+                address: format!("tcp://{id}:5002"),
+                capacity: Resources::new(2, 512),
+                allocations: vec![],
+                health: NodeHealth::Up,
+                only_uid: None,
+                registered_at: Timestamp(0),
+                last_heartbeat: Timestamp(0),
+            },
+        }
+    }
+    pub fn cpus(mut self, n: u32) -> Self {
+        self.node.capacity.cpus = n;
+        self
+    }
+    pub fn build(self) -> Node {
+        self.node
+    }
+}
