@@ -1,1 +1,9 @@
-//! placeholder
+//! cm-cli: the user tools `cmrun`, `cminfo` and `cmkill`, thin over one small library.
+//!
+//! - [`client`]: finds the head (`--head`, `CM_HEAD`, the config) and sends it requests.
+//! - [`output`]: every table and the `--json` forms; column headers are stable.
+//! - [`submit`]: turns `cmrun`'s arguments and the caller's process into a `JobSpec`.
+
+pub mod client;
+pub mod output;
+pub mod submit;

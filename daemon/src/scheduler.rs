@@ -130,7 +130,12 @@ mod tests {
                 ],
                 want: vec![(1, vec!["b"]), (2, vec!["a"])],
             },
-            Case { name: "no nodes, nothing placed", jobs: vec![JobBuilder::new(1).build()], nodes: vec![], want: vec![] },
+            Case {
+                name: "no nodes, nothing placed",
+                jobs: vec![JobBuilder::new(1).build()],
+                nodes: vec![],
+                want: vec![],
+            },
         ];
         for case in cases {
             let pending: Vec<&Job> = case.jobs.iter().collect();

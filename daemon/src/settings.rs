@@ -5,9 +5,9 @@
 //! role, so the roles never look at the raw configuration.
 
 use crate::node_resources;
+use clap::{Parser, ValueEnum};
 use cm_common::config::Config;
 use cm_common::{NodeId, Resources};
-use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -114,7 +114,8 @@ impl Settings {
     pub fn resolve(args: &Args, config: &Config) -> Settings {
         let node_id = NodeId::new(args.node_id.clone().unwrap_or_else(hostname));
         let state_dir = args.state_dir.clone().unwrap_or_else(|| config.state_dir());
-        let resources = node_resources::detect(args.cpus.or(config.node.cpus), args.memory_mb.or(config.node.memory_mb));
+        let resources =
+            node_resources::detect(args.cpus.or(config.node.cpus), args.memory_mb.or(config.node.memory_mb));
         let standalone = args.role == RoleArg::Standalone;
         // Standalone is for one machine: it listens on loopback unless told otherwise.
         let head_listen = match (&args.listen, standalone) {

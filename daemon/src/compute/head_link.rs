@@ -93,6 +93,11 @@ struct Link {
 }
 
 impl Link {
+    /// One request to the head, wrapped as the head expects compute requests.
+    fn call(&mut self, request: &ComputeRequest) -> cm_common::Result<Reply<ComputeResponse>> {
+        self.requester.call(&HeadRequest::Compute(request.clone()))
+    }
+
     fn running(&self) -> Vec<JobId> {
         self.running.lock().map(|r| r.clone()).unwrap_or_default()
     }
@@ -110,7 +115,7 @@ impl Link {
                 only_uid: self.config.only_uid,
                 running: self.running(),
             });
-            let problem = match self.requester.call::<_, ComputeResponse>(&request) {
+            let problem = match self.call(&request) {
                 Ok(Ok(ComputeResponse::Registered(registered))) => {
                     tracing::info!(head = %self.requester.endpoint(), "registered with the head");
                     self.kill(registered.kill);
@@ -122,7 +127,8 @@ impl Link {
             };
             let retries = self.config.register_retries;
             if retries > 0 && attempt >= retries {
-                let _ = self.events.send(Event::Fatal(format!("could not register after {attempt} attempts: {problem}")));
+                let _ =
+                    self.events.send(Event::Fatal(format!("could not register after {attempt} attempts: {problem}")));
                 return false;
             }
             tracing::warn!(attempt, %problem, "registration failed; retrying");
@@ -146,8 +152,8 @@ impl Link {
 
     /// Sends queued reports in order; stops at the first one the head cannot take now.
     fn flush(&mut self) {
-        while let Some(report) = self.queue.front() {
-            match self.requester.call::<_, ComputeResponse>(report) {
+        while let Some(report) = self.queue.front().cloned() {
+            match self.call(&report) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) if e.code == ErrorCode::UnknownNode => {
                     if !self.register() {
@@ -171,7 +177,7 @@ impl Link {
 
     fn heartbeat(&mut self) {
         let request = ComputeRequest::Heartbeat(Heartbeat { node: self.config.node.clone(), running: self.running() });
-        match self.requester.call::<_, ComputeResponse>(&request) {
+        match self.call(&request) {
             Ok(Ok(ComputeResponse::HeartbeatAck(ack))) => self.kill(ack.kill),
             Ok(Ok(other)) => tracing::warn!(?other, "unexpected heartbeat reply"),
             Ok(Err(e)) if e.code == ErrorCode::UnknownNode => {

@@ -144,11 +144,8 @@ impl RunningJobs {
         let job = self.jobs.remove(&exited.job)?;
         // What the replicas started in the background ends with the job.
         signal_groups(&job, Signal::SIGKILL, true);
-        let replicas = job
-            .replicas
-            .iter()
-            .filter_map(|r| r.exit.map(|status| ReplicaExit { rank: r.rank, status }))
-            .collect();
+        let replicas =
+            job.replicas.iter().filter_map(|r| r.exit.map(|status| ReplicaExit { rank: r.rank, status })).collect();
         let cause = job.stopping.map_or(NodeEndCause::Exited, |s| s.cause);
         Some(NodeEnd { ended_at: Timestamp::now(), cause, replicas })
     }

@@ -71,11 +71,13 @@ fn dirs_below(workdir: &Path, file: &Path) -> Vec<PathBuf> {
     let Some(parent) = file.parent() else { return vec![] };
     let Ok(relative) = parent.strip_prefix(workdir) else { return vec![] };
     let mut dir = workdir.to_path_buf();
-    relative.components().map(|c| {
-        dir.push(c);
-        dir.clone()
-    })
-    .collect()
+    relative
+        .components()
+        .map(|c| {
+            dir.push(c);
+            dir.clone()
+        })
+        .collect()
 }
 
 impl ChildSetup {
@@ -94,7 +96,11 @@ impl ChildSetup {
             }
         }
         for (path, fd) in [(&self.stdout, 1), (&self.stderr, 2)] {
-            let file = open(path.as_c_str(), OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC, Mode::from_bits_truncate(0o644))?;
+            let file = open(
+                path.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+                Mode::from_bits_truncate(0o644),
+            )?;
             dup2(file, fd)?;
             close(file)?;
         }

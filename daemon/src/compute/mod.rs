@@ -69,8 +69,14 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
     let my_uid = nix::unistd::getuid().as_raw();
     let is_root = my_uid == 0;
     let (events, inbox) = channel::<Event>();
-    let server =
-        service::spawn("compute-rep", responder, config.node_id.to_string(), shutdown.clone(), events.clone(), Event::Request)?;
+    let server = service::spawn(
+        "compute-rep",
+        responder,
+        config.node_id.to_string(),
+        shutdown.clone(),
+        events.clone(),
+        Event::Request,
+    )?;
     let running = Arc::new(Mutex::new(Vec::new()));
     let link = HeadLink::spawn(
         &ctx,
@@ -192,7 +198,11 @@ impl Compute {
         let job = exited.job;
         if let Some(end) = self.jobs.replica_exited(exited) {
             tracing::info!(job = %job, cause = ?end.cause, "job ended here");
-            self.link.report(ComputeRequest::ReportJobEnd(ReportJobEnd { node: self.config.node_id.clone(), job, end }));
+            self.link.report(ComputeRequest::ReportJobEnd(ReportJobEnd {
+                node: self.config.node_id.clone(),
+                job,
+                end,
+            }));
         }
     }
 }

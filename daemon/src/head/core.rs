@@ -59,11 +59,16 @@ fn is_settled(job: &Job) -> bool {
 pub fn final_state(job: &Job, now: Timestamp) -> JobState {
     let started_at = job.state.started_at().unwrap_or(now);
     let ended_at = job.nodes.iter().filter_map(|n| n.end.as_ref().map(|e| e.ended_at)).max().unwrap_or(now);
-    let ends: Vec<(&NodeId, &NodeEnd)> = job.nodes.iter().filter_map(|n| n.end.as_ref().map(|e| (&n.node, e))).collect();
+    let ends: Vec<(&NodeId, &NodeEnd)> =
+        job.nodes.iter().filter_map(|n| n.end.as_ref().map(|e| (&n.node, e))).collect();
     for (node, end) in &ends {
         match &end.cause {
             NodeEndCause::LaunchFailed { reason } => {
-                return JobState::Failed { started_at, ended_at, reason: format!("could not start on {node}: {reason}") }
+                return JobState::Failed {
+                    started_at,
+                    ended_at,
+                    reason: format!("could not start on {node}: {reason}"),
+                }
             }
             NodeEndCause::Lost { reason } => {
                 return JobState::Failed { started_at, ended_at, reason: format!("lost on {node}: {reason}") }
@@ -74,17 +79,27 @@ pub fn final_state(job: &Job, now: Timestamp) -> JobState {
     if ends.iter().any(|(_, e)| e.cause == NodeEndCause::TimedOut) {
         return JobState::TimedOut { started_at, ended_at };
     }
-    let failed = ends.iter().flat_map(|(node, e)| e.replicas.iter().map(move |r| (node, r))).find(|(_, r)| !r.status.success());
+    let failed =
+        ends.iter().flat_map(|(node, e)| e.replicas.iter().map(move |r| (node, r))).find(|(_, r)| !r.status.success());
     match failed {
-        None if ends.iter().all(|(_, e)| e.cause == NodeEndCause::Exited) => JobState::Completed { started_at, ended_at },
+        None if ends.iter().all(|(_, e)| e.cause == NodeEndCause::Exited) => {
+            JobState::Completed { started_at, ended_at }
+        }
         None => JobState::Failed { started_at, ended_at, reason: "killed on a node by the head".into() },
-        Some((node, r)) => JobState::Failed { started_at, ended_at, reason: format!("rank {} on {node}: {}", r.rank, r.status) },
+        Some((node, r)) => {
+            JobState::Failed { started_at, ended_at, reason: format!("rank {} on {node}: {}", r.rank, r.status) }
+        }
     }
 }
 
 impl HeadCore {
     /// Loads nodes and unfinished jobs from the store.
-    pub fn open(store: Box<dyn Store>, comm: Box<dyn NodeComm>, me: Node, settings: HeadSettings) -> Result<Self, StoreError> {
+    pub fn open(
+        store: Box<dyn Store>,
+        comm: Box<dyn NodeComm>,
+        me: Node,
+        settings: HeadSettings,
+    ) -> Result<Self, StoreError> {
         let nodes = store.nodes()?.into_iter().map(|n| (n.id.clone(), n)).collect();
         let jobs: BTreeMap<JobId, Job> = store.active_jobs()?.into_iter().map(|j| (j.id, j)).collect();
         let tokens = jobs.values().map(|j| (j.submit_token.clone(), j.id)).collect();
@@ -119,7 +134,12 @@ impl HeadCore {
 
     // ------------------------------------------------------------------ clients
 
-    pub fn handle_client(&mut self, credential: Credential, request: ClientRequest, now: Timestamp) -> Reply<ClientResponse> {
+    pub fn handle_client(
+        &mut self,
+        credential: Credential,
+        request: ClientRequest,
+        now: Timestamp,
+    ) -> Reply<ClientResponse> {
         match request {
             ClientRequest::FetchNodes(_) => {
                 let mut nodes = vec![self.me.clone()];
@@ -180,7 +200,8 @@ impl HeadCore {
             ));
         }
         let big_enough = computes.iter().filter(|n| n.capacity.contains(&spec.per_node)).count();
-        let usable = computes.iter().filter(|n| n.capacity.contains(&spec.per_node) && n.can_run_as(spec.user.uid)).count();
+        let usable =
+            computes.iter().filter(|n| n.capacity.contains(&spec.per_node) && n.can_run_as(spec.user.uid)).count();
         let wanted = usize::try_from(spec.nodes).unwrap_or(usize::MAX);
         if usable >= wanted {
             return Ok(());
@@ -217,7 +238,10 @@ impl HeadCore {
         if credential.uid != 0 && credential.uid != job.spec.user.uid {
             return Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
-                format!("job {id} belongs to {} (uid {}); only its owner or root may kill it", job.spec.user.name, job.spec.user.uid),
+                format!(
+                    "job {id} belongs to {} (uid {}); only its owner or root may kill it",
+                    job.spec.user.name, job.spec.user.uid
+                ),
             ));
         }
         let previous_state = job.state.name().to_string();
@@ -275,7 +299,9 @@ impl HeadCore {
         for job in lost {
             let end = NodeEnd {
                 ended_at: now,
-                cause: NodeEndCause::Lost { reason: format!("the compute daemon on {} restarted without it", req.node) },
+                cause: NodeEndCause::Lost {
+                    reason: format!("the compute daemon on {} restarted without it", req.node),
+                },
                 replicas: vec![],
             };
             self.record_node_end(job, &req.node, end, now).map_err(unavailable)?;
@@ -283,12 +309,18 @@ impl HeadCore {
         self.wants_schedule = true;
         tracing::info!(node = %req.node, cpus = req.capacity.cpus, memory_mb = req.capacity.memory_mb, "node registered");
         let heartbeat_interval_ms = u64::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-        Ok(ComputeResponse::Registered(Registered { heartbeat_interval_ms, kill: self.stale_jobs(&req.node, &req.running) }))
+        Ok(ComputeResponse::Registered(Registered {
+            heartbeat_interval_ms,
+            kill: self.stale_jobs(&req.node, &req.running),
+        }))
     }
 
     fn heartbeat(&mut self, req: Heartbeat, now: Timestamp) -> Reply<ComputeResponse> {
         let Some(node) = self.nodes.get_mut(&req.node) else {
-            return Err(ErrorReply::new(ErrorCode::UnknownNode, format!("node {} is not registered; register first", req.node)));
+            return Err(ErrorReply::new(
+                ErrorCode::UnknownNode,
+                format!("node {} is not registered; register first", req.node),
+            ));
         };
         // Heartbeats only touch memory: persisting each would cost a disk sync per node per interval.
         node.last_heartbeat = now;
@@ -325,7 +357,13 @@ impl HeadCore {
 
     /// Records that `node` is done with `id`: releases its reservation there and, once every node
     /// is done, gives the job its final state. Idempotent: a repeated report changes nothing.
-    pub fn record_node_end(&mut self, id: JobId, node_id: &NodeId, end: NodeEnd, now: Timestamp) -> Result<(), StoreError> {
+    pub fn record_node_end(
+        &mut self,
+        id: JobId,
+        node_id: &NodeId,
+        end: NodeEnd,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let mut nodes = Vec::new();
         if let Some(node) = self.nodes.get(node_id) {
             let mut node = node.clone();
@@ -365,14 +403,19 @@ impl HeadCore {
     pub fn delivery_failed(&mut self, failure: DeliveryFailure, now: Timestamp) {
         match failure.request {
             NodeRequest::StartJob(StartJob { job }) => {
-                let end =
-                    NodeEnd { ended_at: now, cause: NodeEndCause::LaunchFailed { reason: failure.error }, replicas: vec![] };
+                let end = NodeEnd {
+                    ended_at: now,
+                    cause: NodeEndCause::LaunchFailed { reason: failure.error },
+                    replicas: vec![],
+                };
                 if let Err(e) = self.record_node_end(job.id, &failure.node, end, now) {
                     tracing::error!(job = %job.id, error = %e, "cannot record a failed start");
                 }
             }
             // The reservation stays until the node reports the end or is declared Down.
-            other => tracing::warn!(node = %failure.node, request = ?other, error = %failure.error, "undelivered request"),
+            other => {
+                tracing::warn!(node = %failure.node, request = ?other, error = %failure.error, "undelivered request")
+            }
         }
     }
 
@@ -401,7 +444,11 @@ impl HeadCore {
         node.health = NodeHealth::Down { since: now, reason: reason.clone() };
         self.commit(vec![], vec![node])?;
         for job in jobs {
-            let end = NodeEnd { ended_at: now, cause: NodeEndCause::Lost { reason: format!("node {id} went down ({reason})") }, replicas: vec![] };
+            let end = NodeEnd {
+                ended_at: now,
+                cause: NodeEndCause::Lost { reason: format!("node {id} went down ({reason})") },
+                replicas: vec![],
+            };
             self.record_node_end(job, id, end, now)?;
         }
         Ok(())
@@ -435,7 +482,8 @@ impl HeadCore {
         for placement in placements {
             let Some(mut job) = self.jobs.get(&placement.job).cloned() else { continue };
             job.state = JobState::Running { started_at: now };
-            job.nodes = placement.nodes.iter().map(|n| JobNode { node: n.clone(), started_at: None, end: None }).collect();
+            job.nodes =
+                placement.nodes.iter().map(|n| JobNode { node: n.clone(), started_at: None, end: None }).collect();
             for id in &placement.nodes {
                 let node = match nodes.get_mut(id) {
                     Some(node) => node,

@@ -1,0 +1,63 @@
+//! `cminfo`: the cluster at a glance (head nodes, compute nodes, jobs), or one job in full.
+
+use anyhow::bail;
+use clap::Parser;
+use cm_cli::client::{HeadArgs, HeadClient};
+use cm_cli::output;
+use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs, FetchNodes, GetJob};
+use cm_common::JobId;
+
+/// Show nodes and pending/running jobs, or one job in full.
+#[derive(Debug, Parser)]
+#[command(name = "cminfo", version)]
+struct Args {
+    #[command(flatten)]
+    head: HeadArgs,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also list finished jobs (the most recent --limit).
+    #[arg(long)]
+    all: bool,
+    /// With --all: how many finished jobs to list.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Show this job in full.
+    job: Option<JobId>,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("cminfo: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut client = HeadClient::connect(&args.head, "cminfo")?;
+    if let Some(id) = args.job {
+        let ClientResponse::Job(reply) = client.call(ClientRequest::GetJob(GetJob { id }))? else {
+            bail!("unexpected reply from the head");
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&reply.job)?);
+        } else {
+            print!("{}", output::job_detail(&reply.job));
+        }
+        return Ok(());
+    }
+    let ClientResponse::Nodes(nodes) = client.call(ClientRequest::FetchNodes(FetchNodes {}))? else {
+        bail!("unexpected reply from the head");
+    };
+    let request = FetchJobs { include_finished: args.all, limit: Some(args.limit) };
+    let ClientResponse::Jobs(jobs) = client.call(ClientRequest::FetchJobs(request))? else {
+        bail!("unexpected reply from the head");
+    };
+    if args.json {
+        let all = serde_json::json!({ "nodes": nodes.nodes, "jobs": jobs.jobs });
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        print!("{}\n{}", output::nodes_tables(&nodes.nodes), output::jobs_table(&jobs.jobs));
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `cmkill`: cancel pending or running jobs.
+
+use clap::Parser;
+use cm_cli::client::{HeadArgs, HeadClient};
+use cm_common::protocol::{ClientRequest, ClientResponse, KillJob};
+use cm_common::JobId;
+
+/// Cancel jobs: a pending job leaves the queue; a running job is killed on every node.
+#[derive(Debug, Parser)]
+#[command(name = "cmkill", version)]
+struct Args {
+    #[command(flatten)]
+    head: HeadArgs,
+    /// The jobs to cancel.
+    #[arg(required = true)]
+    jobs: Vec<JobId>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut client = match HeadClient::connect(&args.head, "cmkill") {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("cmkill: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let mut failed = false;
+    for id in args.jobs {
+        match client.call(ClientRequest::KillJob(KillJob { id })) {
+            Ok(ClientResponse::JobKilled(k)) => println!("job {} killed (was {})", k.id, k.previous_state),
+            Ok(other) => {
+                eprintln!("cmkill: job {id}: unexpected reply from the head: {other:?}");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("cmkill: job {id}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    std::process::exit(i32::from(failed));
+}

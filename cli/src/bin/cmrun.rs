@@ -1,0 +1,110 @@
+//! `cmrun`: submit a job; with `--wait`, wait for it and exit with its exit code.
+
+use anyhow::{anyhow, bail};
+use clap::Parser;
+use cm_cli::client::{HeadArgs, HeadClient};
+use cm_cli::submit::{build_spec, current_user, submit_token, Request};
+use cm_common::protocol::{AssignJobId, ClientRequest, ClientResponse, GetJob};
+use cm_common::JobId;
+use std::time::Duration;
+
+/// Submit a job: COMMAND runs as `sh -c COMMAND` in N processes on each of N nodes, as you, in
+/// this directory, with this environment plus CM_* variables.
+#[derive(Debug, Parser)]
+#[command(name = "cmrun", version)]
+struct Args {
+    #[command(flatten)]
+    head: HeadArgs,
+    /// Job name [default: the command's first word].
+    #[arg(short = 'a', long)]
+    alias: Option<String>,
+    /// Number of nodes.
+    #[arg(short = 'n', long)]
+    nodes: Option<u32>,
+    /// Processes (replicas) per node.
+    #[arg(short = 'p', long)]
+    processes: Option<u32>,
+    /// CPU cores reserved per node.
+    #[arg(short = 'c', long = "num-cpus-per-node")]
+    cpus_per_node: Option<u32>,
+    /// Memory reserved per node, in MB.
+    #[arg(long = "mem-per-node")]
+    mem_per_node: Option<u64>,
+    /// Time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (0: none).
+    #[arg(short = 't', long = "time-limit")]
+    time_limit: Option<String>,
+    /// stdout file pattern (%j job id, %n node, %r rank) [default: cmlogs/%j/%n.%r.out].
+    #[arg(short = 'o', long = "output")]
+    output: Option<String>,
+    /// stderr file pattern [default: cmlogs/%j/%n.%r.err].
+    #[arg(short = 'e', long = "error")]
+    error: Option<String>,
+    /// Wait until the job ends and exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// The command to run.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("cmrun: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    let mut client = HeadClient::connect(&args.head, "cmrun")?;
+    let request = Request {
+        alias: args.alias,
+        nodes: args.nodes,
+        processes: args.processes,
+        cpus_per_node: args.cpus_per_node,
+        mem_per_node_mb: args.mem_per_node,
+        time_limit: args.time_limit,
+        stdout: args.output,
+        stderr: args.error,
+        command: args.command,
+    };
+    let workdir = std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory: {e}"))?;
+    let workdir = workdir.to_str().ok_or_else(|| anyhow!("the current directory is not valid UTF-8"))?.to_string();
+    let env = std::env::vars().collect();
+    let spec = build_spec(&request, &client.config.defaults, current_user(), workdir, env).map_err(|e| anyhow!(e))?;
+    let id = match client.call(ClientRequest::AssignJobId(AssignJobId { spec, token: submit_token() }))? {
+        ClientResponse::JobAccepted(accepted) => accepted.id,
+        other => bail!("unexpected reply from the head: {other:?}"),
+    };
+    println!("{id}");
+    if !args.wait {
+        return Ok(0);
+    }
+    wait_for(&mut client, id)
+}
+
+/// Polls the job until it ends, backing off from 10 ms to 500 ms between polls.
+fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let job = match client.call(ClientRequest::GetJob(GetJob { id }))? {
+            ClientResponse::Job(reply) => reply.job,
+            other => bail!("unexpected reply from the head: {other:?}"),
+        };
+        if let Some(code) = job.exit_code() {
+            if code != 0 {
+                let reason = match &job.state {
+                    cm_common::job::JobState::Failed { reason, .. } => format!(": {reason}"),
+                    _ => String::new(),
+                };
+                eprintln!("cmrun: job {id} ended {}{reason}", job.state.name());
+            }
+            return Ok(code);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,183 @@
+//! Everything the tools print: node and job tables, one job in full, and the JSON forms.
+//! Column headers are part of cm's interface; scripts should prefer `--json`.
+
+use cm_common::job::{Job, JobState};
+use cm_common::node::{Node, NodeHealth, Role};
+use cm_common::timelimit::format_time_limit;
+use comfy_table::{presets, ContentArrangement, Table};
+
+/// Headers of the node tables.
+pub const NODE_COLUMNS: [&str; 6] = ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)"];
+/// Headers of the job table.
+pub const JOB_COLUMNS: [&str; 6] = ["ID", "Name", "User", "Status", "Command", "Nodes"];
+
+fn table(headers: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(headers.iter().copied());
+    table
+}
+
+fn node_table(nodes: &[&Node]) -> Table {
+    let mut t = table(&NODE_COLUMNS);
+    for node in nodes {
+        let free = node.free();
+        let status = match &node.health {
+            NodeHealth::Down { since, reason } => format!("Down since {since}: {reason}"),
+            NodeHealth::Up => node.status().to_string(),
+        };
+        t.add_row(vec![
+            node.id.to_string(),
+            status,
+            node.capacity.cpus.to_string(),
+            node.capacity.memory_mb.to_string(),
+            free.cpus.to_string(),
+            free.memory_mb.to_string(),
+        ]);
+    }
+    t
+}
+
+/// The "Head nodes" and "Compute nodes" tables, as in the original design.
+pub fn nodes_tables(nodes: &[Node]) -> String {
+    let heads: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Head).collect();
+    let computes: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Compute).collect();
+    format!("Head nodes\n{}\n\nCompute nodes\n{}\n", node_table(&heads), node_table(&computes))
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// The "Jobs" table.
+pub fn jobs_table(jobs: &[Job]) -> String {
+    let mut t = table(&JOB_COLUMNS);
+    for job in jobs {
+        let nodes: Vec<&str> = job.nodes.iter().map(|n| n.node.as_str()).collect();
+        t.add_row(vec![
+            job.id.to_string(),
+            job.spec.name.clone(),
+            job.spec.user.name.clone(),
+            job.state.name().to_string(),
+            shorten(&job.spec.command, 40),
+            nodes.join(", "),
+        ]);
+    }
+    format!("Jobs\n{t}\n")
+}
+
+/// One job with every field, for `cminfo JOBID`.
+pub fn job_detail(job: &Job) -> String {
+    let spec = &job.spec;
+    let time = |t: Option<cm_common::Timestamp>| t.map_or_else(|| "-".to_string(), |t| t.to_string());
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    let mut row = |k: &str, v: String| {
+        t.add_row(vec![k.to_string(), v]);
+    };
+    row("Job", job.id.to_string());
+    row("Name", spec.name.clone());
+    row("User", format!("{} (uid {}, gid {})", spec.user.name, spec.user.uid, spec.user.gid));
+    row("Status", job.state.name().to_string());
+    match &job.state {
+        JobState::Failed { reason, .. } => row("Reason", reason.clone()),
+        JobState::Killed { by_uid, .. } => row("Killed by", format!("uid {by_uid}")),
+        _ => {}
+    }
+    if let Some(code) = job.exit_code() {
+        row("Exit code", code.to_string());
+    }
+    row("Command", spec.command.clone());
+    row("Working dir", spec.workdir.clone());
+    row(
+        "Nodes",
+        format!("{} ({})", spec.nodes, job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>().join(", ")),
+    );
+    row("Processes/node", spec.procs_per_node.to_string());
+    row("CPUs/node", spec.per_node.cpus.to_string());
+    row("Memory/node", format!("{} MB", spec.per_node.memory_mb));
+    row("Time limit", format_time_limit(spec.time_limit()));
+    row("Submitted", job.submitted_at.to_string());
+    row("Started", time(job.state.started_at()));
+    row("Ended", time(job.state.ended_at()));
+    if let (Some(start), Some(end)) = (job.state.started_at(), job.state.ended_at()) {
+        row(
+            "Elapsed",
+            humantime::format_duration(std::time::Duration::from_secs(end.since(start).as_secs())).to_string(),
+        );
+    }
+    row(
+        "Stdout",
+        spec.stdout.clone().unwrap_or_else(|| format!("{}/{}", spec.workdir, cm_common::job::DEFAULT_STDOUT)),
+    );
+    row(
+        "Stderr",
+        spec.stderr.clone().unwrap_or_else(|| format!("{}/{}", spec.workdir, cm_common::job::DEFAULT_STDERR)),
+    );
+    let mut out = format!("{t}\n");
+    if !job.nodes.is_empty() {
+        let mut per_node = table(&["Node", "Started", "Ended", "How", "Exit codes by rank"]);
+        for n in &job.nodes {
+            let (ended, how, codes) = match &n.end {
+                None => ("-".to_string(), "-".to_string(), String::new()),
+                Some(end) => (
+                    end.ended_at.to_string(),
+                    format!("{:?}", end.cause).replace(" {", ": {"),
+                    end.replicas.iter().map(|r| format!("{}: {}", r.rank, r.status)).collect::<Vec<_>>().join(", "),
+                ),
+            };
+            per_node.add_row(vec![n.node.to_string(), time(n.started_at), ended, how, codes]);
+        }
+        out.push_str(&format!("{per_node}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cm_common::job::{JobSpec, UserIdentity};
+    use cm_common::{JobId, NodeId, Resources, Timestamp};
+
+    #[test]
+    fn tables_have_the_stable_headers_and_values() {
+        let node = Node {
+            id: NodeId::new("c1"),
+            role: Role::Compute,
+            address: "tcp://c1:5002".into(),
+            capacity: Resources::new(2, 512),
+            allocations: vec![cm_common::node::Allocation { job: JobId(1), resources: Resources::new(1, 128) }],
+            health: NodeHealth::Up,
+            only_uid: None,
+            registered_at: Timestamp(0),
+            last_heartbeat: Timestamp(0),
+        };
+        let text = nodes_tables(&[node]);
+        for word in NODE_COLUMNS.iter().chain(["Compute nodes", "c1", "InUse", "384"].iter()) {
+            assert!(text.contains(word), "{word} missing in\n{text}");
+        }
+        let spec = JobSpec {
+            name: "scrape".into(),
+            user: UserIdentity { uid: 1, gid: 1, groups: vec![], name: "louie".into() },
+            command: "./mini_scraper.sh -c".into(),
+            workdir: "/home/louie".into(),
+            env: Default::default(),
+            nodes: 1,
+            procs_per_node: 1,
+            per_node: Resources::new(1, 100),
+            time_limit_secs: None,
+            stdout: None,
+            stderr: None,
+        };
+        let job = Job::new(JobId(1), spec, Timestamp(0), String::new());
+        let text = jobs_table(std::slice::from_ref(&job));
+        for word in JOB_COLUMNS.iter().chain(["scrape", "louie", "Pending"].iter()) {
+            assert!(text.contains(word), "{word} missing in\n{text}");
+        }
+        assert!(job_detail(&job).contains("/home/louie/cmlogs/%j/%n.%r.out"));
+    }
+}
