@@ -516,3 +516,312 @@ impl HeadCore {
 fn not_found(id: JobId) -> ErrorReply {
     ErrorReply::new(ErrorCode::NotFound, format!("job {id} does not exist"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::comm::RecordingComm;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::testing::{JobBuilder, NodeBuilder};
+    use cm_common::job::{ExitStatus, ReplicaExit};
+    use cm_common::Resources;
+
+    const ALICE: Credential = Credential { uid: 1000 };
+    const BOB: Credential = Credential { uid: 2000 };
+
+    struct Fixture {
+        core: HeadCore,
+        sent: RecordingComm,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        /// A head with compute nodes `ids` (2 CPUs, 512 MB each) registered.
+        fn new(ids: &[&str]) -> Fixture {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
+            let sent = RecordingComm::default();
+            let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
+            let settings =
+                HeadSettings { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(5) };
+            let mut core = HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings).expect("open");
+            for id in ids {
+                let node = NodeBuilder::new(id).build();
+                let register = RegisterNode {
+                    node: node.id.clone(),
+                    address: node.address,
+                    capacity: node.capacity,
+                    only_uid: None,
+                    running: vec![],
+                };
+                core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
+            }
+            Fixture { core, sent, _dir: dir }
+        }
+
+        fn submit(&mut self, builder: JobBuilder, token: &str) -> Reply<ClientResponse> {
+            let req = AssignJobId { spec: builder.spec(), token: token.into() };
+            self.core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(10))
+        }
+
+        fn submit_ok(&mut self, builder: JobBuilder, token: &str) -> JobId {
+            match self.submit(builder, token) {
+                Ok(ClientResponse::JobAccepted(a)) => a.id,
+                other => panic!("submit failed: {other:?}"),
+            }
+        }
+
+        fn take_sent(&self) -> Vec<(String, String)> {
+            let mut sent = self.sent.sent.lock().expect("lock");
+            sent.drain(..)
+                .map(|(node, req)| {
+                    let what = match req {
+                        NodeRequest::StartJob(s) => format!("start {}", s.job.id),
+                        NodeRequest::FreeResources(f) => format!("free {}", f.job),
+                        other => format!("{other:?}"),
+                    };
+                    (node.to_string(), what)
+                })
+                .collect()
+        }
+
+        fn end(&mut self, job: JobId, node: &str, codes: &[(u64, i32)], cause: NodeEndCause) {
+            let end = NodeEnd {
+                ended_at: Timestamp(50),
+                cause,
+                replicas: codes
+                    .iter()
+                    .map(|&(rank, code)| ReplicaExit { rank, status: ExitStatus::Exited { code } })
+                    .collect(),
+            };
+            let report = ReportJobEnd { node: NodeId::new(node), job, end };
+            self.core.handle_compute(ComputeRequest::ReportJobEnd(report), Timestamp(50)).expect("report");
+        }
+
+        fn state(&self, id: JobId) -> JobState {
+            let reply = self.core.stored_job(id);
+            reply.state
+        }
+
+        fn free_cpus(&self, node: &str) -> u32 {
+            self.core.node(&NodeId::new(node)).expect("node").free().cpus
+        }
+    }
+
+    impl HeadCore {
+        fn stored_job(&self, id: JobId) -> Job {
+            self.jobs.get(&id).cloned().or_else(|| self.store.job(id).ok().flatten()).expect("job exists")
+        }
+    }
+
+    fn pair(node: &str, what: &str) -> (String, String) {
+        (node.to_string(), what.to_string())
+    }
+
+    #[test]
+    fn a_submitted_job_is_placed_and_started_on_every_node() {
+        let mut f = Fixture::new(&["a", "b", "c"]);
+        let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t1");
+        assert_eq!(id, JobId(1));
+        assert!(f.take_sent().is_empty(), "nothing is sent before the scheduling pass");
+        f.core.schedule_if_needed(Timestamp(11));
+        assert_eq!(f.take_sent(), vec![pair("a", "start 1"), pair("b", "start 1")]);
+        assert_eq!(f.state(id), JobState::Running { started_at: Timestamp(11) });
+        assert_eq!((f.free_cpus("a"), f.free_cpus("c")), (1, 2));
+    }
+
+    #[test]
+    fn a_retried_submit_gets_the_same_id_and_ids_are_sequential() {
+        let mut f = Fixture::new(&["a"]);
+        let first = f.submit_ok(JobBuilder::new(0), "same");
+        assert_eq!(f.submit_ok(JobBuilder::new(0), "same"), first);
+        assert_eq!(f.submit_ok(JobBuilder::new(0), "other"), JobId(first.0 + 1));
+    }
+
+    #[test]
+    fn impossible_or_forged_submissions_are_refused_and_store_nothing() {
+        let mut f = Fixture::new(&["a", "b"]);
+        let err = f.submit(JobBuilder::new(0).nodes(3), "t").unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid);
+        assert!(err.message.contains("3 node(s)") && err.message.contains("2 compute node(s)"), "{}", err.message);
+        let err = f.submit(JobBuilder::new(0).cpus(4), "t").unwrap_err();
+        assert!(err.message.contains("only 0 that large"), "{}", err.message);
+        let forged = AssignJobId { spec: JobBuilder::new(0).uid(0).spec(), token: "x".into() };
+        let err = f.core.handle_client(ALICE, ClientRequest::AssignJobId(forged), Timestamp(1)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PermissionDenied);
+        assert_eq!(f.submit_ok(JobBuilder::new(0), "ok"), JobId(1), "refusals used no ids");
+    }
+
+    #[test]
+    fn a_job_completes_when_every_node_reports_and_its_resources_return() {
+        let mut f = Fixture::new(&["a", "b"]);
+        let id = f.submit_ok(JobBuilder::new(0).nodes(2).procs(2), "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        f.end(id, "a", &[(0, 0), (1, 0)], NodeEndCause::Exited);
+        assert!(matches!(f.state(id), JobState::Running { .. }), "one node still runs it");
+        assert_eq!((f.free_cpus("a"), f.free_cpus("b")), (2, 1));
+        f.end(id, "b", &[(2, 0), (3, 0)], NodeEndCause::Exited);
+        assert_eq!(f.state(id), JobState::Completed { started_at: Timestamp(11), ended_at: Timestamp(50) });
+        assert_eq!(f.free_cpus("b"), 2);
+        // A duplicate report changes nothing.
+        f.end(id, "b", &[(2, 9)], NodeEndCause::Exited);
+        assert!(matches!(f.state(id), JobState::Completed { .. }));
+    }
+
+    #[test]
+    fn a_non_zero_exit_fails_the_job_naming_the_rank() {
+        let mut f = Fixture::new(&["a"]);
+        let id = f.submit_ok(JobBuilder::new(0).procs(2), "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        f.end(id, "a", &[(0, 0), (1, 3)], NodeEndCause::Exited);
+        match f.state(id) {
+            JobState::Failed { reason, .. } => assert_eq!(reason, "rank 1 on a: exit 3"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn killing_a_running_job_frees_nodes_only_when_they_confirm() {
+        let mut f = Fixture::new(&["a", "b"]);
+        let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        f.take_sent();
+        let err = f.core.handle_client(BOB, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PermissionDenied, "bob may not kill alice's job");
+        f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).expect("kill");
+        assert_eq!(f.take_sent(), vec![pair("a", "free 1"), pair("b", "free 1")]);
+        assert!(matches!(f.state(id), JobState::Killed { by_uid: 1000, .. }));
+        assert_eq!(f.free_cpus("a"), 1, "held until the node confirms the processes are gone");
+        f.end(id, "a", &[(0, 143)], NodeEndCause::Killed);
+        f.end(id, "b", &[(1, 143)], NodeEndCause::Killed);
+        assert_eq!((f.free_cpus("a"), f.free_cpus("b")), (2, 2));
+        assert!(matches!(f.state(id), JobState::Killed { .. }), "stays Killed");
+        let again = f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id }), Timestamp(60)).unwrap_err();
+        assert!(again.message.contains("already ended"));
+    }
+
+    #[test]
+    fn killing_a_pending_job_removes_it_from_the_queue() {
+        let mut f = Fixture::new(&["a"]);
+        let blocker = f.submit_ok(JobBuilder::new(0).cpus(2), "t1");
+        f.core.schedule_if_needed(Timestamp(11));
+        let waiting = f.submit_ok(JobBuilder::new(0), "t2");
+        f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id: waiting }), Timestamp(12)).expect("kill");
+        f.end(blocker, "a", &[(0, 0)], NodeEndCause::Exited);
+        f.take_sent();
+        f.core.schedule_if_needed(Timestamp(60));
+        assert!(f.take_sent().is_empty(), "the killed job never starts");
+        assert_eq!(f.state(waiting), JobState::Killed { started_at: None, ended_at: Timestamp(12), by_uid: 1000 });
+    }
+
+    #[test]
+    fn a_start_that_cannot_be_delivered_fails_the_job_and_stops_the_other_nodes() {
+        let mut f = Fixture::new(&["a", "b"]);
+        let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        let job = f.core.job(id).expect("job").clone();
+        f.take_sent();
+        let failure = DeliveryFailure {
+            node: NodeId::new("b"),
+            request: NodeRequest::StartJob(StartJob { job }),
+            error: "no reply".into(),
+        };
+        f.core.delivery_failed(failure, Timestamp(12));
+        assert_eq!(f.take_sent(), vec![pair("a", "free 1")]);
+        assert_eq!(f.free_cpus("b"), 2);
+        f.end(id, "a", &[(0, 143)], NodeEndCause::Killed);
+        match f.state(id) {
+            JobState::Failed { reason, .. } => assert_eq!(reason, "could not start on b: no reply"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_silent_node_goes_down_and_its_jobs_fail_and_free() {
+        let mut f = Fixture::new(&["a", "b"]);
+        let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        f.take_sent();
+        let beat = Heartbeat { node: NodeId::new("b"), running: vec![id] };
+        f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
+        f.core.tick(Timestamp(6_000));
+        assert!(!f.core.node(&NodeId::new("a")).expect("a").is_up(), "a missed its heartbeats");
+        assert!(f.core.node(&NodeId::new("b")).expect("b").is_up());
+        assert_eq!(f.take_sent(), vec![pair("b", "free 1")], "the surviving node stops its share");
+        assert_eq!(f.free_cpus("a"), 2);
+        f.end(id, "b", &[], NodeEndCause::Killed);
+        assert!(matches!(f.state(id), JobState::Failed { ref reason, .. } if reason.contains("went down")));
+        // Back from the dead: it heartbeats again, and learns to kill what it still runs.
+        let beat = Heartbeat { node: NodeId::new("a"), running: vec![id] };
+        match f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(7_000)) {
+            Ok(ComputeResponse::HeartbeatAck(ack)) => assert_eq!(ack.kill, vec![id]),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.core.node(&NodeId::new("a")).expect("a").is_up());
+    }
+
+    #[test]
+    fn a_restarted_compute_that_lost_its_jobs_fails_them() {
+        let mut f = Fixture::new(&["a"]);
+        let id = f.submit_ok(JobBuilder::new(0), "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        let register = RegisterNode {
+            node: NodeId::new("a"),
+            address: "tcp://a:5002".into(),
+            capacity: Resources::new(2, 512),
+            only_uid: None,
+            running: vec![],
+        };
+        f.core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(20)).expect("register");
+        assert!(matches!(f.state(id), JobState::Failed { ref reason, .. } if reason.contains("restarted")));
+        assert_eq!(f.free_cpus("a"), 2);
+    }
+
+    #[test]
+    fn a_heartbeat_from_an_unknown_node_asks_it_to_register() {
+        let mut f = Fixture::new(&[]);
+        let beat = Heartbeat { node: NodeId::new("ghost"), running: vec![] };
+        let err = f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(1)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownNode);
+        let err = f.submit(JobBuilder::new(0), "t").unwrap_err();
+        assert!(err.message.contains("no compute node has registered"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_reopened_head_resumes_pending_jobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |comm: RecordingComm| {
+            let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
+            let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
+            let settings =
+                HeadSettings { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(5) };
+            HeadCore::open(Box::new(store), Box::new(comm), me, settings).expect("open")
+        };
+        {
+            let mut core = open(RecordingComm::default());
+            let node = NodeBuilder::new("a").cpus(1).build();
+            let register = RegisterNode {
+                node: node.id,
+                address: node.address,
+                capacity: node.capacity,
+                only_uid: None,
+                running: vec![],
+            };
+            core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
+            for token in ["1", "2"] {
+                let req = AssignJobId { spec: JobBuilder::new(0).spec(), token: token.into() };
+                core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(1)).expect("submit");
+            }
+            core.schedule(Timestamp(2));
+        }
+        let comm = RecordingComm::default();
+        let mut core = open(comm.clone());
+        assert!(matches!(core.job(JobId(1)).expect("1").state, JobState::Running { .. }));
+        assert_eq!(core.job(JobId(2)).expect("2").state, JobState::Pending);
+        let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![] };
+        core.record_node_end(JobId(1), &NodeId::new("a"), end, Timestamp(3)).expect("end");
+        core.schedule_if_needed(Timestamp(4));
+        let sent = comm.sent.lock().expect("lock");
+        assert!(matches!(&sent[..], [(_, NodeRequest::StartJob(s))] if s.job.id == JobId(2)));
+    }
+}

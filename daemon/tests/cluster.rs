@@ -1,0 +1,263 @@
+//! End-to-end tests: real `cmd` daemons (a head and three computes) and the real tools.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::{process_alive, wait_until, Cluster};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn read(path: std::path::PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Pids written by replicas as `pid.<rank>` files in the work directory.
+fn replica_pids(cluster: &Cluster, ranks: usize) -> Vec<i32> {
+    let files: Vec<_> = (0..ranks).map(|r| cluster.workdir.join(format!("pid.{r}"))).collect();
+    assert!(
+        wait_until(LONG, || files.iter().all(|f| f.exists() && !read(f.clone()).trim().is_empty())),
+        "replicas did not start"
+    );
+    files.into_iter().map(|f| read(f).trim().parse().expect("pid")).collect()
+}
+
+#[test]
+fn a_two_node_two_process_job_writes_four_outputs_with_ranks_and_node_list() {
+    let mut cluster = Cluster::start(3, 2, 512);
+    let id = cluster.submit(&[
+        "-n",
+        "2",
+        "-p",
+        "2",
+        "-a",
+        "ranks",
+        "echo $CM_JOB_ID $CM_JOB_NAME $CM_NNODES $CM_NODE_RANK $CM_NPROCS_PER_NODE $CM_PROC_RANK $CM_LOCAL_RANK $CM_NODELIST $CM_SUBMIT_DIR $(pwd)",
+    ]);
+    let job = cluster.wait_status(id, "Completed", LONG);
+    let nodes: Vec<String> =
+        job["nodes"].as_array().expect("nodes").iter().map(|n| n["node"].as_str().expect("id").to_string()).collect();
+    assert_eq!(nodes.len(), 2);
+    assert_ne!(nodes[0], nodes[1], "two distinct nodes");
+    let workdir = cluster.workdir.to_str().expect("utf8").to_string();
+    let mut ranks = BTreeSet::new();
+    for (node_rank, node) in nodes.iter().enumerate() {
+        for local in 0..2u32 {
+            let rank = node_rank as u32 * 2 + local;
+            let out = read(cluster.workdir.join(format!("cmlogs/{id}/{node}.{rank}.out")));
+            let fields: Vec<&str> = out.split_whitespace().collect();
+            let want = [
+                id.to_string(),
+                "ranks".into(),
+                "2".into(),
+                node_rank.to_string(),
+                "2".into(),
+                rank.to_string(),
+                local.to_string(),
+                nodes.join(","),
+                workdir.clone(),
+                workdir.clone(),
+            ];
+            assert_eq!(fields, want, "rank {rank} on {node}");
+            assert!(cluster.workdir.join(format!("cmlogs/{id}/{node}.{rank}.err")).exists());
+            ranks.insert(rank);
+        }
+    }
+    assert_eq!(ranks.len(), 4);
+    // Every reservation was given back.
+    let info = cluster.info().expect("cminfo");
+    for node in info["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["allocations"], Value::Array(vec![]), "{node}");
+    }
+    cluster.assert_alive();
+}
+
+#[test]
+fn a_job_larger_than_the_cluster_is_refused_at_submit_time() {
+    let cluster = Cluster::start(3, 2, 512);
+    for args in [&["-n", "4", "true"][..], &["-c", "3", "true"], &["--mem-per-node", "1024", "true"]] {
+        let out = cluster.tool("cmrun", args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.starts_with("cmrun: the job asks for"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    let out = cluster.tool("cmrun", &["-t", "whenever", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid time limit"));
+    let info = cluster.info().expect("cminfo");
+    assert_eq!(info["jobs"], Value::Array(vec![]), "nothing was queued");
+}
+
+#[test]
+fn a_job_that_must_wait_starts_when_resources_free() {
+    let cluster = Cluster::start(1, 2, 512);
+    let first = cluster.submit(&["-c", "2", "sleep 1.5"]);
+    let second = cluster.submit(&["-c", "1", "true"]);
+    cluster.wait_status(first, "Running", LONG);
+    assert_eq!(cluster.job_status(second), "Pending", "strict FIFO: the node is full");
+    let first_job = cluster.wait_status(first, "Completed", LONG);
+    let second_job = cluster.wait_status(second, "Completed", LONG);
+    let first_end = first_job["state"]["ended_at"].as_u64().expect("ended");
+    let second_start = second_job["state"]["started_at"].as_u64().expect("started");
+    assert!(second_start >= first_end, "the second job started ({second_start}) after the first ended ({first_end})");
+}
+
+#[test]
+fn cmkill_removes_a_pending_job_for_good() {
+    let cluster = Cluster::start(1, 1, 512);
+    let blocker = cluster.submit(&["sleep 300"]);
+    let pending = cluster.submit(&["touch should-not-exist"]);
+    cluster.wait_status(blocker, "Running", LONG);
+    let out = cluster.tool("cmkill", &[&pending.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("was Pending"));
+    assert_eq!(cluster.job_status(pending), "Killed");
+    let out = cluster.tool("cmkill", &[&blocker.to_string()]);
+    assert!(out.status.success());
+    cluster.wait_status(blocker, "Killed", LONG);
+    // With the node free again, the killed job must still never run.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!cluster.workdir.join("should-not-exist").exists(), "a killed pending job ran");
+    // Killing again, or a job that never existed, is a clear error.
+    let again = cluster.tool("cmkill", &[&pending.to_string(), "999"]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already ended") && err.contains("job 999 does not exist"), "{err}");
+}
+
+#[test]
+fn cmkill_of_a_running_job_kills_every_replica_on_every_node_and_frees_them() {
+    let cluster = Cluster::start(3, 2, 512);
+    // `exec` makes the shell's pid the sleeper's, so the pid file names the replica itself.
+    let id = cluster.submit(&["-n", "2", "-p", "2", "echo $$ > pid.$CM_PROC_RANK; exec sleep 300"]);
+    let pids = replica_pids(&cluster, 4);
+    assert!(pids.iter().all(|&p| process_alive(p)));
+    let out = cluster.tool("cmkill", &[&id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(LONG, || pids.iter().all(|&p| !process_alive(p))), "replicas survived cmkill");
+    assert!(
+        wait_until(LONG, || {
+            let info = cluster.info().expect("cminfo");
+            info["nodes"].as_array().expect("nodes").iter().all(|n| n["allocations"] == Value::Array(vec![]))
+        }),
+        "reservations were not freed"
+    );
+    let job = cluster.job(id);
+    assert_eq!(job["state"]["status"], "Killed");
+    // The freed nodes take new work.
+    let next = cluster.submit(&["-n", "3", "-c", "2", "true"]);
+    cluster.wait_status(next, "Completed", LONG);
+}
+
+#[test]
+fn the_time_limit_kills_the_job_as_timed_out() {
+    let cluster = Cluster::start(2, 2, 512);
+    // A replica that ignores SIGTERM must still die, by SIGKILL after the grace period.
+    let id = cluster.submit(&[
+        "-n",
+        "2",
+        "-t",
+        "0:01",
+        "trap '' TERM; echo $$ > pid.$CM_PROC_RANK; while true; do sleep 0.1; done",
+    ]);
+    let pids = replica_pids(&cluster, 2);
+    let job = cluster.wait_status(id, "TimedOut", LONG);
+    assert!(pids.iter().all(|&p| !process_alive(p)), "replicas outlived the time limit");
+    let elapsed = job["state"]["ended_at"].as_u64().expect("end") - job["state"]["started_at"].as_u64().expect("start");
+    assert!((1000..10_000).contains(&elapsed), "ran {elapsed} ms for a 1 s limit (+1 s grace)");
+    let out = cluster.tool("cmrun", &["--wait", "-t", "0:01", "sleep 30"]);
+    assert_eq!(out.status.code(), Some(124), "--wait gives 124 for a timeout");
+}
+
+#[test]
+fn a_non_zero_exit_fails_the_job_with_its_code() {
+    let cluster = Cluster::start(2, 2, 512);
+    let id = cluster.submit(&["-n", "2", "exit $((CM_NODE_RANK * 5))"]);
+    let job = cluster.wait_status(id, "Failed", LONG);
+    let mut codes = Vec::new();
+    for node in job["nodes"].as_array().expect("nodes") {
+        for replica in node["end"]["replicas"].as_array().expect("replicas") {
+            codes.push((replica["rank"].as_u64().expect("rank"), replica["status"]["code"].as_i64().expect("code")));
+        }
+    }
+    codes.sort();
+    assert_eq!(codes, vec![(0, 0), (1, 5)], "every replica's exit code is recorded");
+    assert!(job["state"]["reason"].as_str().expect("reason").contains("exit 5"), "{job}");
+    let text = String::from_utf8_lossy(&cluster.tool("cminfo", &[&id.to_string()]).stdout).to_string();
+    assert!(text.contains("Failed") && text.contains("1: exit 5"), "{text}");
+}
+
+#[test]
+fn cmrun_wait_returns_the_job_exit_code() {
+    let cluster = Cluster::start(1, 2, 512);
+    let ok = cluster.tool("cmrun", &["--wait", "true"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let failed = cluster.tool("cmrun", &["--wait", "sh", "-c", "exit 7"]);
+    assert_eq!(failed.status.code(), Some(7), "{}", String::from_utf8_lossy(&failed.stderr));
+    let signaled = cluster.tool("cmrun", &["--wait", "kill -9 $$"]);
+    assert_eq!(signaled.status.code(), Some(137));
+}
+
+#[test]
+fn a_restarted_head_keeps_pending_jobs_and_runs_them() {
+    let mut cluster = Cluster::start(1, 1, 512);
+    let running = cluster.submit(&["sleep 2"]);
+    let pending = cluster.submit(&["echo ran > after-restart"]);
+    cluster.wait_status(running, "Running", LONG);
+    assert_eq!(cluster.job_status(pending), "Pending");
+    cluster.restart_head();
+    // The compute reports the first job's end to the new head, which then starts the pending one.
+    cluster.wait_status(running, "Completed", LONG);
+    cluster.wait_status(pending, "Completed", LONG);
+    assert_eq!(read(cluster.workdir.join("after-restart")).trim(), "ran");
+    let next = cluster.submit(&["true"]);
+    assert_eq!(next, pending + 1, "ids continue after a restart");
+    cluster.assert_alive();
+}
+
+#[test]
+fn replicas_run_as_the_submitting_user() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("SKIPPED: switching users needs the daemons to run as root");
+        return;
+    }
+    let cluster = Cluster::start(1, 2, 512);
+    let nobody = 65534;
+    let home = cluster.workdir.join("nobody");
+    std::fs::create_dir(&home).expect("dir");
+    nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(nobody)), Some(nix::unistd::Gid::from_raw(nobody)))
+        .expect("chown");
+    std::fs::set_permissions(cluster.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut command = cluster.tool_command("cmrun", &["--wait", "id -u; id -g"]);
+    std::os::unix::process::CommandExt::uid(&mut command, nobody);
+    std::os::unix::process::CommandExt::gid(&mut command, nobody);
+    let out = command.current_dir(&home).output().expect("cmrun");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("id");
+    let file = home.join(format!("cmlogs/{id}/c1.0.out"));
+    assert_eq!(read(file.clone()).split_whitespace().collect::<Vec<_>>(), ["65534", "65534"]);
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).expect("meta"));
+    assert_eq!(owner, nobody, "output files belong to the user");
+    assert_eq!(cluster.job(id)["spec"]["user"]["uid"], nobody);
+    // Another user may not kill root's jobs.
+    let roots = cluster.submit(&["sleep 300"]);
+    let mut kill = cluster.tool_command("cmkill", &[&roots.to_string()]);
+    std::os::unix::process::CommandExt::uid(&mut kill, nobody);
+    let out = kill.output().expect("cmkill");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only its owner or root"));
+    assert_eq!(cluster.job_status(roots), "Running");
+}
+
+#[test]
+fn tools_say_in_one_line_when_the_head_is_unreachable() {
+    let mut cluster = Cluster::start(1, 1, 512);
+    cluster.head.kill9();
+    for (tool, args) in [("cminfo", &[][..]), ("cmrun", &["true"]), ("cmkill", &["1"])] {
+        let out = cluster.tool(tool, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tool}: {err}");
+        assert!(err.contains("cannot reach the head"), "{tool}: {err}");
+    }
+}

@@ -1,0 +1,284 @@
+//! A test cluster of real `cmd` processes on loopback: one head and N computes, each with its own
+//! port (chosen by the OS), state directory and log file, killed on drop. Dropping a cluster
+//! whose daemon died unexpectedly fails the test; a failing test prints every daemon's log tail.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Settings every test cluster runs with: short intervals so faults show quickly.
+const TEST_CONFIG: &str = "\
+scheduler_interval: 200ms
+status_interval: 200ms
+heartbeat_interval: 300ms
+heartbeat_timeout: 3s
+register_retry_wait: 300ms
+request_timeout: 1s
+request_retries: 2
+kill_grace: 1s
+";
+
+/// Where the binaries are: beside `cmd`, which cargo builds for this crate's tests.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_cmd")).parent().expect("bin dir").to_path_buf();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing; build the workspace (cargo test --workspace builds it)", path.display());
+    path
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// One daemon process.
+pub struct Daemon {
+    pub name: String,
+    args: Vec<String>,
+    pub log: PathBuf,
+    child: Option<Child>,
+    /// Set when the test stopped it on purpose.
+    stopped: bool,
+}
+
+impl Daemon {
+    fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Daemon {
+        let mut daemon = Daemon { name: name.to_string(), args, log, child: None, stopped: false };
+        daemon.start();
+        daemon
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(bin("cmd"))
+            .args(&self.args)
+            .env("CM_LOG", "info,cm_daemon=debug")
+            .env_remove("CM_HEAD")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start cmd");
+        self.child = Some(child);
+        self.stopped = false;
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stopped = true;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status if the process has ended.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// A head and its computes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub head: Daemon,
+    pub computes: Vec<Daemon>,
+    /// `tcp://127.0.0.1:PORT` of the head.
+    pub head_endpoint: String,
+    pub config: PathBuf,
+    /// Where tools run (the job's working directory).
+    pub workdir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts a head and `computes` compute nodes named c1, c2, ... with `cpus` and `memory_mb` each,
+    /// and waits until all are registered.
+    pub fn start(computes: usize, cpus: u32, memory_mb: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, TEST_CONFIG).expect("config");
+        let workdir = dir.path().join("work");
+        std::fs::create_dir_all(&workdir).expect("workdir");
+        let head_state = dir.path().join("head");
+        let head = Daemon::spawn(
+            "head",
+            strings(&[
+                "--role",
+                "head",
+                "--node-id",
+                "head",
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                head_state.to_str().expect("utf8"),
+                "--config",
+                config.to_str().expect("utf8"),
+            ]),
+            dir.path().join("head.log"),
+        );
+        let endpoint_file = head_state.join("head.endpoint");
+        assert!(wait_until(Duration::from_secs(20), || endpoint_file.exists()), "the head did not start");
+        let head_endpoint = std::fs::read_to_string(&endpoint_file).expect("endpoint");
+        let mut cluster = Cluster { dir, head, computes: vec![], head_endpoint, config, workdir };
+        for i in 1..=computes {
+            cluster.add_compute(&format!("c{i}"), cpus, memory_mb);
+        }
+        cluster.wait_for_nodes(computes);
+        cluster
+    }
+
+    pub fn add_compute(&mut self, name: &str, cpus: u32, memory_mb: u64) {
+        let state = self.dir.path().join(name);
+        let args = strings(&[
+            "--role",
+            "compute",
+            "--node-id",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--head",
+            &self.head_endpoint,
+            "--state-dir",
+            state.to_str().expect("utf8"),
+            "--config",
+            self.config.to_str().expect("utf8"),
+            "--cpus",
+            &cpus.to_string(),
+            "--memory-mb",
+            &memory_mb.to_string(),
+        ]);
+        self.computes.push(Daemon::spawn(name, args, self.dir.path().join(format!("{name}.log"))));
+    }
+
+    /// Waits until `n` compute nodes are registered and Up.
+    pub fn wait_for_nodes(&self, n: usize) {
+        let ok = wait_until(Duration::from_secs(30), || self.info().map(|v| up_computes(&v) == n).unwrap_or(false));
+        assert!(ok, "{n} compute nodes did not register");
+    }
+
+    /// Restarts the head on the same port and state directory, after a SIGKILL.
+    pub fn restart_head(&mut self) {
+        self.head.kill9();
+        let port = self.head_endpoint.rsplit(':').next().expect("port").to_string();
+        for arg in self.head.args.iter_mut() {
+            if arg == "127.0.0.1:0" {
+                *arg = format!("127.0.0.1:{port}");
+            }
+        }
+        self.head.start();
+    }
+
+    /// Runs a tool (cmrun, cminfo, cmkill) against this cluster from the work directory.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Output {
+        self.tool_command(name, args).output().expect("run tool")
+    }
+
+    pub fn tool_command(&self, name: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(bin(name));
+        command
+            .args(args)
+            .current_dir(&self.workdir)
+            .env("CM_HEAD", &self.head_endpoint)
+            .env("CM_CONFIG", &self.config)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Submits with cmrun and returns the job id; panics with cmrun's stderr on failure.
+    pub fn submit(&self, args: &[&str]) -> u64 {
+        let out = self.tool("cmrun", args);
+        assert!(out.status.success(), "cmrun {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("cmrun prints the job id")
+    }
+
+    /// `cminfo --all --json`, or None if it failed.
+    pub fn info(&self) -> Option<Value> {
+        let out = self.tool("cminfo", &["--json", "--all"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// `cminfo --json JOBID`.
+    pub fn job(&self, id: u64) -> Value {
+        let out = self.tool("cminfo", &["--json", &id.to_string()]);
+        assert!(out.status.success(), "cminfo {id}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    pub fn job_status(&self, id: u64) -> String {
+        self.job(id)["state"]["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until the job reaches `status`; panics with the job's JSON if it does not.
+    pub fn wait_status(&self, id: u64, status: &str, timeout: Duration) -> Value {
+        let reached = wait_until(timeout, || self.job_status(id) == status);
+        let job = self.job(id);
+        assert!(reached, "job {id} did not reach {status}: {job:#}");
+        job
+    }
+
+    /// Fails if a daemon that should run has exited.
+    pub fn assert_alive(&mut self) {
+        for daemon in std::iter::once(&mut self.head).chain(self.computes.iter_mut()) {
+            if !daemon.stopped {
+                if let Some(status) = daemon.exited() {
+                    panic!("daemon {} exited ({status}); log:\n{}", daemon.name, daemon.log_tail(40));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for daemon in std::iter::once(&self.head).chain(self.computes.iter()) {
+                eprintln!("----- {} log (last 30 lines) -----\n{}", daemon.name, daemon.log_tail(30));
+            }
+        } else {
+            self.assert_alive();
+        }
+        for daemon in std::iter::once(&mut self.head).chain(self.computes.iter_mut()) {
+            daemon.kill9();
+        }
+    }
+}
+
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Compute nodes that are Up in a `cminfo --json` document.
+pub fn up_computes(info: &Value) -> usize {
+    info["nodes"]
+        .as_array()
+        .map(|nodes| nodes.iter().filter(|n| n["role"] == "Compute" && n["health"]["health"] == "Up").count())
+        .unwrap_or(0)
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
