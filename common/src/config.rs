@@ -156,19 +156,6 @@ impl Config {
         crate::timelimit::parse_time_limit(&self.defaults.time_limit).map_err(|e| e.to_string())?;
         Ok(())
     }
-
-    /// The state directory: configured, else per-user default.
-    pub fn state_dir(&self) -> PathBuf {
-        if let Some(dir) = &self.state_dir {
-            return dir.clone();
-        }
-        let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-            || std::env::var_os("HOME").is_some_and(|h| h == "/root");
-        match std::env::var_os("HOME") {
-            Some(home) if !is_root => PathBuf::from(home).join(".local/state/cm"),
-            _ => PathBuf::from("/var/lib/cm"),
-        }
-    }
 }
 
 #[cfg(test)]

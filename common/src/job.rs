@@ -278,6 +278,12 @@ impl Job {
         Job { id, spec, submitted_at, state: JobState::Pending, nodes: Vec::new(), submit_token }
     }
 
+    /// Terminal, and every node has reported its end: nothing about the job changes any more.
+    /// (A killed job is terminal at once but holds its nodes until they confirm.)
+    pub fn is_settled(&self) -> bool {
+        self.state.is_terminal() && self.nodes.iter().all(|n| n.end.is_some())
+    }
+
     pub fn node_ids(&self) -> impl Iterator<Item = &NodeId> {
         self.nodes.iter().map(|n| &n.node)
     }

@@ -101,6 +101,14 @@ fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_string())
 }
 
+/// /var/lib/cm for root; ~/.local/state/cm for anyone else, who cannot write there.
+fn default_state_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) if !nix::unistd::geteuid().is_root() => PathBuf::from(home).join(".local/state/cm"),
+        _ => PathBuf::from("/var/lib/cm"),
+    }
+}
+
 /// `HOST:PORT` with the host replaced by loopback.
 fn on_loopback(address: &str) -> String {
     match address.rsplit_once(':') {
@@ -113,7 +121,7 @@ impl Settings {
     /// Combines the parsed arguments with the configuration (already loaded from `args.config`).
     pub fn resolve(args: &Args, config: &Config) -> Settings {
         let node_id = NodeId::new(args.node_id.clone().unwrap_or_else(hostname));
-        let state_dir = args.state_dir.clone().unwrap_or_else(|| config.state_dir());
+        let state_dir = args.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(default_state_dir);
         let resources =
             node_resources::detect(args.cpus.or(config.node.cpus), args.memory_mb.or(config.node.memory_mb));
         let standalone = args.role == RoleArg::Standalone;

@@ -229,10 +229,22 @@ fn replicas_run_as_the_submitting_user() {
     nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(nobody)), Some(nix::unistd::Gid::from_raw(nobody)))
         .expect("chown");
     std::fs::set_permissions(cluster.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let mut command = cluster.tool_command("cmrun", &["--wait", "id -u; id -g"]);
-    std::os::unix::process::CommandExt::uid(&mut command, nobody);
-    std::os::unix::process::CommandExt::gid(&mut command, nobody);
-    let out = command.current_dir(&home).output().expect("cmrun");
+    // The build directory may not be reachable for nobody (CI keeps it under /root): run copies.
+    let tools = cluster.dir.path().join("bin");
+    std::fs::create_dir(&tools).expect("bin dir");
+    let as_nobody = |name: &str, args: &[&str]| {
+        let copy = tools.join(name);
+        if !copy.exists() {
+            std::fs::copy(support::bin(name), &copy).expect("copy tool");
+        }
+        let mut command = std::process::Command::new(&copy);
+        command.args(args).env("CM_HEAD", &cluster.head_endpoint).env("CM_CONFIG", &cluster.config).current_dir(&home);
+        std::os::unix::process::CommandExt::uid(&mut command, nobody);
+        std::os::unix::process::CommandExt::gid(&mut command, nobody);
+        command
+    };
+    let mut command = as_nobody("cmrun", &["--wait", "id -u; id -g"]);
+    let out = command.output().expect("cmrun");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("id");
     let file = home.join(format!("cmlogs/{id}/c1.0.out"));
@@ -242,9 +254,7 @@ fn replicas_run_as_the_submitting_user() {
     assert_eq!(cluster.job(id)["spec"]["user"]["uid"], nobody);
     // Another user may not kill root's jobs.
     let roots = cluster.submit(&["sleep 300"]);
-    let mut kill = cluster.tool_command("cmkill", &[&roots.to_string()]);
-    std::os::unix::process::CommandExt::uid(&mut kill, nobody);
-    let out = kill.output().expect("cmkill");
+    let out = as_nobody("cmkill", &[&roots.to_string()]).output().expect("cmkill");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only its owner or root"));
     assert_eq!(cluster.job_status(roots), "Running");
@@ -260,4 +270,76 @@ fn tools_say_in_one_line_when_the_head_is_unreachable() {
         assert_eq!(out.status.code(), Some(1), "{tool}: {err}");
         assert!(err.contains("cannot reach the head"), "{tool}: {err}");
     }
+}
+
+#[test]
+fn daemons_answer_direct_requests_and_survive_bad_input() {
+    use cm_common::protocol::*;
+    use cm_common::transport::{Requester, RetryPolicy};
+    use cm_common::{JobId, Resources};
+    use std::io::Write;
+
+    let mut cluster = Cluster::start(1, 2, 512);
+    let ctx = zmq::Context::new();
+    let compute = read(cluster.dir.path().join("c1/compute.endpoint"));
+    let policy = RetryPolicy::new(Duration::from_secs(2), 0);
+    let connect = |endpoint: &str| Requester::new(&ctx, endpoint, policy, "test", Credential { uid: 0 });
+
+    // Head -> compute requests, straight to the compute daemon.
+    let mut node = connect(&compute);
+    match node.call::<_, NodeResponse>(&NodeRequest::GetNodeStatus(GetNodeStatus {})).expect("reply") {
+        Ok(NodeResponse::NodeStatus(status)) => {
+            assert_eq!(status.capacity, Resources::new(2, 512));
+            assert!(status.running.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    let host = |cpus| NodeRequest::HostJob(HostJob { job: JobId(99), per_node: Resources::new(cpus, 100), uid: 1000 });
+    let can_host = |node: &mut Requester, cpus| match node.call::<_, NodeResponse>(&host(cpus)).expect("reply") {
+        Ok(NodeResponse::CanHost(c)) => c.ok,
+        other => panic!("{other:?}"),
+    };
+    assert!(can_host(&mut node, 2));
+    assert!(!can_host(&mut node, 3));
+
+    // Garbage, a foreign version, and a message meant for the other kind of daemon: error replies.
+    for endpoint in [cluster.head_endpoint.clone(), compute.clone()] {
+        let mut peer = connect(&endpoint);
+        let code = |peer: &mut Requester, bytes: &[u8]| {
+            let reply = peer.request_bytes(bytes).expect("an error reply, not silence");
+            decode::<Reply<Ack>>(&reply).expect("a valid envelope").body.expect_err("an error").code
+        };
+        assert_eq!(code(&mut peer, b"\xde\xad\xbe\xef not msgpack"), ErrorCode::BadRequest);
+        assert_eq!(code(&mut peer, b""), ErrorCode::BadRequest);
+        let future =
+            Envelope { version: 999, sender: "future".to_string(), credential: Credential { uid: 0 }, body: 1 };
+        assert_eq!(code(&mut peer, &rmp_serde::to_vec_named(&future).expect("encode")), ErrorCode::VersionMismatch);
+        let unknown_action = encode("t", Credential { uid: 0 }, &"Reboot").expect("encode");
+        assert_eq!(code(&mut peer, &unknown_action), ErrorCode::BadRequest);
+    }
+    let misdirected = encode("t", Credential { uid: 0 }, &NodeRequest::FreeResources(FreeResources { job: JobId(1) }))
+        .expect("encode");
+    let reply = connect(&cluster.head_endpoint).request_bytes(&misdirected).expect("reply");
+    assert_eq!(decode::<Reply<Ack>>(&reply).expect("envelope").body.expect_err("error").code, ErrorCode::BadRequest);
+
+    // Larger than max_message_size (1 MiB here): libzmq drops the connection, no reply comes.
+    let oversized = vec![0x90u8; 2 << 20];
+    let quick = RetryPolicy::new(Duration::from_millis(500), 0);
+    let mut big = Requester::new(&ctx, &cluster.head_endpoint, quick, "test", Credential { uid: 0 });
+    assert!(big.request_bytes(&oversized).is_err(), "an oversized message must not be served");
+
+    // Raw bytes on the TCP ports, not even ZeroMQ.
+    for endpoint in [&cluster.head_endpoint, &compute] {
+        let address = endpoint.trim_start_matches("tcp://");
+        for junk in [&b"GET / HTTP/1.0\r\n\r\n"[..], &[0xffu8; 300], &[0u8; 7]] {
+            if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+                let _ = stream.write_all(junk);
+            }
+        }
+    }
+
+    // Both daemons still serve: a job runs end to end.
+    let id = cluster.submit(&["true"]);
+    cluster.wait_status(id, "Completed", LONG);
+    cluster.assert_alive();
 }

@@ -73,7 +73,8 @@ fn run(args: Args) -> anyhow::Result<i32> {
     };
     let workdir = std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory: {e}"))?;
     let workdir = workdir.to_str().ok_or_else(|| anyhow!("the current directory is not valid UTF-8"))?.to_string();
-    let env = std::env::vars().collect();
+    // Variables that are not valid UTF-8 cannot travel in the job; they are left out, not fatal.
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let spec = build_spec(&request, &client.config.defaults, current_user(), workdir, env).map_err(|e| anyhow!(e))?;
     let id = match client.call(ClientRequest::AssignJobId(AssignJobId { spec, token: submit_token() }))? {
         ClientResponse::JobAccepted(accepted) => accepted.id,

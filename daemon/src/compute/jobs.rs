@@ -11,7 +11,7 @@ use cm_common::job::{ExitStatus, Job, NodeEnd, NodeEndCause, ReplicaExit};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
@@ -44,11 +44,18 @@ struct RunningJob {
     stopping: Option<Stopping>,
 }
 
+/// How many ended jobs a node remembers, to refuse a late duplicate StartJob.
+const REMEMBERED_ENDS: usize = 4096;
+
 /// This node's running jobs.
 pub struct RunningJobs {
     node: NodeId,
     kill_grace: Duration,
     jobs: BTreeMap<JobId, RunningJob>,
+    /// Jobs that ended here lately, oldest first: a retried StartJob that arrives after a short
+    /// job ended must not run it again.
+    ended: VecDeque<JobId>,
+    ended_set: HashSet<JobId>,
 }
 
 fn signal_groups(job: &RunningJob, signal: Signal, include_exited: bool) {
@@ -60,11 +67,22 @@ fn signal_groups(job: &RunningJob, signal: Signal, include_exited: bool) {
 
 impl RunningJobs {
     pub fn new(node: NodeId, kill_grace: Duration) -> Self {
-        RunningJobs { node, kill_grace, jobs: BTreeMap::new() }
+        RunningJobs { node, kill_grace, jobs: BTreeMap::new(), ended: VecDeque::new(), ended_set: HashSet::new() }
     }
 
-    pub fn contains(&self, id: JobId) -> bool {
-        self.jobs.contains_key(&id)
+    /// Whether the job runs here now or ended here lately.
+    pub fn knows(&self, id: JobId) -> bool {
+        self.jobs.contains_key(&id) || self.ended_set.contains(&id)
+    }
+
+    fn remember_end(&mut self, id: JobId) {
+        if self.ended.len() >= REMEMBERED_ENDS {
+            if let Some(old) = self.ended.pop_front() {
+                self.ended_set.remove(&old);
+            }
+        }
+        self.ended.push_back(id);
+        self.ended_set.insert(id);
     }
 
     pub fn ids(&self) -> Vec<JobId> {
@@ -142,6 +160,7 @@ impl RunningJobs {
             return None;
         }
         let job = self.jobs.remove(&exited.job)?;
+        self.remember_end(exited.job);
         // What the replicas started in the background ends with the job.
         signal_groups(&job, Signal::SIGKILL, true);
         let replicas =

@@ -152,8 +152,8 @@ impl Compute {
                 Ok(NodeResponse::CanHost(CanHost { ok: reason.is_none(), reason }))
             }
             NodeRequest::StartJob(StartJob { job }) => {
-                if self.jobs.contains(job.id) {
-                    return Ok(NodeResponse::Ack(Ack {})); // a retried request
+                if self.jobs.knows(job.id) {
+                    return Ok(NodeResponse::Ack(Ack {})); // a retried request: never run a job twice
                 }
                 let uid = job.spec.user.uid;
                 if !self.may_run_as(uid) {

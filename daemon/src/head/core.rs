@@ -34,7 +34,7 @@ pub struct HeadCore {
     /// The head's own entry in node listings.
     me: Node,
     nodes: BTreeMap<NodeId, Node>,
-    /// Jobs not yet settled: not terminal, or terminal with a node that has not reported its end.
+    /// Jobs not yet settled (see `Job::is_settled`).
     jobs: BTreeMap<JobId, Job>,
     /// Submission tokens of the jobs in `jobs`, so a retried submit returns the same id.
     tokens: HashMap<String, JobId>,
@@ -48,11 +48,6 @@ fn unavailable(e: StoreError) -> ErrorReply {
 
 fn invalid(message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(ErrorCode::Invalid, message)
-}
-
-/// Every node has reported its end and the job is terminal: nothing more will change.
-fn is_settled(job: &Job) -> bool {
-    job.state.is_terminal() && job.nodes.iter().all(|n| n.end.is_some())
 }
 
 /// The terminal state of a running job whose nodes have all reported.
@@ -93,15 +88,30 @@ pub fn final_state(job: &Job, now: Timestamp) -> JobState {
 }
 
 impl HeadCore {
-    /// Loads nodes and unfinished jobs from the store.
+    /// Loads nodes and unsettled jobs from the store. Reservations are rebuilt from the jobs, the
+    /// source of truth, so a node record written before (or without) its jobs' records cannot
+    /// leak a reservation or hide one.
     pub fn open(
         store: Box<dyn Store>,
         comm: Box<dyn NodeComm>,
         me: Node,
         settings: HeadSettings,
+        now: Timestamp,
     ) -> Result<Self, StoreError> {
-        let nodes = store.nodes()?.into_iter().map(|n| (n.id.clone(), n)).collect();
         let jobs: BTreeMap<JobId, Job> = store.active_jobs()?.into_iter().map(|j| (j.id, j)).collect();
+        let mut nodes: BTreeMap<NodeId, Node> = store.nodes()?.into_iter().map(|n| (n.id.clone(), n)).collect();
+        for node in nodes.values_mut() {
+            node.allocations.clear();
+            // Heartbeats are not persisted: every node gets a full timeout to reach this head.
+            node.last_heartbeat = now;
+        }
+        for job in jobs.values() {
+            for slot in job.nodes.iter().filter(|n| n.end.is_none()) {
+                if let Some(node) = nodes.get_mut(&slot.node) {
+                    node.allocations.push(Allocation { job: job.id, resources: job.spec.per_node });
+                }
+            }
+        }
         let tokens = jobs.values().map(|j| (j.submit_token.clone(), j.id)).collect();
         Ok(HeadCore { store, comm, settings, me, nodes, jobs, tokens, wants_schedule: true })
     }
@@ -121,7 +131,7 @@ impl HeadCore {
             self.nodes.insert(node.id.clone(), node);
         }
         for job in jobs {
-            if is_settled(&job) {
+            if job.is_settled() {
                 self.tokens.remove(&job.submit_token);
                 self.jobs.remove(&job.id);
             } else {
@@ -544,7 +554,8 @@ mod tests {
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
             let settings =
                 HeadSettings { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(5) };
-            let mut core = HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings).expect("open");
+            let mut core =
+                HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings, Timestamp(0)).expect("open");
             for id in ids {
                 let node = NodeBuilder::new(id).build();
                 let register = RegisterNode {
@@ -795,7 +806,7 @@ mod tests {
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
             let settings =
                 HeadSettings { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(5) };
-            HeadCore::open(Box::new(store), Box::new(comm), me, settings).expect("open")
+            HeadCore::open(Box::new(store), Box::new(comm), me, settings, Timestamp(1)).expect("open")
         };
         {
             let mut core = open(RecordingComm::default());
@@ -816,6 +827,9 @@ mod tests {
         }
         let comm = RecordingComm::default();
         let mut core = open(comm.clone());
+        // Reopened long after the last persisted heartbeat: the node still gets its full timeout.
+        core.tick(Timestamp(3));
+        assert!(core.node(&NodeId::new("a")).expect("a").is_up());
         assert!(matches!(core.job(JobId(1)).expect("1").state, JobState::Running { .. }));
         assert_eq!(core.job(JobId(2)).expect("2").state, JobState::Pending);
         let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![] };

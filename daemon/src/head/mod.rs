@@ -74,7 +74,7 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
     };
     let settings =
         HeadSettings { heartbeat_interval: config.heartbeat_interval, heartbeat_timeout: config.heartbeat_timeout };
-    let mut core = HeadCore::open(Box::new(store), Box::new(comm), me_node, settings)?;
+    let mut core = HeadCore::open(Box::new(store), Box::new(comm), me_node, settings, now)?;
 
     let mut next_tick = Instant::now() + config.scheduler_interval;
     while !shutdown.load(Ordering::Relaxed) {

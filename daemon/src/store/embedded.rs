@@ -2,7 +2,7 @@
 //!
 //! redb is a crash-safe (copy-on-write, checksummed) single-file key-value store; every commit is
 //! durable (fsync) before it returns. Records are MessagePack with named fields, like the wire.
-//! Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet terminal), `nodes`
+//! Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet settled), `nodes`
 //! (id -> node), `meta` (the job id counter).
 
 use super::{Store, StoreError, StoreResult};
@@ -75,7 +75,7 @@ impl Store for EmbeddedStore {
             let mut active = txn.open_table(ACTIVE_JOBS).map_err(backend)?;
             for job in jobs {
                 table.insert(job.id.0, encode(job)?.as_slice()).map_err(backend)?;
-                if job.state.is_terminal() {
+                if job.is_settled() {
                     active.remove(job.id.0).map_err(backend)?;
                 } else {
                     active.insert(job.id.0, ()).map_err(backend)?;

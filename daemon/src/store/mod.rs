@@ -31,7 +31,7 @@ pub trait Store: Send {
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()>;
     /// One job, whatever its state.
     fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
-    /// Every job not in a terminal state, by id.
+    /// Every job not yet settled (pending, running, or ended with a node still to report), by id.
     fn active_jobs(&self) -> StoreResult<Vec<Job>>;
     /// The `limit` most recent terminal jobs, by id.
     fn finished_jobs(&self, limit: usize) -> StoreResult<Vec<Job>>;

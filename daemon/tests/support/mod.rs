@@ -19,6 +19,7 @@ register_retry_wait: 300ms
 request_timeout: 1s
 request_retries: 2
 kill_grace: 1s
+max_message_size: 1048576
 ";
 
 /// Where the binaries are: beside `cmd`, which cargo builds for this crate's tests.
