@@ -26,6 +26,13 @@ pub struct Config {
     /// The address the head should use for this compute node, when `compute_listen`'s host is a
     /// wildcard; default: the host name with the listen port.
     pub compute_advertise: Option<String>,
+    /// Where the head persists nodes and jobs: a MongoDB URI (`mongodb://HOST:PORT/DBNAME`), or
+    /// none for the embedded store in `state_dir`.
+    pub store: Option<String>,
+    /// How long the head waits for MongoDB on one operation before the request fails; keep it
+    /// below `request_timeout` so the client hears the reason.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
     /// Where daemons keep their state (the head's embedded store). Default: /var/lib/cm for root,
     /// ~/.local/state/cm for other users.
     pub state_dir: Option<PathBuf>,
@@ -101,6 +108,8 @@ impl Default for Config {
             head_listen: "0.0.0.0:5001".to_string(),
             compute_listen: "0.0.0.0:5002".to_string(),
             compute_advertise: None,
+            store: None,
+            store_timeout: Duration::from_secs(1),
             state_dir: None,
             scheduler_interval: Duration::from_secs(1),
             status_interval: Duration::from_secs(5),
@@ -149,6 +158,15 @@ impl Config {
         }
         if self.heartbeat_timeout <= self.heartbeat_interval {
             return Err("heartbeat_timeout must be longer than heartbeat_interval".into());
+        }
+        if self.store_timeout.is_zero() {
+            return Err("store_timeout must be more than zero".into());
+        }
+        if self.store.as_deref().is_some_and(|uri| !uri.starts_with("mongodb://") && !uri.starts_with("mongodb+srv://"))
+        {
+            return Err(
+                "store must be a MongoDB URI (mongodb://HOST:PORT/DBNAME) or null for the embedded store".into()
+            );
         }
         if self.max_message_size < 4096 {
             return Err("max_message_size must be at least 4096 bytes".into());

@@ -44,6 +44,10 @@ pub struct Args {
     /// HOST:PORT the head should use to reach this compute node [default: host name and port].
     #[arg(long, env = "CM_ADVERTISE")]
     pub advertise: Option<String>,
+    /// The head's store: a MongoDB URI (mongodb://HOST:PORT/DBNAME) [default: store, else the
+    /// embedded store in the state directory].
+    #[arg(long, env = "CM_STORE")]
+    pub store: Option<String>,
     /// Directory for the daemon's state [default: state_dir].
     #[arg(long, env = "CM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -61,6 +65,9 @@ pub struct HeadConfig {
     pub node_id: NodeId,
     pub listen: String,
     pub state_dir: PathBuf,
+    /// MongoDB URI; `None` means the embedded store.
+    pub store: Option<String>,
+    pub store_timeout: Duration,
     pub resources: Resources,
     pub scheduler_interval: Duration,
     pub heartbeat_interval: Duration,
@@ -140,6 +147,8 @@ impl Settings {
             node_id: node_id.clone(),
             listen: head_listen,
             state_dir: state_dir.clone(),
+            store: args.store.clone().or_else(|| config.store.clone()),
+            store_timeout: config.store_timeout,
             resources,
             scheduler_interval: config.scheduler_interval,
             heartbeat_interval: config.heartbeat_interval,
@@ -194,6 +203,9 @@ mod tests {
         assert_eq!(s.compute.head_address, "h:1", "flag beats file");
         assert_eq!(s.compute.listen, "127.0.0.1:0");
         assert_eq!(s.compute.resources.cpus, 8);
+        assert_eq!(s.head.store, None, "no URI: the embedded store");
+        let s = Settings::resolve(&args(&["--role", "head", "--store", "mongodb://db:27017/cm"]), &file);
+        assert_eq!(s.head.store.as_deref(), Some("mongodb://db:27017/cm"));
     }
 
     #[test]

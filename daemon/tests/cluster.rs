@@ -1,11 +1,12 @@
-//! End-to-end tests: real `cmd` daemons (a head and three computes) and the real tools.
+//! End-to-end tests: real `cmd` daemons (a head and up to three computes) and the real tools.
+//! Each case runs twice: with the embedded store (`embedded::`) and with MongoDB (`mongodb::`).
 
 mod support;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::{process_alive, wait_until, Cluster};
+use support::{process_alive, wait_until, Cluster, StoreKind};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -23,9 +24,8 @@ fn replica_pids(cluster: &Cluster, ranks: usize) -> Vec<i32> {
     files.into_iter().map(|f| read(f).trim().parse().expect("pid")).collect()
 }
 
-#[test]
-fn a_two_node_two_process_job_writes_four_outputs_with_ranks_and_node_list() {
-    let mut cluster = Cluster::start(3, 2, 512);
+fn a_two_node_two_process_job_writes_four_outputs_with_ranks_and_node_list(store: StoreKind) {
+    let mut cluster = Cluster::start_on(&store, 3, 2, 512);
     let id = cluster.submit(&[
         "-n",
         "2",
@@ -73,9 +73,8 @@ fn a_two_node_two_process_job_writes_four_outputs_with_ranks_and_node_list() {
     cluster.assert_alive();
 }
 
-#[test]
-fn a_job_larger_than_the_cluster_is_refused_at_submit_time() {
-    let cluster = Cluster::start(3, 2, 512);
+fn a_job_larger_than_the_cluster_is_refused_at_submit_time(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 3, 2, 512);
     for args in [&["-n", "4", "true"][..], &["-c", "3", "true"], &["--mem-per-node", "1024", "true"]] {
         let out = cluster.tool("cmrun", args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -89,9 +88,8 @@ fn a_job_larger_than_the_cluster_is_refused_at_submit_time() {
     assert_eq!(info["jobs"], Value::Array(vec![]), "nothing was queued");
 }
 
-#[test]
-fn a_job_that_must_wait_starts_when_resources_free() {
-    let cluster = Cluster::start(1, 2, 512);
+fn a_job_that_must_wait_starts_when_resources_free(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 1, 2, 512);
     let first = cluster.submit(&["-c", "2", "sleep 1.5"]);
     let second = cluster.submit(&["-c", "1", "true"]);
     cluster.wait_status(first, "Running", LONG);
@@ -103,9 +101,8 @@ fn a_job_that_must_wait_starts_when_resources_free() {
     assert!(second_start >= first_end, "the second job started ({second_start}) after the first ended ({first_end})");
 }
 
-#[test]
-fn cmkill_removes_a_pending_job_for_good() {
-    let cluster = Cluster::start(1, 1, 512);
+fn cmkill_removes_a_pending_job_for_good(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 1, 1, 512);
     let blocker = cluster.submit(&["sleep 300"]);
     let pending = cluster.submit(&["touch should-not-exist"]);
     cluster.wait_status(blocker, "Running", LONG);
@@ -126,9 +123,8 @@ fn cmkill_removes_a_pending_job_for_good() {
     assert!(err.contains("already ended") && err.contains("job 999 does not exist"), "{err}");
 }
 
-#[test]
-fn cmkill_of_a_running_job_kills_every_replica_on_every_node_and_frees_them() {
-    let cluster = Cluster::start(3, 2, 512);
+fn cmkill_of_a_running_job_kills_every_replica_on_every_node_and_frees_them(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 3, 2, 512);
     // `exec` makes the shell's pid the sleeper's, so the pid file names the replica itself.
     let id = cluster.submit(&["-n", "2", "-p", "2", "echo $$ > pid.$CM_PROC_RANK; exec sleep 300"]);
     let pids = replica_pids(&cluster, 4);
@@ -150,9 +146,8 @@ fn cmkill_of_a_running_job_kills_every_replica_on_every_node_and_frees_them() {
     cluster.wait_status(next, "Completed", LONG);
 }
 
-#[test]
-fn the_time_limit_kills_the_job_as_timed_out() {
-    let cluster = Cluster::start(2, 2, 512);
+fn the_time_limit_kills_the_job_as_timed_out(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 2, 2, 512);
     // A replica that ignores SIGTERM must still die, by SIGKILL after the grace period.
     let id = cluster.submit(&[
         "-n",
@@ -170,9 +165,8 @@ fn the_time_limit_kills_the_job_as_timed_out() {
     assert_eq!(out.status.code(), Some(124), "--wait gives 124 for a timeout");
 }
 
-#[test]
-fn a_non_zero_exit_fails_the_job_with_its_code() {
-    let cluster = Cluster::start(2, 2, 512);
+fn a_non_zero_exit_fails_the_job_with_its_code(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 2, 2, 512);
     let id = cluster.submit(&["-n", "2", "exit $((CM_NODE_RANK * 5))"]);
     let job = cluster.wait_status(id, "Failed", LONG);
     let mut codes = Vec::new();
@@ -188,9 +182,8 @@ fn a_non_zero_exit_fails_the_job_with_its_code() {
     assert!(text.contains("Failed") && text.contains("1: exit 5"), "{text}");
 }
 
-#[test]
-fn cmrun_wait_returns_the_job_exit_code() {
-    let cluster = Cluster::start(1, 2, 512);
+fn cmrun_wait_returns_the_job_exit_code(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 1, 2, 512);
     let ok = cluster.tool("cmrun", &["--wait", "true"]);
     assert_eq!(ok.status.code(), Some(0));
     let failed = cluster.tool("cmrun", &["--wait", "sh", "-c", "exit 7"]);
@@ -199,9 +192,8 @@ fn cmrun_wait_returns_the_job_exit_code() {
     assert_eq!(signaled.status.code(), Some(137));
 }
 
-#[test]
-fn a_restarted_head_keeps_pending_jobs_and_runs_them() {
-    let mut cluster = Cluster::start(1, 1, 512);
+fn a_restarted_head_keeps_pending_jobs_and_runs_them(store: StoreKind) {
+    let mut cluster = Cluster::start_on(&store, 1, 1, 512);
     let running = cluster.submit(&["sleep 2"]);
     let pending = cluster.submit(&["echo ran > after-restart"]);
     cluster.wait_status(running, "Running", LONG);
@@ -216,13 +208,12 @@ fn a_restarted_head_keeps_pending_jobs_and_runs_them() {
     cluster.assert_alive();
 }
 
-#[test]
-fn replicas_run_as_the_submitting_user() {
+fn replicas_run_as_the_submitting_user(store: StoreKind) {
     if !nix::unistd::getuid().is_root() {
         eprintln!("SKIPPED: switching users needs the daemons to run as root");
         return;
     }
-    let cluster = Cluster::start(1, 2, 512);
+    let cluster = Cluster::start_on(&store, 1, 2, 512);
     let nobody = 65534;
     let home = cluster.workdir.join("nobody");
     std::fs::create_dir(&home).expect("dir");
@@ -260,9 +251,8 @@ fn replicas_run_as_the_submitting_user() {
     assert_eq!(cluster.job_status(roots), "Running");
 }
 
-#[test]
-fn tools_say_in_one_line_when_the_head_is_unreachable() {
-    let mut cluster = Cluster::start(1, 1, 512);
+fn tools_say_in_one_line_when_the_head_is_unreachable(store: StoreKind) {
+    let mut cluster = Cluster::start_on(&store, 1, 1, 512);
     cluster.head.kill9();
     for (tool, args) in [("cminfo", &[][..]), ("cmrun", &["true"]), ("cmkill", &["1"])] {
         let out = cluster.tool(tool, args);
@@ -272,14 +262,13 @@ fn tools_say_in_one_line_when_the_head_is_unreachable() {
     }
 }
 
-#[test]
-fn daemons_answer_direct_requests_and_survive_bad_input() {
+fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     use cm_common::protocol::*;
     use cm_common::transport::{Requester, RetryPolicy};
     use cm_common::{JobId, Resources};
     use std::io::Write;
 
-    let mut cluster = Cluster::start(1, 2, 512);
+    let mut cluster = Cluster::start_on(&store, 1, 2, 512);
     let ctx = zmq::Context::new();
     let compute = read(cluster.dir.path().join("c1/compute.endpoint"));
     let policy = RetryPolicy::new(Duration::from_secs(2), 0);
@@ -343,3 +332,32 @@ fn daemons_answer_direct_requests_and_survive_bad_input() {
     cluster.wait_status(id, "Completed", LONG);
     cluster.assert_alive();
 }
+
+/// Runs each case once per store: `embedded::CASE` and `mongodb::CASE`.
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $case() { super::$case(super::StoreKind::Embedded) })*
+        }
+        mod mongodb {
+            $(#[test] fn $case() {
+                if let Some(store) = super::StoreKind::mongo(stringify!($case)) { super::$case(store) }
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    a_two_node_two_process_job_writes_four_outputs_with_ranks_and_node_list,
+    a_job_larger_than_the_cluster_is_refused_at_submit_time,
+    a_job_that_must_wait_starts_when_resources_free,
+    cmkill_removes_a_pending_job_for_good,
+    cmkill_of_a_running_job_kills_every_replica_on_every_node_and_frees_them,
+    the_time_limit_kills_the_job_as_timed_out,
+    a_non_zero_exit_fails_the_job_with_its_code,
+    cmrun_wait_returns_the_job_exit_code,
+    a_restarted_head_keeps_pending_jobs_and_runs_them,
+    replicas_run_as_the_submitting_user,
+    tools_say_in_one_line_when_the_head_is_unreachable,
+    daemons_answer_direct_requests_and_survive_bad_input
+);

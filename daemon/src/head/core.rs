@@ -43,7 +43,7 @@ pub struct HeadCore {
 }
 
 fn unavailable(e: StoreError) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Unavailable, format!("{e}; nothing was changed, try again"))
+    ErrorReply::new(ErrorCode::Unavailable, format!("{e}; the request was not carried out, try again"))
 }
 
 fn invalid(message: impl Into<String>) -> ErrorReply {

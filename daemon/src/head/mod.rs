@@ -5,6 +5,7 @@
 //! [`comm`]) arrive as [`Event`]s on one channel and are handled one at a time by
 //! [`core::HeadCore`]. After each event a scheduling pass runs if anything changed, so a job on an
 //! idle cluster starts as soon as it is submitted; a periodic tick also checks node heartbeats.
+//! The store is MongoDB when a URI is configured, else the embedded one.
 
 pub mod comm;
 pub mod core;
@@ -12,6 +13,8 @@ pub mod core;
 use crate::service::{self, reply_bytes, ReplySlot};
 use crate::settings::HeadConfig;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::mongo::MongoStore;
+use crate::store::{Store, StoreError};
 use anyhow::Context;
 use cm_common::node::{Node, NodeHealth, Role};
 use cm_common::protocol::{Envelope, HeadRequest};
@@ -33,13 +36,51 @@ pub enum Event {
 /// How long the loop sleeps at most, which bounds how late it notices a shutdown.
 const MAX_WAIT: Duration = Duration::from_millis(250);
 
+/// A MongoDB URI with any password hidden, for logs.
+fn redacted(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &uri[..scheme + 3], &uri[at..]),
+        _ => uri.to_string(),
+    }
+}
+
+/// Opens the configured store. MongoDB is retried with backoff until it answers (a head started
+/// with its database, as in docker-compose, must wait for it); `None` if shut down meanwhile.
+fn open_store(config: &HeadConfig, shutdown: &AtomicBool) -> anyhow::Result<Option<Box<dyn Store>>> {
+    let Some(uri) = &config.store else {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
+        let path = config.state_dir.join("cm.redb");
+        let store = EmbeddedStore::open(&path)?;
+        tracing::info!(store = %path.display(), "embedded store opened");
+        return Ok(Some(Box::new(store)));
+    };
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match MongoStore::connect(uri, config.store_timeout) {
+            Ok(store) => {
+                tracing::info!(uri = %redacted(uri), database = store.database_name(), "MongoDB store opened");
+                return Ok(Some(Box::new(store)));
+            }
+            Err(StoreError::Unreachable(e)) => {
+                tracing::warn!(uri = %redacted(uri), error = %e, retry_in = ?wait, "MongoDB is unreachable; retrying");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if shutdown.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
 /// Runs the head until `shutdown` is set. `bound` receives the endpoint actually listened on.
 pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&str)) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
-    let store_path = config.state_dir.join("cm.redb");
-    let store = EmbeddedStore::open(&store_path)?;
-    tracing::info!(store = %store_path.display(), "embedded store opened");
+    let Some(store) = open_store(&config, &shutdown)? else { return Ok(()) };
 
     let ctx = zmq::Context::new();
     let responder = Responder::bind(&ctx, &config.listen, config.max_message_size)
@@ -74,7 +115,7 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
     };
     let settings =
         HeadSettings { heartbeat_interval: config.heartbeat_interval, heartbeat_timeout: config.heartbeat_timeout };
-    let mut core = HeadCore::open(Box::new(store), Box::new(comm), me_node, settings, now)?;
+    let mut core = HeadCore::open(store, Box::new(comm), me_node, settings, now)?;
 
     let mut next_tick = Instant::now() + config.scheduler_interval;
     while !shutdown.load(Ordering::Relaxed) {
@@ -104,4 +145,13 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
     drop(core);
     let _ = server.join();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(super::redacted("mongodb://cm:s3cret@db:27017/cm"), "mongodb://***@db:27017/cm");
+        assert_eq!(super::redacted("mongodb://db:27017/cm"), "mongodb://db:27017/cm");
+    }
 }

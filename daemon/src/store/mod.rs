@@ -2,9 +2,11 @@
 //!
 //! The head keeps every pending and running job and every node in memory and writes each change
 //! through a [`Store`] before it acknowledges it. Implementations: [`embedded::EmbeddedStore`]
-//! (redb, on local disk). The same contract tests (`contract_tests`) run against each one.
+//! (redb, on local disk, the default) and [`mongo::MongoStore`] (MongoDB).
+//! The same contract tests (`contract_tests`) run against each one.
 
 pub mod embedded;
+pub mod mongo;
 
 use cm_common::job::Job;
 use cm_common::node::Node;
@@ -13,6 +15,9 @@ use cm_common::JobId;
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database server does not answer; the operation may succeed once it is back.
+    #[error("the job store is unreachable: {0}")]
+    Unreachable(String),
     /// The database could not be opened, read or written.
     #[error("the job store failed: {0}")]
     Backend(String),

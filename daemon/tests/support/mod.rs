@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../src/testing/mongo_server.rs"]
+pub mod mongo_server;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -99,6 +102,22 @@ impl Daemon {
     }
 }
 
+/// Which store the head uses.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Embedded,
+    /// A MongoDB URI.
+    Mongo(String),
+}
+
+impl StoreKind {
+    /// A fresh MongoDB database, or `None` (test skipped, with a printed reason) where no server
+    /// can be had outside CI.
+    pub fn mongo(name: &str) -> Option<StoreKind> {
+        mongo_server::database_uri(name).map(StoreKind::Mongo)
+    }
+}
+
 /// A head and its computes.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -115,30 +134,36 @@ impl Cluster {
     /// Starts a head and `computes` compute nodes named c1, c2, ... with `cpus` and `memory_mb` each,
     /// and waits until all are registered.
     pub fn start(computes: usize, cpus: u32, memory_mb: u64) -> Cluster {
+        Cluster::start_on(&StoreKind::Embedded, computes, cpus, memory_mb)
+    }
+
+    /// As [`Cluster::start`], with the head on `store`.
+    pub fn start_on(store: &StoreKind, computes: usize, cpus: u32, memory_mb: u64) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, TEST_CONFIG).expect("config");
         let workdir = dir.path().join("work");
         std::fs::create_dir_all(&workdir).expect("workdir");
         let head_state = dir.path().join("head");
-        let head = Daemon::spawn(
+        let mut args = strings(&[
+            "--role",
             "head",
-            strings(&[
-                "--role",
-                "head",
-                "--node-id",
-                "head",
-                "--listen",
-                "127.0.0.1:0",
-                "--state-dir",
-                head_state.to_str().expect("utf8"),
-                "--config",
-                config.to_str().expect("utf8"),
-            ]),
-            dir.path().join("head.log"),
-        );
+            "--node-id",
+            "head",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            head_state.to_str().expect("utf8"),
+            "--config",
+            config.to_str().expect("utf8"),
+        ]);
+        if let StoreKind::Mongo(uri) = store {
+            args.extend(strings(&["--store", uri]));
+        }
+        let head = Daemon::spawn("head", args, dir.path().join("head.log"));
         let endpoint_file = head_state.join("head.endpoint");
-        assert!(wait_until(Duration::from_secs(20), || endpoint_file.exists()), "the head did not start");
+        let started = wait_until(Duration::from_secs(30), || endpoint_file.exists());
+        assert!(started, "the head did not start; its log:\n{}", head.log_tail(30));
         let head_endpoint = std::fs::read_to_string(&endpoint_file).expect("endpoint");
         let mut cluster = Cluster { dir, head, computes: vec![], head_endpoint, config, workdir };
         for i in 1..=computes {

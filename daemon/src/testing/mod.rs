@@ -1,4 +1,5 @@
-//! Builders for unit tests: jobs and nodes with sensible defaults, changed one field at a time.
+//! Test helpers: builders for jobs and nodes with sensible defaults, changed one field at a time,
+//! and a MongoDB server for the store tests ([`mongo_server`]).
 
 use cm_common::job::{Job, JobSpec, UserIdentity};
 use cm_common::node::{Node, NodeHealth, Role};
@@ -83,3 +84,5 @@ impl NodeBuilder {
         self.node
     }
 }
+
+pub mod mongo_server;
