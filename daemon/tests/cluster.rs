@@ -333,6 +333,46 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     cluster.assert_alive();
 }
 
+fn a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job(store: StoreKind) {
+    use std::sync::{Arc, Mutex};
+    let mut cluster = Cluster::start_on(&store, 2, 2, 512);
+    let printed = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let submitter = {
+        let (printed, failures) = (printed.clone(), failures.clone());
+        let commands: Vec<std::process::Command> =
+            (0..50).map(|i| cluster.tool_command("cmrun", &["-a", &format!("s{i}"), "true"])).collect();
+        std::thread::spawn(move || {
+            for mut command in commands {
+                let out = command.output().expect("cmrun");
+                match String::from_utf8_lossy(&out.stdout).trim().parse::<u64>() {
+                    Ok(id) if out.status.success() => printed.lock().expect("lock").push(id),
+                    _ => failures.lock().expect("lock").push(String::from_utf8_lossy(&out.stderr).to_string()),
+                }
+            }
+        })
+    };
+    assert!(wait_until(LONG, || printed.lock().expect("lock").len() >= 15), "submissions did not start");
+    cluster.head.kill9();
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.restart_head();
+    submitter.join().expect("submitter");
+    let printed = printed.lock().expect("lock").clone();
+    let failures = failures.lock().expect("lock").clone();
+    eprintln!("{} submissions acknowledged, {} refused while the head was down", printed.len(), failures.len());
+    assert!(printed.len() >= 15, "printed {printed:?}");
+    assert_eq!(printed.len() + failures.len(), 50);
+    for failure in &failures {
+        assert!(failure.starts_with("cmrun: cannot reach the head"), "a failed submit says why: {failure}");
+    }
+    assert!(printed.windows(2).all(|w| w[0] < w[1]), "ids are unique and increasing: {printed:?}");
+    // Every printed id exists, and the queue drains.
+    for &id in &printed {
+        cluster.wait_status(id, "Completed", LONG);
+    }
+    cluster.assert_alive();
+}
+
 /// Runs each case once per store: `embedded::CASE` and `mongodb::CASE`.
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
@@ -359,5 +399,6 @@ on_both_stores!(
     a_restarted_head_keeps_pending_jobs_and_runs_them,
     replicas_run_as_the_submitting_user,
     tools_say_in_one_line_when_the_head_is_unreachable,
-    daemons_answer_direct_requests_and_survive_bad_input
+    daemons_answer_direct_requests_and_survive_bad_input,
+    a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job
 );

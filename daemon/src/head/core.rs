@@ -10,13 +10,14 @@
 //! while its processes are still dying.
 
 use super::comm::{DeliveryFailure, NodeComm};
+use super::tokens::RecentTokens;
 use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
 use cm_common::job::{Job, JobNode, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::protocol::*;
 use cm_common::{JobId, NodeId, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Settings the head's decisions depend on.
@@ -36,11 +37,14 @@ pub struct HeadCore {
     nodes: BTreeMap<NodeId, Node>,
     /// Jobs not yet settled (see `Job::is_settled`).
     jobs: BTreeMap<JobId, Job>,
-    /// Submission tokens of the jobs in `jobs`, so a retried submit returns the same id.
-    tokens: HashMap<String, JobId>,
+    /// Recent submission tokens, so a retried submit returns the same id.
+    tokens: RecentTokens,
     /// Something changed that may let a pending job start.
     wants_schedule: bool,
 }
+
+/// Finished jobs whose submission tokens a (re)started head reloads.
+const RECENT_FINISHED: usize = 1000;
 
 fn unavailable(e: StoreError) -> ErrorReply {
     ErrorReply::new(ErrorCode::Unavailable, format!("{e}; the request was not carried out, try again"))
@@ -112,7 +116,10 @@ impl HeadCore {
                 }
             }
         }
-        let tokens = jobs.values().map(|j| (j.submit_token.clone(), j.id)).collect();
+        let mut tokens = RecentTokens::default();
+        for job in store.finished_jobs(RECENT_FINISHED)?.iter().chain(jobs.values()) {
+            tokens.insert(job.submit_token.clone(), job.id);
+        }
         Ok(HeadCore { store, comm, settings, me, nodes, jobs, tokens, wants_schedule: true })
     }
 
@@ -131,11 +138,10 @@ impl HeadCore {
             self.nodes.insert(node.id.clone(), node);
         }
         for job in jobs {
+            self.tokens.insert(job.submit_token.clone(), job.id);
             if job.is_settled() {
-                self.tokens.remove(&job.submit_token);
                 self.jobs.remove(&job.id);
             } else {
-                self.tokens.insert(job.submit_token.clone(), job.id);
                 self.jobs.insert(job.id, job);
             }
         }
@@ -181,7 +187,7 @@ impl HeadCore {
     }
 
     fn submit(&mut self, credential: Credential, req: AssignJobId, now: Timestamp) -> Reply<ClientResponse> {
-        if let Some(&id) = self.tokens.get(&req.token) {
+        if let Some(id) = self.tokens.get(&req.token) {
             return Ok(ClientResponse::JobAccepted(JobAccepted { id })); // a retry of a submit we already took
         }
         let spec = req.spec;
@@ -650,6 +656,16 @@ mod tests {
     }
 
     #[test]
+    fn a_submit_retried_after_its_job_finished_is_not_run_again() {
+        let mut f = Fixture::new(&["a"]);
+        let id = f.submit_ok(JobBuilder::new(0), "lost-reply");
+        f.core.schedule_if_needed(Timestamp(11));
+        f.end(id, "a", &[(0, 0)], NodeEndCause::Exited);
+        assert!(matches!(f.state(id), JobState::Completed { .. }));
+        assert_eq!(f.submit_ok(JobBuilder::new(0), "lost-reply"), id);
+    }
+
+    #[test]
     fn impossible_or_forged_submissions_are_refused_and_store_nothing() {
         let mut f = Fixture::new(&["a", "b"]);
         let err = f.submit(JobBuilder::new(0).nodes(3), "t").unwrap_err();
@@ -835,7 +851,15 @@ mod tests {
         let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![] };
         core.record_node_end(JobId(1), &NodeId::new("a"), end, Timestamp(3)).expect("end");
         core.schedule_if_needed(Timestamp(4));
-        let sent = comm.sent.lock().expect("lock");
-        assert!(matches!(&sent[..], [(_, NodeRequest::StartJob(s))] if s.job.id == JobId(2)));
+        {
+            let sent = comm.sent.lock().expect("lock");
+            assert!(matches!(&sent[..], [(_, NodeRequest::StartJob(s))] if s.job.id == JobId(2)));
+        }
+        // A submit retried across the restart gets its original id back.
+        let retry = AssignJobId { spec: JobBuilder::new(0).spec(), token: "1".into() };
+        match core.handle_client(ALICE, ClientRequest::AssignJobId(retry), Timestamp(5)) {
+            Ok(ClientResponse::JobAccepted(accepted)) => assert_eq!(accepted.id, JobId(1)),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod comm;
 pub mod core;
+pub mod tokens;
 
 use crate::service::{self, reply_bytes, ReplySlot};
 use crate::settings::HeadConfig;

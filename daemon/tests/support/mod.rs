@@ -22,6 +22,7 @@ register_retry_wait: 300ms
 request_timeout: 1s
 request_retries: 2
 kill_grace: 1s
+store_timeout: 300ms
 max_message_size: 1048576
 ";
 
