@@ -1,0 +1,200 @@
+//! The docker-compose simulated cluster on a real Docker engine: images prepared locally
+//! (docker/prepare-local.sh, around the binaries of this build), 1 head + 4 computes + database.
+//! Skips, saying why, only where no Docker engine answers.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// One compose project, taken down with its volumes on drop.
+struct Compose {
+    program: Vec<String>,
+    project: String,
+    mongo_image: String,
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.program[0]);
+        command
+            .args(&self.program[1..])
+            .args(["-p", &self.project, "-f"])
+            .arg(repo_root().join("docker-compose.yml"))
+            .args(args)
+            .env("CM_MONGO_IMAGE", &self.mongo_image)
+            .current_dir(repo_root());
+        command
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = run(&mut self.command(args));
+        assert!(out.status.success(), "compose {args:?} failed:\n{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A command on the head node, as `user`.
+    fn head(&self, user: &str, script: &str) -> Output {
+        run(&mut self.command(&["exec", "-T", "-u", user, "-w", &home(user), "head", "sh", "-c", script]))
+    }
+
+    fn info(&self) -> Option<Value> {
+        let out = self.head("root", "cminfo --json --all");
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    fn job(&self, id: u64) -> Value {
+        let out = self.head("root", &format!("cminfo --json {id}"));
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Compose) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let logs = run(&mut self.command(&["logs", "--tail", "30"]));
+        panic!("timed out waiting for {what}; logs:\n{}", text(&logs));
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.command(&["down", "-v", "--remove-orphans", "-t", "2"]).output();
+    }
+}
+
+fn home(user: &str) -> String {
+    if user == "root" {
+        "/root".into()
+    } else {
+        format!("/home/{user}")
+    }
+}
+
+fn computes(info: &Value, status: &str) -> usize {
+    info["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| {
+                    n["role"] == "Compute"
+                        && n["health"]["health"] == status
+                        && (status != "Up" || n["allocations"] == Value::Array(vec![]))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `docker compose` (v2) where it exists, else Debian's `docker-compose` 1.29.
+fn compose_program() -> Option<Vec<String>> {
+    let v2 = Command::new("docker").args(["compose", "version"]).output();
+    if v2.is_ok_and(|o| o.status.success()) {
+        return Some(vec!["docker".into(), "compose".into()]);
+    }
+    let v1 = Command::new("docker-compose").arg("version").output();
+    v1.is_ok_and(|o| o.status.success()).then(|| vec!["docker-compose".into()])
+}
+
+#[test]
+fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_node() {
+    if !Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: no Docker engine answers `docker info`");
+        return;
+    }
+    let program = compose_program().expect("a Docker engine without docker-compose: install docker-compose");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_cmd")).parent().expect("bin dir");
+    let started = Instant::now();
+    let prepare = run(Command::new(repo_root().join("docker/prepare-local.sh")).arg(bin_dir));
+    assert!(prepare.status.success(), "prepare-local.sh failed:\n{}", text(&prepare));
+    eprintln!("images prepared in {:?}", started.elapsed());
+
+    let compose = Compose {
+        program,
+        project: format!("cmtest{}", std::process::id()),
+        mongo_image: std::env::var("CM_MONGO_IMAGE").unwrap_or_else(|_| "cm-secantusdb:local".into()),
+    };
+    compose.ok(&["up", "-d", "--scale", "compute=4"]);
+    compose
+        .wait("4 idle compute nodes", Duration::from_secs(180), |c| c.info().is_some_and(|i| computes(&i, "Up") == 4));
+    eprintln!("cluster up in {:?}", started.elapsed());
+    let info = compose.info().expect("cminfo");
+    for node in info["nodes"].as_array().expect("nodes").iter().filter(|n| n["role"] == "Compute") {
+        // Capacity comes from the container's limits (cpus: 2, mem_limit: 512m), not the host's.
+        assert_eq!(node["capacity"]["cpus"], 2, "{node}");
+        assert_eq!(node["capacity"]["memory_mb"], 512, "{node}");
+    }
+
+    // As alice, a 2-node x 2-process job: four outputs in her home, on two different computes.
+    let out = compose.head("alice", "cmrun --wait -n 2 -p 2 -c 1 'echo $CM_PROC_RANK $(hostname) $(id -un)'");
+    assert!(out.status.success(), "{}", text(&out));
+    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
+    let out =
+        compose.head("alice", &format!("for f in cmlogs/{id}/*.out; do echo \"$(stat -c %U $f) $(cat $f)\"; done"));
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let mut ranks: Vec<&str> = lines.iter().map(|l| l[1].as_str()).collect();
+    ranks.sort();
+    assert_eq!(ranks, ["0", "1", "2", "3"]);
+    let hosts: std::collections::BTreeSet<&str> = lines.iter().map(|l| l[2].as_str()).collect();
+    assert_eq!(hosts.len(), 2, "two distinct compute containers: {lines:?}");
+    for line in &lines {
+        assert_eq!((line[0].as_str(), line[3].as_str()), ("alice", "alice"), "owned by and run as alice: {line:?}");
+    }
+    let job = compose.job(id);
+    assert_eq!(job["spec"]["user"]["name"], "alice");
+    let table = String::from_utf8_lossy(&compose.head("alice", "cminfo --all").stdout).to_string();
+    assert!(table.contains("alice") && table.contains("Completed"), "{table}");
+
+    // Kill a running job.
+    let out = compose.head("bob", "cmrun -n 2 sleep 300");
+    assert!(out.status.success(), "{}", text(&out));
+    let sleeper: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
+    compose.wait("the job to run", Duration::from_secs(30), |c| c.job(sleeper)["state"]["status"] == "Running");
+    let out = compose.head("bob", &format!("cmkill {sleeper}"));
+    assert!(out.status.success(), "{}", text(&out));
+    compose.wait("the killed job's nodes to be free", Duration::from_secs(30), |c| {
+        c.info().is_some_and(|i| computes(&i, "Up") == 4)
+    });
+    assert_eq!(compose.job(sleeper)["state"]["status"], "Killed");
+
+    // Stop one compute container: cminfo still answers promptly, and the node goes Down.
+    let ids = compose.ok(&["ps", "-q", "compute"]);
+    let victim = ids.lines().next().expect("a compute container").trim().to_string();
+    let out = run(Command::new("docker").args(["stop", "-t", "1", &victim]));
+    assert!(out.status.success(), "{}", text(&out));
+    let asked = Instant::now();
+    let out = compose.head("root", "cminfo");
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("cminfo with a compute stopped answered in {:?}", asked.elapsed());
+    assert!(asked.elapsed() < Duration::from_secs(5), "cminfo took {:?}", asked.elapsed());
+    compose.wait("the stopped node to be Down", Duration::from_secs(60), |c| {
+        c.info().is_some_and(|i| computes(&i, "Down") == 1)
+    });
+    // The cluster still runs jobs on the other three.
+    let out = compose.head("alice", "cmrun --wait -n 3 true");
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("docker test done in {:?}", started.elapsed());
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Prepares every image the simulated cluster needs on a machine with a Docker engine but no
+# image registry, from Debian's packages, PyPI and this repository:
+#   cm-base:bookworm       Debian bookworm from debootstrap, imported into Docker (built once)
+#   cm-secantusdb:local    a MongoDB-compatible database (SecantusDB) on that base (built once)
+#   cm-node:latest         the cm node image around binaries built on this host (rebuilt each run)
+# Usage: docker/prepare-local.sh [BIN_DIR]
+#   BIN_DIR holds cmd, cmrun, cminfo, cmkill already built (default: builds them with
+#   `cargo build --release`). Then: CM_MONGO_IMAGE=cm-secantusdb:local docker-compose up -d
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+base=cm-base:bookworm
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || {
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
+    }
+    rootfs="$(mktemp -d)"
+    trap 'rm -rf "$rootfs"' EXIT
+    echo "building $base with debootstrap (about a minute)..."
+    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
+fi
+
+if ! docker image inspect cm-secantusdb:local >/dev/null 2>&1; then
+    echo "building cm-secantusdb:local..."
+    docker build -q --build-arg BASE_IMAGE="$base" -t cm-secantusdb:local -f docker/Dockerfile.secantusdb docker >/dev/null
+fi
+
+bin_dir="${1:-}"
+if [ -z "$bin_dir" ]; then
+    cargo build --release --bins
+    bin_dir="${CARGO_TARGET_DIR:-target}/release"
+fi
+rm -rf docker/bin && mkdir -p docker/bin
+for tool in cmd cmrun cminfo cmkill; do
+    cp "$bin_dir/$tool" docker/bin/
+done
+strip docker/bin/* 2>/dev/null || true
+echo "building cm-node:latest..."
+docker build -q --build-arg BASE_IMAGE="$base" -t cm-node:latest -f docker/Dockerfile.prebuilt . >/dev/null
+rm -rf docker/bin
+echo "ready: CM_MONGO_IMAGE=cm-secantusdb:local docker-compose up -d --scale compute=4"

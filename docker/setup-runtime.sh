@@ -1,0 +1,11 @@
+#!/bin/sh
+# Runtime setup shared by both Dockerfiles: nothing but the demo users and a config.
+# The binaries need only the C and C++ runtimes, which every Debian base has.
+set -eu
+# Demo users with the same uids on every node, as a cluster's directory service would give;
+# their homes live on the shared /home volume and are created by the entrypoint.
+groupadd --gid 1001 alice && useradd --uid 1001 --gid 1001 --no-create-home --home-dir /home/alice --shell /bin/bash alice
+groupadd --gid 1002 bob && useradd --uid 1002 --gid 1002 --no-create-home --home-dir /home/bob --shell /bin/bash bob
+mkdir -p /etc/cm /var/lib/cm
+chmod 755 /usr/local/lib/cm/entrypoint.sh
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*
