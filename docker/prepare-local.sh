@@ -24,7 +24,11 @@ fi
 
 if ! docker image inspect cm-secantusdb:local >/dev/null 2>&1; then
     echo "building cm-secantusdb:local..."
+    # Wheels come from the host's pip (the image's Python is bookworm's 3.11, as here).
+    rm -rf docker/wheels && mkdir -p docker/wheels
+    python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir docker/wheels "SecantusDB==0.7.0b3"
     docker build -q --build-arg BASE_IMAGE="$base" -t cm-secantusdb:local -f docker/Dockerfile.secantusdb docker >/dev/null
+    rm -rf docker/wheels
 fi
 
 bin_dir="${1:-}"
