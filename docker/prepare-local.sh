@@ -19,6 +19,9 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     trap 'rm -rf "$rootfs"' EXIT
     echo "building $base with debootstrap (about a minute)..."
     debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    # Runtime only: no documentation, manuals, translations or package lists.
+    rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+        "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
 fi
 
