@@ -84,7 +84,7 @@ pub fn job_detail(job: &Job) -> String {
     row("User", format!("{} (uid {}, gid {})", spec.user.name, spec.user.uid, spec.user.gid));
     row("Status", job.state.name().to_string());
     match &job.state {
-        JobState::Failed { reason, .. } => row("Reason", reason.clone()),
+        JobState::Failed { reason, .. } | JobState::NodeFail { reason, .. } => row("Reason", reason.clone()),
         JobState::Killed { by_uid, .. } => row("Killed by", format!("uid {by_uid}")),
         _ => {}
     }
@@ -101,6 +101,7 @@ pub fn job_detail(job: &Job) -> String {
     row("CPUs/node", spec.per_node.cpus.to_string());
     row("Memory/node", format!("{} MB", spec.per_node.memory_mb));
     row("Time limit", format_time_limit(spec.time_limit()));
+    row("Requeue", if spec.requeue { format!("on node loss (requeued {} times)", job.run) } else { "no".to_string() });
     row("Submitted", job.submitted_at.to_string());
     row("Started", time(job.state.started_at()));
     row("Ended", time(job.state.ended_at()));
@@ -172,6 +173,7 @@ mod tests {
             time_limit_secs: None,
             stdout: None,
             stderr: None,
+            requeue: false,
         };
         let job = Job::new(JobId(1), spec, Timestamp(0), String::new());
         let text = jobs_table(std::slice::from_ref(&job));

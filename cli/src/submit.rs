@@ -16,6 +16,7 @@ pub struct Request {
     pub time_limit: Option<String>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+    pub requeue: bool,
     pub command: Vec<String>,
 }
 
@@ -68,6 +69,7 @@ pub fn build_spec(
         time_limit_secs,
         stdout: request.stdout.clone(),
         stderr: request.stderr.clone(),
+        requeue: request.requeue,
     };
     spec.validate()?;
     Ok(spec)

@@ -48,6 +48,10 @@ pub struct JobSpec {
     /// stderr path pattern, as for `stdout`; default `cmlogs/%j/%n.%r.err`.
     #[serde(default)]
     pub stderr: Option<String>,
+    /// If a node of the job is lost, put the job back in the queue instead of ending it as
+    /// NodeFail (`cmrun --requeue`).
+    #[serde(default)]
+    pub requeue: bool,
 }
 
 /// Where a replica's output goes unless the user says otherwise (relative to the working directory).
@@ -217,6 +221,8 @@ pub enum JobState {
     Killed { started_at: Option<Timestamp>, ended_at: Timestamp, by_uid: u32 },
     /// The time limit ran out.
     TimedOut { started_at: Timestamp, ended_at: Timestamp },
+    /// A node of the job was lost (went down, or its daemon restarted without the job).
+    NodeFail { started_at: Timestamp, ended_at: Timestamp, reason: String },
 }
 
 impl JobState {
@@ -229,6 +235,7 @@ impl JobState {
             JobState::Failed { .. } => "Failed",
             JobState::Killed { .. } => "Killed",
             JobState::TimedOut { .. } => "TimedOut",
+            JobState::NodeFail { .. } => "NodeFail",
         }
     }
 
@@ -242,7 +249,8 @@ impl JobState {
             JobState::Running { started_at }
             | JobState::Completed { started_at, .. }
             | JobState::Failed { started_at, .. }
-            | JobState::TimedOut { started_at, .. } => Some(*started_at),
+            | JobState::TimedOut { started_at, .. }
+            | JobState::NodeFail { started_at, .. } => Some(*started_at),
             JobState::Killed { started_at, .. } => *started_at,
         }
     }
@@ -253,7 +261,8 @@ impl JobState {
             JobState::Completed { ended_at, .. }
             | JobState::Failed { ended_at, .. }
             | JobState::Killed { ended_at, .. }
-            | JobState::TimedOut { ended_at, .. } => Some(*ended_at),
+            | JobState::TimedOut { ended_at, .. }
+            | JobState::NodeFail { ended_at, .. } => Some(*ended_at),
         }
     }
 }
@@ -271,11 +280,33 @@ pub struct Job {
     /// The client's token for this submission, so a retried submit returns the same id.
     #[serde(default)]
     pub submit_token: String,
+    /// Which run of the job this is: 0 at first, one more at each requeue. Nodes tag their
+    /// reports with it, so nothing from an earlier run is taken for the current one.
+    #[serde(default)]
+    pub run: u32,
+}
+
+/// One run of a job, as nodes name what they are running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobRun {
+    pub job: JobId,
+    pub run: u32,
+}
+
+impl std::fmt::Display for JobRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.job, self.run)
+    }
 }
 
 impl Job {
     pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp, submit_token: String) -> Self {
-        Job { id, spec, submitted_at, state: JobState::Pending, nodes: Vec::new(), submit_token }
+        Job { id, spec, submitted_at, state: JobState::Pending, nodes: Vec::new(), submit_token, run: 0 }
+    }
+
+    /// This job's current run.
+    pub fn job_run(&self) -> JobRun {
+        JobRun { job: self.id, run: self.run }
     }
 
     /// Terminal, and every node has reported its end: nothing about the job changes any more.
@@ -298,7 +329,7 @@ impl Job {
 
     /// The exit code `cmrun --wait` returns: 0 for Completed, the first failing replica's
     /// shell code for Failed (1 if none ran), 124 for TimedOut (as timeout(1)), 143 for Killed
-    /// (128 + SIGTERM); `None` while the job has not ended.
+    /// (128 + SIGTERM), 1 for NodeFail; `None` while the job has not ended.
     pub fn exit_code(&self) -> Option<i32> {
         match &self.state {
             JobState::Pending | JobState::Running { .. } => None,
@@ -308,6 +339,7 @@ impl Job {
             }
             JobState::TimedOut { .. } => Some(124),
             JobState::Killed { .. } => Some(143),
+            JobState::NodeFail { .. } => Some(1),
         }
     }
 }
@@ -336,6 +368,7 @@ mod tests {
             time_limit_secs: None,
             stdout: None,
             stderr: None,
+            requeue: false,
         }
     }
 

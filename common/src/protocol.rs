@@ -14,7 +14,7 @@
 //! The version is checked before the body is decoded, so a peer from another release gets a clear
 //! [`ErrorCode::VersionMismatch`] instead of a decoding failure.
 
-use crate::job::{Job, JobSpec, NodeEnd};
+use crate::job::{Job, JobRun, JobSpec, NodeEnd};
 use crate::node::Node;
 use crate::{Error, JobId, NodeId, Resources, Result, Timestamp};
 use serde::de::DeserializeOwned;
@@ -216,22 +216,25 @@ pub struct RegisterNode {
     /// See [`Node::only_uid`].
     #[serde(default)]
     pub only_uid: Option<u32>,
-    /// Jobs the node is running right now (after a daemon restart, for reconciliation).
+    /// Job runs the node has right now (after a daemon restart, for reconciliation).
     #[serde(default)]
-    pub running: Vec<JobId>,
+    pub running: Vec<JobRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub node: NodeId,
     #[serde(default)]
-    pub running: Vec<JobId>,
+    pub running: Vec<JobRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportJobStart {
     pub node: NodeId,
     pub job: JobId,
+    /// Which run of the job (see `Job::run`).
+    #[serde(default)]
+    pub run: u32,
     pub started_at: Timestamp,
 }
 
@@ -239,6 +242,9 @@ pub struct ReportJobStart {
 pub struct ReportJobEnd {
     pub node: NodeId,
     pub job: JobId,
+    /// Which run of the job (see `Job::run`).
+    #[serde(default)]
+    pub run: u32,
     pub end: NodeEnd,
 }
 
@@ -254,16 +260,16 @@ pub enum ComputeResponse {
 pub struct Registered {
     /// How often the head wants heartbeats, in milliseconds.
     pub heartbeat_interval_ms: u64,
-    /// Jobs the node reported running that the head has already ended: kill them.
+    /// Job runs the node reported that the head has already ended or moved: kill them.
     #[serde(default)]
-    pub kill: Vec<JobId>,
+    pub kill: Vec<JobRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatAck {
-    /// Jobs the node reports running that the head has already ended: kill them.
+    /// Job runs the node reports that the head has already ended or moved: kill them.
     #[serde(default)]
-    pub kill: Vec<JobId>,
+    pub kill: Vec<JobRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,6 +307,9 @@ pub struct StartJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FreeResources {
     pub job: JobId,
+    /// Kill this run of the job, or an earlier one.
+    #[serde(default)]
+    pub run: u32,
 }
 
 /// Responses to [`NodeRequest`]s.
@@ -317,7 +326,7 @@ pub struct NodeStatusReply {
     pub capacity: Resources,
     /// Resources held by the jobs running here.
     pub allocated: Resources,
-    pub running: Vec<JobId>,
+    pub running: Vec<JobRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,9 +357,9 @@ mod tests {
         round_trip(HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: Some(5) })));
         round_trip(HeadRequest::Compute(ComputeRequest::Heartbeat(Heartbeat {
             node: NodeId::new("c1"),
-            running: vec![JobId(1), JobId(2)],
+            running: vec![JobRun { job: JobId(1), run: 0 }, JobRun { job: JobId(2), run: 3 }],
         })));
-        round_trip(NodeRequest::FreeResources(FreeResources { job: JobId(9) }));
+        round_trip(NodeRequest::FreeResources(FreeResources { job: JobId(9), run: 1 }));
         let ok: Reply<ClientResponse> = Ok(ClientResponse::JobAccepted(JobAccepted { id: JobId(12) }));
         round_trip(ok);
         let err: Reply<NodeResponse> = Err(ErrorReply::new(ErrorCode::NotFound, "no such job"));

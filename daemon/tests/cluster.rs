@@ -14,6 +14,12 @@ fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The nodes of a job, in node-rank order.
+fn job_nodes(cluster: &Cluster, id: u64) -> Vec<String> {
+    let job = cluster.job(id);
+    job["nodes"].as_array().expect("nodes").iter().map(|n| n["node"].as_str().expect("id").to_string()).collect()
+}
+
 /// Pids written by replicas as `pid.<rank>` files in the work directory.
 fn replica_pids(cluster: &Cluster, ranks: usize) -> Vec<i32> {
     let files: Vec<_> = (0..ranks).map(|r| cluster.workdir.join(format!("pid.{r}"))).collect();
@@ -306,8 +312,9 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
         let unknown_action = encode("t", Credential { uid: 0 }, &"Reboot").expect("encode");
         assert_eq!(code(&mut peer, &unknown_action), ErrorCode::BadRequest);
     }
-    let misdirected = encode("t", Credential { uid: 0 }, &NodeRequest::FreeResources(FreeResources { job: JobId(1) }))
-        .expect("encode");
+    let misdirected =
+        encode("t", Credential { uid: 0 }, &NodeRequest::FreeResources(FreeResources { job: JobId(1), run: 0 }))
+            .expect("encode");
     let reply = connect(&cluster.head_endpoint).request_bytes(&misdirected).expect("reply");
     assert_eq!(decode::<Reply<Ack>>(&reply).expect("envelope").body.expect_err("error").code, ErrorCode::BadRequest);
 
@@ -373,6 +380,67 @@ fn a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job(store:
     cluster.assert_alive();
 }
 
+fn a_lost_node_ends_its_job_as_node_fail_or_requeues_it(store: StoreKind) {
+    let mut cluster = Cluster::start_on(&store, 3, 2, 512);
+    let plain = cluster.submit(&["-n", "2", "echo $$ > a.$CM_NODENAME; exec sleep 300"]);
+    let requeue = cluster.submit(&[
+        "-n",
+        "2",
+        "--requeue",
+        "[ \"$CM_RESTART_COUNT\" -gt 0 ] && exit 0; echo $$ > b.$CM_NODENAME; exec sleep 300",
+    ]);
+    cluster.wait_status(plain, "Running", LONG);
+    cluster.wait_status(requeue, "Running", LONG);
+    let (plain_nodes, requeue_nodes) = (job_nodes(&cluster, plain), job_nodes(&cluster, requeue));
+    let victim = plain_nodes[0].clone();
+    assert!(requeue_nodes.contains(&victim), "first fit puts both jobs on the same two nodes");
+    let survivor = plain_nodes[1].clone();
+    let pid_file = |prefix: &str, node: &str| cluster.workdir.join(format!("{prefix}.{node}"));
+    assert!(wait_until(LONG, || ["a", "b"].iter().all(|p| plain_nodes.iter().all(|n| pid_file(p, n).exists()))));
+    let pid = |prefix: &str, node: &str| -> i32 { read(pid_file(prefix, node)).trim().parse().expect("pid") };
+    let orphans = [pid("a", &victim), pid("b", &victim)];
+    let survivors = [pid("a", &survivor), pid("b", &survivor)];
+
+    let index = cluster.computes.iter().position(|d| d.name == victim).expect("victim");
+    let killed_at = std::time::Instant::now();
+    cluster.computes[index].kill9();
+    assert!(wait_until(LONG, || {
+        cluster.info().is_some_and(|i| {
+            i["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .any(|n| n["id"] == victim.as_str() && n["health"]["health"] == "Down")
+        })
+    }));
+    eprintln!("node failure detected {} ms after kill -9 (heartbeat_timeout 3 s)", killed_at.elapsed().as_millis());
+
+    let job = cluster.wait_status(plain, "NodeFail", LONG);
+    assert!(job["state"]["reason"].as_str().expect("reason").contains(&victim), "{job}");
+    assert!(
+        wait_until(LONG, || survivors.iter().all(|&p| !process_alive(p))),
+        "replicas on the surviving node were not killed"
+    );
+    let job = cluster.wait_status(requeue, "Completed", LONG);
+    assert_eq!(job["run"], 1, "requeued once, same id: {job}");
+    assert!(!job_nodes(&cluster, requeue).contains(&victim), "the second run avoided the lost node");
+    // The head reports every reservation released on the live nodes.
+    assert!(wait_until(LONG, || {
+        cluster.info().is_some_and(|i| {
+            i["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .filter(|n| n["health"]["health"] == "Up")
+                .all(|n| n["allocations"] == Value::Array(vec![]))
+        })
+    }));
+    // The dead daemon's replicas were orphaned by the SIGKILL; a real lost node takes them along.
+    for pid in orphans {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Runs each case once per store: `embedded::CASE` and `mongodb::CASE`.
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
@@ -400,5 +468,6 @@ on_both_stores!(
     replicas_run_as_the_submitting_user,
     tools_say_in_one_line_when_the_head_is_unreachable,
     daemons_answer_direct_requests_and_survive_bad_input,
-    a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job
+    a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job,
+    a_lost_node_ends_its_job_as_node_fail_or_requeues_it
 );

@@ -39,6 +39,9 @@ struct Args {
     /// stderr file pattern [default: cmlogs/%j/%n.%r.err].
     #[arg(short = 'e', long = "error")]
     error: Option<String>,
+    /// If one of the job's nodes is lost, queue the job again (same id) instead of ending it as NodeFail.
+    #[arg(long)]
+    requeue: bool,
     /// Wait until the job ends and exit with its exit code.
     #[arg(long)]
     wait: bool,
@@ -69,6 +72,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         time_limit: args.time_limit,
         stdout: args.output,
         stderr: args.error,
+        requeue: args.requeue,
         command: args.command,
     };
     let workdir = std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory: {e}"))?;
@@ -98,7 +102,10 @@ fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
         if let Some(code) = job.exit_code() {
             if code != 0 {
                 let reason = match &job.state {
-                    cm_common::job::JobState::Failed { reason, .. } => format!(": {reason}"),
+                    cm_common::job::JobState::Failed { reason, .. }
+                    | cm_common::job::JobState::NodeFail { reason, .. } => {
+                        format!(": {reason}")
+                    }
                     _ => String::new(),
                 };
                 eprintln!("cmrun: job {id} ended {}{reason}", job.state.name());

@@ -6,9 +6,10 @@
 //! a fresh registration. Jobs the head says to kill come back to the compute loop.
 
 use super::Event;
+use cm_common::job::JobRun;
 use cm_common::protocol::*;
 use cm_common::transport::{Requester, RetryPolicy};
-use cm_common::{JobId, NodeId, Resources};
+use cm_common::{NodeId, Resources};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -45,7 +46,7 @@ impl HeadLink {
     pub fn spawn(
         ctx: &zmq::Context,
         config: LinkConfig,
-        running: Arc<Mutex<Vec<JobId>>>,
+        running: Arc<Mutex<Vec<JobRun>>>,
         events: Sender<Event>,
         shutdown: Arc<AtomicBool>,
     ) -> std::io::Result<HeadLink> {
@@ -85,7 +86,7 @@ impl HeadLink {
 struct Link {
     config: LinkConfig,
     requester: Requester,
-    running: Arc<Mutex<Vec<JobId>>>,
+    running: Arc<Mutex<Vec<JobRun>>>,
     events: Sender<Event>,
     shutdown: Arc<AtomicBool>,
     /// Reports not yet acknowledged, oldest first.
@@ -98,7 +99,7 @@ impl Link {
         self.requester.call(&HeadRequest::Compute(request.clone()))
     }
 
-    fn running(&self) -> Vec<JobId> {
+    fn running(&self) -> Vec<JobRun> {
         self.running.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
@@ -143,7 +144,7 @@ impl Link {
         }
     }
 
-    fn kill(&self, jobs: Vec<JobId>) {
+    fn kill(&self, jobs: Vec<JobRun>) {
         if !jobs.is_empty() {
             tracing::warn!(?jobs, "the head says these jobs should not run here");
             let _ = self.events.send(Event::Kill(jobs));

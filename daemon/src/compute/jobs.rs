@@ -7,7 +7,7 @@
 //! SIGKILL after the grace period.
 
 use super::launch::{spawn_replica, ReplicaPlan};
-use cm_common::job::{ExitStatus, Job, NodeEnd, NodeEndCause, ReplicaExit};
+use cm_common::job::{ExitStatus, Job, JobRun, NodeEnd, NodeEndCause, ReplicaExit};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -37,6 +37,7 @@ struct Stopping {
 }
 
 struct RunningJob {
+    run: u32,
     replicas: Vec<Replica>,
     per_node: Resources,
     uid: u32,
@@ -54,8 +55,8 @@ pub struct RunningJobs {
     jobs: BTreeMap<JobId, RunningJob>,
     /// Jobs that ended here lately, oldest first: a retried StartJob that arrives after a short
     /// job ended must not run it again.
-    ended: VecDeque<JobId>,
-    ended_set: HashSet<JobId>,
+    ended: VecDeque<JobRun>,
+    ended_set: HashSet<JobRun>,
 }
 
 fn signal_groups(job: &RunningJob, signal: Signal, include_exited: bool) {
@@ -70,12 +71,17 @@ impl RunningJobs {
         RunningJobs { node, kill_grace, jobs: BTreeMap::new(), ended: VecDeque::new(), ended_set: HashSet::new() }
     }
 
-    /// Whether the job runs here now or ended here lately.
-    pub fn knows(&self, id: JobId) -> bool {
-        self.jobs.contains_key(&id) || self.ended_set.contains(&id)
+    /// Whether this run of the job runs here now or ended here lately.
+    pub fn knows(&self, run: JobRun) -> bool {
+        self.jobs.get(&run.job).is_some_and(|j| j.run == run.run) || self.ended_set.contains(&run)
     }
 
-    fn remember_end(&mut self, id: JobId) {
+    /// The run of `id` running here, if any.
+    pub fn run_of(&self, id: JobId) -> Option<u32> {
+        self.jobs.get(&id).map(|j| j.run)
+    }
+
+    fn remember_end(&mut self, id: JobRun) {
         if self.ended.len() >= REMEMBERED_ENDS {
             if let Some(old) = self.ended.pop_front() {
                 self.ended_set.remove(&old);
@@ -85,8 +91,8 @@ impl RunningJobs {
         self.ended_set.insert(id);
     }
 
-    pub fn ids(&self) -> Vec<JobId> {
-        self.jobs.keys().copied().collect()
+    pub fn runs(&self) -> Vec<JobRun> {
+        self.jobs.iter().map(|(&job, j)| JobRun { job, run: j.run }).collect()
     }
 
     /// What the running jobs hold here.
@@ -145,13 +151,20 @@ impl RunningJobs {
         let deadline = job.spec.time_limit().map(|limit| Instant::now() + limit);
         self.jobs.insert(
             job.id,
-            RunningJob { replicas, per_node: job.spec.per_node, uid: job.spec.user.uid, deadline, stopping: None },
+            RunningJob {
+                run: job.run,
+                replicas,
+                per_node: job.spec.per_node,
+                uid: job.spec.user.uid,
+                deadline,
+                stopping: None,
+            },
         );
         Ok(Timestamp::now())
     }
 
-    /// Records a replica's exit; returns the node's end of the job once every replica has exited.
-    pub fn replica_exited(&mut self, exited: ReplicaExited) -> Option<NodeEnd> {
+    /// Records a replica's exit; returns the node's end of the job run once every replica has exited.
+    pub fn replica_exited(&mut self, exited: ReplicaExited) -> Option<(JobRun, NodeEnd)> {
         let job = self.jobs.get_mut(&exited.job)?;
         if let Some(replica) = job.replicas.iter_mut().find(|r| r.rank == exited.rank) {
             replica.exit = Some(exited.status);
@@ -160,13 +173,14 @@ impl RunningJobs {
             return None;
         }
         let job = self.jobs.remove(&exited.job)?;
-        self.remember_end(exited.job);
+        let run = JobRun { job: exited.job, run: job.run };
+        self.remember_end(run);
         // What the replicas started in the background ends with the job.
         signal_groups(&job, Signal::SIGKILL, true);
         let replicas =
             job.replicas.iter().filter_map(|r| r.exit.map(|status| ReplicaExit { rank: r.rank, status })).collect();
         let cause = job.stopping.map_or(NodeEndCause::Exited, |s| s.cause);
-        Some(NodeEnd { ended_at: Timestamp::now(), cause, replicas })
+        Some((run, NodeEnd { ended_at: Timestamp::now(), cause, replicas }))
     }
 
     /// Begins stopping a job: SIGTERM now, SIGKILL after the grace period.

@@ -47,6 +47,7 @@ impl ReplicaPlan<'_> {
             ("CM_LOCAL_RANK".into(), self.local_rank.to_string()),
             ("CM_NODELIST".into(), nodelist.join(",")),
             ("CM_SUBMIT_DIR".into(), spec.workdir.clone()),
+            ("CM_RESTART_COUNT".into(), self.job.run.to_string()),
         ]
     }
 }

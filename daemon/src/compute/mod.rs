@@ -12,10 +12,10 @@ pub mod launch;
 use crate::service::{self, reply_bytes, ReplySlot};
 use crate::settings::ComputeConfig;
 use anyhow::{anyhow, Context};
-use cm_common::job::NodeEndCause;
+use cm_common::job::{JobRun, NodeEndCause};
 use cm_common::protocol::*;
 use cm_common::transport::{Responder, RetryPolicy};
-use cm_common::{JobId, Resources};
+use cm_common::Resources;
 use head_link::{HeadLink, LinkConfig};
 use jobs::{ReplicaExited, RunningJobs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 pub enum Event {
     Request(Envelope<NodeRequest>, ReplySlot),
     ReplicaExited(ReplicaExited),
-    /// The head says these jobs must not run here (any more).
-    Kill(Vec<JobId>),
+    /// The head says these job runs must not run here (any more).
+    Kill(Vec<JobRun>),
     /// The head link gave up (registration failed for good).
     Fatal(String),
 }
@@ -108,9 +108,11 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
                 let _ = slot.send(reply_bytes(compute.config.node_id.as_str(), &reply));
             }
             Ok(Event::ReplicaExited(exited)) => compute.replica_exited(exited),
-            Ok(Event::Kill(ids)) => {
-                for id in ids {
-                    compute.jobs.stop(id, NodeEndCause::Killed);
+            Ok(Event::Kill(runs)) => {
+                for run in runs {
+                    if compute.jobs.run_of(run.job) == Some(run.run) {
+                        compute.jobs.stop(run.job, NodeEndCause::Killed);
+                    }
                 }
             }
             Ok(Event::Fatal(message)) => {
@@ -122,7 +124,7 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
         }
         compute.jobs.enforce(Instant::now());
         if let Ok(mut ids) = running.lock() {
-            *ids = compute.jobs.ids();
+            *ids = compute.jobs.runs();
         }
     }
     tracing::info!("compute daemon shutting down; killing its jobs");
@@ -139,7 +141,7 @@ impl Compute {
                 node: self.config.node_id.clone(),
                 capacity: self.capacity,
                 allocated: self.jobs.allocated(),
-                running: self.jobs.ids(),
+                running: self.jobs.runs(),
             })),
             NodeRequest::HostJob(req) => {
                 let reason = if !self.may_run_as(req.uid) {
@@ -152,8 +154,14 @@ impl Compute {
                 Ok(NodeResponse::CanHost(CanHost { ok: reason.is_none(), reason }))
             }
             NodeRequest::StartJob(StartJob { job }) => {
-                if self.jobs.knows(job.id) {
+                if self.jobs.knows(job.job_run()) {
                     return Ok(NodeResponse::Ack(Ack {})); // a retried request: never run a job twice
+                }
+                if let Some(earlier) = self.jobs.run_of(job.id) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        format!("run {earlier} of job {} is still stopping on {}", job.id, self.config.node_id),
+                    ));
                 }
                 let uid = job.spec.user.uid;
                 if !self.may_run_as(uid) {
@@ -172,12 +180,15 @@ impl Compute {
                 self.link.report(ComputeRequest::ReportJobStart(ReportJobStart {
                     node: self.config.node_id.clone(),
                     job: job.id,
+                    run: job.run,
                     started_at,
                 }));
                 Ok(NodeResponse::Ack(Ack {}))
             }
-            NodeRequest::FreeResources(FreeResources { job }) => {
-                self.jobs.stop(job, NodeEndCause::Killed);
+            NodeRequest::FreeResources(FreeResources { job, run }) => {
+                if self.jobs.run_of(job).is_some_and(|here| here <= run) {
+                    self.jobs.stop(job, NodeEndCause::Killed);
+                }
                 Ok(NodeResponse::Ack(Ack {}))
             }
         }
@@ -195,14 +206,10 @@ impl Compute {
     }
 
     fn replica_exited(&mut self, exited: ReplicaExited) {
-        let job = exited.job;
-        if let Some(end) = self.jobs.replica_exited(exited) {
-            tracing::info!(job = %job, cause = ?end.cause, "job ended here");
-            self.link.report(ComputeRequest::ReportJobEnd(ReportJobEnd {
-                node: self.config.node_id.clone(),
-                job,
-                end,
-            }));
+        if let Some((run, end)) = self.jobs.replica_exited(exited) {
+            tracing::info!(job = %run, cause = ?end.cause, "job ended here");
+            let report = ReportJobEnd { node: self.config.node_id.clone(), job: run.job, run: run.run, end };
+            self.link.report(ComputeRequest::ReportJobEnd(report));
         }
     }
 }

@@ -13,7 +13,7 @@ use super::comm::{DeliveryFailure, NodeComm};
 use super::tokens::RecentTokens;
 use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
-use cm_common::job::{Job, JobNode, JobSpec, JobState, NodeEnd, NodeEndCause};
+use cm_common::job::{Job, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::protocol::*;
 use cm_common::{JobId, NodeId, Timestamp};
@@ -70,7 +70,7 @@ pub fn final_state(job: &Job, now: Timestamp) -> JobState {
                 }
             }
             NodeEndCause::Lost { reason } => {
-                return JobState::Failed { started_at, ended_at, reason: format!("lost on {node}: {reason}") }
+                return JobState::NodeFail { started_at, ended_at, reason: format!("lost on {node}: {reason}") }
             }
             _ => {}
         }
@@ -263,18 +263,24 @@ impl HeadCore {
         let previous_state = job.state.name().to_string();
         job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: credential.uid };
         let still_running: Vec<NodeId> = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
+        let run = job.job_run();
         self.commit(vec![job], vec![]).map_err(unavailable)?;
-        self.send_free(id, &still_running);
+        self.send_free(run, &still_running);
         tracing::info!(job = %id, by = credential.uid, "job killed");
         Ok(ClientResponse::JobKilled(JobKilled { id, previous_state }))
     }
 
-    fn send_free(&mut self, job: JobId, nodes: &[NodeId]) {
+    fn send_free(&mut self, run: JobRun, nodes: &[NodeId]) {
         for id in nodes {
             if let Some(node) = self.nodes.get(id) {
-                self.comm.send(node, NodeRequest::FreeResources(FreeResources { job }));
+                self.comm.send(node, NodeRequest::FreeResources(FreeResources { job: run.job, run: run.run }));
             }
         }
+    }
+
+    /// The current run of job `id` (run 0 for a job no longer in memory).
+    fn current_run(&self, id: JobId) -> JobRun {
+        JobRun { job: id, run: self.jobs.get(&id).map_or(0, |j| j.run) }
     }
 
     // ------------------------------------------------------------------ compute nodes
@@ -285,7 +291,8 @@ impl HeadCore {
             ComputeRequest::Heartbeat(req) => self.heartbeat(req, now),
             ComputeRequest::ReportJobStart(req) => self.report_start(req),
             ComputeRequest::ReportJobEnd(req) => {
-                self.record_node_end(req.job, &req.node, req.end, now).map_err(unavailable)?;
+                let run = JobRun { job: req.job, run: req.run };
+                self.record_node_end(run, &req.node, req.end, now).map_err(unavailable)?;
                 Ok(ComputeResponse::Ack(Ack {}))
             }
         }
@@ -310,7 +317,8 @@ impl HeadCore {
         node.registered_at = now;
         node.last_heartbeat = now;
         // Jobs placed here that the (re)started daemon does not run were lost with the old daemon.
-        let lost: Vec<JobId> = node.allocations.iter().map(|a| a.job).filter(|j| !req.running.contains(j)).collect();
+        let lost: Vec<JobRun> =
+            node.allocations.iter().map(|a| self.current_run(a.job)).filter(|r| !req.running.contains(r)).collect();
         self.commit(vec![], vec![node]).map_err(unavailable)?;
         for job in lost {
             let end = NodeEnd {
@@ -350,19 +358,21 @@ impl HeadCore {
         Ok(ComputeResponse::HeartbeatAck(HeartbeatAck { kill: self.stale_jobs(&req.node, &req.running) }))
     }
 
-    /// Of the jobs a node says it runs, those the head does not expect it to run: to be killed.
-    fn stale_jobs(&self, node: &NodeId, running: &[JobId]) -> Vec<JobId> {
-        let expected = |id: &JobId| {
-            self.jobs.get(id).is_some_and(|job| {
-                !job.state.is_terminal() && job.nodes.iter().any(|n| &n.node == node && n.end.is_none())
+    /// Of the job runs a node says it has, those the head does not expect there: to be killed.
+    fn stale_jobs(&self, node: &NodeId, running: &[JobRun]) -> Vec<JobRun> {
+        let expected = |r: &JobRun| {
+            self.jobs.get(&r.job).is_some_and(|job| {
+                !job.state.is_terminal()
+                    && job.run == r.run
+                    && job.nodes.iter().any(|n| &n.node == node && n.end.is_none())
             })
         };
-        running.iter().filter(|id| !expected(id)).copied().collect()
+        running.iter().filter(|r| !expected(r)).copied().collect()
     }
 
     fn report_start(&mut self, req: ReportJobStart) -> Reply<ComputeResponse> {
-        let Some(mut job) = self.jobs.get(&req.job).cloned() else {
-            return Ok(ComputeResponse::Ack(Ack {})); // ended meanwhile; the heartbeat will fence it
+        let Some(mut job) = self.jobs.get(&req.job).cloned().filter(|j| j.run == req.run) else {
+            return Ok(ComputeResponse::Ack(Ack {})); // ended or requeued meanwhile; the heartbeat fences it
         };
         if let Some(slot) = job.nodes.iter_mut().find(|n| n.node == req.node && n.started_at.is_none()) {
             slot.started_at = Some(req.started_at);
@@ -371,27 +381,31 @@ impl HeadCore {
         Ok(ComputeResponse::Ack(Ack {}))
     }
 
-    /// Records that `node` is done with `id`: releases its reservation there and, once every node
-    /// is done, gives the job its final state. Idempotent: a repeated report changes nothing.
+    /// Records that `node` is done with its share of a job run: releases its reservation there
+    /// and, once every node is done, gives the job its final state, or requeues it (a lost node
+    /// and `--requeue`). Idempotent: a repeated report, or one from an earlier run, changes nothing.
     pub fn record_node_end(
         &mut self,
-        id: JobId,
+        run: JobRun,
         node_id: &NodeId,
         end: NodeEnd,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        let job = match self.jobs.get(&run.job) {
+            Some(job) => Some(job.clone()),
+            None => self.store.job(run.job)?,
+        };
+        let Some(mut job) = job.filter(|j| j.run == run.run) else {
+            // A run that is over, or a job the head does not know: its reservation went with it.
+            return Ok(());
+        };
         let mut nodes = Vec::new();
         if let Some(node) = self.nodes.get(node_id) {
             let mut node = node.clone();
-            if node.release(id) {
+            if node.release(run.job) {
                 nodes.push(node);
             }
         }
-        let job = match self.jobs.get(&id) {
-            Some(job) => Some(job.clone()),
-            None => self.store.job(id)?,
-        };
-        let Some(mut job) = job else { return self.commit(vec![], nodes) };
         let Some(slot) = job.nodes.iter_mut().find(|n| &n.node == node_id && n.end.is_none()) else {
             return self.commit(vec![], nodes);
         };
@@ -400,15 +414,27 @@ impl HeadCore {
         let mut kill_others = Vec::new();
         if matches!(job.state, JobState::Running { .. }) {
             if job.nodes.iter().all(|n| n.end.is_some()) {
-                job.state = final_state(&job, now);
-                tracing::info!(job = %id, state = job.state.name(), "job ended");
+                let lost = job
+                    .nodes
+                    .iter()
+                    .any(|n| matches!(n.end.as_ref().map(|e| &e.cause), Some(NodeEndCause::Lost { .. })));
+                if lost && job.spec.requeue {
+                    // Every other node has confirmed its replicas are gone: the job may run again.
+                    job.state = JobState::Pending;
+                    job.nodes.clear();
+                    job.run += 1;
+                    tracing::info!(job = %run.job, requeues = job.run, "job requeued after losing a node");
+                } else {
+                    job.state = final_state(&job, now);
+                    tracing::info!(job = %run.job, state = job.state.name(), "job ended");
+                }
             } else if failed_to_run {
                 // Without this node's share the job cannot do its work: stop the rest.
                 kill_others = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
             }
         }
         self.commit(vec![job], nodes)?;
-        self.send_free(id, &kill_others);
+        self.send_free(run, &kill_others);
         self.wants_schedule = true;
         Ok(())
     }
@@ -424,7 +450,7 @@ impl HeadCore {
                     cause: NodeEndCause::LaunchFailed { reason: failure.error },
                     replicas: vec![],
                 };
-                if let Err(e) = self.record_node_end(job.id, &failure.node, end, now) {
+                if let Err(e) = self.record_node_end(job.job_run(), &failure.node, end, now) {
                     tracing::error!(job = %job.id, error = %e, "cannot record a failed start");
                 }
             }
@@ -456,16 +482,16 @@ impl HeadCore {
         let Some(mut node) = self.nodes.get(id).cloned() else { return Ok(()) };
         let reason = format!("no heartbeat for {} s", now.since(node.last_heartbeat).as_secs());
         tracing::warn!(node = %id, %reason, "node is down");
-        let jobs: Vec<JobId> = node.allocations.iter().map(|a| a.job).collect();
+        let runs: Vec<JobRun> = node.allocations.iter().map(|a| self.current_run(a.job)).collect();
         node.health = NodeHealth::Down { since: now, reason: reason.clone() };
         self.commit(vec![], vec![node])?;
-        for job in jobs {
+        for run in runs {
             let end = NodeEnd {
                 ended_at: now,
                 cause: NodeEndCause::Lost { reason: format!("node {id} went down ({reason})") },
                 replicas: vec![],
             };
-            self.record_node_end(job, id, end, now)?;
+            self.record_node_end(run, id, end, now)?;
         }
         Ok(())
     }
@@ -611,7 +637,8 @@ mod tests {
                     .map(|&(rank, code)| ReplicaExit { rank, status: ExitStatus::Exited { code } })
                     .collect(),
             };
-            let report = ReportJobEnd { node: NodeId::new(node), job, end };
+            let run = self.core.job(job).map_or(0, |j| j.run);
+            let report = ReportJobEnd { node: NodeId::new(node), job, run, end };
             self.core.handle_compute(ComputeRequest::ReportJobEnd(report), Timestamp(50)).expect("report");
         }
 
@@ -769,7 +796,7 @@ mod tests {
         let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t");
         f.core.schedule_if_needed(Timestamp(11));
         f.take_sent();
-        let beat = Heartbeat { node: NodeId::new("b"), running: vec![id] };
+        let beat = Heartbeat { node: NodeId::new("b"), running: vec![JobRun { job: id, run: 0 }] };
         f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
         f.core.tick(Timestamp(6_000));
         assert!(!f.core.node(&NodeId::new("a")).expect("a").is_up(), "a missed its heartbeats");
@@ -777,14 +804,53 @@ mod tests {
         assert_eq!(f.take_sent(), vec![pair("b", "free 1")], "the surviving node stops its share");
         assert_eq!(f.free_cpus("a"), 2);
         f.end(id, "b", &[], NodeEndCause::Killed);
-        assert!(matches!(f.state(id), JobState::Failed { ref reason, .. } if reason.contains("went down")));
+        assert!(matches!(f.state(id), JobState::NodeFail { ref reason, .. } if reason.contains("went down")));
         // Back from the dead: it heartbeats again, and learns to kill what it still runs.
-        let beat = Heartbeat { node: NodeId::new("a"), running: vec![id] };
+        let stale = JobRun { job: id, run: 0 };
+        let beat = Heartbeat { node: NodeId::new("a"), running: vec![stale] };
         match f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(7_000)) {
-            Ok(ComputeResponse::HeartbeatAck(ack)) => assert_eq!(ack.kill, vec![id]),
+            Ok(ComputeResponse::HeartbeatAck(ack)) => assert_eq!(ack.kill, vec![stale]),
             other => panic!("{other:?}"),
         }
         assert!(f.core.node(&NodeId::new("a")).expect("a").is_up());
+    }
+
+    #[test]
+    fn a_requeue_job_that_loses_a_node_runs_again_elsewhere_once_the_rest_has_stopped() {
+        let mut f = Fixture::new(&["a", "b", "c"]);
+        let mut builder = JobBuilder::new(0).nodes(2);
+        builder = builder.requeue();
+        let id = f.submit_ok(builder, "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        f.take_sent();
+        // Only b and c heartbeat: a goes down.
+        for node in ["b", "c"] {
+            let beat = Heartbeat { node: NodeId::new(node), running: vec![] };
+            f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
+        }
+        f.core.tick(Timestamp(6_000));
+        assert_eq!(f.take_sent(), vec![pair("b", "free 1")]);
+        assert!(matches!(f.state(id), JobState::Running { .. }), "not requeued while b may still run it");
+        f.core.schedule_if_needed(Timestamp(6_001));
+        assert!(f.take_sent().is_empty(), "it must not run twice at once");
+        f.end(id, "b", &[(1, 143)], NodeEndCause::Killed);
+        let job = f.core.job(id).expect("job").clone();
+        assert_eq!((job.state.clone(), job.run, job.nodes.len()), (JobState::Pending, 1, 0), "requeued, same id");
+        f.core.schedule_if_needed(Timestamp(6_002));
+        assert_eq!(f.take_sent(), vec![pair("b", "start 1"), pair("c", "start 1")]);
+        // A late report from the first run changes nothing.
+        let late = ReportJobEnd {
+            node: NodeId::new("b"),
+            job: id,
+            run: 0,
+            end: NodeEnd { ended_at: Timestamp(6_003), cause: NodeEndCause::Exited, replicas: vec![] },
+        };
+        f.core.handle_compute(ComputeRequest::ReportJobEnd(late), Timestamp(6_003)).expect("late report");
+        assert!(matches!(f.state(id), JobState::Running { .. }));
+        assert_eq!(f.free_cpus("b"), 1, "the second run still holds b");
+        f.end(id, "b", &[(0, 0)], NodeEndCause::Exited);
+        f.end(id, "c", &[(1, 0)], NodeEndCause::Exited);
+        assert!(matches!(f.state(id), JobState::Completed { .. }));
     }
 
     #[test]
@@ -800,7 +866,7 @@ mod tests {
             running: vec![],
         };
         f.core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(20)).expect("register");
-        assert!(matches!(f.state(id), JobState::Failed { ref reason, .. } if reason.contains("restarted")));
+        assert!(matches!(f.state(id), JobState::NodeFail { ref reason, .. } if reason.contains("restarted")));
         assert_eq!(f.free_cpus("a"), 2);
     }
 
@@ -849,7 +915,7 @@ mod tests {
         assert!(matches!(core.job(JobId(1)).expect("1").state, JobState::Running { .. }));
         assert_eq!(core.job(JobId(2)).expect("2").state, JobState::Pending);
         let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![] };
-        core.record_node_end(JobId(1), &NodeId::new("a"), end, Timestamp(3)).expect("end");
+        core.record_node_end(JobRun { job: JobId(1), run: 0 }, &NodeId::new("a"), end, Timestamp(3)).expect("end");
         core.schedule_if_needed(Timestamp(4));
         {
             let sent = comm.sent.lock().expect("lock");

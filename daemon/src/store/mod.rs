@@ -65,6 +65,7 @@ pub mod contract_tests {
             time_limit_secs: Some(60),
             stdout: None,
             stderr: Some("err-%j".into()),
+            requeue: true,
         };
         Job::new(id, spec, Timestamp(1000 + id.0), format!("token-{id}"))
     }

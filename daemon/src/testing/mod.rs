@@ -24,6 +24,7 @@ impl JobBuilder {
             time_limit_secs: None,
             stdout: None,
             stderr: None,
+            requeue: false,
         };
         JobBuilder { job: Job::new(JobId(id), spec, Timestamp(id), format!("token{id}")) }
     }
@@ -41,6 +42,10 @@ impl JobBuilder {
     }
     pub fn mem(mut self, mb: u64) -> Self {
         self.job.spec.per_node.memory_mb = mb;
+        self
+    }
+    pub fn requeue(mut self) -> Self {
+        self.job.spec.requeue = true;
         self
     }
     pub fn uid(mut self, uid: u32) -> Self {
