@@ -1,0 +1,75 @@
+//! Property tests of the message decoder: whatever bytes a peer sends, decoding returns an
+//! error or a message, and never panics. A bounded fuzz run, part of every test run.
+
+use cm_common::job::{Job, JobSpec, UserIdentity};
+use cm_common::protocol::*;
+use cm_common::{JobId, Resources, Timestamp};
+use proptest::prelude::*;
+
+fn valid_messages() -> Vec<Vec<u8>> {
+    let spec = JobSpec {
+        name: "fuzz".into(),
+        user: UserIdentity { uid: 1000, gid: 1000, groups: vec![4, 27], name: "alice".into() },
+        command: "echo $CM_PROC_RANK".into(),
+        workdir: "/home/alice".into(),
+        env: [("PATH".to_string(), "/usr/bin".to_string())].into(),
+        nodes: 2,
+        procs_per_node: 2,
+        per_node: Resources::new(1, 100),
+        time_limit_secs: Some(60),
+        stdout: Some("out-%j".into()),
+        stderr: None,
+        requeue: true,
+    };
+    let job = Job::new(JobId(7), spec.clone(), Timestamp(1), "token".into());
+    let credential = Credential { uid: 1000 };
+    let submit = HeadRequest::Client(ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }));
+    let start = NodeRequest::StartJob(StartJob { job });
+    vec![
+        encode("fuzz", credential, &submit).expect("encode"),
+        encode("fuzz", credential, &start).expect("encode"),
+        encode("fuzz", credential, &HeadRequest::Client(ClientRequest::FetchNodes(FetchNodes {}))).expect("encode"),
+    ]
+}
+
+/// Tries every decoder a daemon or tool uses.
+fn decode_all(bytes: &[u8]) {
+    let _ = decode::<HeadRequest>(bytes);
+    let _ = decode::<NodeRequest>(bytes);
+    let _ = decode::<Reply<ClientResponse>>(bytes);
+    let _ = decode::<Reply<ComputeResponse>>(bytes);
+    let _ = decode::<Reply<NodeResponse>>(bytes);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        decode_all(&bytes);
+    }
+
+    #[test]
+    fn corrupted_valid_messages_never_panic(
+        which in 0usize..3,
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = valid_messages().swap_remove(which);
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        decode_all(&bytes);
+        // Truncated anywhere.
+        let keep = cut.index(bytes.len() + 1);
+        decode_all(&bytes[..keep]);
+    }
+}
+
+#[test]
+fn valid_messages_still_decode() {
+    for bytes in valid_messages() {
+        assert!(decode::<HeadRequest>(&bytes).is_ok() || decode::<NodeRequest>(&bytes).is_ok());
+    }
+}
