@@ -441,6 +441,34 @@ fn a_lost_node_ends_its_job_as_node_fail_or_requeues_it(store: StoreKind) {
     }
 }
 
+fn jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported(store: StoreKind) {
+    let mut cluster = Cluster::start_on(&store, 1, 2, 512);
+    let id = cluster.submit(&["-p", "2", "echo $$ > pid.$CM_PROC_RANK; sleep 2; exit $((CM_PROC_RANK + 3))"]);
+    let pids = replica_pids(&cluster, 2);
+    cluster.computes[0].kill9();
+    assert!(pids.iter().all(|&p| process_alive(p)), "the job survives its daemon's crash");
+    cluster.computes[0].start();
+    let job = cluster.wait_status(id, "Failed", LONG);
+    let mut codes: Vec<(u64, i64)> = job["nodes"][0]["end"]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| (r["rank"].as_u64().expect("rank"), r["status"]["code"].as_i64().expect("code")))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec![(0, 3), (1, 4)], "exit codes reported by the restarted daemon");
+    // A clean stop and start of the daemon, while a job runs, loses nothing either.
+    let id = cluster.submit(&["sleep 1.5"]);
+    cluster.wait_status(id, "Running", LONG);
+    cluster.computes[0].terminate();
+    cluster.computes[0].start();
+    cluster.wait_status(id, "Completed", LONG);
+    // The node is free and takes work again.
+    let next = cluster.submit(&["-c", "2", "true"]);
+    cluster.wait_status(next, "Completed", LONG);
+    cluster.assert_alive();
+}
+
 /// Runs each case once per store: `embedded::CASE` and `mongodb::CASE`.
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
@@ -469,5 +497,6 @@ on_both_stores!(
     tools_say_in_one_line_when_the_head_is_unreachable,
     daemons_answer_direct_requests_and_survive_bad_input,
     a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job,
-    a_lost_node_ends_its_job_as_node_fail_or_requeues_it
+    a_lost_node_ends_its_job_as_node_fail_or_requeues_it,
+    jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported
 );

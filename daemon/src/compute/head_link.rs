@@ -155,7 +155,7 @@ impl Link {
     fn flush(&mut self) {
         while let Some(report) = self.queue.front().cloned() {
             match self.call(&report) {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => self.acknowledged(&report),
                 Ok(Err(e)) if e.code == ErrorCode::UnknownNode => {
                     if !self.register() {
                         return;
@@ -166,13 +166,23 @@ impl Link {
                     tracing::warn!(error = %e, "the head cannot take a report now; will retry");
                     return;
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, ?report, "the head refused a report; dropping it"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, ?report, "the head refused a report; dropping it");
+                    self.acknowledged(&report);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach the head; reports wait");
                     return;
                 }
             }
             self.queue.pop_front();
+        }
+    }
+
+    /// Tells the compute loop that the head has a run's end, so its records can go.
+    fn acknowledged(&self, report: &ComputeRequest) {
+        if let ComputeRequest::ReportJobEnd(end) = report {
+            let _ = self.events.send(Event::EndAcked(JobRun { job: end.job, run: end.run }));
         }
     }
 

@@ -1,4 +1,5 @@
-//! The jobs running on this node: their replicas, time limits and kills.
+//! The replicas of a job run on this node, as its supervisor ([`super::step`]) keeps them:
+//! their exits, time limit and kills.
 //!
 //! Each replica's process is reaped by a small waiter thread that sends its exit status to the
 //! compute loop. A job's share ends when all its replicas have exited; then any processes they
@@ -8,10 +9,10 @@
 
 use super::launch::{spawn_replica, ReplicaPlan};
 use cm_common::job::{ExitStatus, Job, JobRun, NodeEnd, NodeEndCause, ReplicaExit};
-use cm_common::{JobId, NodeId, Resources, Timestamp};
+use cm_common::{JobId, NodeId, Timestamp};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
@@ -39,24 +40,15 @@ struct Stopping {
 struct RunningJob {
     run: u32,
     replicas: Vec<Replica>,
-    per_node: Resources,
-    uid: u32,
     deadline: Option<Instant>,
     stopping: Option<Stopping>,
 }
-
-/// How many ended jobs a node remembers, to refuse a late duplicate StartJob.
-const REMEMBERED_ENDS: usize = 4096;
 
 /// This node's running jobs.
 pub struct RunningJobs {
     node: NodeId,
     kill_grace: Duration,
     jobs: BTreeMap<JobId, RunningJob>,
-    /// Jobs that ended here lately, oldest first: a retried StartJob that arrives after a short
-    /// job ended must not run it again.
-    ended: VecDeque<JobRun>,
-    ended_set: HashSet<JobRun>,
 }
 
 fn signal_groups(job: &RunningJob, signal: Signal, include_exited: bool) {
@@ -68,40 +60,7 @@ fn signal_groups(job: &RunningJob, signal: Signal, include_exited: bool) {
 
 impl RunningJobs {
     pub fn new(node: NodeId, kill_grace: Duration) -> Self {
-        RunningJobs { node, kill_grace, jobs: BTreeMap::new(), ended: VecDeque::new(), ended_set: HashSet::new() }
-    }
-
-    /// Whether this run of the job runs here now or ended here lately.
-    pub fn knows(&self, run: JobRun) -> bool {
-        self.jobs.get(&run.job).is_some_and(|j| j.run == run.run) || self.ended_set.contains(&run)
-    }
-
-    /// The run of `id` running here, if any.
-    pub fn run_of(&self, id: JobId) -> Option<u32> {
-        self.jobs.get(&id).map(|j| j.run)
-    }
-
-    fn remember_end(&mut self, id: JobRun) {
-        if self.ended.len() >= REMEMBERED_ENDS {
-            if let Some(old) = self.ended.pop_front() {
-                self.ended_set.remove(&old);
-            }
-        }
-        self.ended.push_back(id);
-        self.ended_set.insert(id);
-    }
-
-    pub fn runs(&self) -> Vec<JobRun> {
-        self.jobs.iter().map(|(&job, j)| JobRun { job, run: j.run }).collect()
-    }
-
-    /// What the running jobs hold here.
-    pub fn allocated(&self) -> Resources {
-        self.jobs.values().fold(Resources::default(), |sum, j| sum.saturating_add(&j.per_node))
-    }
-
-    pub fn uids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.jobs.values().map(|j| j.uid)
+        RunningJobs { node, kill_grace, jobs: BTreeMap::new() }
     }
 
     /// Starts this node's replicas of `job`; `on_exit` is called from each replica's waiter thread.
@@ -149,17 +108,7 @@ impl RunningJobs {
             replicas.push(Replica { rank, pid, exit: None });
         }
         let deadline = job.spec.time_limit().map(|limit| Instant::now() + limit);
-        self.jobs.insert(
-            job.id,
-            RunningJob {
-                run: job.run,
-                replicas,
-                per_node: job.spec.per_node,
-                uid: job.spec.user.uid,
-                deadline,
-                stopping: None,
-            },
-        );
+        self.jobs.insert(job.id, RunningJob { run: job.run, replicas, deadline, stopping: None });
         Ok(Timestamp::now())
     }
 
@@ -174,7 +123,6 @@ impl RunningJobs {
         }
         let job = self.jobs.remove(&exited.job)?;
         let run = JobRun { job: exited.job, run: job.run };
-        self.remember_end(run);
         // What the replicas started in the background ends with the job.
         signal_groups(&job, Signal::SIGKILL, true);
         let replicas =
@@ -226,12 +174,5 @@ impl RunningJobs {
                 Some(_) => None,
             })
             .min()
-    }
-
-    /// Kills everything at once (daemon shutdown).
-    pub fn kill_all(&mut self) {
-        for job in self.jobs.values() {
-            signal_groups(job, Signal::SIGKILL, true);
-        }
     }
 }

@@ -1,32 +1,39 @@
-//! The compute role: runs the replicas the head places here and reports how they end.
+//! The compute role: runs the jobs the head places here and reports how they end.
 //!
-//! `run` detects the node's resources, binds its port, starts the [`head_link`] (registration,
-//! heartbeats, reports) and then runs one loop that owns the node's [`jobs::RunningJobs`]:
-//! requests from the head, replica exits and kill orders arrive as [`Event`]s on one channel;
-//! time limits and kill grace periods are enforced between events.
+//! `run` binds the node's port, adopts the job supervisors a previous daemon left running
+//! ([`steps`]), starts the [`head_link`] (registration, heartbeats, reports) and then runs one
+//! loop: requests from the head, supervisor exits, acknowledged reports and kill orders arrive
+//! as [`Event`]s on one channel. Each job run is owned by a supervisor process ([`step`]), which
+//! starts the replicas ([`launch`], [`jobs`]) and enforces the time limit, so jobs keep running,
+//! and are reported, across a restart of this daemon.
 
 pub mod head_link;
 pub mod jobs;
 pub mod launch;
+pub mod step;
+pub mod steps;
 
 use crate::service::{self, reply_bytes, ReplySlot};
 use crate::settings::ComputeConfig;
 use anyhow::{anyhow, Context};
-use cm_common::job::{JobRun, NodeEndCause};
+use cm_common::job::JobRun;
 use cm_common::protocol::*;
 use cm_common::transport::{Responder, RetryPolicy};
-use cm_common::Resources;
+use cm_common::{Resources, Timestamp};
 use head_link::{HeadLink, LinkConfig};
-use jobs::{ReplicaExited, RunningJobs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use steps::Steps;
 
 /// What the compute loop reacts to.
 pub enum Event {
     Request(Envelope<NodeRequest>, ReplySlot),
-    ReplicaExited(ReplicaExited),
+    /// A job supervisor started by this daemon has exited.
+    StepExited(JobRun),
+    /// The head has acknowledged a run's end.
+    EndAcked(JobRun),
     /// The head says these job runs must not run here (any more).
     Kill(Vec<JobRun>),
     /// The head link gave up (registration failed for good).
@@ -50,7 +57,7 @@ struct Compute {
     /// Whether this daemon can switch users (runs as root).
     is_root: bool,
     my_uid: u32,
-    jobs: RunningJobs,
+    steps: Steps,
     link: HeadLink,
     events: Sender<Event>,
 }
@@ -77,7 +84,11 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
         events.clone(),
         Event::Request,
     )?;
-    let running = Arc::new(Mutex::new(Vec::new()));
+    let mut steps = Steps::new(&config.state_dir, config.node_id.clone(), config.kill_grace)
+        .with_context(|| format!("cannot use the state directory {}", config.state_dir.display()))?;
+    let ended_meanwhile = steps.adopt();
+    // Registration tells the head what still runs here.
+    let running = Arc::new(Mutex::new(steps.runs()));
     let link = HeadLink::spawn(
         &ctx,
         LinkConfig {
@@ -95,23 +106,25 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
         events.clone(),
         shutdown.clone(),
     )?;
-    let jobs = RunningJobs::new(config.node_id.clone(), config.kill_grace);
-    let mut compute = Compute { config, capacity, is_root, my_uid, jobs, link, events };
+    let mut compute = Compute { config, capacity, is_root, my_uid, steps, link, events };
+    for (run, end) in ended_meanwhile {
+        compute.report_end(run, end);
+    }
 
     let mut result = Ok(());
+    let mut next_poll = Instant::now() + compute.config.status_interval;
     while !shutdown.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let wake = compute.jobs.next_deadline().unwrap_or(now + compute.config.status_interval);
-        match inbox.recv_timeout(wake.saturating_duration_since(now).min(MAX_WAIT)) {
+        match inbox.recv_timeout(next_poll.saturating_duration_since(Instant::now()).min(MAX_WAIT)) {
             Ok(Event::Request(envelope, slot)) => {
                 let reply = compute.handle(envelope.body);
                 let _ = slot.send(reply_bytes(compute.config.node_id.as_str(), &reply));
             }
-            Ok(Event::ReplicaExited(exited)) => compute.replica_exited(exited),
+            Ok(Event::StepExited(run)) => compute.step_exited(run),
+            Ok(Event::EndAcked(run)) => compute.steps.acknowledged(run),
             Ok(Event::Kill(runs)) => {
                 for run in runs {
-                    if compute.jobs.run_of(run.job) == Some(run.run) {
-                        compute.jobs.stop(run.job, NodeEndCause::Killed);
+                    if compute.steps.run_of(run.job) == Some(run.run) {
+                        compute.steps.stop(run.job);
                     }
                 }
             }
@@ -122,13 +135,17 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        compute.jobs.enforce(Instant::now());
+        if Instant::now() >= next_poll {
+            for run in compute.steps.exited_adopted() {
+                compute.step_exited(run);
+            }
+            next_poll = Instant::now() + compute.config.status_interval;
+        }
         if let Ok(mut ids) = running.lock() {
-            *ids = compute.jobs.runs();
+            *ids = compute.steps.runs();
         }
     }
-    tracing::info!("compute daemon shutting down; killing its jobs");
-    compute.jobs.kill_all();
+    tracing::info!("compute daemon shutting down; its jobs keep running under their supervisors");
     shutdown.store(true, Ordering::Relaxed);
     let _ = server.join();
     result
@@ -140,13 +157,13 @@ impl Compute {
             NodeRequest::GetNodeStatus(_) => Ok(NodeResponse::NodeStatus(NodeStatusReply {
                 node: self.config.node_id.clone(),
                 capacity: self.capacity,
-                allocated: self.jobs.allocated(),
-                running: self.jobs.runs(),
+                allocated: self.steps.allocated(),
+                running: self.steps.runs(),
             })),
             NodeRequest::HostJob(req) => {
                 let reason = if !self.may_run_as(req.uid) {
                     Some(self.uid_refusal(req.uid))
-                } else if !self.capacity.saturating_sub(&self.jobs.allocated()).contains(&req.per_node) {
+                } else if !self.capacity.saturating_sub(&self.steps.allocated()).contains(&req.per_node) {
                     Some("not enough free CPUs or memory".to_string())
                 } else {
                     None
@@ -154,10 +171,10 @@ impl Compute {
                 Ok(NodeResponse::CanHost(CanHost { ok: reason.is_none(), reason }))
             }
             NodeRequest::StartJob(StartJob { job }) => {
-                if self.jobs.knows(job.job_run()) {
+                if self.steps.knows(job.job_run()) {
                     return Ok(NodeResponse::Ack(Ack {})); // a retried request: never run a job twice
                 }
-                if let Some(earlier) = self.jobs.run_of(job.id) {
+                if let Some(earlier) = self.steps.run_of(job.id) {
                     return Err(ErrorReply::new(
                         ErrorCode::Unavailable,
                         format!("run {earlier} of job {} is still stopping on {}", job.id, self.config.node_id),
@@ -169,13 +186,14 @@ impl Compute {
                 }
                 let events = self.events.clone();
                 let switch_user = self.is_root && uid != self.my_uid;
-                let on_exit = move |exited| {
-                    let _ = events.send(Event::ReplicaExited(exited));
+                let on_exit = move |run| {
+                    let _ = events.send(Event::StepExited(run));
                 };
-                let started_at = self.jobs.start(&job, switch_user, on_exit).map_err(|e| {
+                self.steps.start(&job, switch_user, on_exit).map_err(|e| {
                     tracing::warn!(job = %job.id, error = %e, "cannot start job");
-                    ErrorReply::new(ErrorCode::Invalid, e)
+                    ErrorReply::new(ErrorCode::Internal, e)
                 })?;
+                let started_at = Timestamp::now();
                 tracing::info!(job = %job.id, replicas = job.spec.procs_per_node, "job started");
                 self.link.report(ComputeRequest::ReportJobStart(ReportJobStart {
                     node: self.config.node_id.clone(),
@@ -186,8 +204,8 @@ impl Compute {
                 Ok(NodeResponse::Ack(Ack {}))
             }
             NodeRequest::FreeResources(FreeResources { job, run }) => {
-                if self.jobs.run_of(job).is_some_and(|here| here <= run) {
-                    self.jobs.stop(job, NodeEndCause::Killed);
+                if self.steps.run_of(job).is_some_and(|here| here <= run) {
+                    self.steps.stop(job);
                 }
                 Ok(NodeResponse::Ack(Ack {}))
             }
@@ -205,11 +223,15 @@ impl Compute {
         )
     }
 
-    fn replica_exited(&mut self, exited: ReplicaExited) {
-        if let Some((run, end)) = self.jobs.replica_exited(exited) {
-            tracing::info!(job = %run, cause = ?end.cause, "job ended here");
-            let report = ReportJobEnd { node: self.config.node_id.clone(), job: run.job, run: run.run, end };
-            self.link.report(ComputeRequest::ReportJobEnd(report));
+    fn step_exited(&mut self, run: JobRun) {
+        if let Some(end) = self.steps.end_of(run) {
+            self.report_end(run, end);
         }
+    }
+
+    fn report_end(&self, run: JobRun, end: cm_common::job::NodeEnd) {
+        tracing::info!(job = %run, cause = ?end.cause, "job ended here");
+        let report = ReportJobEnd { node: self.config.node_id.clone(), job: run.job, run: run.run, end };
+        self.link.report(ComputeRequest::ReportJobEnd(report));
     }
 }

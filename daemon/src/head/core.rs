@@ -120,7 +120,23 @@ impl HeadCore {
         for job in store.finished_jobs(RECENT_FINISHED)?.iter().chain(jobs.values()) {
             tokens.insert(job.submit_token.clone(), job.id);
         }
-        Ok(HeadCore { store, comm, settings, me, nodes, jobs, tokens, wants_schedule: true })
+        let mut core = HeadCore { store, comm, settings, me, nodes, jobs, tokens, wants_schedule: true };
+        core.resend_unconfirmed_starts();
+        Ok(core)
+    }
+
+    /// A head that died between persisting a placement and delivering it left nodes that never
+    /// heard of their job: tell every placed node that has not confirmed a start (nodes ignore a
+    /// run they already have or had).
+    fn resend_unconfirmed_starts(&mut self) {
+        for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Running { .. })) {
+            for slot in job.nodes.iter().filter(|n| n.started_at.is_none() && n.end.is_none()) {
+                if let Some(node) = self.nodes.get(&slot.node) {
+                    tracing::info!(job = %job.id, node = %slot.node, "re-sending an unconfirmed start");
+                    self.comm.send(node, NodeRequest::StartJob(StartJob { job: job.clone() }));
+                }
+            }
+        }
     }
 
     pub fn job(&self, id: JobId) -> Option<&Job> {
@@ -909,6 +925,12 @@ mod tests {
         }
         let comm = RecordingComm::default();
         let mut core = open(comm.clone());
+        // Job 1's node never confirmed its start: the new head tells it again.
+        {
+            let mut sent = comm.sent.lock().expect("lock");
+            assert!(matches!(&sent[..], [(_, NodeRequest::StartJob(s))] if s.job.id == JobId(1)));
+            sent.clear();
+        }
         // Reopened long after the last persisted heartbeat: the node still gets its full timeout.
         core.tick(Timestamp(3));
         assert!(core.node(&NodeId::new("a")).expect("a").is_up());

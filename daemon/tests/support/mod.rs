@@ -78,6 +78,16 @@ impl Daemon {
         self.stopped = false;
     }
 
+    /// SIGTERM, as an operator stopping the service, and wait for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+        self.stopped = true;
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -116,6 +126,13 @@ impl StoreKind {
     /// can be had outside CI.
     pub fn mongo(name: &str) -> Option<StoreKind> {
         mongo_server::database_uri(name).map(StoreKind::Mongo)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Also covers a cluster that failed while starting, before `Cluster` owned its daemons.
+        self.kill9();
     }
 }
 
@@ -286,6 +303,21 @@ impl Drop for Cluster {
         }
         for daemon in std::iter::once(&mut self.head).chain(self.computes.iter_mut()) {
             daemon.kill9();
+        }
+        stop_supervisors(self.dir.path());
+    }
+}
+
+/// Job supervisors outlive their compute daemon by design: stop those of this cluster (they
+/// stop their replicas), found by their job directory under `dir`.
+fn stop_supervisors(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if cmdline.windows(needle.len()).any(|w| w == needle) && cmdline.windows(6).any(|w| w == b"--role") {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
     }
 }
