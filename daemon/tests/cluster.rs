@@ -204,7 +204,10 @@ fn a_restarted_head_keeps_pending_jobs_and_runs_them(store: StoreKind) {
     let pending = cluster.submit(&["echo ran > after-restart"]);
     cluster.wait_status(running, "Running", LONG);
     assert_eq!(cluster.job_status(pending), "Pending");
+    let restarted = std::time::Instant::now();
     cluster.restart_head();
+    assert!(wait_until(LONG, || cluster.tool("cminfo", &[]).status.success()));
+    eprintln!("head serving again {} ms after kill -9 and restart", restarted.elapsed().as_millis());
     // The compute reports the first job's end to the new head, which then starts the pending one.
     cluster.wait_status(running, "Completed", LONG);
     cluster.wait_status(pending, "Completed", LONG);
