@@ -472,6 +472,39 @@ fn jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported(store
     cluster.assert_alive();
 }
 
+fn a_silent_node_stalls_nobody_else(store: StoreKind) {
+    use nix::sys::signal::{kill, Signal};
+    let cluster = Cluster::start_on(&store, 2, 1, 512);
+    let stuck = cluster.submit(&["sleep 300"]);
+    let job = cluster.wait_status(stuck, "Running", LONG);
+    let frozen = job["nodes"][0]["node"].as_str().expect("node").to_string();
+    let daemon = cluster.computes.iter().find(|d| d.name == frozen).expect("daemon");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.pid().expect("pid")).expect("pid"));
+    // Connected but silent: every request to it times out.
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = cluster.tool(args[0], &args[1..]);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (started.elapsed(), out)
+    };
+    // Killing its job needs a message to the silent node; the head must not wait for it.
+    let (took, _) = timed(&["cmkill", &stuck.to_string()]);
+    assert!(took < Duration::from_secs(1), "cmkill took {took:?}");
+    let (took, _) = timed(&["cminfo"]);
+    assert!(took < Duration::from_secs(1), "cminfo took {took:?}");
+    let (took, _) = timed(&["cmrun", "--wait", "true"]);
+    assert!(took < Duration::from_secs(2), "a job on the other node took {took:?}");
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    // Once it answers again it gets the kill, and its CPU comes back.
+    cluster.wait_status(stuck, "Killed", LONG);
+    assert!(wait_until(LONG, || {
+        cluster.info().is_some_and(|i| {
+            i["nodes"].as_array().expect("nodes").iter().all(|n| n["allocations"] == Value::Array(vec![]))
+        })
+    }));
+}
+
 /// Runs each case once per store: `embedded::CASE` and `mongodb::CASE`.
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
@@ -501,5 +534,6 @@ on_both_stores!(
     daemons_answer_direct_requests_and_survive_bad_input,
     a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job,
     a_lost_node_ends_its_job_as_node_fail_or_requeues_it,
-    jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported
+    jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported,
+    a_silent_node_stalls_nobody_else
 );
