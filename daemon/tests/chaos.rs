@@ -2,14 +2,12 @@
 //! random compute daemons and the head. Afterwards nothing acknowledged is lost, nothing ran
 //! twice, and every node is back, idle, with all of its resources free.
 
-mod support;
-
+use cm_testkit::{wait_until, Cluster};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{wait_until, Cluster};
 
 const JOBS: usize = 200;
 

@@ -1,12 +1,10 @@
 //! End-to-end tests: real `cmd` daemons (a head and up to three computes) and the real tools.
 //! Each case runs twice: with the embedded store (`embedded::`) and with MongoDB (`mongodb::`).
 
-mod support;
-
+use cm_testkit::{process_alive, wait_until, Cluster, StoreKind};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::{process_alive, wait_until, Cluster, StoreKind};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -235,7 +233,7 @@ fn replicas_run_as_the_submitting_user(store: StoreKind) {
     let as_nobody = |name: &str, args: &[&str]| {
         let copy = tools.join(name);
         if !copy.exists() {
-            std::fs::copy(support::bin(name), &copy).expect("copy tool");
+            std::fs::copy(cm_testkit::bin(name), &copy).expect("copy tool");
         }
         let mut command = std::process::Command::new(&copy);
         command.args(args).env("CM_HEAD", &cluster.head_endpoint).env("CM_CONFIG", &cluster.config).current_dir(&home);

@@ -1,10 +1,8 @@
 //! The head against a MongoDB server that goes away and comes back.
 
-mod support;
-
+use cm_testkit::mongo_server::{self, MongoServer};
+use cm_testkit::{wait_until, Cluster, StoreKind};
 use std::time::{Duration, Instant};
-use support::mongo_server::{self, MongoServer};
-use support::{wait_until, Cluster, StoreKind};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -218,7 +218,7 @@ impl Store for MongoStore {
 mod tests {
     use super::*;
     use crate::store::contract_tests;
-    use crate::testing::mongo_server;
+    use cm_testkit::mongo_server;
 
     #[test]
     fn documents_use_dates_and_strings_and_round_trip() {

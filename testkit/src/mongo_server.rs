@@ -6,9 +6,6 @@
 //! removes its data) as soon as the test process exits, however it exits. Where no server can
 //! be had, tests skip with a printed reason, except under CI (`CI` set), where that fails.
 //!
-//! Integration tests include this file with `#[path]`, so it uses only std.
-
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

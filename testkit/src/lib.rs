@@ -1,10 +1,11 @@
-//! A test cluster of real `cmd` processes on loopback: one head and N computes, each with its own
-//! port (chosen by the OS), state directory and log file, killed on drop. Dropping a cluster
-//! whose daemon died unexpectedly fails the test; a failing test prints every daemon's log tail.
+//! cm-testkit: a cluster of real `cmd` processes on loopback, for tests and benchmarks.
+//!
+//! One head and N computes, each with its own port (chosen by the OS), state directory and log
+//! file, killed on drop. Dropping a cluster whose daemon died unexpectedly fails the test; a
+//! failing test prints every daemon's log tail. [`mongo_server`] provides a MongoDB server.
+//! The binaries are found beside the running test or benchmark executable (cargo puts them all
+//! in one target directory).
 
-#![allow(dead_code)]
-
-#[path = "../../src/testing/mongo_server.rs"]
 pub mod mongo_server;
 
 use serde_json::Value;
@@ -13,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Settings every test cluster runs with: short intervals so faults show quickly.
-const TEST_CONFIG: &str = "\
+pub const TEST_CONFIG: &str = "\
 scheduler_interval: 200ms
 status_interval: 200ms
 heartbeat_interval: 300ms
@@ -26,10 +27,21 @@ store_timeout: 300ms
 max_message_size: 1048576
 ";
 
-/// Where the binaries are: beside `cmd`, which cargo builds for this crate's tests.
+/// The directory cargo put the binaries in: the running executable's, or its parent for tests
+/// (which run from `target/<profile>/deps`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A cm binary of this build.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_cmd")).parent().expect("bin dir").to_path_buf();
-    let path = dir.join(name);
+    let path = bin_dir().join(name);
     assert!(path.exists(), "{} is missing; build the workspace (cargo test --workspace builds it)", path.display());
     path
 }
@@ -51,14 +63,17 @@ pub struct Daemon {
     pub name: String,
     args: Vec<String>,
     pub log: PathBuf,
+    /// `CM_LOG` for the process.
+    filter: String,
     child: Option<Child>,
     /// Set when the test stopped it on purpose.
     stopped: bool,
 }
 
 impl Daemon {
-    fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Daemon {
-        let mut daemon = Daemon { name: name.to_string(), args, log, child: None, stopped: false };
+    fn spawn(name: &str, args: Vec<String>, log: PathBuf, filter: &str) -> Daemon {
+        let mut daemon =
+            Daemon { name: name.to_string(), args, log, filter: filter.to_string(), child: None, stopped: false };
         daemon.start();
         daemon
     }
@@ -67,7 +82,7 @@ impl Daemon {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(bin("cmd"))
             .args(&self.args)
-            .env("CM_LOG", "info,cm_daemon=debug")
+            .env("CM_LOG", &self.filter)
             .env_remove("CM_HEAD")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -157,9 +172,21 @@ impl Cluster {
 
     /// As [`Cluster::start`], with the head on `store`.
     pub fn start_on(store: &StoreKind, computes: usize, cpus: u32, memory_mb: u64) -> Cluster {
+        Cluster::start_with(store, computes, cpus, memory_mb, TEST_CONFIG, "info,cm_daemon=debug")
+    }
+
+    /// As [`Cluster::start_on`], with a given configuration file text and log filter.
+    pub fn start_with(
+        store: &StoreKind,
+        computes: usize,
+        cpus: u32,
+        memory_mb: u64,
+        config_text: &str,
+        log: &str,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config.yaml");
-        std::fs::write(&config, TEST_CONFIG).expect("config");
+        std::fs::write(&config, config_text).expect("config");
         let workdir = dir.path().join("work");
         std::fs::create_dir_all(&workdir).expect("workdir");
         let head_state = dir.path().join("head");
@@ -178,7 +205,7 @@ impl Cluster {
         if let StoreKind::Mongo(uri) = store {
             args.extend(strings(&["--store", uri]));
         }
-        let head = Daemon::spawn("head", args, dir.path().join("head.log"));
+        let head = Daemon::spawn("head", args, dir.path().join("head.log"), log);
         let endpoint_file = head_state.join("head.endpoint");
         let started = wait_until(Duration::from_secs(30), || endpoint_file.exists());
         assert!(started, "the head did not start; its log:\n{}", head.log_tail(30));
@@ -211,7 +238,8 @@ impl Cluster {
             "--memory-mb",
             &memory_mb.to_string(),
         ]);
-        self.computes.push(Daemon::spawn(name, args, self.dir.path().join(format!("{name}.log"))));
+        let filter = self.head.filter.clone();
+        self.computes.push(Daemon::spawn(name, args, self.dir.path().join(format!("{name}.log")), &filter));
     }
 
     /// Waits until `n` compute nodes are registered and Up.

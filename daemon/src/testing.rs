@@ -1,5 +1,4 @@
-//! Test helpers: builders for jobs and nodes with sensible defaults, changed one field at a time,
-//! and a MongoDB server for the store tests ([`mongo_server`]).
+//! Builders for unit tests: jobs and nodes with sensible defaults, changed one field at a time.
 
 use cm_common::job::{Job, JobSpec, UserIdentity};
 use cm_common::node::{Node, NodeHealth, Role};
@@ -89,5 +88,3 @@ impl NodeBuilder {
         self.node
     }
 }
-
-pub mod mongo_server;
