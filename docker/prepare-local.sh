@@ -5,7 +5,7 @@
 #   cm-secantusdb:local    a MongoDB-compatible database (SecantusDB) on that base (built once)
 #   cm-node:latest         the cm node image around binaries built on this host (rebuilt each run)
 # Usage: docker/prepare-local.sh [BIN_DIR]
-#   BIN_DIR holds cmd, cmrun, cminfo, cmkill already built (default: builds them with
+#   BIN_DIR holds cmd, cmstep, cmrun, cminfo, cmkill already built (default: builds them with
 #   `cargo build --release`). Then: CM_MONGO_IMAGE=cm-secantusdb:local docker-compose up -d
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ if [ -z "$bin_dir" ]; then
     bin_dir="${CARGO_TARGET_DIR:-target}/release"
 fi
 rm -rf docker/bin && mkdir -p docker/bin
-for tool in cmd cmrun cminfo cmkill; do
+for tool in cmd cmstep cmrun cminfo cmkill; do
     cp "$bin_dir/$tool" docker/bin/
 done
 strip docker/bin/* 2>/dev/null || true

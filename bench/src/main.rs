@@ -1,1 +1,301 @@
-fn main() {}
+//! `cmbench`: measures cm on a local cluster of real `cmd` daemons and prints each figure, then
+//! all of them as JSON. Run from a release build: `cargo build --release --workspace &&
+//! target/release/cmbench` (see the README). Scenarios:
+//! 1. serial CLI submission: N x `cmrun true` as separate processes;
+//! 2. short-job throughput: N `true` jobs on 4 computes x 32 CPUs, submitted back to back over
+//!    the protocol, from first submission to last completion;
+//! 3. submit-to-start latency on an idle cluster, from the job's own start time;
+//! 4. `cminfo` latency with 10,000 pending jobs and 256 registered computes;
+//! 5. head CPU and memory with 1,000 heartbeating computes (a load generator that speaks the
+//!    real protocol as many nodes, see `fake_nodes`).
+
+mod fake_nodes;
+mod stats;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use cm_cli::submit::{build_spec, current_user, submit_token, Request};
+use cm_common::config::JobDefaults;
+use cm_common::job::{Job, JobSpec};
+use cm_common::protocol::*;
+use cm_common::transport::{Requester, RetryPolicy};
+use cm_common::JobId;
+use cm_testkit::{Cluster, StoreKind};
+use serde_json::{json, Value};
+use stats::Samples;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Daemon settings for benchmarks: the shipped defaults, quiet logs.
+const BENCH_CONFIG: &str = "kill_grace: 1s\n";
+const BENCH_LOG: &str = "warn";
+
+#[derive(Debug, Parser)]
+#[command(name = "cmbench", about = "Measure cm on a local cluster of real daemons")]
+struct Args {
+    /// Which scenarios to run (1-5).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 3, 4, 5])]
+    only: Vec<u32>,
+    /// The head's store: embedded or mongodb (scenarios 1-3; SecantusDB or mongod is started).
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// Smaller counts, for a quick look.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn head(cluster: &Cluster, ctx: &zmq::Context) -> Requester {
+    let uid = nix::unistd::getuid().as_raw();
+    Requester::new(
+        ctx,
+        &cluster.head_endpoint,
+        RetryPolicy::new(Duration::from_secs(30), 0),
+        "cmbench",
+        Credential { uid },
+    )
+}
+
+fn call(head: &mut Requester, request: ClientRequest) -> anyhow::Result<ClientResponse> {
+    head.call::<_, ClientResponse>(&HeadRequest::Client(request))?.map_err(|e| anyhow!(e.message))
+}
+
+/// A job spec exactly as `cmrun` would build it here, for `command`.
+fn spec(workdir: &std::path::Path, command: &str) -> anyhow::Result<JobSpec> {
+    let request = Request { command: vec![command.to_string()], ..Request::default() };
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+    let workdir = workdir.to_str().context("workdir")?.to_string();
+    build_spec(&request, &JobDefaults::default(), current_user(), workdir, env).map_err(|e| anyhow!(e))
+}
+
+fn submit(head: &mut Requester, spec: &JobSpec) -> anyhow::Result<JobId> {
+    match call(head, ClientRequest::AssignJobId(AssignJobId { spec: spec.clone(), token: submit_token() }))? {
+        ClientResponse::JobAccepted(a) => Ok(a.id),
+        other => bail!("unexpected reply {other:?}"),
+    }
+}
+
+fn get(head: &mut Requester, id: JobId) -> anyhow::Result<Job> {
+    match call(head, ClientRequest::GetJob(GetJob { id }))? {
+        ClientResponse::Job(reply) => Ok(reply.job),
+        other => bail!("unexpected reply {other:?}"),
+    }
+}
+
+fn active_jobs(head: &mut Requester) -> anyhow::Result<usize> {
+    match call(head, ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit: Some(0) }))? {
+        ClientResponse::Jobs(reply) => Ok(reply.jobs.len()),
+        other => bail!("unexpected reply {other:?}"),
+    }
+}
+
+fn wait_idle(head: &mut Requester, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while active_jobs(head)? > 0 {
+        if Instant::now() > deadline {
+            bail!("jobs still active after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn store_kind(name: &str) -> anyhow::Result<StoreKind> {
+    match name {
+        "embedded" => Ok(StoreKind::Embedded),
+        "mongodb" | "mongo" => {
+            StoreKind::mongo("bench").context("no MongoDB-compatible server (pip install SecantusDB)")
+        }
+        other => bail!("unknown store {other:?}: embedded or mongodb"),
+    }
+}
+
+fn serial_cli(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
+    let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
+    let ctx = zmq::Context::new();
+    let mut h = head(&cluster, &ctx);
+    let mut samples = Samples::default();
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = cluster.tool("cmrun", &["true"]);
+        if !out.status.success() {
+            bail!("cmrun failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        samples.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    wait_idle(&mut h, Duration::from_secs(300))?;
+    let rate = n as f64 / total.as_secs_f64();
+    println!(
+        "1. serial cmrun: {n} submissions in {total:.2?}: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        samples.percentile_ms(50.0),
+        samples.percentile_ms(99.0)
+    );
+    Ok(json!({ "submissions": n, "per_second": rate, "latency": samples.summary() }))
+}
+
+fn throughput(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
+    let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
+    let ctx = zmq::Context::new();
+    let mut h = head(&cluster, &ctx);
+    let job = spec(&cluster.workdir, "true")?;
+    let first = cm_common::Timestamp::now();
+    let started = Instant::now();
+    let mut last = JobId(0);
+    for _ in 0..n {
+        last = submit(&mut h, &job)?;
+    }
+    let submitted = started.elapsed();
+    wait_idle(&mut h, Duration::from_secs(600))?;
+    let wall = started.elapsed();
+    let ended = get(&mut h, last)?.state.ended_at().context("last job ended")?;
+    let makespan = ended.since(first).max(Duration::from_millis(1));
+    let rate = n as f64 / makespan.as_secs_f64();
+    println!("2. throughput: {n} jobs of `true` on 4 x 32 CPUs: submitted in {submitted:.2?}, makespan {makespan:.2?}: {rate:.0} jobs/s (all done after {wall:.2?})");
+    Ok(
+        json!({ "jobs": n, "submit_seconds": submitted.as_secs_f64(), "makespan_seconds": makespan.as_secs_f64(), "jobs_per_second": rate }),
+    )
+}
+
+fn submit_to_start(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
+    let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
+    let ctx = zmq::Context::new();
+    let mut h = head(&cluster, &ctx);
+    let job = spec(&cluster.workdir, "true")?;
+    let mut samples = Samples::default();
+    for _ in 0..n {
+        let id = submit(&mut h, &job)?;
+        let done = loop {
+            let j = get(&mut h, id)?;
+            if j.state.is_terminal() {
+                break j;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let started = done.nodes.first().and_then(|n| n.started_at).context("start reported")?;
+        samples.push(started.since(done.submitted_at));
+    }
+    println!(
+        "3. submit-to-start on an idle cluster ({n} jobs, ms clock): p50 {:.0} ms, p99 {:.0} ms",
+        samples.percentile_ms(50.0),
+        samples.percentile_ms(99.0)
+    );
+    Ok(samples.summary())
+}
+
+fn cminfo_latency(pending: usize, nodes: usize) -> anyhow::Result<Value> {
+    let cluster =
+        Cluster::start_with(&StoreKind::Embedded, 1, 1, 4096, "kill_grace: 1s\nheartbeat_timeout: 1h\n", BENCH_LOG);
+    let ctx = zmq::Context::new();
+    let mut h = head(&cluster, &ctx);
+    let blocker = submit(&mut h, &spec(&cluster.workdir, "sleep 3600")?)?;
+    while !matches!(get(&mut h, blocker)?.state, cm_common::job::JobState::Running { .. }) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fake_nodes::register(&cluster.head_endpoint, nodes)?;
+    let job = spec(&cluster.workdir, "true")?;
+    let started = Instant::now();
+    for _ in 0..pending {
+        submit(&mut h, &job)?;
+    }
+    println!("4. queued {pending} pending jobs behind a running one in {:.2?}", started.elapsed());
+    let mut samples = Samples::default();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let out = cluster.tool("cminfo", &[]);
+        if !out.status.success() {
+            bail!("cminfo failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        samples.push(t.elapsed());
+    }
+    println!(
+        "4. cminfo with {pending} pending jobs and {} compute nodes: p50 {:.1} ms, p99 {:.1} ms",
+        nodes + 1,
+        samples.percentile_ms(50.0),
+        samples.percentile_ms(99.0)
+    );
+    call(&mut h, ClientRequest::KillJob(KillJob { id: blocker }))?;
+    Ok(json!({ "pending_jobs": pending, "compute_nodes": nodes + 1, "latency": samples.summary() }))
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    Ok(fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?)
+}
+
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+fn head_at_scale(nodes: usize, seconds: u64) -> anyhow::Result<Value> {
+    let cluster = Cluster::start_with(&StoreKind::Embedded, 0, 1, 1024, BENCH_CONFIG, BENCH_LOG);
+    let pid = cluster.head.pid().context("head pid")?;
+    fake_nodes::register(&cluster.head_endpoint, nodes)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let interval = cm_common::config::Config::default().heartbeat_interval;
+    let generator = {
+        let (endpoint, stop) = (cluster.head_endpoint.clone(), stop.clone());
+        std::thread::spawn(move || fake_nodes::heartbeat(&endpoint, nodes, interval, 4, stop))
+    };
+    std::thread::sleep(interval); // warm up: every node has beaten once
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (elapsed, c1) = (t0.elapsed(), cpu_ticks(pid)?);
+    let rss = rss_mb(pid)?;
+    stop.store(true, Ordering::Relaxed);
+    let beats = generator.join().map_err(|_| anyhow!("load generator panicked"))?;
+    let cpu = (c1 - c0) as f64 / ticks_per_second / elapsed.as_secs_f64() * 100.0;
+    let info = cluster.tool("cminfo", &["--json"]);
+    let up = serde_json::from_slice::<Value>(&info.stdout)
+        .ok()
+        .and_then(|v| v["nodes"].as_array().map(|n| n.iter().filter(|n| n["health"]["health"] == "Up").count()))
+        .unwrap_or(0);
+    println!("5. head with {nodes} nodes heartbeating every {interval:?} (load generator, real protocol): {cpu:.1}% of a core, RSS {rss:.1} MB; {beats} heartbeats answered, {up} nodes Up");
+    Ok(
+        json!({ "nodes": nodes, "heartbeat_interval_s": interval.as_secs_f64(), "head_cpu_percent": cpu, "head_rss_mb": rss, "heartbeats": beats, "nodes_up": up }),
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let store = store_kind(&args.store)?;
+    let scale = |full: usize, quick: usize| if args.quick { quick } else { full };
+    let mut report = serde_json::Map::new();
+    report.insert("store".into(), json!(args.store));
+    for scenario in &args.only {
+        let result = match scenario {
+            1 => serial_cli(&store, scale(1000, 200))?,
+            2 => throughput(&store, scale(2000, 500))?,
+            3 => submit_to_start(&store, scale(200, 50))?,
+            4 => cminfo_latency(scale(10_000, 2_000), 256)?,
+            5 => head_at_scale(1000, scale(20, 6) as u64)?,
+            other => bail!("no scenario {other}"),
+        };
+        let name =
+            ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes"][*scenario as usize];
+        report.insert(name.into(), result);
+    }
+    let report = Value::Object(report);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}

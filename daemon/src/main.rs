@@ -33,10 +33,6 @@ fn record_endpoint(state_dir: &Path, role: &str, endpoint: &str) {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    if args.role == RoleArg::Step {
-        let dir = args.step_dir.as_deref().context("--role step needs --step-dir")?;
-        return compute::step::run(dir);
-    }
     let config = Config::load(args.config.as_deref())?;
     let settings = Settings::resolve(args, &config);
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -52,7 +48,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let dir = settings.compute.state_dir.clone();
             compute::run(settings.compute, shutdown, |e| record_endpoint(&dir, "compute", e))
         }
-        RoleArg::Step => unreachable!("handled above"),
         RoleArg::Standalone => {
             let (head_bound, bound) = std::sync::mpsc::channel::<String>();
             let dir = settings.head.state_dir.clone();

@@ -20,9 +20,6 @@ pub enum RoleArg {
     Compute,
     /// Head and compute in one process: a one-machine cluster, listening on loopback only.
     Standalone,
-    /// A job supervisor, started by a compute daemon (not for users).
-    #[value(hide = true)]
-    Step,
 }
 
 /// The cm daemon: run `--role head` on the head node and `--role compute` on each compute node.
@@ -60,9 +57,6 @@ pub struct Args {
     /// Memory in MB this node offers, instead of the detected amount.
     #[arg(long, env = "CM_MEMORY_MB")]
     pub memory_mb: Option<u64>,
-    /// With --role step: the job directory the supervisor works in.
-    #[arg(long, hide = true)]
-    pub step_dir: Option<PathBuf>,
 }
 
 /// Everything the head role needs.

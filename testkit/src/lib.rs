@@ -344,7 +344,8 @@ fn stop_supervisors(dir: &Path) {
     for entry in procs.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        if cmdline.windows(needle.len()).any(|w| w == needle) && cmdline.windows(6).any(|w| w == b"--role") {
+        let is_cm = cmdline.windows(6).any(|w| w == b"cmstep") || cmdline.windows(6).any(|w| w == b"--role");
+        if cmdline.windows(needle.len()).any(|w| w == needle) && is_cm {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
     }

@@ -1,5 +1,5 @@
-//! The job supervisor (`cmd --role step --step-dir DIR`): one process per job run and node, like
-//! SLURM's slurmstepd, so jobs outlive a restart of the compute daemon.
+//! The job supervisor (the `cmstep DIR` binary): one process per job run and node, like SLURM's
+//! slurmstepd, so jobs outlive a restart of the compute daemon.
 //!
 //! The compute daemon writes `DIR/step.msgpack` ([`StepSpec`]) and starts the supervisor in a
 //! process group of its own. The supervisor starts the node's replicas, enforces the time limit,

@@ -52,7 +52,8 @@ impl Steps {
     pub fn new(state_dir: &Path, node: NodeId, kill_grace: Duration) -> std::io::Result<Steps> {
         let root = state_dir.join("jobs");
         std::fs::create_dir_all(&root)?;
-        let exe = std::env::current_exe()?;
+        // The supervisor binary is installed beside cmd.
+        let exe = std::env::current_exe()?.with_file_name("cmstep");
         Ok(Steps {
             root,
             exe,
@@ -103,7 +104,6 @@ impl Steps {
         write_atomically(&dir, SPEC_FILE, &spec).map_err(|e| fail("write the job file", &e))?;
         let log = std::fs::File::create(dir.join("step.log")).map_err(|e| fail("create the supervisor log", &e))?;
         let mut child = Command::new(&self.exe)
-            .args(["--role", "step", "--step-dir"])
             .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

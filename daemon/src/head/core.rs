@@ -147,9 +147,21 @@ impl HeadCore {
         self.nodes.get(id)
     }
 
-    /// Persists `jobs` and `nodes`, then makes them the truth in memory.
+    /// Persists `jobs` and `nodes` durably, then makes them the truth in memory.
     fn commit(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
         self.store.save(&jobs.iter().collect::<Vec<_>>(), &nodes.iter().collect::<Vec<_>>())?;
+        self.install(jobs, nodes);
+        Ok(())
+    }
+
+    /// As `commit`, for changes a crash may lose because a restarted head re-derives them.
+    fn commit_lazily(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
+        self.store.save_lazily(&jobs.iter().collect::<Vec<_>>(), &nodes.iter().collect::<Vec<_>>())?;
+        self.install(jobs, nodes);
+        Ok(())
+    }
+
+    fn install(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) {
         for node in nodes {
             self.nodes.insert(node.id.clone(), node);
         }
@@ -161,7 +173,6 @@ impl HeadCore {
                 self.jobs.insert(job.id, job);
             }
         }
-        Ok(())
     }
 
     // ------------------------------------------------------------------ clients
@@ -392,7 +403,8 @@ impl HeadCore {
         };
         if let Some(slot) = job.nodes.iter_mut().find(|n| n.node == req.node && n.started_at.is_none()) {
             slot.started_at = Some(req.started_at);
-            self.commit(vec![job], vec![]).map_err(unavailable)?;
+            // Lost in a crash, a start is re-sent by the next head and acknowledged again.
+            self.commit_lazily(vec![job], vec![]).map_err(unavailable)?;
         }
         Ok(ComputeResponse::Ack(Ack {}))
     }

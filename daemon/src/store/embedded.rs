@@ -1,7 +1,9 @@
 //! The embedded store: a redb database file in the head's state directory.
 //!
-//! redb is a crash-safe (copy-on-write, checksummed) single-file key-value store; every commit is
-//! durable (fsync) before it returns. Records are MessagePack with named fields, like the wire.
+//! redb is a crash-safe (copy-on-write, checksummed) single-file key-value store. `save` commits
+//! durably (a disk sync before it returns); the id counter and `save_lazily` commit without a
+//! sync, and become durable with the next durable commit, which for an id is always the save of
+//! the job that holds it: an id lost in a crash was never acknowledged to anyone. Records are MessagePack with named fields, like the wire.
 //! Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet settled), `nodes`
 //! (id -> node), `meta` (the job id counter).
 
@@ -9,7 +11,7 @@ use super::{Store, StoreError, StoreResult};
 use cm_common::job::Job;
 use cm_common::node::Node;
 use cm_common::JobId;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
@@ -56,7 +58,8 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     fn allocate_job_id(&mut self) -> StoreResult<JobId> {
-        let txn = self.db.begin_write().map_err(backend)?;
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::None);
         let next = {
             let mut meta = txn.open_table(META).map_err(backend)?;
             let last = meta.get(LAST_JOB_ID).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
@@ -69,24 +72,11 @@ impl Store for EmbeddedStore {
     }
 
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut table = txn.open_table(JOBS).map_err(backend)?;
-            let mut active = txn.open_table(ACTIVE_JOBS).map_err(backend)?;
-            for job in jobs {
-                table.insert(job.id.0, encode(job)?.as_slice()).map_err(backend)?;
-                if job.is_settled() {
-                    active.remove(job.id.0).map_err(backend)?;
-                } else {
-                    active.insert(job.id.0, ()).map_err(backend)?;
-                }
-            }
-            let mut table = txn.open_table(NODES).map_err(backend)?;
-            for node in nodes {
-                table.insert(node.id.as_str(), encode(node)?.as_slice()).map_err(backend)?;
-            }
-        }
-        txn.commit().map_err(backend)
+        self.write(jobs, nodes, Durability::Immediate)
+    }
+
+    fn save_lazily(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
+        self.write(jobs, nodes, Durability::None)
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -137,6 +127,30 @@ impl Store for EmbeddedStore {
             out.push(decode(bytes.value())?);
         }
         Ok(out)
+    }
+}
+
+impl EmbeddedStore {
+    fn write(&mut self, jobs: &[&Job], nodes: &[&Node], durability: Durability) -> StoreResult<()> {
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(durability);
+        {
+            let mut table = txn.open_table(JOBS).map_err(backend)?;
+            let mut active = txn.open_table(ACTIVE_JOBS).map_err(backend)?;
+            for job in jobs {
+                table.insert(job.id.0, encode(job)?.as_slice()).map_err(backend)?;
+                if job.is_settled() {
+                    active.remove(job.id.0).map_err(backend)?;
+                } else {
+                    active.insert(job.id.0, ()).map_err(backend)?;
+                }
+            }
+            let mut table = txn.open_table(NODES).map_err(backend)?;
+            for node in nodes {
+                table.insert(node.id.as_str(), encode(node)?.as_slice()).map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
     }
 }
 

@@ -30,10 +30,16 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// What the head persists. Writes are durable when they return `Ok`.
 pub trait Store: Send {
-    /// Reserves the next job id: sequential from 1, never handed out twice, even across restarts.
+    /// Reserves the next job id: sequential from 1, never handed out twice once a job that holds
+    /// it has been saved, even across restarts.
     fn allocate_job_id(&mut self) -> StoreResult<JobId>;
-    /// Writes jobs and nodes in one atomic step.
+    /// Writes jobs and nodes in one atomic step, durably.
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()>;
+    /// As [`Store::save`], for changes a crash may lose (they are re-derived after a restart):
+    /// a store may skip the disk sync and make them durable with the next `save`.
+    fn save_lazily(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
+        self.save(jobs, nodes)
+    }
     /// One job, whatever its state.
     fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
     /// Every job not yet settled (pending, running, or ended with a node still to report), by id.
