@@ -264,9 +264,11 @@ fn head_at_scale(nodes: usize, seconds: u64) -> anyhow::Result<Value> {
     let info = cluster.tool("cminfo", &["--json"]);
     let up = serde_json::from_slice::<Value>(&info.stdout)
         .ok()
-        .and_then(|v| v["nodes"].as_array().map(|n| n.iter().filter(|n| n["health"]["health"] == "Up").count()))
+        .and_then(|v| {
+            v["nodes"].as_array().map(|n| n.iter().filter(|n| n["role"] == "Compute" && n["health"]["health"] == "Up").count())
+        })
         .unwrap_or(0);
-    println!("5. head with {nodes} nodes heartbeating every {interval:?} (load generator, real protocol): {cpu:.1}% of a core, RSS {rss:.1} MB; {beats} heartbeats answered, {up} nodes Up");
+    println!("5. head with {nodes} nodes heartbeating every {interval:?} (load generator, real protocol): {cpu:.1}% of a core, RSS {rss:.1} MB; {beats} heartbeats answered, {up} compute nodes Up");
     Ok(
         json!({ "nodes": nodes, "heartbeat_interval_s": interval.as_secs_f64(), "head_cpu_percent": cpu, "head_rss_mb": rss, "heartbeats": beats, "nodes_up": up }),
     )

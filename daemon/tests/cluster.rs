@@ -12,6 +12,19 @@ fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The nodes as `cminfo --json` shows them (none if cminfo fails).
+fn node_docs(cluster: &Cluster) -> Vec<Value> {
+    cluster.info().and_then(|i| i["nodes"].as_array().cloned()).unwrap_or_default()
+}
+
+/// Whether no live node holds any reservation.
+fn all_free(cluster: &Cluster) -> bool {
+    node_docs(cluster)
+        .iter()
+        .filter(|n| n["health"]["health"] == "Up")
+        .all(|n| n["allocations"] == Value::Array(vec![]))
+}
+
 /// The nodes of a job, in node-rank order.
 fn job_nodes(cluster: &Cluster, id: u64) -> Vec<String> {
     let job = cluster.job(id);
@@ -69,11 +82,7 @@ fn a_two_node_two_process_job_writes_four_outputs_with_ranks_and_node_list(store
         }
     }
     assert_eq!(ranks.len(), 4);
-    // Every reservation was given back.
-    let info = cluster.info().expect("cminfo");
-    for node in info["nodes"].as_array().expect("nodes") {
-        assert_eq!(node["allocations"], Value::Array(vec![]), "{node}");
-    }
+    assert!(all_free(&cluster), "every reservation was given back: {:#?}", node_docs(&cluster));
     cluster.assert_alive();
 }
 
@@ -136,13 +145,7 @@ fn cmkill_of_a_running_job_kills_every_replica_on_every_node_and_frees_them(stor
     let out = cluster.tool("cmkill", &[&id.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_until(LONG, || pids.iter().all(|&p| !process_alive(p))), "replicas survived cmkill");
-    assert!(
-        wait_until(LONG, || {
-            let info = cluster.info().expect("cminfo");
-            info["nodes"].as_array().expect("nodes").iter().all(|n| n["allocations"] == Value::Array(vec![]))
-        }),
-        "reservations were not freed"
-    );
+    assert!(wait_until(LONG, || all_free(&cluster)), "reservations were not freed");
     let job = cluster.job(id);
     assert_eq!(job["state"]["status"], "Killed");
     // The freed nodes take new work.
@@ -405,15 +408,9 @@ fn a_lost_node_ends_its_job_as_node_fail_or_requeues_it(store: StoreKind) {
     let index = cluster.computes.iter().position(|d| d.name == victim).expect("victim");
     let killed_at = std::time::Instant::now();
     cluster.computes[index].kill9();
-    assert!(wait_until(LONG, || {
-        cluster.info().is_some_and(|i| {
-            i["nodes"]
-                .as_array()
-                .expect("nodes")
-                .iter()
-                .any(|n| n["id"] == victim.as_str() && n["health"]["health"] == "Down")
-        })
-    }));
+    assert!(wait_until(LONG, || node_docs(&cluster)
+        .iter()
+        .any(|n| n["id"] == victim.as_str() && n["health"]["health"] == "Down")));
     eprintln!("node failure detected {} ms after kill -9 (heartbeat_timeout 3 s)", killed_at.elapsed().as_millis());
 
     let job = cluster.wait_status(plain, "NodeFail", LONG);
@@ -426,16 +423,7 @@ fn a_lost_node_ends_its_job_as_node_fail_or_requeues_it(store: StoreKind) {
     assert_eq!(job["run"], 1, "requeued once, same id: {job}");
     assert!(!job_nodes(&cluster, requeue).contains(&victim), "the second run avoided the lost node");
     // The head reports every reservation released on the live nodes.
-    assert!(wait_until(LONG, || {
-        cluster.info().is_some_and(|i| {
-            i["nodes"]
-                .as_array()
-                .expect("nodes")
-                .iter()
-                .filter(|n| n["health"]["health"] == "Up")
-                .all(|n| n["allocations"] == Value::Array(vec![]))
-        })
-    }));
+    assert!(wait_until(LONG, || all_free(&cluster)));
     // The dead daemon's replicas were orphaned by the SIGKILL; a real lost node takes them along.
     for pid in orphans {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -496,11 +484,7 @@ fn a_silent_node_stalls_nobody_else(store: StoreKind) {
     kill(pid, Signal::SIGCONT).expect("SIGCONT");
     // Once it answers again it gets the kill, and its CPU comes back.
     cluster.wait_status(stuck, "Killed", LONG);
-    assert!(wait_until(LONG, || {
-        cluster.info().is_some_and(|i| {
-            i["nodes"].as_array().expect("nodes").iter().all(|n| n["allocations"] == Value::Array(vec![]))
-        })
-    }));
+    assert!(wait_until(LONG, || all_free(&cluster)));
 }
 
 /// Runs each case once per store: `embedded::CASE` and `mongodb::CASE`.
