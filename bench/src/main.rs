@@ -265,7 +265,9 @@ fn head_at_scale(nodes: usize, seconds: u64) -> anyhow::Result<Value> {
     let up = serde_json::from_slice::<Value>(&info.stdout)
         .ok()
         .and_then(|v| {
-            v["nodes"].as_array().map(|n| n.iter().filter(|n| n["role"] == "Compute" && n["health"]["health"] == "Up").count())
+            v["nodes"]
+                .as_array()
+                .map(|n| n.iter().filter(|n| n["role"] == "Compute" && n["health"]["health"] == "Up").count())
         })
         .unwrap_or(0);
     println!("5. head with {nodes} nodes heartbeating every {interval:?} (load generator, real protocol): {cpu:.1}% of a core, RSS {rss:.1} MB; {beats} heartbeats answered, {up} compute nodes Up");

@@ -166,14 +166,7 @@ mod tests {
             user: UserIdentity { uid: 1, gid: 1, groups: vec![], name: "louie".into() },
             command: "./mini_scraper.sh -c".into(),
             workdir: "/home/louie".into(),
-            env: Default::default(),
-            nodes: 1,
-            procs_per_node: 1,
-            per_node: Resources::new(1, 100),
-            time_limit_secs: None,
-            stdout: None,
-            stderr: None,
-            requeue: false,
+            ..JobSpec::example()
         };
         let job = Job::new(JobId(1), spec, Timestamp(0), String::new());
         let text = jobs_table(std::slice::from_ref(&job));

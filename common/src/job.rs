@@ -59,6 +59,26 @@ pub const DEFAULT_STDOUT: &str = "cmlogs/%j/%n.%r.out";
 pub const DEFAULT_STDERR: &str = "cmlogs/%j/%n.%r.err";
 
 impl JobSpec {
+    /// A minimal valid spec for tests: `true` on 1 node, 1 process, 1 CPU, 100 MB, by alice
+    /// (uid 1000) in /home/alice. Tests change the fields they care about.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn example() -> JobSpec {
+        JobSpec {
+            name: "true".into(),
+            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![], name: "alice".into() },
+            command: "true".into(),
+            workdir: "/home/alice".into(),
+            env: BTreeMap::new(),
+            nodes: 1,
+            procs_per_node: 1,
+            per_node: Resources::new(1, 100),
+            time_limit_secs: None,
+            stdout: None,
+            stderr: None,
+            requeue: false,
+        }
+    }
+
     pub fn time_limit(&self) -> Option<Duration> {
         self.time_limit_secs.map(Duration::from_secs)
     }
@@ -355,21 +375,8 @@ pub fn default_job_name(command: &str) -> String {
 mod tests {
     use super::*;
 
-    pub fn spec() -> JobSpec {
-        JobSpec {
-            name: "t".into(),
-            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![], name: "alice".into() },
-            command: "true".into(),
-            workdir: "/home/alice".into(),
-            env: BTreeMap::new(),
-            nodes: 1,
-            procs_per_node: 1,
-            per_node: Resources::new(1, 100),
-            time_limit_secs: None,
-            stdout: None,
-            stderr: None,
-            requeue: false,
-        }
+    fn spec() -> JobSpec {
+        JobSpec::example()
     }
 
     #[test]

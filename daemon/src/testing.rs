@@ -1,6 +1,6 @@
 //! Builders for unit tests: jobs and nodes with sensible defaults, changed one field at a time.
 
-use cm_common::job::{Job, JobSpec, UserIdentity};
+use cm_common::job::{Job, JobSpec};
 use cm_common::node::{Node, NodeHealth, Role};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
 
@@ -11,20 +11,7 @@ pub struct JobBuilder {
 
 impl JobBuilder {
     pub fn new(id: u64) -> Self {
-        let spec = JobSpec {
-            name: format!("job{id}"),
-            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![], name: "alice".into() },
-            command: "true".into(),
-            workdir: "/tmp".into(),
-            env: Default::default(),
-            nodes: 1,
-            procs_per_node: 1,
-            per_node: Resources::new(1, 100),
-            time_limit_secs: None,
-            stdout: None,
-            stderr: None,
-            requeue: false,
-        };
+        let spec = JobSpec { name: format!("job{id}"), workdir: "/tmp".into(), ..JobSpec::example() };
         JobBuilder { job: Job::new(JobId(id), spec, Timestamp(id), format!("token{id}")) }
     }
     pub fn nodes(mut self, n: u32) -> Self {
