@@ -12,6 +12,21 @@ fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Runs a freshly copied binary. A test thread that forks while the copy is still open for
+/// writing makes its child hold that descriptor until it execs, and exec of the copy meanwhile
+/// fails with ETXTBSY ("text file busy"): retry until that child has moved on.
+fn output_when_not_busy(mut command: std::process::Command) -> std::process::Output {
+    for _ in 0..100 {
+        match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            result => return result.expect("run the copied tool"),
+        }
+    }
+    panic!("the copied tool stayed busy for 2 s");
+}
+
 /// The nodes as `cminfo --json` shows them (none if cminfo fails).
 fn node_docs(cluster: &Cluster) -> Vec<Value> {
     cluster.info().and_then(|i| i["nodes"].as_array().cloned()).unwrap_or_default()
@@ -244,8 +259,7 @@ fn replicas_run_as_the_submitting_user(store: StoreKind) {
         std::os::unix::process::CommandExt::gid(&mut command, nobody);
         command
     };
-    let mut command = as_nobody("cmrun", &["--wait", "id -u; id -g"]);
-    let out = command.output().expect("cmrun");
+    let out = output_when_not_busy(as_nobody("cmrun", &["--wait", "id -u; id -g"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("id");
     let file = home.join(format!("cmlogs/{id}/c1.0.out"));
@@ -255,7 +269,7 @@ fn replicas_run_as_the_submitting_user(store: StoreKind) {
     assert_eq!(cluster.job(id)["spec"]["user"]["uid"], nobody);
     // Another user may not kill root's jobs.
     let roots = cluster.submit(&["sleep 300"]);
-    let out = as_nobody("cmkill", &[&roots.to_string()]).output().expect("cmkill");
+    let out = output_when_not_busy(as_nobody("cmkill", &[&roots.to_string()]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only its owner or root"));
     assert_eq!(cluster.job_status(roots), "Running");
