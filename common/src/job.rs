@@ -324,6 +324,28 @@ impl Job {
         Job { id, spec, submitted_at, state: JobState::Pending, nodes: Vec::new(), submit_token, run: 0 }
     }
 
+    /// The job as listings show it: everything but the submitter's environment, which is most
+    /// of a job's size and which no listing shows (`GetJob` returns it).
+    pub fn summary(&self) -> Job {
+        let spec = &self.spec;
+        Job {
+            spec: JobSpec {
+                env: BTreeMap::new(), // not cloned: listings are hot and environments large
+                name: spec.name.clone(),
+                user: spec.user.clone(),
+                command: spec.command.clone(),
+                workdir: spec.workdir.clone(),
+                stdout: spec.stdout.clone(),
+                stderr: spec.stderr.clone(),
+                ..*spec
+            },
+            state: self.state.clone(),
+            nodes: self.nodes.clone(),
+            submit_token: self.submit_token.clone(),
+            ..*self
+        }
+    }
+
     /// This job's current run.
     pub fn job_run(&self) -> JobRun {
         JobRun { job: self.id, run: self.run }

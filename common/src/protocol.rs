@@ -132,6 +132,7 @@ pub enum ClientRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FetchNodes {}
 
+/// Jobs come as summaries (`Job::summary`: no environment); `GetJob` returns one job in full.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FetchJobs {
     /// Also return finished jobs (the most recent `limit`).

@@ -30,6 +30,10 @@ impl JobBuilder {
         self.job.spec.per_node.memory_mb = mb;
         self
     }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.job.spec.env.insert(key.into(), value.into());
+        self
+    }
     pub fn requeue(mut self) -> Self {
         self.job.spec.requeue = true;
         self

@@ -207,8 +207,9 @@ impl HeadCore {
         if req.include_finished {
             let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
             jobs = self.store.finished_jobs(limit).map_err(unavailable)?;
+            jobs.iter_mut().for_each(|j| j.spec.env.clear());
         }
-        jobs.extend(self.jobs.values().filter(|j| !j.state.is_terminal()).cloned());
+        jobs.extend(self.jobs.values().filter(|j| !j.state.is_terminal()).map(Job::summary));
         jobs.sort_by_key(|j| j.id);
         Ok(ClientResponse::Jobs(JobsReply { jobs }))
     }
@@ -700,6 +701,30 @@ mod tests {
         assert_eq!(f.take_sent(), vec![pair("a", "start 1"), pair("b", "start 1")]);
         assert_eq!(f.state(id), JobState::Running { started_at: Timestamp(11) });
         assert_eq!((f.free_cpus("a"), f.free_cpus("c")), (1, 2));
+    }
+
+    #[test]
+    fn listings_leave_out_the_environment_and_get_job_keeps_it() {
+        let mut f = Fixture::new(&["a"]);
+        let mut builder = JobBuilder::new(0);
+        builder = builder.env("SECRET_LOOKING", "value");
+        let id = f.submit_ok(builder, "t");
+        let listed = match f.core.handle_client(
+            ALICE,
+            ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: None }),
+            Timestamp(20),
+        ) {
+            Ok(ClientResponse::Jobs(reply)) => reply.jobs,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].spec.env.is_empty());
+        match f.core.handle_client(ALICE, ClientRequest::GetJob(GetJob { id }), Timestamp(20)) {
+            Ok(ClientResponse::Job(reply)) => {
+                assert_eq!(reply.job.spec.env.get("SECRET_LOOKING").map(String::as_str), Some("value"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
