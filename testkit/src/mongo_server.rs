@@ -40,20 +40,19 @@ impl MongoServer {
         let port = free_port()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let data = std::env::temp_dir().join(format!("cm-test-mongo-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
         let dir = data.to_string_lossy().to_string();
+        let p = port.to_string();
         let program: Vec<String> = if on_path("mongod") {
-            ["mongod", "--bind_ip", "127.0.0.1", "--port", &port.to_string(), "--dbpath", &dir, "--quiet"]
-                .map(String::from)
-                .to_vec()
+            ["mongod", "--bind_ip", "127.0.0.1", "--port", &p, "--dbpath", &dir, "--quiet"].map(String::from).to_vec()
         } else if on_path("secantusd-py") {
-            let p = port.to_string();
             ["secantusd-py", "--host", "127.0.0.1", "--port", &p, "--storage-path", &dir, "--log-level", "WARNING"]
                 .map(String::from)
                 .to_vec()
         } else {
             return Err("neither mongod nor secantusd-py is on PATH (pip install SecantusDB)".into());
         };
+        // Only now that a server will use it.
+        std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
         let mut server = MongoServer { port, data, program, lifeline: None };
         server.restart()?;
         Ok(server)
