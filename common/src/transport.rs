@@ -68,10 +68,6 @@ impl Requester {
         &self.endpoint
     }
 
-    pub fn set_policy(&mut self, policy: RetryPolicy) {
-        self.policy = policy;
-    }
-
     /// Sends `body` and decodes the reply; transport and decoding failures are the outer error,
     /// the peer's error reply the inner one.
     pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: &Req) -> Result<Reply<Resp>> {
