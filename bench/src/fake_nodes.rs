@@ -2,8 +2,8 @@
 //! sends their heartbeats, as real compute daemons would, without running jobs.
 
 use cm_common::protocol::*;
-use cm_common::transport::{Requester, RetryPolicy};
 use cm_common::{NodeId, Resources};
+use cm_transport::{Requester, RetryPolicy};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use cm_common::config::Config;
 use cm_common::protocol::{ClientRequest, ClientResponse, Credential, HeadRequest};
-use cm_common::transport::{Requester, RetryPolicy};
+use cm_transport::{Requester, RetryPolicy};
 use std::path::PathBuf;
 
 /// Where the head is: flags shared by every tool.

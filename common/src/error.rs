@@ -29,9 +29,9 @@ pub enum Error {
     /// No reply came from the peer within the deadline, after every retry.
     #[error("no reply from {endpoint} after {attempts} attempt(s) of {timeout_ms} ms each; is the daemon running and reachable there?")]
     Unreachable { endpoint: String, attempts: u32, timeout_ms: u64 },
-    /// ZeroMQ itself failed (bad address, port in use, ...).
-    #[error("network error on {endpoint}: {source}")]
-    Zmq { endpoint: String, source: zmq::Error },
+    /// The network layer itself failed (bad address, port in use, ...).
+    #[error("network error on {endpoint}: {reason}")]
+    Network { endpoint: String, reason: String },
     /// A time limit string could not be parsed.
     #[error("invalid time limit {input:?}: {reason}; use minutes (90), MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")]
     TimeLimit { input: String, reason: String },

@@ -1,4 +1,5 @@
-//! cm-common: the vocabulary every cm program shares.
+//! cm-common: the vocabulary every cm program shares. It has no network code (that is
+//! `cm-transport`), so the per-job supervisor `cmstep` links neither ZeroMQ nor C++.
 //!
 //! A map of the crate:
 //! - [`ids`]: `JobId` and `NodeId` newtypes.
@@ -8,7 +9,6 @@
 //! - [`node`]: what the head knows of each node (`Node`, `NodeHealth`).
 //! - [`timelimit`]: SLURM-style time-limit strings (`90`, `1:30:00`, `2-12`).
 //! - [`protocol`]: the wire messages, one request/response pair per direction, in a versioned envelope.
-//! - [`transport`]: ZeroMQ REQ/REP with deadlines, lazy-pirate retries and a message size limit.
 //! - [`config`]: `config.yaml` and its defaults.
 //! - [`error`]: the errors this crate returns.
 
@@ -21,7 +21,6 @@ pub mod protocol;
 pub mod resources;
 pub mod time;
 pub mod timelimit;
-pub mod transport;
 
 pub use error::{Error, Result};
 pub use ids::{JobId, NodeId};

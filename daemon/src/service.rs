@@ -6,7 +6,7 @@
 //! sees well-formed requests and a REQ peer always gets exactly one reply.
 
 use cm_common::protocol::{self, Credential, Envelope, ErrorCode, ErrorReply, Reply};
-use cm_common::transport::{Incoming, Responder};
+use cm_transport::{Incoming, Responder};
 use serde::de::DeserializeOwned;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{sync_channel, Sender, SyncSender};

@@ -288,8 +288,8 @@ fn tools_say_in_one_line_when_the_head_is_unreachable(store: StoreKind) {
 
 fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     use cm_common::protocol::*;
-    use cm_common::transport::{Requester, RetryPolicy};
     use cm_common::{JobId, Resources};
+    use cm_transport::{Requester, RetryPolicy};
     use std::io::Write;
 
     let mut cluster = Cluster::start_on(&store, 1, 2, 512);

@@ -8,8 +8,8 @@
 use super::Event;
 use cm_common::job::JobRun;
 use cm_common::protocol::*;
-use cm_common::transport::{Requester, RetryPolicy};
 use cm_common::{NodeId, Resources};
+use cm_transport::{Requester, RetryPolicy};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};

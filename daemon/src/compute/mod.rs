@@ -3,14 +3,11 @@
 //! `run` binds the node's port, adopts the job supervisors a previous daemon left running
 //! ([`steps`]), starts the [`head_link`] (registration, heartbeats, reports) and then runs one
 //! loop: requests from the head, supervisor exits, acknowledged reports and kill orders arrive
-//! as [`Event`]s on one channel. Each job run is owned by a supervisor process ([`step`]), which
-//! starts the replicas ([`launch`], [`jobs`]) and enforces the time limit, so jobs keep running,
-//! and are reported, across a restart of this daemon.
+//! as [`Event`]s on one channel. Each job run is owned by a supervisor process (`cmstep`, crate
+//! `cm-step`), which starts the replicas and enforces the time limit, so jobs keep running, and
+//! are reported, across a restart of this daemon.
 
 pub mod head_link;
-pub mod jobs;
-pub mod launch;
-pub mod step;
 pub mod steps;
 
 use crate::service::{self, reply_bytes, ReplySlot};
@@ -18,8 +15,8 @@ use crate::settings::ComputeConfig;
 use anyhow::{anyhow, Context};
 use cm_common::job::JobRun;
 use cm_common::protocol::*;
-use cm_common::transport::{Responder, RetryPolicy};
 use cm_common::{Resources, Timestamp};
+use cm_transport::{Responder, RetryPolicy};
 use head_link::{HeadLink, LinkConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -45,7 +42,7 @@ const MAX_WAIT: Duration = Duration::from_millis(250);
 /// The address the head should use: the bound endpoint, with a wildcard host replaced.
 fn advertised(endpoint: &str, advertise: Option<&str>) -> String {
     if let Some(address) = advertise {
-        return cm_common::transport::tcp_endpoint(address);
+        return cm_transport::tcp_endpoint(address);
     }
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
     endpoint.replace("0.0.0.0", &host).replace("://*:", &format!("://{host}:"))

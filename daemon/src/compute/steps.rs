@@ -1,17 +1,19 @@
-//! The compute daemon's view of its job supervisors (see [`super::step`]).
+//! The compute daemon's view of its job supervisors (`cmstep`, crate `cm-step`).
 //!
-//! Each job run on this node has a directory `STATE_DIR/jobs/<job>.<run>/` holding the
-//! supervisor's instructions, its pid, its log and, once the job has ended here, the end record.
-//! The directory is removed only when the head has acknowledged that end, so a daemon restarted
-//! at any moment finds every job: still running (its supervisor is adopted), or ended and not yet
-//! reported (reported again; the head ignores repeats).
+//! Each job run on this node has a step file, `STATE_DIR/jobs/<job>.<run>.step`
+//! ([`cm_step::record`]): the supervisor's instructions and, once the job has ended here, how it
+//! ended. The file is removed only when the head has acknowledged that end, so a daemon
+//! restarted at any moment finds every job: still running (its supervisor is adopted, found by
+//! its command line in /proc), or ended and not yet reported (reported again; the head ignores
+//! repeats). Supervisors log to one shared file, `STATE_DIR/cmstep.log`.
 
-use super::step::{read_file, write_atomically, StepSpec, END_FILE, PID_FILE, SPEC_FILE};
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
+use cm_step::record::{self, StepSpec};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +34,8 @@ struct Step {
 pub struct Steps {
     root: PathBuf,
     exe: PathBuf,
+    /// The supervisors' shared log (their stderr), opened for appending.
+    log: File,
     node: NodeId,
     kill_grace: Duration,
     steps: BTreeMap<JobId, Step>,
@@ -39,24 +43,47 @@ pub struct Steps {
     ended_set: HashSet<JobRun>,
 }
 
-/// Whether `pid` is a live (not zombie) supervisor of `dir`.
-fn supervises(pid: i32, dir: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+/// The first two command-line arguments of a live (not zombie) process.
+fn command_line(pid: i32) -> Option<(Vec<u8>, Vec<u8>)> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z');
-    let dir = dir.as_os_str().as_encoded_bytes();
-    !zombie && cmdline.split(|&b| b == 0).any(|arg| arg == dir)
+    if stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') {
+        return None;
+    }
+    let mut args = cmdline.split(|&b| b == 0);
+    Some((args.next()?.to_vec(), args.next()?.to_vec()))
+}
+
+/// Whether `pid` is a live supervisor of the step file `path`.
+fn supervises(pid: i32, path: &Path) -> bool {
+    command_line(pid).is_some_and(|(_, arg)| arg == path.as_os_str().as_encoded_bytes())
+}
+
+/// Every live process whose first argument is a step file in `root`, by that file.
+fn live_supervisors(root: &Path) -> HashMap<PathBuf, i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let (exe, arg) = command_line(pid)?;
+            let path = PathBuf::from(String::from_utf8(arg).ok()?);
+            (exe.ends_with(b"cmstep") && path.parent() == Some(root)).then_some((path, pid))
+        })
+        .collect()
 }
 
 impl Steps {
     pub fn new(state_dir: &Path, node: NodeId, kill_grace: Duration) -> std::io::Result<Steps> {
         let root = state_dir.join("jobs");
         std::fs::create_dir_all(&root)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join("cmstep.log"))?;
         // The supervisor binary is installed beside cmd.
         let exe = std::env::current_exe()?.with_file_name("cmstep");
         Ok(Steps {
             root,
             exe,
+            log,
             node,
             kill_grace,
             steps: BTreeMap::new(),
@@ -65,8 +92,8 @@ impl Steps {
         })
     }
 
-    fn dir(&self, run: JobRun) -> PathBuf {
-        self.root.join(format!("{}.{}", run.job, run.run))
+    fn path(&self, run: JobRun) -> PathBuf {
+        record::path(&self.root, run)
     }
 
     /// Whether this run runs here now or ended here lately.
@@ -96,27 +123,29 @@ impl Steps {
         on_exit: impl FnOnce(JobRun) + Send + 'static,
     ) -> Result<(), String> {
         let run = job.job_run();
-        let dir = self.dir(run);
+        let path = self.path(run);
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("cannot {what} for job {run} on {}: {e}", self.node);
-        std::fs::create_dir_all(&dir).map_err(|e| fail("create the job directory", &e))?;
         let kill_grace_ms = u64::try_from(self.kill_grace.as_millis()).unwrap_or(u64::MAX);
         let spec = StepSpec { job: job.clone(), node: self.node.clone(), switch_user, kill_grace_ms };
-        write_atomically(&dir, SPEC_FILE, &spec).map_err(|e| fail("write the job file", &e))?;
-        let log = std::fs::File::create(dir.join("step.log")).map_err(|e| fail("create the supervisor log", &e))?;
-        let mut child = Command::new(&self.exe)
-            .arg(&dir)
+        record::create(&path, &spec).map_err(|e| fail("write the step file", &e))?;
+        let log = self.log.try_clone().map_err(|e| fail("share the supervisor log", &e))?;
+        let spawned = Command::new(&self.exe)
+            .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             // Its own process group: signals meant for the daemon (a terminal's ^C, a group kill)
             // do not reach the job.
             .process_group(0)
-            .spawn()
-            .map_err(|e| fail("start the job supervisor", &e))?;
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(fail("start the job supervisor", &e));
+            }
+        };
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        if let Err(e) = std::fs::write(dir.join(PID_FILE), pid.to_string()) {
-            tracing::warn!(job = %run, error = %e, "cannot record the supervisor's pid");
-        }
         std::thread::Builder::new()
             .name(format!("step-{run}"))
             .spawn(move || {
@@ -148,28 +177,23 @@ impl Steps {
     }
 
     fn recorded_end(&self, run: JobRun) -> NodeEnd {
-        match read_file::<NodeEnd>(&self.dir(run), END_FILE) {
-            Ok(Some(end)) => end,
-            Ok(None) => NodeEnd {
-                ended_at: Timestamp::now(),
-                cause: NodeEndCause::Lost {
-                    reason: format!("the job's supervisor on {} died without an exit record", self.node),
-                },
-                replicas: vec![],
-            },
-            Err(e) => NodeEnd {
-                ended_at: Timestamp::now(),
-                cause: NodeEndCause::Lost { reason: e.to_string() },
-                replicas: vec![],
-            },
+        let lost = |reason: String| NodeEnd {
+            ended_at: Timestamp::now(),
+            cause: NodeEndCause::Lost { reason },
+            replicas: vec![],
+        };
+        match record::read(&self.path(run)) {
+            Ok(Some(record::StepRecord { end: Some(end), .. })) => end,
+            Ok(_) => lost(format!("the job's supervisor on {} died without an exit record", self.node)),
+            Err(e) => lost(e.to_string()),
         }
     }
 
-    /// The head has the end of `run`: its directory can go.
+    /// The head has the end of `run`: its step file can go.
     pub fn acknowledged(&self, run: JobRun) {
-        let dir = self.dir(run);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a finished job's directory");
+        let path = self.path(run);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove a finished job's step file");
         }
     }
 
@@ -178,18 +202,13 @@ impl Steps {
     pub fn adopt(&mut self) -> Vec<(JobRun, NodeEnd)> {
         let mut ends = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.root) else { return ends };
+        let live = live_supervisors(&self.root);
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let Some((job, run)) = name.split_once('.').and_then(|(j, r)| Some((j.parse().ok()?, r.parse().ok()?)))
-            else {
-                continue;
-            };
-            let run = JobRun { job: JobId(job), run };
-            let dir = self.dir(run);
-            let spec: Option<StepSpec> = read_file(&dir, SPEC_FILE).ok().flatten();
-            let pid: Option<i32> = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse().ok());
-            match (spec, pid) {
-                (Some(spec), Some(pid)) if supervises(pid, &dir) => {
+            let Some(run) = entry.file_name().to_str().and_then(record::run_of) else { continue };
+            let path = self.path(run);
+            let spec = record::read(&path).ok().flatten().and_then(|r| r.spec);
+            match (spec, live.get(&path)) {
+                (Some(spec), Some(&pid)) => {
                     tracing::info!(job = %run, pid, "adopted a running job");
                     self.steps
                         .insert(run.job, Step { run: run.run, pid, per_node: spec.job.spec.per_node, adopted: true });
@@ -208,7 +227,7 @@ impl Steps {
     pub fn exited_adopted(&self) -> Vec<JobRun> {
         self.steps
             .iter()
-            .filter(|(&job, s)| s.adopted && !supervises(s.pid, &self.dir(JobRun { job, run: s.run })))
+            .filter(|(&job, s)| s.adopted && !supervises(s.pid, &self.path(JobRun { job, run: s.run })))
             .map(|(&job, s)| JobRun { job, run: s.run })
             .collect()
     }

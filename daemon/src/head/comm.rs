@@ -7,8 +7,8 @@
 
 use cm_common::node::Node;
 use cm_common::protocol::{Credential, NodeRequest, NodeResponse};
-use cm_common::transport::{Requester, RetryPolicy};
 use cm_common::NodeId;
+use cm_transport::{Requester, RetryPolicy};
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;

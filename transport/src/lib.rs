@@ -1,4 +1,4 @@
-//! ZeroMQ REQ/REP with deadlines: the only place cm touches sockets.
+//! cm-transport: ZeroMQ REQ/REP with deadlines, the only place cm touches sockets.
 //!
 //! [`Requester`] is a "lazy pirate" client: each request has a deadline; a REQ socket whose request
 //! timed out is closed (it cannot be reused: REQ insists on a reply) and a fresh one sends the
@@ -9,8 +9,8 @@
 //! Malformed frames (several parts, too large) are answered by the handler's error path, so a
 //! REQ peer always gets exactly one reply.
 
-use crate::protocol::{self, Credential, Envelope, Reply};
-use crate::{Error, Result};
+use cm_common::protocol::{self, Credential, Envelope, Reply};
+use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,7 +106,7 @@ impl Requester {
     }
 
     fn attempt(&mut self, request: &[u8]) -> Result<Option<Vec<u8>>> {
-        let zmq_err = |source| Error::Zmq { endpoint: self.endpoint.clone(), source };
+        let zmq_err = |e: zmq::Error| Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() };
         if self.socket.is_none() {
             let socket = self.ctx.socket(zmq::REQ).map_err(zmq_err)?;
             socket.set_linger(0).map_err(zmq_err)?;
@@ -147,7 +147,7 @@ impl Responder {
     /// bytes make libzmq drop the sender's connection, so they never reach the handler.
     pub fn bind(ctx: &zmq::Context, address: &str, max_message_size: u64) -> Result<Self> {
         let wanted = tcp_endpoint(address);
-        let zmq_err = |source| Error::Zmq { endpoint: wanted.clone(), source };
+        let zmq_err = |e: zmq::Error| Error::Network { endpoint: wanted.clone(), reason: e.to_string() };
         let socket = ctx.socket(zmq::REP).map_err(zmq_err)?;
         socket.set_linger(0).map_err(zmq_err)?;
         socket.set_maxmsgsize(i64::try_from(max_message_size).unwrap_or(i64::MAX)).map_err(zmq_err)?;
@@ -166,7 +166,7 @@ impl Responder {
 
     /// Serves until `shutdown` is set: one request in, one reply out, in order.
     pub fn serve(&self, shutdown: &AtomicBool, mut handler: impl FnMut(Incoming<'_>) -> Vec<u8>) -> Result<()> {
-        let zmq_err = |source| Error::Zmq { endpoint: self.endpoint.clone(), source };
+        let zmq_err = |e: zmq::Error| Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() };
         while !shutdown.load(Ordering::Relaxed) {
             // The poll timeout only bounds how late a shutdown is noticed.
             if self.socket.poll(zmq::POLLIN, 200).map_err(zmq_err)? == 0 {

@@ -1,0 +1,130 @@
+//! The step file, `STATE_DIR/jobs/<job>.<run>.step`: all a job run keeps on its node.
+//!
+//! The compute daemon writes the supervisor's instructions ([`StepSpec`]) into it and starts
+//! `cmstep` with its path as the only argument. When the job has ended on this node the
+//! supervisor appends how it ended ([`NodeEnd`]) in one `write`. Whichever daemon runs then
+//! reads the file, reports the end, and deletes the file once the head has acknowledged it.
+//!
+//! One file per run, appended to, rather than a directory of files written aside and renamed:
+//! creating and deleting inodes is most of what a short job costs a node's file system (ext4
+//! without a journal, for one, scans past every recently deleted inode on each allocation).
+
+use cm_common::job::{Job, JobRun, NodeEnd};
+use cm_common::{JobId, NodeId};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What the daemon tells a supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSpec {
+    pub job: Job,
+    pub node: NodeId,
+    /// Switch to the job's user (the daemon runs as root).
+    pub switch_user: bool,
+    pub kill_grace_ms: u64,
+}
+
+/// What a step file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// `None` if the daemon died while writing it.
+    pub spec: Option<StepSpec>,
+    /// `None` while the job runs, or if the supervisor died before recording the end.
+    pub end: Option<NodeEnd>,
+}
+
+const SUFFIX: &str = ".step";
+
+/// The step file of `run` in `dir`.
+pub fn path(dir: &Path, run: JobRun) -> PathBuf {
+    dir.join(format!("{}.{}{SUFFIX}", run.job, run.run))
+}
+
+/// The run a step file name stands for; `None` for any other file.
+pub fn run_of(file_name: &str) -> Option<JobRun> {
+    let (job, run) = file_name.strip_suffix(SUFFIX)?.split_once('.')?;
+    Some(JobRun { job: JobId(job.parse().ok()?), run: run.parse().ok()? })
+}
+
+/// Writes a new step file holding `spec` (replacing any file of that name).
+pub fn create(path: &Path, spec: &StepSpec) -> anyhow::Result<()> {
+    let bytes = rmp_serde::to_vec_named(spec)?;
+    std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// Appends the end of the run, in one write so that a reader sees all of it or none of it.
+pub fn append_end(path: &Path, end: &NodeEnd) -> anyhow::Result<()> {
+    let bytes = rmp_serde::to_vec_named(end)?;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    file.write_all(&bytes).map_err(|e| anyhow::anyhow!("cannot record the end in {}: {e}", path.display()))
+}
+
+/// Reads a step file; `Ok(None)` if it does not exist. A part that does not decode (cut short by
+/// a crash) reads as absent.
+pub fn read(path: &Path) -> anyhow::Result<Option<StepRecord>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let mut rest: &[u8] = &bytes;
+    let Ok(spec) = rmp_serde::from_read::<_, StepSpec>(&mut rest) else {
+        return Ok(Some(StepRecord { spec: None, end: None }));
+    };
+    let end = if rest.is_empty() { None } else { rmp_serde::from_slice(rest).ok() };
+    Ok(Some(StepRecord { spec: Some(spec), end }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cm_common::job::{ExitStatus, JobSpec, NodeEndCause, ReplicaExit};
+    use cm_common::Timestamp;
+
+    fn spec() -> StepSpec {
+        StepSpec {
+            job: Job::new(JobId(7), JobSpec::example(), Timestamp(1), "t".into()),
+            node: NodeId::new("c1"),
+            switch_user: false,
+            kill_grace_ms: 500,
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_other_files_are_not_steps() {
+        let run = JobRun { job: JobId(42), run: 3 };
+        let p = path(Path::new("/s/jobs"), run);
+        assert_eq!(p, Path::new("/s/jobs/42.3.step"));
+        assert_eq!(run_of("42.3.step"), Some(run));
+        for other in ["42.step", "42.3", "x.3.step", "42.3.step.tmp", "cmstep.log"] {
+            assert_eq!(run_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_end_is_appended_after_the_spec_and_a_torn_end_reads_as_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("7.0.step");
+        assert_eq!(read(&p).expect("read"), None);
+        create(&p, &spec()).expect("create");
+        assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: Some(spec()), end: None }));
+        let end = NodeEnd {
+            ended_at: Timestamp(9),
+            cause: NodeEndCause::Exited,
+            replicas: vec![ReplicaExit { rank: 0, status: ExitStatus::Exited { code: 3 } }],
+        };
+        append_end(&p, &end).expect("append");
+        assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: Some(spec()), end: Some(end) }));
+
+        // A crash in the middle of either write leaves bytes that do not decode.
+        let whole = std::fs::read(&p).expect("bytes");
+        std::fs::write(&p, &whole[..whole.len() - 2]).expect("cut");
+        assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: Some(spec()), end: None }));
+        std::fs::write(&p, &whole[..10]).expect("cut");
+        assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: None, end: None }));
+    }
+}
