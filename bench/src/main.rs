@@ -87,7 +87,7 @@ fn get(head: &mut Requester, id: JobId) -> anyhow::Result<Job> {
 
 fn active_jobs(head: &mut Requester) -> anyhow::Result<usize> {
     match call(head, ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit: Some(0) }))? {
-        ClientResponse::Jobs(reply) => Ok(reply.jobs.len()),
+        ClientResponse::Jobs(reply) => Ok(reply.jobs.len() + usize::try_from(reply.left_out)?),
         other => bail!("unexpected reply {other:?}"),
     }
 }

@@ -53,8 +53,8 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
-/// The "Jobs" table.
-pub fn jobs_table(jobs: &[Job]) -> String {
+/// The "Jobs" table; `left_out` pending or running jobs were not listed (`cminfo --limit`).
+pub fn jobs_table(jobs: &[Job], left_out: u64) -> String {
     let mut t = table(&JOB_COLUMNS);
     for job in jobs {
         let nodes: Vec<&str> = job.nodes.iter().map(|n| n.node.as_str()).collect();
@@ -67,7 +67,11 @@ pub fn jobs_table(jobs: &[Job]) -> String {
             nodes.join(", "),
         ]);
     }
-    format!("Jobs\n{t}\n")
+    let mut text = format!("Jobs\n{t}\n");
+    if left_out > 0 {
+        text.push_str(&format!("... and {left_out} more pending or running jobs (cminfo --limit 0 lists them all)\n"));
+    }
+    text
 }
 
 /// One job with every field, for `cminfo JOBID`.
@@ -169,10 +173,12 @@ mod tests {
             ..JobSpec::example()
         };
         let job = Job::new(JobId(1), spec, Timestamp(0), String::new());
-        let text = jobs_table(std::slice::from_ref(&job));
+        let text = jobs_table(std::slice::from_ref(&job), 0);
         for word in JOB_COLUMNS.iter().chain(["scrape", "louie", "Pending"].iter()) {
             assert!(text.contains(word), "{word} missing in\n{text}");
         }
+        assert!(!text.contains("more pending"), "{text}");
+        assert!(jobs_table(std::slice::from_ref(&job), 9_999).contains("... and 9999 more pending or running jobs"));
         assert!(job_detail(&job).contains("/home/louie/cmlogs/%j/%n.%r.out"));
     }
 }

@@ -285,7 +285,7 @@ impl Cluster {
 
     /// `cminfo --all --json`, or None if it failed.
     pub fn info(&self) -> Option<Value> {
-        let out = self.tool("cminfo", &["--json", "--all"]);
+        let out = self.tool("cminfo", &["--json", "--all", "--limit", "0"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
     }
 

@@ -19,7 +19,8 @@ struct Args {
     /// Also list finished jobs (the most recent --limit).
     #[arg(long)]
     all: bool,
-    /// With --all: how many finished jobs to list.
+    /// List at most this many pending and running jobs (running first, then the oldest
+    /// pending), and with --all this many finished ones; 0: no limit.
     #[arg(long, default_value_t = 100)]
     limit: u32,
     /// Show this job in full.
@@ -49,15 +50,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     let ClientResponse::Nodes(nodes) = client.call(ClientRequest::FetchNodes(FetchNodes {}))? else {
         bail!("unexpected reply from the head");
     };
-    let request = FetchJobs { include_finished: args.all, limit: Some(args.limit) };
+    let request = FetchJobs { include_finished: args.all, limit: (args.limit > 0).then_some(args.limit) };
     let ClientResponse::Jobs(jobs) = client.call(ClientRequest::FetchJobs(request))? else {
         bail!("unexpected reply from the head");
     };
     if args.json {
-        let all = serde_json::json!({ "nodes": nodes.nodes, "jobs": jobs.jobs });
+        let all = serde_json::json!({ "nodes": nodes.nodes, "jobs": jobs.jobs, "jobs_left_out": jobs.left_out });
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
-        print!("{}\n{}", output::nodes_tables(&nodes.nodes), output::jobs_table(&jobs.jobs));
+        print!("{}\n{}", output::nodes_tables(&nodes.nodes), output::jobs_table(&jobs.jobs, jobs.left_out));
     }
     Ok(())
 }

@@ -39,6 +39,8 @@ pub struct HeadCore {
     jobs: BTreeMap<JobId, Job>,
     /// Recent submission tokens, so a retried submit returns the same id.
     tokens: RecentTokens,
+    /// The id of the last job submitted; the next gets the one after.
+    last_job_id: JobId,
     /// Something changed that may let a pending job start.
     wants_schedule: bool,
 }
@@ -120,7 +122,8 @@ impl HeadCore {
         for job in store.finished_jobs(RECENT_FINISHED)?.iter().chain(jobs.values()) {
             tokens.insert(job.submit_token.clone(), job.id);
         }
-        let mut core = HeadCore { store, comm, settings, me, nodes, jobs, tokens, wants_schedule: true };
+        let last_job_id = store.last_job_id()?;
+        let mut core = HeadCore { store, comm, settings, me, nodes, jobs, tokens, last_job_id, wants_schedule: true };
         core.resend_unconfirmed_starts();
         Ok(core)
     }
@@ -203,15 +206,21 @@ impl HeadCore {
     }
 
     fn fetch_jobs(&self, req: FetchJobs) -> Reply<ClientResponse> {
+        let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
         let mut jobs: Vec<Job> = Vec::new();
         if req.include_finished {
-            let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
             jobs = self.store.finished_jobs(limit).map_err(unavailable)?;
             jobs.iter_mut().for_each(|j| j.spec.env.clear());
         }
-        jobs.extend(self.jobs.values().filter(|j| !j.state.is_terminal()).map(Job::summary));
+        // Running jobs first, then the oldest pending ones: what a user looks for in a long queue.
+        let active = || self.jobs.values().filter(|j| !j.state.is_terminal());
+        let running = active().filter(|j| j.state != JobState::Pending);
+        let pending = active().filter(|j| j.state == JobState::Pending);
+        let listed: Vec<Job> = running.chain(pending).take(limit).map(Job::summary).collect();
+        let left_out = (active().count() - listed.len()) as u64;
+        jobs.extend(listed);
         jobs.sort_by_key(|j| j.id);
-        Ok(ClientResponse::Jobs(JobsReply { jobs }))
+        Ok(ClientResponse::Jobs(JobsReply { jobs, left_out }))
     }
 
     fn submit(&mut self, credential: Credential, req: AssignJobId, now: Timestamp) -> Reply<ClientResponse> {
@@ -227,9 +236,10 @@ impl HeadCore {
             ));
         }
         self.check_cluster_can_fit(&spec)?;
-        let id = self.store.allocate_job_id().map_err(unavailable)?;
+        let id = JobId(self.last_job_id.0 + 1);
         let job = Job::new(id, spec, now, req.token);
         self.commit(vec![job], vec![]).map_err(unavailable)?;
+        self.last_job_id = id;
         self.wants_schedule = true;
         tracing::info!(job = %id, "job submitted");
         Ok(ClientResponse::JobAccepted(JobAccepted { id }))
@@ -701,6 +711,25 @@ mod tests {
         assert_eq!(f.take_sent(), vec![pair("a", "start 1"), pair("b", "start 1")]);
         assert_eq!(f.state(id), JobState::Running { started_at: Timestamp(11) });
         assert_eq!((f.free_cpus("a"), f.free_cpus("c")), (1, 2));
+    }
+
+    #[test]
+    fn a_limited_listing_shows_running_jobs_then_the_oldest_pending_and_counts_the_rest() {
+        let mut f = Fixture::new(&["a"]); // 2 CPUs: two 1-CPU jobs run, the rest wait
+        let ids: Vec<JobId> = (0..6).map(|i| f.submit_ok(JobBuilder::new(0).cpus(1), &format!("t{i}"))).collect();
+        f.core.schedule_if_needed(Timestamp(11));
+        let list = |f: &mut Fixture, limit| match f.core.handle_client(
+            ALICE,
+            ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit }),
+            Timestamp(20),
+        ) {
+            Ok(ClientResponse::Jobs(reply)) => (reply.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), reply.left_out),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(list(&mut f, Some(3)), (ids[..3].to_vec(), 3));
+        assert_eq!(list(&mut f, Some(1)), (vec![ids[0]], 5));
+        assert_eq!(list(&mut f, None), (ids.clone(), 0));
+        assert_eq!(list(&mut f, Some(0)), (vec![], 6));
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! The embedded store: a redb database file in the head's state directory.
 //!
 //! redb is a crash-safe (copy-on-write, checksummed) single-file key-value store. `save` commits
-//! durably (a disk sync before it returns); the id counter and `save_lazily` commit without a
-//! sync, and become durable with the next durable commit, which for an id is always the save of
-//! the job that holds it: an id lost in a crash was never acknowledged to anyone. Records are MessagePack with named fields, like the wire.
-//! Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet settled), `nodes`
-//! (id -> node), `meta` (the job id counter).
+//! durably (a disk sync before it returns); `save_lazily` commits without a sync, and becomes
+//! durable with the next durable commit. Records are MessagePack with named fields, like the
+//! wire. Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet settled), `nodes`
+//! (id -> node). (A `meta` table left by earlier releases, which kept a job id counter, is unused.)
 
 use super::{Store, StoreError, StoreResult};
 use cm_common::job::Job;
@@ -18,8 +17,6 @@ use std::path::Path;
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const ACTIVE_JOBS: TableDefinition<u64, ()> = TableDefinition::new("active_jobs");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const LAST_JOB_ID: &str = "last_job_id";
 
 /// A [`Store`] in one redb file.
 pub struct EmbeddedStore {
@@ -49,7 +46,6 @@ impl EmbeddedStore {
             txn.open_table(JOBS).map_err(backend)?;
             txn.open_table(ACTIVE_JOBS).map_err(backend)?;
             txn.open_table(NODES).map_err(backend)?;
-            txn.open_table(META).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db })
@@ -57,18 +53,11 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
-    fn allocate_job_id(&mut self) -> StoreResult<JobId> {
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::None);
-        let next = {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let last = meta.get(LAST_JOB_ID).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-            let next = last + 1;
-            meta.insert(LAST_JOB_ID, next).map_err(backend)?;
-            next
-        };
-        txn.commit().map_err(backend)?;
-        Ok(JobId(next))
+    fn last_job_id(&self) -> StoreResult<JobId> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let jobs = txn.open_table(JOBS).map_err(backend)?;
+        let last = jobs.last().map_err(backend)?.map_or(0, |(id, _)| id.value());
+        Ok(JobId(last))
     }
 
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {

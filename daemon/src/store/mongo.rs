@@ -5,8 +5,6 @@
 //!   (`state.status: "Running"`), timestamps as BSON dates, plus `settled` (see
 //!   `Job::is_settled`), indexed with `_id` so the head's start-up query is an index scan.
 //! - `nodes`: one document per node, `_id` = node id.
-//! - `counters`: `{_id: "job_id", seq: N}`, bumped with find-and-modify: ids are sequential and
-//!   never handed out twice, whichever head process asks.
 //!
 //! Only what MongoDB 6/7 standalone servers support is used: no transactions (they need a
 //! replica set). `save` writes jobs before nodes; the head rebuilds node reservations from jobs
@@ -18,7 +16,7 @@ use cm_common::job::Job;
 use cm_common::node::Node;
 use cm_common::JobId;
 use mongodb::bson::{self, doc, Bson, DateTime, Document};
-use mongodb::options::{Acknowledgment, ClientOptions, ReturnDocument, WriteConcern};
+use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::sync::{Client, Collection, Database};
 use mongodb::IndexModel;
 use std::time::Duration;
@@ -35,7 +33,6 @@ pub struct MongoStore {
     db: Database,
     jobs: Collection<Document>,
     nodes: Collection<Document>,
-    counters: Collection<Document>,
 }
 
 /// Sorts driver errors into "try again later" (the server does not answer) and the rest, with a
@@ -130,12 +127,7 @@ impl MongoStore {
         let client = Client::with_options(options).map_err(backend)?;
         let db = client.default_database().unwrap_or_else(|| client.database(DEFAULT_DATABASE));
         db.run_command(doc! { "ping": 1 }).run().map_err(backend)?;
-        let store = MongoStore {
-            jobs: db.collection("jobs"),
-            nodes: db.collection("nodes"),
-            counters: db.collection("counters"),
-            db,
-        };
+        let store = MongoStore { jobs: db.collection("jobs"), nodes: db.collection("nodes"), db };
         store.create_indexes()?;
         Ok(store)
     }
@@ -155,21 +147,21 @@ impl MongoStore {
 }
 
 impl Store for MongoStore {
-    fn allocate_job_id(&mut self) -> StoreResult<JobId> {
-        let counter = self
-            .counters
-            .find_one_and_update(doc! { "_id": "job_id" }, doc! { "$inc": { "seq": 1_i64 } })
-            .upsert(true)
-            .return_document(ReturnDocument::After)
+    fn last_job_id(&self) -> StoreResult<JobId> {
+        let last = self
+            .jobs
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .projection(doc! { "_id": 1 })
             .run()
-            .map_err(backend)?
-            .ok_or_else(|| corrupt("the job id counter vanished during its update"))?;
-        let seq = match counter.get("seq") {
+            .map_err(backend)?;
+        let id = match last.as_ref().and_then(|d| d.get("_id")) {
+            None => 0,
             Some(Bson::Int64(n)) => *n,
             Some(Bson::Int32(n)) => i64::from(*n),
-            other => return Err(corrupt(format!("the job id counter holds {other:?}"))),
+            Some(other) => return Err(corrupt(format!("a job's _id is {other:?}, not a number"))),
         };
-        u64::try_from(seq).map(JobId).map_err(|_| corrupt(format!("the job id counter is negative ({seq})")))
+        u64::try_from(id).map(JobId).map_err(|_| corrupt(format!("a job's _id is negative ({id})")))
     }
 
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
