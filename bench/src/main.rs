@@ -43,9 +43,29 @@ struct Args {
     /// Smaller counts, for a quick look.
     #[arg(long)]
     quick: bool,
+    /// Send the jobs' stdout and stderr to /dev/null (`cmrun -o /dev/null -e /dev/null`), as
+    /// SLURM and HyperQueue throughput runs do; by default each job writes its two files.
+    #[arg(long)]
+    discard_output: bool,
     /// Also write the JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+/// How the benchmark's jobs are submitted: `cmrun` arguments before the command.
+#[derive(Debug, Clone, Copy)]
+struct JobOptions {
+    discard_output: bool,
+}
+
+impl JobOptions {
+    fn cmrun_args(self) -> Vec<&'static str> {
+        if self.discard_output {
+            vec!["-o", "/dev/null", "-e", "/dev/null"]
+        } else {
+            vec![]
+        }
+    }
 }
 
 fn head(cluster: &Cluster, ctx: &zmq::Context) -> Requester {
@@ -64,8 +84,10 @@ fn call(head: &mut Requester, request: ClientRequest) -> anyhow::Result<ClientRe
 }
 
 /// A job spec exactly as `cmrun` would build it here, for `command`.
-fn spec(workdir: &std::path::Path, command: &str) -> anyhow::Result<JobSpec> {
-    let request = Request { command: vec![command.to_string()], ..Request::default() };
+fn spec(workdir: &std::path::Path, command: &str, options: JobOptions) -> anyhow::Result<JobSpec> {
+    let discard = options.discard_output.then(|| "/dev/null".to_string());
+    let request =
+        Request { command: vec![command.to_string()], stdout: discard.clone(), stderr: discard, ..Request::default() };
     let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let workdir = workdir.to_str().context("workdir")?.to_string();
     build_spec(&request, &JobDefaults::default(), current_user(), workdir, env).map_err(|e| anyhow!(e))
@@ -113,7 +135,7 @@ fn store_kind(name: &str) -> anyhow::Result<StoreKind> {
     }
 }
 
-fn serial_cli(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
+fn serial_cli(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Result<Value> {
     let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
@@ -121,7 +143,9 @@ fn serial_cli(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        let out = cluster.tool("cmrun", &["true"]);
+        let mut args = options.cmrun_args();
+        args.push("true");
+        let out = cluster.tool("cmrun", &args);
         if !out.status.success() {
             bail!("cmrun failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -138,11 +162,11 @@ fn serial_cli(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
     Ok(json!({ "submissions": n, "per_second": rate, "latency": samples.summary() }))
 }
 
-fn throughput(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
+fn throughput(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Result<Value> {
     let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
-    let job = spec(&cluster.workdir, "true")?;
+    let job = spec(&cluster.workdir, "true", options)?;
     let first = cm_common::Timestamp::now();
     let started = Instant::now();
     let mut last = JobId(0);
@@ -161,11 +185,11 @@ fn throughput(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
     )
 }
 
-fn submit_to_start(store: &StoreKind, n: usize) -> anyhow::Result<Value> {
+fn submit_to_start(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Result<Value> {
     let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
-    let job = spec(&cluster.workdir, "true")?;
+    let job = spec(&cluster.workdir, "true", options)?;
     let mut samples = Samples::default();
     for _ in 0..n {
         let id = submit(&mut h, &job)?;
@@ -192,12 +216,12 @@ fn cminfo_latency(pending: usize, nodes: usize) -> anyhow::Result<Value> {
         Cluster::start_with(&StoreKind::Embedded, 1, 1, 4096, "kill_grace: 1s\nheartbeat_timeout: 1h\n", BENCH_LOG);
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
-    let blocker = submit(&mut h, &spec(&cluster.workdir, "sleep 3600")?)?;
+    let blocker = submit(&mut h, &spec(&cluster.workdir, "sleep 3600", JobOptions { discard_output: false })?)?;
     while !matches!(get(&mut h, blocker)?.state, cm_common::job::JobState::Running { .. }) {
         std::thread::sleep(Duration::from_millis(10));
     }
     fake_nodes::register(&cluster.head_endpoint, nodes)?;
-    let job = spec(&cluster.workdir, "true")?;
+    let job = spec(&cluster.workdir, "true", JobOptions { discard_output: false })?;
     let started = Instant::now();
     for _ in 0..pending {
         submit(&mut h, &job)?;
@@ -282,11 +306,13 @@ fn main() -> anyhow::Result<()> {
     let scale = |full: usize, quick: usize| if args.quick { quick } else { full };
     let mut report = serde_json::Map::new();
     report.insert("store".into(), json!(args.store));
+    let options = JobOptions { discard_output: args.discard_output };
+    report.insert("job_output".into(), json!(if args.discard_output { "/dev/null" } else { "files" }));
     for scenario in &args.only {
         let result = match scenario {
-            1 => serial_cli(&store, scale(1000, 200))?,
-            2 => throughput(&store, scale(2000, 500))?,
-            3 => submit_to_start(&store, scale(200, 50))?,
+            1 => serial_cli(&store, scale(1000, 200), options)?,
+            2 => throughput(&store, scale(2000, 500), options)?,
+            3 => submit_to_start(&store, scale(200, 50), options)?,
             4 => cminfo_latency(scale(10_000, 2_000), 256)?,
             5 => head_at_scale(1000, scale(20, 6) as u64)?,
             other => bail!("no scenario {other}"),
