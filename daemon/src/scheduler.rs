@@ -25,8 +25,9 @@ pub struct Placement {
     pub nodes: Vec<NodeId>,
 }
 
-/// Places as many of `pending` (in FIFO order) as fit, stopping at the first that does not.
-pub fn schedule(pending: &[&Job], nodes: &[NodeView]) -> Vec<Placement> {
+/// Places as many of `pending` (in FIFO order) as fit, stopping at the first that does not. The
+/// jobs are taken lazily, so a pass costs what it places, however long the queue behind.
+pub fn schedule<'a>(pending: impl IntoIterator<Item = &'a Job>, nodes: &[NodeView]) -> Vec<Placement> {
     let mut free: Vec<Resources> = nodes.iter().map(|n| n.free).collect();
     let mut placements = Vec::new();
     for job in pending {
@@ -138,18 +139,16 @@ mod tests {
             },
         ];
         for case in cases {
-            let pending: Vec<&Job> = case.jobs.iter().collect();
-            assert_eq!(placed(&schedule(&pending, &case.nodes)), case.want, "{}", case.name);
+            assert_eq!(placed(&schedule(&case.jobs, &case.nodes)), case.want, "{}", case.name);
         }
     }
 
     #[test]
     fn freed_resources_let_the_next_job_start() {
         let jobs = [JobBuilder::new(1).cpus(2).build(), JobBuilder::new(2).cpus(2).build()];
-        let pending: Vec<&Job> = jobs.iter().collect();
         let busy = [node("a", 2, 512)];
-        assert_eq!(placed(&schedule(&pending, &busy)), vec![(1, vec!["a"])]);
+        assert_eq!(placed(&schedule(&jobs, &busy)), vec![(1, vec!["a"])]);
         // Job 1 ended and gave its 2 CPUs back: job 2 is next.
-        assert_eq!(placed(&schedule(&pending[1..], &busy)), vec![(2, vec!["a"])]);
+        assert_eq!(placed(&schedule(&jobs[1..], &busy)), vec![(2, vec!["a"])]);
     }
 }

@@ -544,8 +544,7 @@ impl HeadCore {
 
     /// Places what fits, persists the placements in one write, then tells the nodes.
     pub fn schedule(&mut self, now: Timestamp) {
-        let pending: Vec<&Job> = self.jobs.values().filter(|j| j.state == JobState::Pending).collect();
-        if pending.is_empty() {
+        if !self.jobs.values().any(|j| j.state == JobState::Pending) {
             return;
         }
         let views: Vec<NodeView> = self
@@ -554,7 +553,9 @@ impl HeadCore {
             .filter(|n| n.role == Role::Compute && n.is_up())
             .map(|n| NodeView { id: n.id.clone(), free: n.free(), only_uid: n.only_uid })
             .collect();
-        let placements = scheduler::schedule(&pending, &views);
+        // Jobs in id order; the scheduler stops at the first pending one that does not fit.
+        let pending = self.jobs.values().filter(|j| j.state == JobState::Pending);
+        let placements = scheduler::schedule(pending, &views);
         if placements.is_empty() {
             return;
         }
