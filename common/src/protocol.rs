@@ -20,8 +20,9 @@ use crate::{Error, JobId, NodeId, Resources, Result, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever a change breaks decoding by the previous release.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Bumped whenever a change breaks decoding by the previous release. 2: job reports travel in
+/// batches ([`ReportJobs`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Who the sender claims to be. Until authentication lands, the head trusts the claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,8 +211,7 @@ pub struct JobKilled {
 pub enum ComputeRequest {
     RegisterNode(RegisterNode),
     Heartbeat(Heartbeat),
-    ReportJobStart(ReportJobStart),
-    ReportJobEnd(ReportJobEnd),
+    ReportJobs(ReportJobs),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,6 +235,22 @@ pub struct Heartbeat {
     pub running: Vec<JobRun>,
 }
 
+/// A node's job starts and ends, oldest first: whatever its link had queued, in one request that
+/// the head applies in order and makes durable with one disk sync. All or nothing: an error reply
+/// means the node sends the same reports again (the head ignores what it already has).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportJobs {
+    pub reports: Vec<JobReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobReport {
+    /// The node's replicas started.
+    Start(ReportJobStart),
+    /// The node's replicas ended: exit statuses, cause.
+    End(ReportJobEnd),
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportJobStart {
     pub node: NodeId,
@@ -253,6 +269,10 @@ pub struct ReportJobEnd {
     #[serde(default)]
     pub run: u32,
     pub end: NodeEnd,
+    /// When the replicas started here, for an end whose start was not reported on its own (a job
+    /// that ended before its node sent the start report carries the start in its end).
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
 }
 
 /// Responses to [`ComputeRequest`]s.

@@ -1,8 +1,10 @@
 //! The compute node's side of the conversation with the head, on a thread of its own.
 //!
 //! It registers (retrying, with backoff, as configured), then sends heartbeats and the node's
-//! reports (job start and end) in order, retrying each report until the head has it, so an end
-//! is never lost while the head is restarting. A head that does not know the node any more gets
+//! reports (job start and end) in order, retrying them until the head has them, so an end is
+//! never lost while the head is restarting. Whatever has queued up while the link was busy goes
+//! in one request ([`ReportJobs`]), and a start whose end is already queued rides in that end,
+//! so a busy node costs the head one request and one disk sync per batch, not two per job. A head that does not know the node any more gets
 //! a fresh registration. Jobs the head says to kill come back to the compute loop.
 
 use super::Event;
@@ -10,7 +12,7 @@ use cm_common::job::JobRun;
 use cm_common::protocol::*;
 use cm_common::{NodeId, Resources};
 use cm_transport::{Requester, RetryPolicy};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -29,15 +31,18 @@ pub struct LinkConfig {
     pub policy: RetryPolicy,
 }
 
+/// The most reports one request carries.
+const MAX_BATCH: usize = 256;
+
 /// A handle to queue reports for the head.
 #[derive(Clone)]
 pub struct HeadLink {
-    reports: Sender<ComputeRequest>,
+    reports: Sender<JobReport>,
 }
 
 impl HeadLink {
-    pub fn report(&self, request: ComputeRequest) {
-        if self.reports.send(request).is_err() {
+    pub fn report(&self, report: JobReport) {
+        if self.reports.send(report).is_err() {
             tracing::error!("the head link has stopped; a report is lost");
         }
     }
@@ -50,7 +55,7 @@ impl HeadLink {
         events: Sender<Event>,
         shutdown: Arc<AtomicBool>,
     ) -> std::io::Result<HeadLink> {
-        let (reports, inbox) = channel::<ComputeRequest>();
+        let (reports, inbox) = channel::<JobReport>();
         let requester =
             Requester::new(ctx, &config.head_address, config.policy, config.node.as_str(), Credential { uid: 0 });
         let mut link = Link { config, requester, running, events, shutdown, queue: VecDeque::new() };
@@ -90,7 +95,7 @@ struct Link {
     events: Sender<Event>,
     shutdown: Arc<AtomicBool>,
     /// Reports not yet acknowledged, oldest first.
-    queue: VecDeque<ComputeRequest>,
+    queue: VecDeque<JobReport>,
 }
 
 impl Link {
@@ -151,11 +156,14 @@ impl Link {
         }
     }
 
-    /// Sends queued reports in order; stops at the first one the head cannot take now.
+    /// Sends the queued reports in order, in batches; stops when the head cannot take them now.
     fn flush(&mut self) {
-        while let Some(report) = self.queue.front().cloned() {
-            match self.call(&report) {
-                Ok(Ok(_)) => self.acknowledged(&report),
+        fold_starts_into_ends(&mut self.queue);
+        while !self.queue.is_empty() {
+            let count = self.queue.len().min(MAX_BATCH);
+            let reports: Vec<JobReport> = self.queue.iter().take(count).cloned().collect();
+            match self.call(&ComputeRequest::ReportJobs(ReportJobs { reports })) {
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) if e.code == ErrorCode::UnknownNode => {
                     if !self.register() {
                         return;
@@ -163,26 +171,24 @@ impl Link {
                     continue;
                 }
                 Ok(Err(e)) if e.code == ErrorCode::Unavailable => {
-                    tracing::warn!(error = %e, "the head cannot take a report now; will retry");
+                    tracing::warn!(error = %e, "the head cannot take reports now; will retry");
                     return;
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, ?report, "the head refused a report; dropping it");
-                    self.acknowledged(&report);
+                    let dropped: Vec<&JobReport> = self.queue.iter().take(count).collect();
+                    tracing::error!(error = %e, reports = ?dropped, "the head refused reports; dropping them");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach the head; reports wait");
                     return;
                 }
             }
-            self.queue.pop_front();
-        }
-    }
-
-    /// Tells the compute loop that the head has a run's end, so its records can go.
-    fn acknowledged(&self, report: &ComputeRequest) {
-        if let ComputeRequest::ReportJobEnd(end) = report {
-            let _ = self.events.send(Event::EndAcked(JobRun { job: end.job, run: end.run }));
+            for report in self.queue.drain(..count) {
+                // The head has the end: the run's records on this node can go.
+                if let JobReport::End(end) = report {
+                    let _ = self.events.send(Event::EndAcked(JobRun { job: end.job, run: end.run }));
+                }
+            }
         }
     }
 
@@ -197,5 +203,60 @@ impl Link {
             Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat refused"),
             Err(e) => tracing::warn!(error = %e, "heartbeat not answered"),
         }
+    }
+}
+
+/// Drops each start report whose run's end is also queued, putting its time in that end instead.
+fn fold_starts_into_ends(queue: &mut VecDeque<JobReport>) {
+    let ended: HashSet<JobRun> = queue
+        .iter()
+        .filter_map(|r| match r {
+            JobReport::End(end) => Some(JobRun { job: end.job, run: end.run }),
+            JobReport::Start(_) => None,
+        })
+        .collect();
+    if ended.is_empty() {
+        return;
+    }
+    let mut started = HashMap::new();
+    queue.retain(|r| match r {
+        JobReport::Start(start) if ended.contains(&JobRun { job: start.job, run: start.run }) => {
+            started.insert(JobRun { job: start.job, run: start.run }, start.started_at);
+            false
+        }
+        _ => true,
+    });
+    for report in queue.iter_mut() {
+        if let JobReport::End(end) = report {
+            if let Some(&at) = started.get(&JobRun { job: end.job, run: end.run }) {
+                end.started_at = end.started_at.or(Some(at));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cm_common::job::{NodeEnd, NodeEndCause};
+    use cm_common::{JobId, Timestamp};
+
+    fn start(job: u64, at: u64) -> JobReport {
+        JobReport::Start(ReportJobStart { node: NodeId::new("n"), job: JobId(job), run: 0, started_at: Timestamp(at) })
+    }
+
+    fn end(job: u64) -> JobReport {
+        let end = NodeEnd { ended_at: Timestamp(99), cause: NodeEndCause::Exited, replicas: vec![] };
+        JobReport::End(ReportJobEnd { node: NodeId::new("n"), job: JobId(job), run: 0, end, started_at: None })
+    }
+
+    #[test]
+    fn a_start_whose_end_is_queued_rides_in_the_end_and_the_rest_keep_their_order() {
+        let mut queue = VecDeque::from(vec![start(1, 10), start(2, 20), end(1), start(3, 30)]);
+        fold_starts_into_ends(&mut queue);
+        let JobReport::End(ReportJobEnd { started_at, .. }) = &queue[1] else { panic!("{queue:?}") };
+        assert_eq!(*started_at, Some(Timestamp(10)));
+        let folded = VecDeque::from(vec![start(2, 20), queue[1].clone(), start(3, 30)]);
+        assert_eq!(queue, folded, "job 1's start is gone; 2 and 3 still start in order");
     }
 }

@@ -192,7 +192,7 @@ impl Compute {
                 })?;
                 let started_at = Timestamp::now();
                 tracing::info!(job = %job.id, replicas = job.spec.procs_per_node, "job started");
-                self.link.report(ComputeRequest::ReportJobStart(ReportJobStart {
+                self.link.report(JobReport::Start(ReportJobStart {
                     node: self.config.node_id.clone(),
                     job: job.id,
                     run: job.run,
@@ -228,7 +228,8 @@ impl Compute {
 
     fn report_end(&self, run: JobRun, end: cm_common::job::NodeEnd) {
         tracing::info!(job = %run, cause = ?end.cause, "job ended here");
-        let report = ReportJobEnd { node: self.config.node_id.clone(), job: run.job, run: run.run, end };
-        self.link.report(ComputeRequest::ReportJobEnd(report));
+        let report =
+            ReportJobEnd { node: self.config.node_id.clone(), job: run.job, run: run.run, end, started_at: None };
+        self.link.report(JobReport::End(report));
     }
 }

@@ -1,8 +1,10 @@
 //! The head's state machine: every request and event goes through [`HeadCore`].
 //!
 //! It holds the nodes and the jobs still in play (pending, running, or ended but still held by a
-//! node) in memory, writes every change through the [`Store`] before acknowledging it, and
-//! sends to nodes only through [`NodeComm`]. It does no waiting and reads no clock: `now` is a
+//! node) in memory and writes every change through the [`Store`]. Nothing that follows from a
+//! change leaves the head before the change is durable: the loop calls [`HeadCore::sync`] after
+//! each turn (a request, then a scheduling pass), which syncs the store once for all of the
+//! turn's writes and only then hands the turn's messages to [`NodeComm`] and lets the reply go. It does no waiting and reads no clock: `now` is a
 //! parameter, so every path is unit-tested with a recording comm.
 //!
 //! Resources: a job's reservation on a node (an `Allocation`) is released only when that node
@@ -43,6 +45,10 @@ pub struct HeadCore {
     last_job_id: JobId,
     /// Something changed that may let a pending job start.
     wants_schedule: bool,
+    /// Writes saved since the last successful store sync.
+    unsynced: bool,
+    /// Messages to nodes, held until the writes they follow from are durable.
+    outbox: Vec<(NodeId, NodeRequest)>,
 }
 
 /// Finished jobs whose submission tokens a (re)started head reloads.
@@ -123,8 +129,21 @@ impl HeadCore {
             tokens.insert(job.submit_token.clone(), job.id);
         }
         let last_job_id = store.last_job_id()?;
-        let mut core = HeadCore { store, comm, settings, me, nodes, jobs, tokens, last_job_id, wants_schedule: true };
+        let mut core = HeadCore {
+            store,
+            comm,
+            settings,
+            me,
+            nodes,
+            jobs,
+            tokens,
+            last_job_id,
+            wants_schedule: true,
+            unsynced: false,
+            outbox: Vec::new(),
+        };
         core.resend_unconfirmed_starts();
+        core.sync()?;
         Ok(core)
     }
 
@@ -134,10 +153,8 @@ impl HeadCore {
     fn resend_unconfirmed_starts(&mut self) {
         for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Running { .. })) {
             for slot in job.nodes.iter().filter(|n| n.started_at.is_none() && n.end.is_none()) {
-                if let Some(node) = self.nodes.get(&slot.node) {
-                    tracing::info!(job = %job.id, node = %slot.node, "re-sending an unconfirmed start");
-                    self.comm.send(node, NodeRequest::StartJob(StartJob { job: job.clone() }));
-                }
+                tracing::info!(job = %job.id, node = %slot.node, "re-sending an unconfirmed start");
+                self.outbox.push((slot.node.clone(), NodeRequest::StartJob(StartJob { job: job.clone() })));
             }
         }
     }
@@ -150,18 +167,41 @@ impl HeadCore {
         self.nodes.get(id)
     }
 
-    /// Persists `jobs` and `nodes` durably, then makes them the truth in memory.
+    /// Writes `jobs` and `nodes` to the store, then makes them the truth in memory. They are
+    /// durable after the next [`HeadCore::sync`], which comes before anyone hears of them.
     fn commit(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
+        self.commit_lazily(jobs, nodes)?;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// As `commit`, for changes a crash may lose because a restarted head re-derives them: they
+    /// do not call for a sync of their own and become durable with the next one.
+    fn commit_lazily(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
         self.store.save(&jobs.iter().collect::<Vec<_>>(), &nodes.iter().collect::<Vec<_>>())?;
         self.install(jobs, nodes);
         Ok(())
     }
 
-    /// As `commit`, for changes a crash may lose because a restarted head re-derives them.
-    fn commit_lazily(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
-        self.store.save_lazily(&jobs.iter().collect::<Vec<_>>(), &nodes.iter().collect::<Vec<_>>())?;
-        self.install(jobs, nodes);
+    /// Makes the writes so far durable (one store sync for all of them), then sends the messages
+    /// to nodes that follow from them. If the sync fails nothing is sent: the loop answers the
+    /// turn's request with an error, and the next turn syncs again.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.unsynced {
+            self.store.sync()?;
+            self.unsynced = false;
+        }
+        for (id, request) in std::mem::take(&mut self.outbox) {
+            if let Some(node) = self.nodes.get(&id) {
+                self.comm.send(node, request);
+            }
+        }
         Ok(())
+    }
+
+    /// Queues a message to node `id`; it leaves at the next successful [`HeadCore::sync`].
+    fn send(&mut self, id: &NodeId, request: NodeRequest) {
+        self.outbox.push((id.clone(), request));
     }
 
     fn install(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) {
@@ -310,9 +350,7 @@ impl HeadCore {
 
     fn send_free(&mut self, run: JobRun, nodes: &[NodeId]) {
         for id in nodes {
-            if let Some(node) = self.nodes.get(id) {
-                self.comm.send(node, NodeRequest::FreeResources(FreeResources { job: run.job, run: run.run }));
-            }
+            self.send(id, NodeRequest::FreeResources(FreeResources { job: run.job, run: run.run }));
         }
     }
 
@@ -327,10 +365,19 @@ impl HeadCore {
         match request {
             ComputeRequest::RegisterNode(req) => self.register(req, now),
             ComputeRequest::Heartbeat(req) => self.heartbeat(req, now),
-            ComputeRequest::ReportJobStart(req) => self.report_start(req),
-            ComputeRequest::ReportJobEnd(req) => {
-                let run = JobRun { job: req.job, run: req.run };
-                self.record_node_end(run, &req.node, req.end, now).map_err(unavailable)?;
+            ComputeRequest::ReportJobs(ReportJobs { reports }) => {
+                // All or nothing for the node: on an error it sends the batch again, and what was
+                // applied already is recognised and left alone.
+                for report in reports {
+                    match report {
+                        JobReport::Start(req) => self.report_start(req),
+                        JobReport::End(req) => {
+                            let run = JobRun { job: req.job, run: req.run };
+                            self.record_node_end(run, &req.node, req.end, req.started_at, now)
+                        }
+                    }
+                    .map_err(unavailable)?;
+                }
                 Ok(ComputeResponse::Ack(Ack {}))
             }
         }
@@ -366,7 +413,7 @@ impl HeadCore {
                 },
                 replicas: vec![],
             };
-            self.record_node_end(job, &req.node, end, now).map_err(unavailable)?;
+            self.record_node_end(job, &req.node, end, None, now).map_err(unavailable)?;
         }
         self.wants_schedule = true;
         tracing::info!(node = %req.node, cpus = req.capacity.cpus, memory_mb = req.capacity.memory_mb, "node registered");
@@ -408,26 +455,28 @@ impl HeadCore {
         running.iter().filter(|r| !expected(r)).copied().collect()
     }
 
-    fn report_start(&mut self, req: ReportJobStart) -> Reply<ComputeResponse> {
+    fn report_start(&mut self, req: ReportJobStart) -> Result<(), StoreError> {
         let Some(mut job) = self.jobs.get(&req.job).cloned().filter(|j| j.run == req.run) else {
-            return Ok(ComputeResponse::Ack(Ack {})); // ended or requeued meanwhile; the heartbeat fences it
+            return Ok(()); // ended or requeued meanwhile; the heartbeat fences it
         };
         if let Some(slot) = job.nodes.iter_mut().find(|n| n.node == req.node && n.started_at.is_none()) {
             slot.started_at = Some(req.started_at);
             // Lost in a crash, a start is re-sent by the next head and acknowledged again.
-            self.commit_lazily(vec![job], vec![]).map_err(unavailable)?;
+            self.commit_lazily(vec![job], vec![])?;
         }
-        Ok(ComputeResponse::Ack(Ack {}))
+        Ok(())
     }
 
     /// Records that `node` is done with its share of a job run: releases its reservation there
     /// and, once every node is done, gives the job its final state, or requeues it (a lost node
-    /// and `--requeue`). Idempotent: a repeated report, or one from an earlier run, changes nothing.
+    /// and `--requeue`). `started_at` is the node's start, when it was not reported on its own.
+    /// Idempotent: a repeated report, or one from an earlier run, changes nothing.
     pub fn record_node_end(
         &mut self,
         run: JobRun,
         node_id: &NodeId,
         end: NodeEnd,
+        started_at: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let job = match self.jobs.get(&run.job) {
@@ -450,6 +499,7 @@ impl HeadCore {
         };
         let failed_to_run = matches!(end.cause, NodeEndCause::LaunchFailed { .. } | NodeEndCause::Lost { .. });
         slot.end = Some(end);
+        slot.started_at = slot.started_at.or(started_at);
         let mut kill_others = Vec::new();
         if matches!(job.state, JobState::Running { .. }) {
             if job.nodes.iter().all(|n| n.end.is_some()) {
@@ -489,7 +539,7 @@ impl HeadCore {
                     cause: NodeEndCause::LaunchFailed { reason: failure.error },
                     replicas: vec![],
                 };
-                if let Err(e) = self.record_node_end(job.job_run(), &failure.node, end, now) {
+                if let Err(e) = self.record_node_end(job.job_run(), &failure.node, end, None, now) {
                     tracing::error!(job = %job.id, error = %e, "cannot record a failed start");
                 }
             }
@@ -530,7 +580,7 @@ impl HeadCore {
                 cause: NodeEndCause::Lost { reason: format!("node {id} went down ({reason})") },
                 replicas: vec![],
             };
-            self.record_node_end(run, id, end, now)?;
+            self.record_node_end(run, id, end, None, now)?;
         }
         Ok(())
     }
@@ -542,7 +592,7 @@ impl HeadCore {
         }
     }
 
-    /// Places what fits, persists the placements in one write, then tells the nodes.
+    /// Places what fits, persists the placements in one write, and queues the starts for the nodes.
     pub fn schedule(&mut self, now: Timestamp) {
         if !self.jobs.values().any(|j| j.state == JobState::Pending) {
             return;
@@ -587,9 +637,7 @@ impl HeadCore {
         for job in starts {
             tracing::info!(job = %job.id, nodes = ?job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), "job placed");
             for id in job.node_ids() {
-                if let Some(node) = self.nodes.get(id) {
-                    self.comm.send(node, NodeRequest::StartJob(StartJob { job: job.clone() }));
-                }
+                self.send(id, NodeRequest::StartJob(StartJob { job: job.clone() }));
             }
         }
     }
@@ -607,6 +655,8 @@ mod tests {
     use crate::testing::{JobBuilder, NodeBuilder};
     use cm_common::job::{ExitStatus, ReplicaExit};
     use cm_common::Resources;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     const ALICE: Credential = Credential { uid: 1000 };
     const BOB: Credential = Credential { uid: 2000 };
@@ -614,14 +664,51 @@ mod tests {
     struct Fixture {
         core: HeadCore,
         sent: RecordingComm,
+        /// Makes the store's syncs fail while set.
+        failing_sync: Arc<AtomicBool>,
         _dir: tempfile::TempDir,
+    }
+
+    /// The embedded store, with syncs that fail on demand.
+    struct FlakyStore {
+        inner: EmbeddedStore,
+        failing_sync: Arc<AtomicBool>,
+    }
+
+    impl Store for FlakyStore {
+        fn last_job_id(&self) -> Result<JobId, StoreError> {
+            self.inner.last_job_id()
+        }
+        fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> Result<(), StoreError> {
+            self.inner.save(jobs, nodes)
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            if self.failing_sync.load(Ordering::Relaxed) {
+                return Err(StoreError::Backend("disk sync failed (test)".into()));
+            }
+            self.inner.sync()
+        }
+        fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+            self.inner.job(id)
+        }
+        fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+            self.inner.active_jobs()
+        }
+        fn finished_jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
+            self.inner.finished_jobs(limit)
+        }
+        fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+            self.inner.nodes()
+        }
     }
 
     impl Fixture {
         /// A head with compute nodes `ids` (2 CPUs, 512 MB each) registered.
         fn new(ids: &[&str]) -> Fixture {
             let dir = tempfile::tempdir().expect("tempdir");
-            let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
+            let inner = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
+            let failing_sync = Arc::new(AtomicBool::new(false));
+            let store = FlakyStore { inner, failing_sync: failing_sync.clone() };
             let sent = RecordingComm::default();
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
             let settings =
@@ -639,7 +726,7 @@ mod tests {
                 };
                 core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
             }
-            Fixture { core, sent, _dir: dir }
+            Fixture { core, sent, failing_sync, _dir: dir }
         }
 
         fn submit(&mut self, builder: JobBuilder, token: &str) -> Reply<ClientResponse> {
@@ -654,7 +741,9 @@ mod tests {
             }
         }
 
-        fn take_sent(&self) -> Vec<(String, String)> {
+        /// What the head has sent to nodes, after the loop's end-of-turn sync.
+        fn take_sent(&mut self) -> Vec<(String, String)> {
+            self.core.sync().expect("sync");
             let mut sent = self.sent.sent.lock().expect("lock");
             sent.drain(..)
                 .map(|(node, req)| {
@@ -678,8 +767,9 @@ mod tests {
                     .collect(),
             };
             let run = self.core.job(job).map_or(0, |j| j.run);
-            let report = ReportJobEnd { node: NodeId::new(node), job, run, end };
-            self.core.handle_compute(ComputeRequest::ReportJobEnd(report), Timestamp(50)).expect("report");
+            let report = ReportJobEnd { node: NodeId::new(node), job, run, end, started_at: None };
+            let reports = ReportJobs { reports: vec![JobReport::End(report)] };
+            self.core.handle_compute(ComputeRequest::ReportJobs(reports), Timestamp(50)).expect("report");
         }
 
         fn state(&self, id: JobId) -> JobState {
@@ -806,6 +896,46 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_reports_is_applied_in_order_and_a_start_riding_in_an_end_is_kept() {
+        let mut f = Fixture::new(&["a"]);
+        let (one, two) = (f.submit_ok(JobBuilder::new(0), "t1"), f.submit_ok(JobBuilder::new(0), "t2"));
+        f.core.schedule_if_needed(Timestamp(11));
+        let exited = NodeEnd { ended_at: Timestamp(30), cause: NodeEndCause::Exited, replicas: vec![] };
+        let node = NodeId::new("a");
+        let reports = vec![
+            JobReport::Start(ReportJobStart { node: node.clone(), job: two, run: 0, started_at: Timestamp(12) }),
+            JobReport::End(ReportJobEnd {
+                node: node.clone(),
+                job: one,
+                run: 0,
+                end: exited.clone(),
+                started_at: Some(Timestamp(13)),
+            }),
+            JobReport::End(ReportJobEnd { node, job: two, run: 0, end: exited, started_at: Some(Timestamp(99)) }),
+        ];
+        f.core.handle_compute(ComputeRequest::ReportJobs(ReportJobs { reports }), Timestamp(30)).expect("reports");
+        let started = |f: &Fixture, id| f.core.stored_job(id).nodes[0].started_at;
+        assert_eq!((started(&f, one), started(&f, two)), (Some(Timestamp(13)), Some(Timestamp(12))));
+        assert!(
+            matches!(f.state(one), JobState::Completed { .. }) && matches!(f.state(two), JobState::Completed { .. })
+        );
+        assert_eq!(f.free_cpus("a"), 2);
+    }
+
+    #[test]
+    fn nothing_reaches_a_node_or_a_client_before_the_store_has_synced() {
+        let mut f = Fixture::new(&["a"]);
+        let fail = f.failing_sync.clone();
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let id = f.submit_ok(JobBuilder::new(0), "t");
+        f.core.schedule_if_needed(Timestamp(11));
+        assert!(f.core.sync().is_err());
+        assert!(f.sent.sent.lock().expect("lock").is_empty(), "a start must wait for its placement to be durable");
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(f.take_sent(), vec![pair("a", format!("start {id}").as_str())], "it goes with the next sync");
+    }
+
+    #[test]
     fn a_non_zero_exit_fails_the_job_naming_the_rank() {
         let mut f = Fixture::new(&["a"]);
         let id = f.submit_ok(JobBuilder::new(0).procs(2), "t");
@@ -927,8 +1057,10 @@ mod tests {
             job: id,
             run: 0,
             end: NodeEnd { ended_at: Timestamp(6_003), cause: NodeEndCause::Exited, replicas: vec![] },
+            started_at: None,
         };
-        f.core.handle_compute(ComputeRequest::ReportJobEnd(late), Timestamp(6_003)).expect("late report");
+        let reports = ReportJobs { reports: vec![JobReport::End(late)] };
+        f.core.handle_compute(ComputeRequest::ReportJobs(reports), Timestamp(6_003)).expect("late report");
         assert!(matches!(f.state(id), JobState::Running { .. }));
         assert_eq!(f.free_cpus("b"), 1, "the second run still holds b");
         f.end(id, "b", &[(0, 0)], NodeEndCause::Exited);
@@ -989,6 +1121,7 @@ mod tests {
                 core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(1)).expect("submit");
             }
             core.schedule(Timestamp(2));
+            core.sync().expect("sync");
         }
         let comm = RecordingComm::default();
         let mut core = open(comm.clone());
@@ -1004,8 +1137,10 @@ mod tests {
         assert!(matches!(core.job(JobId(1)).expect("1").state, JobState::Running { .. }));
         assert_eq!(core.job(JobId(2)).expect("2").state, JobState::Pending);
         let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![] };
-        core.record_node_end(JobRun { job: JobId(1), run: 0 }, &NodeId::new("a"), end, Timestamp(3)).expect("end");
+        core.record_node_end(JobRun { job: JobId(1), run: 0 }, &NodeId::new("a"), end, None, Timestamp(3))
+            .expect("end");
         core.schedule_if_needed(Timestamp(4));
+        core.sync().expect("sync");
         {
             let sent = comm.sent.lock().expect("lock");
             assert!(matches!(&sent[..], [(_, NodeRequest::StartJob(s))] if s.job.id == JobId(2)));

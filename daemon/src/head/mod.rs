@@ -3,22 +3,26 @@
 //! `run` opens the store, binds the head's port and then runs one loop that owns all state:
 //! requests (from tools and compute nodes, via [`crate::service`]) and delivery failures (from
 //! [`comm`]) arrive as [`Event`]s on one channel and are handled one at a time by
-//! [`core::HeadCore`]. After each event a scheduling pass runs if anything changed, so a job on an
-//! idle cluster starts as soon as it is submitted; a periodic tick also checks node heartbeats.
+//! [`core::HeadCore`]. Each event's writes are synced to the store (once for all of them: a batch
+//! of job ends from a node costs one disk sync) before its reply and the messages to nodes that
+//! follow from it go out, so nothing is said that a crash could take back. Then, after the reply,
+//! a scheduling pass runs if anything changed, so a job on an idle cluster starts as soon as it is
+//! submitted, and its placements are synced before the starts go out. A periodic tick also checks
+//! node heartbeats.
 //! The store is MongoDB when a URI is configured, else the embedded one.
 
 pub mod comm;
 pub mod core;
 pub mod tokens;
 
-use crate::service::{self, reply_bytes, ReplySlot};
+use crate::service::{self, error_bytes, reply_bytes, ReplySlot};
 use crate::settings::HeadConfig;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
 use anyhow::Context;
 use cm_common::node::{Node, NodeHealth, Role};
-use cm_common::protocol::{Envelope, HeadRequest};
+use cm_common::protocol::{Envelope, ErrorCode, ErrorReply, HeadRequest};
 use cm_common::Timestamp;
 use cm_transport::{Responder, RetryPolicy};
 use comm::{DeliveryFailure, ZmqComm};
@@ -121,6 +125,7 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
     let mut next_tick = Instant::now() + config.scheduler_interval;
     while !shutdown.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Instant::now()).min(MAX_WAIT);
+        let mut reply = None;
         match inbox.recv_timeout(wait) {
             Ok(Event::Request(envelope, slot)) => {
                 let now = Timestamp::now();
@@ -128,8 +133,7 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
                     HeadRequest::Client(req) => reply_bytes(&me, &core.handle_client(envelope.credential, req, now)),
                     HeadRequest::Compute(req) => reply_bytes(&me, &core.handle_compute(req, now)),
                 };
-                // The requester may have given up; its retry will be answered then.
-                let _ = slot.send(bytes);
+                reply = Some((slot, bytes));
             }
             Ok(Event::DeliveryFailed(failure)) => core.delivery_failed(failure, Timestamp::now()),
             Err(RecvTimeoutError::Timeout) => {}
@@ -139,8 +143,20 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
             core.tick(Timestamp::now());
             next_tick = Instant::now() + config.scheduler_interval;
         }
-        // After the reply, so a submission is acknowledged before its job is started.
+        if let Err(e) = core.sync() {
+            tracing::error!(error = %e, "cannot sync the job store; replies are errors until it can");
+            reply =
+                reply.map(|(slot, _)| (slot, error_bytes(&me, ErrorReply::new(ErrorCode::Unavailable, e.to_string()))));
+        }
+        if let Some((slot, bytes)) = reply {
+            // The requester may have given up; its retry will be answered then.
+            let _ = slot.send(bytes);
+        }
+        // After the reply, so a submission is acknowledged before its job is placed.
         core.schedule_if_needed(Timestamp::now());
+        if let Err(e) = core.sync() {
+            tracing::error!(error = %e, "cannot sync the job store; placements wait until it can");
+        }
     }
     tracing::info!("head shutting down");
     drop(core);

@@ -1,8 +1,8 @@
 //! The embedded store: a redb database file in the head's state directory.
 //!
 //! redb is a crash-safe (copy-on-write, checksummed) single-file key-value store. `save` commits
-//! durably (a disk sync before it returns); `save_lazily` commits without a sync, and becomes
-//! durable with the next durable commit. Records are MessagePack with named fields, like the
+//! without a disk sync (redb's `Durability::None`); `sync` commits an empty transaction durably,
+//! which makes every commit before it durable too, so a loop turn of the head costs one sync. Records are MessagePack with named fields, like the
 //! wire. Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet settled), `nodes`
 //! (id -> node). (A `meta` table left by earlier releases, which kept a job id counter, is unused.)
 
@@ -61,11 +61,31 @@ impl Store for EmbeddedStore {
     }
 
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
-        self.write(jobs, nodes, Durability::Immediate)
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::None);
+        {
+            let mut table = txn.open_table(JOBS).map_err(backend)?;
+            let mut active = txn.open_table(ACTIVE_JOBS).map_err(backend)?;
+            for job in jobs {
+                table.insert(job.id.0, encode(job)?.as_slice()).map_err(backend)?;
+                if job.is_settled() {
+                    active.remove(job.id.0).map_err(backend)?;
+                } else {
+                    active.insert(job.id.0, ()).map_err(backend)?;
+                }
+            }
+            let mut table = txn.open_table(NODES).map_err(backend)?;
+            for node in nodes {
+                table.insert(node.id.as_str(), encode(node)?.as_slice()).map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
     }
 
-    fn save_lazily(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
-        self.write(jobs, nodes, Durability::None)
+    fn sync(&mut self) -> StoreResult<()> {
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate);
+        txn.commit().map_err(backend)
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -116,30 +136,6 @@ impl Store for EmbeddedStore {
             out.push(decode(bytes.value())?);
         }
         Ok(out)
-    }
-}
-
-impl EmbeddedStore {
-    fn write(&mut self, jobs: &[&Job], nodes: &[&Node], durability: Durability) -> StoreResult<()> {
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(durability);
-        {
-            let mut table = txn.open_table(JOBS).map_err(backend)?;
-            let mut active = txn.open_table(ACTIVE_JOBS).map_err(backend)?;
-            for job in jobs {
-                table.insert(job.id.0, encode(job)?.as_slice()).map_err(backend)?;
-                if job.is_settled() {
-                    active.remove(job.id.0).map_err(backend)?;
-                } else {
-                    active.insert(job.id.0, ()).map_err(backend)?;
-                }
-            }
-            let mut table = txn.open_table(NODES).map_err(backend)?;
-            for node in nodes {
-                table.insert(node.id.as_str(), encode(node)?.as_slice()).map_err(backend)?;
-            }
-        }
-        txn.commit().map_err(backend)
     }
 }
 

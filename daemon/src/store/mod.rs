@@ -1,7 +1,9 @@
 //! Persistence of the head's truth (nodes, jobs, the job id counter) behind one trait.
 //!
 //! The head keeps every pending and running job and every node in memory and writes each change
-//! through a [`Store`] before it acknowledges it. Implementations: [`embedded::EmbeddedStore`]
+//! through a [`Store`]; before it acknowledges anything or tells a node anything, it makes the
+//! writes so far durable with one [`Store::sync`] (group commit: one disk sync per loop turn, not
+//! one per change). Implementations: [`embedded::EmbeddedStore`]
 //! (redb, on local disk, the default) and [`mongo::MongoStore`] (MongoDB).
 //! The same contract tests (`contract_tests`) run against each one.
 
@@ -34,13 +36,11 @@ pub trait Store: Send {
     /// memory, so ids are sequential and none that a saved job holds is handed out again, even
     /// across restarts, without a store write per id (one head per store).
     fn last_job_id(&self) -> StoreResult<JobId>;
-    /// Writes jobs and nodes in one atomic step, durably.
+    /// Writes jobs and nodes in one step. Reads see the write at once; it is durable once a later
+    /// [`Store::sync`] returns `Ok` (a store may make it durable sooner).
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()>;
-    /// As [`Store::save`], for changes a crash may lose (they are re-derived after a restart):
-    /// a store may skip the disk sync and make them durable with the next `save`.
-    fn save_lazily(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
-        self.save(jobs, nodes)
-    }
+    /// Makes every earlier `save` durable.
+    fn sync(&mut self) -> StoreResult<()>;
     /// One job, whatever its state.
     fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
     /// Every job not yet settled (pending, running, or ended with a node still to report), by id.
@@ -103,7 +103,8 @@ pub mod contract_tests {
             let mut store = open();
             assert_eq!(store.last_job_id().expect("last id"), JobId(0), "a new store has no jobs");
             store.save(&[&job(JobId(2)), &job(JobId(1))], &[]).expect("save");
-            assert_eq!(store.last_job_id().expect("last id"), JobId(2));
+            assert_eq!(store.last_job_id().expect("last id"), JobId(2), "a save is read back before any sync");
+            store.sync().expect("sync");
         }
         let store = open();
         assert_eq!(store.last_job_id().expect("last id"), JobId(2), "the last id survives a restart");
@@ -122,6 +123,7 @@ pub mod contract_tests {
 
         a.state = JobState::Completed { started_at: Timestamp(1), ended_at: Timestamp(2) };
         store.save(&[&a], &[]).expect("save");
+        store.sync().expect("sync");
         drop(store);
         let store = open();
         assert!(!store.active_jobs().expect("active").iter().any(|j| j.id == a.id), "a finished job is not active");
@@ -139,6 +141,7 @@ pub mod contract_tests {
         n1.health = NodeHealth::Down { since: Timestamp(9), reason: "gone".into() };
         n1.allocations.clear();
         store.save(&[], &[&n1]).expect("save");
+        store.sync().expect("sync");
         drop(store);
         let nodes = open().nodes().expect("nodes");
         let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
