@@ -8,6 +8,10 @@
 //! 4. `cminfo` latency with 10,000 pending jobs and 256 registered computes;
 //! 5. head CPU and memory with 1,000 heartbeating computes (a load generator that speaks the
 //!    real protocol as many nodes, see `fake_nodes`).
+//!
+//! Each scenario's cluster directory (state, job outputs) is removed when cmbench exits, not when
+//! the scenario ends: on ext4 a file created within a while of many deletions costs more, so
+//! removing one scenario's thousands of files would slow the next scenario's file creation.
 
 mod fake_nodes;
 mod stats;
@@ -135,8 +139,8 @@ fn store_kind(name: &str) -> anyhow::Result<StoreKind> {
     }
 }
 
-fn serial_cli(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Result<Value> {
-    let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
+fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
+    let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
     let mut samples = Samples::default();
@@ -162,8 +166,8 @@ fn serial_cli(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Resul
     Ok(json!({ "submissions": n, "per_second": rate, "latency": samples.summary() }))
 }
 
-fn throughput(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Result<Value> {
-    let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
+fn throughput(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
+    let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
     let job = spec(&cluster.workdir, "true", options)?;
@@ -185,8 +189,8 @@ fn throughput(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Resul
     )
 }
 
-fn submit_to_start(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::Result<Value> {
-    let cluster = Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG);
+fn submit_to_start(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
+    let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
     let job = spec(&cluster.workdir, "true", options)?;
@@ -211,9 +215,15 @@ fn submit_to_start(store: &StoreKind, n: usize, options: JobOptions) -> anyhow::
     Ok(samples.summary())
 }
 
-fn cminfo_latency(pending: usize, nodes: usize) -> anyhow::Result<Value> {
-    let cluster =
-        Cluster::start_with(&StoreKind::Embedded, 1, 1, 4096, "kill_grace: 1s\nheartbeat_timeout: 1h\n", BENCH_LOG);
+fn cminfo_latency(pending: usize, nodes: usize, later: &mut Leftovers) -> anyhow::Result<Value> {
+    let cluster = later.keep(Cluster::start_with(
+        &StoreKind::Embedded,
+        1,
+        1,
+        4096,
+        "kill_grace: 1s\nheartbeat_timeout: 1h\n",
+        BENCH_LOG,
+    ));
     let ctx = zmq::Context::new();
     let mut h = head(&cluster, &ctx);
     let blocker = submit(&mut h, &spec(&cluster.workdir, "sleep 3600", JobOptions { discard_output: false })?)?;
@@ -266,8 +276,8 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn head_at_scale(nodes: usize, seconds: u64) -> anyhow::Result<Value> {
-    let cluster = Cluster::start_with(&StoreKind::Embedded, 0, 1, 1024, BENCH_CONFIG, BENCH_LOG);
+fn head_at_scale(nodes: usize, seconds: u64, later: &mut Leftovers) -> anyhow::Result<Value> {
+    let cluster = later.keep(Cluster::start_with(&StoreKind::Embedded, 0, 1, 1024, BENCH_CONFIG, BENCH_LOG));
     let pid = cluster.head.pid().context("head pid")?;
     fake_nodes::register(&cluster.head_endpoint, nodes)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -300,6 +310,26 @@ fn head_at_scale(nodes: usize, seconds: u64) -> anyhow::Result<Value> {
     )
 }
 
+/// Cluster directories to remove when cmbench exits (see the module comment).
+#[derive(Default)]
+struct Leftovers(Vec<std::path::PathBuf>);
+
+impl Leftovers {
+    fn keep(&mut self, mut cluster: Cluster) -> Cluster {
+        cluster.dir.disable_cleanup(true);
+        self.0.push(cluster.dir.path().to_path_buf());
+        cluster
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let store = store_kind(&args.store)?;
@@ -307,14 +337,15 @@ fn main() -> anyhow::Result<()> {
     let mut report = serde_json::Map::new();
     report.insert("store".into(), json!(args.store));
     let options = JobOptions { discard_output: args.discard_output };
+    let mut later = Leftovers::default();
     report.insert("job_output".into(), json!(if args.discard_output { "/dev/null" } else { "files" }));
     for scenario in &args.only {
         let result = match scenario {
-            1 => serial_cli(&store, scale(1000, 200), options)?,
-            2 => throughput(&store, scale(2000, 500), options)?,
-            3 => submit_to_start(&store, scale(200, 50), options)?,
-            4 => cminfo_latency(scale(10_000, 2_000), 256)?,
-            5 => head_at_scale(1000, scale(20, 6) as u64)?,
+            1 => serial_cli(&store, scale(1000, 200), options, &mut later)?,
+            2 => throughput(&store, scale(2000, 500), options, &mut later)?,
+            3 => submit_to_start(&store, scale(200, 50), options, &mut later)?,
+            4 => cminfo_latency(scale(10_000, 2_000), 256, &mut later)?,
+            5 => head_at_scale(1000, scale(20, 6) as u64, &mut later)?,
             other => bail!("no scenario {other}"),
         };
         let name =

@@ -34,6 +34,11 @@ pub struct LinkConfig {
 /// The most reports one request carries.
 const MAX_BATCH: usize = 256;
 
+/// How long a start report waits for its job's end, so that a short job costs the head one
+/// report instead of two. Ends go at once (they free the node's resources on the head); the
+/// start's time travels in the report, so holding it back changes no recorded time.
+const START_HOLD: Duration = Duration::from_millis(20);
+
 /// A handle to queue reports for the head.
 #[derive(Clone)]
 pub struct HeadLink {
@@ -58,17 +63,20 @@ impl HeadLink {
         let (reports, inbox) = channel::<JobReport>();
         let requester =
             Requester::new(ctx, &config.head_address, config.policy, config.node.as_str(), Credential { uid: 0 });
-        let mut link = Link { config, requester, running, events, shutdown, queue: VecDeque::new() };
+        let mut link = Link { config, requester, running, events, shutdown, queue: VecDeque::new(), held_since: None };
         std::thread::Builder::new().name("head-link".into()).spawn(move || {
             if !link.register() {
                 return;
             }
             let mut next_heartbeat = Instant::now() + link.config.heartbeat_interval;
             loop {
-                match inbox.recv_timeout(next_heartbeat.saturating_duration_since(Instant::now())) {
+                let wake = link.held_since.map_or(next_heartbeat, |since| (since + START_HOLD).min(next_heartbeat));
+                match inbox.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                     Ok(report) => {
-                        link.queue.push_back(report);
-                        link.queue.extend(inbox.try_iter());
+                        link.enqueue(report);
+                        for report in inbox.try_iter() {
+                            link.enqueue(report);
+                        }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
@@ -76,7 +84,10 @@ impl HeadLink {
                 if link.shutdown.load(Ordering::Relaxed) {
                     return;
                 }
-                link.flush();
+                let end_queued = link.queue.iter().any(|r| matches!(r, JobReport::End(_)));
+                if end_queued || link.held_since.is_none_or(|since| since.elapsed() >= START_HOLD) {
+                    link.flush();
+                }
                 if Instant::now() >= next_heartbeat {
                     link.heartbeat();
                     link.flush();
@@ -96,6 +107,8 @@ struct Link {
     shutdown: Arc<AtomicBool>,
     /// Reports not yet acknowledged, oldest first.
     queue: VecDeque<JobReport>,
+    /// Since when a start report has been held back (see [`START_HOLD`]).
+    held_since: Option<Instant>,
 }
 
 impl Link {
@@ -156,8 +169,17 @@ impl Link {
         }
     }
 
-    /// Sends the queued reports in order, in batches; stops when the head cannot take them now.
+    fn enqueue(&mut self, report: JobReport) {
+        if matches!(report, JobReport::Start(_)) && self.held_since.is_none() {
+            self.held_since = Some(Instant::now());
+        }
+        self.queue.push_back(report);
+    }
+
+    /// Sends the queued reports in order, in batches; stops when the head cannot take them now
+    /// (what is left goes with the next report or heartbeat).
     fn flush(&mut self) {
+        self.held_since = None;
         fold_starts_into_ends(&mut self.queue);
         while !self.queue.is_empty() {
             let count = self.queue.len().min(MAX_BATCH);
