@@ -275,6 +275,18 @@ pub struct ReportJobEnd {
     pub started_at: Option<Timestamp>,
 }
 
+impl ReportJobStart {
+    pub fn job_run(&self) -> JobRun {
+        JobRun { job: self.job, run: self.run }
+    }
+}
+
+impl ReportJobEnd {
+    pub fn job_run(&self) -> JobRun {
+        JobRun { job: self.job, run: self.run }
+    }
+}
+
 /// Responses to [`ComputeRequest`]s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ComputeResponse {

@@ -3,8 +3,9 @@
 //! It registers (retrying, with backoff, as configured), then sends heartbeats and the node's
 //! reports (job start and end) in order, retrying them until the head has them, so an end is
 //! never lost while the head is restarting. Whatever has queued up while the link was busy goes
-//! in one request ([`ReportJobs`]), and a start whose end is already queued rides in that end,
-//! so a busy node costs the head one request and one disk sync per batch, not two per job. A head that does not know the node any more gets
+//! in one request ([`ReportJobs`]), and a start is held back briefly ([`START_HOLD`]) so that,
+//! once its end is queued, it rides in that end: a short job costs the head one request, a busy
+//! node one request and one disk sync per batch. A head that does not know the node any more gets
 //! a fresh registration. Jobs the head says to kill come back to the compute loop.
 
 use super::Event;
@@ -208,7 +209,7 @@ impl Link {
             for report in self.queue.drain(..count) {
                 // The head has the end: the run's records on this node can go.
                 if let JobReport::End(end) = report {
-                    let _ = self.events.send(Event::EndAcked(JobRun { job: end.job, run: end.run }));
+                    let _ = self.events.send(Event::EndAcked(end.job_run()));
                 }
             }
         }
@@ -233,7 +234,7 @@ fn fold_starts_into_ends(queue: &mut VecDeque<JobReport>) {
     let ended: HashSet<JobRun> = queue
         .iter()
         .filter_map(|r| match r {
-            JobReport::End(end) => Some(JobRun { job: end.job, run: end.run }),
+            JobReport::End(end) => Some(end.job_run()),
             JobReport::Start(_) => None,
         })
         .collect();
@@ -242,15 +243,15 @@ fn fold_starts_into_ends(queue: &mut VecDeque<JobReport>) {
     }
     let mut started = HashMap::new();
     queue.retain(|r| match r {
-        JobReport::Start(start) if ended.contains(&JobRun { job: start.job, run: start.run }) => {
-            started.insert(JobRun { job: start.job, run: start.run }, start.started_at);
+        JobReport::Start(start) if ended.contains(&start.job_run()) => {
+            started.insert(start.job_run(), start.started_at);
             false
         }
         _ => true,
     });
     for report in queue.iter_mut() {
         if let JobReport::End(end) = report {
-            if let Some(&at) = started.get(&JobRun { job: end.job, run: end.run }) {
+            if let Some(&at) = started.get(&end.job_run()) {
                 end.started_at = end.started_at.or(Some(at));
             }
         }

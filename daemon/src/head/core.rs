@@ -372,8 +372,7 @@ impl HeadCore {
                     match report {
                         JobReport::Start(req) => self.report_start(req),
                         JobReport::End(req) => {
-                            let run = JobRun { job: req.job, run: req.run };
-                            self.record_node_end(run, &req.node, req.end, req.started_at, now)
+                            self.record_node_end(req.job_run(), &req.node, req.end, req.started_at, now)
                         }
                     }
                     .map_err(unavailable)?;
