@@ -1,5 +1,7 @@
-//! `cmstep STEP_FILE`: the supervisor a compute daemon starts for each job run (see
-//! [`cm_step::supervisor`]). Its stderr is the node's supervisor log, `STATE_DIR/cmstep.log`.
+//! `cmstep STEP_FILE`: supervise one job run (see [`cm_step::supervisor`]).
+//! `cmstep --launcher`: the fork server that starts supervisors for a compute daemon (see
+//! [`cm_step::launcher`]). Started by the compute daemon, not by users; stderr is the node's
+//! supervisor log, `STATE_DIR/cmstep.log`.
 
 fn main() {
     tracing_subscriber::fmt()
@@ -7,11 +9,18 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let Some(path) = std::env::args_os().nth(1) else {
-        eprintln!("usage: cmstep STEP_FILE (started by the compute daemon, not by users)");
+    let Some(arg) = std::env::args_os().nth(1) else {
+        eprintln!("usage: cmstep STEP_FILE | cmstep --launcher (started by the compute daemon, not by users)");
         std::process::exit(2);
     };
-    let path = std::path::Path::new(&path);
+    if arg == "--launcher" {
+        if let Err(e) = cm_step::launcher::serve() {
+            tracing::error!("launcher: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let path = std::path::Path::new(&arg);
     if let Err(e) = cm_step::supervisor::run(path) {
         tracing::error!(step = %path.display(), "{e:#}");
         std::process::exit(1);

@@ -5,14 +5,23 @@
 //! supervisor appends how it ended ([`NodeEnd`]) in one `write`. Whichever daemon runs then
 //! reads the file, reports the end, and deletes the file once the head has acknowledged it.
 //!
+//! The supervisor holds a POSIX record lock on the whole file for as long as it lives
+//! ([`LockedStep`]). The kernel drops the lock when the process ends, however it ends, so whether
+//! a run still has a supervisor, and which process it is, can be read off the file alone
+//! ([`supervisor_of`]): no process table to scan, no pid that could have been reused.
+//!
 //! One file per run, appended to, rather than a directory of files written aside and renamed:
 //! creating and deleting inodes is most of what a short job costs a node's file system (ext4
 //! without a journal, for one, scans past every recently deleted inode on each allocation).
 
 use cm_common::job::{Job, JobRun, NodeEnd};
 use cm_common::{JobId, NodeId};
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// What the daemon tells a supervisor.
@@ -53,30 +62,88 @@ pub fn create(path: &Path, spec: &StepSpec) -> anyhow::Result<()> {
     std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-/// Appends the end of the run, in one write so that a reader sees all of it or none of it.
-pub fn append_end(path: &Path, end: &NodeEnd) -> anyhow::Result<()> {
-    let bytes = rmp_serde::to_vec_named(end)?;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    file.write_all(&bytes).map_err(|e| anyhow::anyhow!("cannot record the end in {}: {e}", path.display()))
-}
-
 /// Reads a step file; `Ok(None)` if it does not exist. A part that does not decode (cut short by
 /// a crash) reads as absent.
 pub fn read(path: &Path) -> anyhow::Result<Option<StepRecord>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
-    };
-    let mut rest: &[u8] = &bytes;
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(decode(&bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn decode(bytes: &[u8]) -> StepRecord {
+    let mut rest = bytes;
     let Ok(spec) = rmp_serde::from_read::<_, StepSpec>(&mut rest) else {
-        return Ok(Some(StepRecord { spec: None, end: None }));
+        return StepRecord { spec: None, end: None };
     };
     let end = if rest.is_empty() { None } else { rmp_serde::from_slice(rest).ok() };
-    Ok(Some(StepRecord { spec: Some(spec), end }))
+    StepRecord { spec: Some(spec), end }
+}
+
+/// A whole-file write lock, as `fcntl` takes it.
+fn whole_file(kind: libc::c_int) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct of integers, for which all zeroes is a valid value.
+    #[allow(unsafe_code)]
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+/// A step file held by its supervisor: opened once and locked until the process ends.
+///
+/// POSIX locks belong to the process and are dropped when it closes *any* descriptor of the
+/// file, so the supervisor must read and append only through this handle, never by path.
+pub struct LockedStep {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockedStep {
+    /// Opens and locks the step file at `path` and reads it. Fails if another process holds it.
+    pub fn lock(path: &Path) -> anyhow::Result<(LockedStep, StepRecord)> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("cannot {what} {}: {e}", path.display());
+        let mut file = std::fs::OpenOptions::new().read(true).append(true).open(path).map_err(|e| fail("open", &e))?;
+        match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK))) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                let holder =
+                    supervisor_of(path).ok().flatten().map(|pid| format!(" (process {pid})")).unwrap_or_default();
+                return Err(anyhow::anyhow!("{} already has a supervisor{holder}", path.display()));
+            }
+            Err(e) => return Err(fail("lock", &e)),
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| fail("read", &e))?;
+        Ok((LockedStep { file, path: path.to_path_buf() }, decode(&bytes)))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends the end of the run, in one write so that a reader sees all of it or none of it.
+    pub fn append_end(&mut self, end: &NodeEnd) -> anyhow::Result<()> {
+        let bytes = rmp_serde::to_vec_named(end)?;
+        self.file
+            .write_all(&bytes)
+            .map_err(|e| anyhow::anyhow!("cannot record the end in {}: {e}", self.path.display()))
+    }
+}
+
+/// The pid of the live supervisor holding the step file at `path`, if any; `Ok(None)` also when
+/// the file does not exist. Asked from the supervisor itself, it answers `None`: a process never
+/// conflicts with its own lock.
+pub fn supervisor_of(path: &Path) -> std::io::Result<Option<i32>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut lock = whole_file(libc::F_WRLCK);
+    fcntl(file.as_raw_fd(), FcntlArg::F_GETLK(&mut lock))?;
+    Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
 }
 
 #[cfg(test)]
@@ -117,7 +184,11 @@ mod tests {
             cause: NodeEndCause::Exited,
             replicas: vec![ReplicaExit { rank: 0, status: ExitStatus::Exited { code: 3 } }],
         };
-        append_end(&p, &end).expect("append");
+        assert_eq!(supervisor_of(&p).expect("no lock"), None);
+        let (mut locked, record) = LockedStep::lock(&p).expect("lock");
+        assert_eq!(record, StepRecord { spec: Some(spec()), end: None });
+        locked.append_end(&end).expect("append");
+        drop(locked);
         assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: Some(spec()), end: Some(end) }));
 
         // A crash in the middle of either write leaves bytes that do not decode.

@@ -1,5 +1,6 @@
 //! The real `cmstep` binary on real step files: how a job's end is recorded when its replicas
-//! exit, when it is killed, when its time limit passes, and when it cannot start.
+//! exit, when it is killed, when its time limit passes, and when it cannot start; and
+//! `cmstep --launcher`, which forks the supervisors for a compute daemon.
 
 use cm_common::job::{ExitStatus, Job, JobNode, JobRun, JobSpec, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Timestamp};
@@ -17,9 +18,8 @@ impl Fixture {
         Fixture { dir: tempfile::tempdir().expect("tempdir") }
     }
 
-    /// Writes a step file for a job running `command` in `procs` replicas (as the current user)
-    /// and starts `cmstep` on it.
-    fn start(&self, command: &str, procs: u32, edit: impl FnOnce(&mut JobSpec)) -> (PathBuf, Child) {
+    /// Writes a step file for job `id` running `command` in `procs` replicas (as the current user).
+    fn write(&self, id: u64, command: &str, procs: u32, edit: impl FnOnce(&mut JobSpec)) -> PathBuf {
         let me = nix::unistd::getuid().as_raw();
         let mut spec = JobSpec {
             command: command.into(),
@@ -30,11 +30,17 @@ impl Fixture {
         };
         spec.user.uid = me;
         edit(&mut spec);
-        let mut job = Job::new(JobId(5), spec, Timestamp::now(), "token".into());
+        let mut job = Job::new(JobId(id), spec, Timestamp::now(), "token".into());
         job.nodes = vec![JobNode { node: NodeId::new("n1"), started_at: None, end: None }];
         let path = record::path(self.dir.path(), JobRun { job: job.id, run: 0 });
         let step = StepSpec { job, node: NodeId::new("n1"), switch_user: false, kill_grace_ms: 300 };
         record::create(&path, &step).expect("step file");
+        path
+    }
+
+    /// Writes a step file for job 5 and starts `cmstep` on it.
+    fn start(&self, command: &str, procs: u32, edit: impl FnOnce(&mut JobSpec)) -> (PathBuf, Child) {
+        let path = self.write(5, command, procs, edit);
         let child = Command::new(env!("CARGO_BIN_EXE_cmstep")).arg(&path).spawn().expect("cmstep");
         (path, child)
     }
@@ -95,4 +101,84 @@ fn a_job_that_cannot_start_is_recorded_as_a_launch_failure() {
     let end = end_of(&path, child);
     let NodeEndCause::LaunchFailed { reason } = &end.cause else { panic!("{:?}", end.cause) };
     assert!(reason.contains("/nonexistent/dir"), "{reason}");
+}
+
+/// `cmstep --launcher` with its stdin and a channel of the lines it writes.
+struct LauncherProcess {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LauncherProcess {
+    fn start() -> LauncherProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cmstep"))
+            .arg("--launcher")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("cmstep --launcher");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if tx.send(line.expect("line")).is_err() {
+                    break;
+                }
+            }
+        });
+        LauncherProcess { child, lines }
+    }
+
+    fn request(&mut self, path: &Path) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{}", path.display()).expect("request");
+    }
+
+    fn next(&self) -> Vec<String> {
+        let line = self.lines.recv_timeout(Duration::from_secs(10)).expect("a line from the launcher");
+        line.split('\t').map(String::from).collect()
+    }
+}
+
+#[test]
+fn the_launcher_forks_locked_supervisors_reports_exits_and_leaves_them_running_when_closed() {
+    let f = Fixture::new();
+    let quick = f.write(1, "exit 4", 1, |_| {});
+    let slow = f.write(2, "sleep 30", 1, |_| {});
+    let mut launcher = LauncherProcess::start();
+
+    launcher.request(&quick);
+    let started = launcher.next();
+    assert_eq!((started[0].as_str(), started[2].as_str()), ("started", quick.to_str().expect("utf-8")));
+    assert_eq!(launcher.next(), vec!["exited".to_string(), started[1].clone()]);
+    let end = record::read(&quick).expect("read").and_then(|r| r.end).expect("an end record");
+    assert_eq!(end.replicas[0].status, ExitStatus::Exited { code: 4 });
+
+    // The lock is taken before `started` is written, so the daemon can find the supervisor by
+    // its file at once; a second supervisor for the same file is refused.
+    launcher.request(&slow);
+    let started = launcher.next();
+    assert_eq!(started[0], "started");
+    let pid: i32 = started[1].parse().expect("pid");
+    assert_eq!(record::supervisor_of(&slow).expect("lock"), Some(pid));
+    launcher.request(&slow);
+    let refused = launcher.next();
+    assert_eq!(refused[0], "failed");
+    assert!(refused[2].contains(&format!("process {pid}")), "{refused:?}");
+    assert_eq!(launcher.next()[0], "exited");
+
+    // Closing its stdin (the daemon is gone) ends the launcher, not the job.
+    drop(launcher.child.stdin.take());
+    assert!(launcher.child.wait().expect("wait").success());
+    assert_eq!(record::supervisor_of(&slow).expect("lock"), Some(pid));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record::supervisor_of(&slow).expect("lock").is_some() {
+        assert!(Instant::now() < deadline, "the supervisor did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let end = record::read(&slow).expect("read").and_then(|r| r.end).expect("an end record");
+    assert_eq!(end.cause, NodeEndCause::Killed);
 }

@@ -8,6 +8,7 @@
 //! are reported, across a restart of this daemon.
 
 pub mod head_link;
+pub mod launcher;
 pub mod steps;
 
 use crate::service::{self, reply_bytes, ReplySlot};

@@ -2,21 +2,21 @@
 //!
 //! Each job run on this node has a step file, `STATE_DIR/jobs/<job>.<run>.step`
 //! ([`cm_step::record`]): the supervisor's instructions and, once the job has ended here, how it
-//! ended. The file is removed only when the head has acknowledged that end, so a daemon
-//! restarted at any moment finds every job: still running (its supervisor is adopted, found by
-//! its command line in /proc), or ended and not yet reported (reported again; the head ignores
-//! repeats). Supervisors log to one shared file, `STATE_DIR/cmstep.log`.
+//! ended. Its supervisor, forked by the daemon's [`Launcher`], holds the file's lock while it
+//! lives. The file is removed only when the head has acknowledged that end, so a daemon
+//! restarted at any moment finds every job: still running (the file is locked; its supervisor is
+//! adopted), or ended and not yet reported (reported again; the head ignores repeats).
+//! Supervisors log to one shared file, `STATE_DIR/cmstep.log`.
 
+use super::launcher::Launcher;
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
 use cm_step::record::{self, StepSpec};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// How many ended runs a node remembers, to refuse a late duplicate StartJob.
@@ -26,7 +26,8 @@ struct Step {
     run: u32,
     pid: i32,
     per_node: Resources,
-    /// Started by an earlier daemon: not our child, so its exit is noticed by polling.
+    /// Started by an earlier daemon or by a launcher that has died since: nobody reports its
+    /// exit, so it is noticed by polling its step file's lock.
     adopted: bool,
 }
 
@@ -36,6 +37,8 @@ pub struct Steps {
     exe: PathBuf,
     /// The supervisors' shared log (their stderr), opened for appending.
     log: File,
+    /// Started on the first job, and again after it dies.
+    launcher: Option<Launcher>,
     node: NodeId,
     kill_grace: Duration,
     steps: BTreeMap<JobId, Step>,
@@ -43,47 +46,19 @@ pub struct Steps {
     ended_set: HashSet<JobRun>,
 }
 
-/// The first two command-line arguments of a live (not zombie) process.
-fn command_line(pid: i32) -> Option<(Vec<u8>, Vec<u8>)> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    if stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') {
-        return None;
-    }
-    let mut args = cmdline.split(|&b| b == 0);
-    Some((args.next()?.to_vec(), args.next()?.to_vec()))
-}
-
-/// Whether `pid` is a live supervisor of the step file `path`.
-fn supervises(pid: i32, path: &Path) -> bool {
-    command_line(pid).is_some_and(|(_, arg)| arg == path.as_os_str().as_encoded_bytes())
-}
-
-/// Every live process whose first argument is a step file in `root`, by that file.
-fn live_supervisors(root: &Path) -> HashMap<PathBuf, i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let (exe, arg) = command_line(pid)?;
-            let path = PathBuf::from(String::from_utf8(arg).ok()?);
-            (exe.ends_with(b"cmstep") && path.parent() == Some(root)).then_some((path, pid))
-        })
-        .collect()
-}
-
 impl Steps {
     pub fn new(state_dir: &Path, node: NodeId, kill_grace: Duration) -> std::io::Result<Steps> {
         let root = state_dir.join("jobs");
         std::fs::create_dir_all(&root)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join("cmstep.log"))?;
-        // The supervisor binary is installed beside cmd.
+        // The supervisor binary is installed beside cmd; a daemon with a relative path to it
+        // still finds it after a chdir.
         let exe = std::env::current_exe()?.with_file_name("cmstep");
         Ok(Steps {
             root,
             exe,
             log,
+            launcher: None,
             node,
             kill_grace,
             steps: BTreeMap::new(),
@@ -124,37 +99,43 @@ impl Steps {
     ) -> Result<(), String> {
         let run = job.job_run();
         let path = self.path(run);
-        let fail = |what: &str, e: &dyn std::fmt::Display| format!("cannot {what} for job {run} on {}: {e}", self.node);
+        let node = self.node.clone();
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("cannot {what} for job {run} on {node}: {e}");
         let kill_grace_ms = u64::try_from(self.kill_grace.as_millis()).unwrap_or(u64::MAX);
         let spec = StepSpec { job: job.clone(), node: self.node.clone(), switch_user, kill_grace_ms };
         record::create(&path, &spec).map_err(|e| fail("write the step file", &e))?;
-        let log = self.log.try_clone().map_err(|e| fail("share the supervisor log", &e))?;
-        let spawned = Command::new(&self.exe)
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Its own process group: signals meant for the daemon (a terminal's ^C, a group kill)
-            // do not reach the job.
-            .process_group(0)
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
+        let pid = match self.launcher().and_then(|l| l.launch(&path, Box::new(move || on_exit(run)))) {
+            Ok(pid) => pid,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 return Err(fail("start the job supervisor", &e));
             }
         };
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        std::thread::Builder::new()
-            .name(format!("step-{run}"))
-            .spawn(move || {
-                let _ = child.wait();
-                on_exit(run);
-            })
-            .map_err(|e| fail("watch the job supervisor", &e))?;
         self.steps.insert(job.id, Step { run: run.run, pid, per_node: job.spec.per_node, adopted: false });
         Ok(())
+    }
+
+    /// The launcher, started anew if there is none or it has died (its supervisors are then
+    /// watched by polling, as adopted ones are).
+    fn launcher(&mut self) -> Result<&mut Launcher, String> {
+        if self.launcher.as_ref().is_some_and(Launcher::is_lost) {
+            self.launcher = None;
+            self.watch_orphans();
+        }
+        if self.launcher.is_none() {
+            let log = self.log.try_clone().map_err(|e| format!("cannot share the supervisor log: {e}"))?;
+            let launcher = Launcher::spawn(&self.exe, log)
+                .map_err(|e| format!("cannot start the supervisor launcher {}: {e}", self.exe.display()))?;
+            self.launcher = Some(launcher);
+        }
+        self.launcher.as_mut().ok_or_else(|| "no supervisor launcher".to_string())
+    }
+
+    /// After the launcher died: its supervisors' exits are noticed by polling from now on.
+    fn watch_orphans(&mut self) {
+        for step in self.steps.values_mut() {
+            step.adopted = true;
+        }
     }
 
     /// Asks the supervisor of `id` to stop the job (SIGTERM, then SIGKILL after the grace period).
@@ -202,13 +183,12 @@ impl Steps {
     pub fn adopt(&mut self) -> Vec<(JobRun, NodeEnd)> {
         let mut ends = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.root) else { return ends };
-        let live = live_supervisors(&self.root);
         for entry in entries.flatten() {
             let Some(run) = entry.file_name().to_str().and_then(record::run_of) else { continue };
             let path = self.path(run);
             let spec = record::read(&path).ok().flatten().and_then(|r| r.spec);
-            match (spec, live.get(&path)) {
-                (Some(spec), Some(&pid)) => {
+            match (spec, record::supervisor_of(&path).ok().flatten()) {
+                (Some(spec), Some(pid)) => {
                     tracing::info!(job = %run, pid, "adopted a running job");
                     self.steps
                         .insert(run.job, Step { run: run.run, pid, per_node: spec.job.spec.per_node, adopted: true });
@@ -222,13 +202,18 @@ impl Steps {
         ends
     }
 
-    /// Adopted supervisors that have exited since (they are not our children, so nothing else
-    /// tells us).
-    pub fn exited_adopted(&self) -> Vec<JobRun> {
+    /// Adopted supervisors that have exited since: their step files are no longer locked.
+    /// (Nobody else tells us: they are not children of our launcher.)
+    pub fn exited_adopted(&mut self) -> Vec<JobRun> {
+        if self.launcher.as_ref().is_some_and(Launcher::is_lost) {
+            self.launcher = None;
+            self.watch_orphans();
+        }
         self.steps
             .iter()
-            .filter(|(&job, s)| s.adopted && !supervises(s.pid, &self.path(JobRun { job, run: s.run })))
-            .map(|(&job, s)| JobRun { job, run: s.run })
+            .map(|(&job, s)| (JobRun { job, run: s.run }, s))
+            .filter(|(run, s)| s.adopted && !matches!(record::supervisor_of(&self.path(*run)), Ok(Some(_))))
+            .map(|(run, _)| run)
             .collect()
     }
 
