@@ -472,6 +472,40 @@ fn jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported(store
     cluster.assert_alive();
 }
 
+/// The pid of the `cmstep --launcher` that the daemon `parent` started.
+fn launcher_of(parent: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == parent && cmdline.ends_with(b"--launcher\0")).then_some(pid)
+    })
+}
+
+fn jobs_outlive_their_supervisor_launcher_and_a_new_one_takes_over(store: StoreKind) {
+    let mut cluster = Cluster::start_on(&store, 1, 2, 512);
+    let id = cluster.submit(&["-p", "2", "echo $$ > pid.$CM_PROC_RANK; sleep 1; exit 5"]);
+    let pids = replica_pids(&cluster, 2);
+    let daemon = cluster.computes[0].pid().expect("the compute daemon runs");
+    let launcher = launcher_of(daemon).expect("the compute daemon's supervisor launcher");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(launcher), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    assert!(pids.iter().all(|&p| process_alive(p)), "the job survives its launcher");
+    // Nobody reports the orphaned supervisor's exit now: the daemon sees its step file unlocked.
+    let job = cluster.wait_status(id, "Failed", LONG);
+    let codes: Vec<i64> = job["nodes"][0]["end"]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| r["status"]["code"].as_i64().expect("code"))
+        .collect();
+    assert_eq!(codes, vec![5, 5]);
+    let next = cluster.submit(&["-c", "2", "true"]);
+    cluster.wait_status(next, "Completed", LONG);
+    assert!(launcher_of(daemon).is_some_and(|pid| pid != launcher), "a new launcher serves the node");
+    cluster.assert_alive();
+}
+
 fn a_silent_node_stalls_nobody_else(store: StoreKind) {
     use nix::sys::signal::{kill, Signal};
     let cluster = Cluster::start_on(&store, 2, 1, 512);
@@ -531,5 +565,6 @@ on_both_stores!(
     a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job,
     a_lost_node_ends_its_job_as_node_fail_or_requeues_it,
     jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported,
+    jobs_outlive_their_supervisor_launcher_and_a_new_one_takes_over,
     a_silent_node_stalls_nobody_else
 );
