@@ -37,6 +37,8 @@ pub struct Launcher {
     requests: ChildStdin,
     shared: Arc<Mutex<Shared>>,
     lost: Arc<AtomicBool>,
+    /// Set when the daemon closes the launcher on purpose, so its exit is not a warning.
+    closing: Arc<AtomicBool>,
 }
 
 impl Launcher {
@@ -56,7 +58,8 @@ impl Launcher {
         };
         let shared = Arc::new(Mutex::new(Shared::default()));
         let lost = Arc::new(AtomicBool::new(false));
-        let (reader_shared, reader_lost) = (shared.clone(), lost.clone());
+        let closing = Arc::new(AtomicBool::new(false));
+        let (reader_shared, reader_lost, reader_closing) = (shared.clone(), lost.clone(), closing.clone());
         std::thread::Builder::new().name("step-launcher".into()).spawn(move || {
             for line in BufReader::new(answers).split(b'\n') {
                 let Ok(line) = line else { break };
@@ -68,9 +71,11 @@ impl Launcher {
             for (_, answer) in waiting.into_values() {
                 let _ = answer.send(Err("the supervisor launcher exited".into()));
             }
-            tracing::warn!("the supervisor launcher exited; its jobs are watched by their step files");
+            if !reader_closing.load(Ordering::Relaxed) {
+                tracing::warn!("the supervisor launcher exited; its jobs are watched by their step files");
+            }
         })?;
-        Ok(Launcher { requests, shared, lost })
+        Ok(Launcher { requests, shared, lost, closing })
     }
 
     /// Whether the launcher has exited. Its supervisors' exits are then reported by nobody.
@@ -104,6 +109,14 @@ impl Launcher {
             forget(&self.shared);
             Err("the supervisor launcher did not answer".into())
         })
+    }
+}
+
+impl Drop for Launcher {
+    /// The launcher exits when its stdin closes, which dropping `requests` does next; the
+    /// supervisors keep running.
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 }
 
