@@ -81,12 +81,12 @@ fn decode(bytes: &[u8]) -> StepRecord {
     StepRecord { spec: Some(spec), end }
 }
 
-/// A whole-file write lock, as `fcntl` takes it.
-fn whole_file(kind: libc::c_int) -> libc::flock {
+/// A write lock on the whole file, as `fcntl` takes it.
+fn whole_file() -> libc::flock {
     // SAFETY: `flock` is a plain C struct of integers, for which all zeroes is a valid value.
     #[allow(unsafe_code)]
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = kind as libc::c_short;
+    lock.l_type = libc::F_WRLCK as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
     lock
 }
@@ -105,7 +105,7 @@ impl LockedStep {
     pub fn lock(path: &Path) -> anyhow::Result<(LockedStep, StepRecord)> {
         let fail = |what: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("cannot {what} {}: {e}", path.display());
         let mut file = std::fs::OpenOptions::new().read(true).append(true).open(path).map_err(|e| fail("open", &e))?;
-        match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&whole_file(libc::F_WRLCK))) {
+        match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&whole_file())) {
             Ok(_) => {}
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
                 let holder =
@@ -117,10 +117,6 @@ impl LockedStep {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| fail("read", &e))?;
         Ok((LockedStep { file, path: path.to_path_buf() }, decode(&bytes)))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends the end of the run, in one write so that a reader sees all of it or none of it.
@@ -141,7 +137,7 @@ pub fn supervisor_of(path: &Path) -> std::io::Result<Option<i32>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut lock = whole_file(libc::F_WRLCK);
+    let mut lock = whole_file();
     fcntl(file.as_raw_fd(), FcntlArg::F_GETLK(&mut lock))?;
     Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
 }

@@ -51,8 +51,7 @@ impl Steps {
         let root = state_dir.join("jobs");
         std::fs::create_dir_all(&root)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join("cmstep.log"))?;
-        // The supervisor binary is installed beside cmd; a daemon with a relative path to it
-        // still finds it after a chdir.
+        // The supervisor binary is installed beside cmd.
         let exe = std::env::current_exe()?.with_file_name("cmstep");
         Ok(Steps {
             root,
@@ -118,10 +117,7 @@ impl Steps {
     /// The launcher, started anew if there is none or it has died (its supervisors are then
     /// watched by polling, as adopted ones are).
     fn launcher(&mut self) -> Result<&mut Launcher, String> {
-        if self.launcher.as_ref().is_some_and(Launcher::is_lost) {
-            self.launcher = None;
-            self.watch_orphans();
-        }
+        self.forget_lost_launcher();
         if self.launcher.is_none() {
             let log = self.log.try_clone().map_err(|e| format!("cannot share the supervisor log: {e}"))?;
             let launcher = Launcher::spawn(&self.exe, log)
@@ -131,10 +127,14 @@ impl Steps {
         self.launcher.as_mut().ok_or_else(|| "no supervisor launcher".to_string())
     }
 
-    /// After the launcher died: its supervisors' exits are noticed by polling from now on.
-    fn watch_orphans(&mut self) {
-        for step in self.steps.values_mut() {
-            step.adopted = true;
+    /// If the launcher has died, forgets it; its supervisors' exits are noticed by polling from
+    /// now on, as adopted ones' are.
+    fn forget_lost_launcher(&mut self) {
+        if self.launcher.as_ref().is_some_and(Launcher::is_lost) {
+            self.launcher = None;
+            for step in self.steps.values_mut() {
+                step.adopted = true;
+            }
         }
     }
 
@@ -205,10 +205,7 @@ impl Steps {
     /// Adopted supervisors that have exited since: their step files are no longer locked.
     /// (Nobody else tells us: they are not children of our launcher.)
     pub fn exited_adopted(&mut self) -> Vec<JobRun> {
-        if self.launcher.as_ref().is_some_and(Launcher::is_lost) {
-            self.launcher = None;
-            self.watch_orphans();
-        }
+        self.forget_lost_launcher();
         self.steps
             .iter()
             .map(|(&job, s)| (JobRun { job, run: s.run }, s))
