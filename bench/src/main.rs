@@ -1,7 +1,8 @@
 //! `cmbench`: measures cm on a local cluster of real `cmd` daemons and prints each figure, then
 //! all of them as JSON. Run from a release build: `cargo build --release --workspace &&
 //! target/release/cmbench` (see the README). Scenarios:
-//! 1. serial CLI submission: N x `cmrun true` as separate processes;
+//! 1. serial CLI submission: N x `cmrun true` as separate processes, and beside it the floor
+//!    of any such tool here: N runs of `cmbench-floor`, one ZeroMQ request to an echo server;
 //! 2. short-job throughput: N `true` jobs on 4 computes x 32 CPUs, submitted back to back over
 //!    the protocol, from first submission to last completion;
 //! 3. submit-to-start latency on an idle cluster, from the job's own start time;
@@ -24,7 +25,7 @@ use cm_common::job::{Job, JobSpec};
 use cm_common::protocol::*;
 use cm_common::JobId;
 use cm_testkit::{Cluster, StoreKind};
-use cm_transport::{Requester, RetryPolicy};
+use cm_transport::{Incoming, Requester, Responder, RetryPolicy};
 use serde_json::{json, Value};
 use stats::Samples;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,7 +164,65 @@ fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Left
         samples.percentile_ms(50.0),
         samples.percentile_ms(99.0)
     );
-    Ok(json!({ "submissions": n, "per_second": rate, "latency": samples.summary() }))
+    let request_size =
+        cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission(&cluster, options)?)?.len();
+    let floor = client_floor(n, request_size)?;
+    let floor_rate = floor["per_second"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "   floor: a bare ZeroMQ client process, one {request_size}-byte request to an echo server: {floor_rate:.0}/s, p50 {:.2} ms (cmrun runs at {:.0} % of it)",
+        floor["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        100.0 * rate / floor_rate
+    );
+    Ok(json!({ "submissions": n, "per_second": rate, "latency": samples.summary(), "floor": floor }))
+}
+
+/// A submission as `cmrun true` sends it from the cluster's work directory.
+fn submission(cluster: &Cluster, options: JobOptions) -> anyhow::Result<HeadRequest> {
+    let spec = spec(&cluster.workdir, "true", options)?;
+    Ok(HeadRequest::Client(ClientRequest::AssignJobId(AssignJobId { spec, token: submit_token() })))
+}
+
+/// Scenario 1's floor: `n` serial runs of `cmbench-floor`, each a process that sends one
+/// `size`-byte request through cm's transport to an echo server here and exits. No tool that
+/// starts a process and speaks ZeroMQ per submission can beat this rate on the same machine.
+fn client_floor(n: usize, size: usize) -> anyhow::Result<Value> {
+    let ctx = zmq::Context::new();
+    let echo = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20)?;
+    let endpoint = echo.endpoint().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_server = stop.clone();
+    let server = std::thread::spawn(move || {
+        echo.serve(&stop_server, |incoming| match incoming {
+            Incoming::Message(bytes) => bytes.to_vec(),
+            Incoming::Malformed(why) => why.into_bytes(),
+        })
+    });
+    let client = cm_testkit::bin("cmbench-floor");
+    let mut samples = Samples::default();
+    let started = Instant::now();
+    let mut failure = None;
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = std::process::Command::new(&client)
+            .args([endpoint.as_str(), &size.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", client.display()))?;
+        if !out.status.success() {
+            failure = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+        samples.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    server.join().map_err(|_| anyhow!("the echo server panicked"))??;
+    if let Some(why) = failure {
+        bail!("cmbench-floor failed: {why}");
+    }
+    Ok(
+        json!({ "runs": n, "request_bytes": size, "per_second": n as f64 / total.as_secs_f64(), "latency": samples.summary() }),
+    )
 }
 
 fn throughput(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
