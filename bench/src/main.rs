@@ -193,7 +193,7 @@ fn client_floor(n: usize, size: usize) -> anyhow::Result<Value> {
     let stop_server = stop.clone();
     let server = std::thread::spawn(move || {
         echo.serve(&stop_server, |incoming| match incoming {
-            Incoming::Message(bytes) => bytes.to_vec(),
+            Incoming::Message(bytes) => bytes,
             Incoming::Malformed(why) => why.into_bytes(),
         })
     });

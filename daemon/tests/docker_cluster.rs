@@ -180,6 +180,34 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
     });
     assert_eq!(compose.job(sleeper)["state"]["status"], "Killed");
 
+    // Kill a compute's supervisor launcher while its job runs: the job still ends well, and its
+    // orphaned supervisor is reaped once it exits (the containers run an init; `cmd`, which
+    // does not reap strangers, is not PID 1), so no zombie is left in the container.
+    let out = compose.head("alice", "cmrun -n 1 sleep 8");
+    assert!(out.status.success(), "{}", text(&out));
+    let orphaned: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
+    compose.wait("the job to run", Duration::from_secs(30), |c| c.job(orphaned)["state"]["status"] == "Running");
+    let node = compose.job(orphaned)["nodes"][0]["node"].as_str().expect("the job's node").to_string();
+    // Supervisors are forks of the launcher and share its command line: the launcher is the one
+    // whose parent is not a launcher (all are found before any is killed: a supervisor whose
+    // launcher is gone has a new parent). `[-]` keeps this script's own command line from matching.
+    let kill_launcher = r#"is_launcher() { tr '\0' ' ' < /proc/$1/cmdline 2>/dev/null | grep -q 'cmstep [-]-launcher'; }
+        targets=; for p in /proc/[0-9]*; do
+            pid=${p#/proc/}; parent=$(grep '^PPid:' $p/status 2>/dev/null | tr -dc 0-9)
+            if is_launcher $pid && ! is_launcher $parent; then targets="$targets $pid"; fi
+        done
+        for pid in $targets; do kill -9 $pid && echo killed $pid; done"#;
+    let out = run(Command::new("docker").args(["exec", &node, "sh", "-c", kill_launcher]));
+    assert!(text(&out).contains("killed"), "no launcher killed on {node}: {}", text(&out));
+    compose
+        .wait("the orphaned job to end", Duration::from_secs(60), |c| c.job(orphaned)["state"]["status"] != "Running");
+    let ended = compose.job(orphaned);
+    assert_eq!(ended["state"]["status"], "Completed", "{ended}");
+    let zombies = "for s in /proc/[0-9]*/status; do grep -q '^State:.*Z' $s 2>/dev/null && head -1 $s; done; true";
+    let out = run(Command::new("docker").args(["exec", &node, "sh", "-c", zombies]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "zombies left on {node}");
+
     // Stop one compute container: cminfo still answers promptly, and the node goes Down.
     let ids = compose.ok(&["ps", "-q", "compute"]);
     let victim = ids.lines().next().expect("a compute container").trim().to_string();

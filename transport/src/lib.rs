@@ -5,14 +5,16 @@
 //! request again after a backoff. After the last attempt the peer is reported unreachable, so a
 //! silent peer costs the caller a bounded time and never wedges it.
 //!
-//! [`Responder`] is a REP socket serving one request at a time with a message size limit.
-//! Malformed frames (several parts, too large) are answered by the handler's error path, so a
-//! REQ peer always gets exactly one reply.
+//! [`Responder`] is a REP socket with a message size limit, answered one request at a time by
+//! the loop that owns it, which can wait on it and on a descriptor of its own at once. Malformed
+//! messages (several frames) are handed over as such for an error reply, so a REQ peer always
+//! gets exactly one reply.
 
 use cm_common::protocol::{self, Credential, Envelope, Reply};
 use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -129,22 +131,22 @@ impl Requester {
     }
 }
 
-/// A REP server socket.
+/// A REP server socket, owned by the loop that answers it.
 pub struct Responder {
     socket: zmq::Socket,
     endpoint: String,
 }
 
-/// What the handler is given: a well-formed single frame, or why the message was refused.
-pub enum Incoming<'a> {
-    Message(&'a [u8]),
+/// A request as it came off the socket: one frame, or why it was refused.
+pub enum Incoming {
+    Message(Vec<u8>),
     /// The message had several frames; it is answered with an error.
     Malformed(String),
 }
 
 impl Responder {
     /// Binds `address` (`HOST:PORT`; port 0 picks a free one). Messages above `max_message_size`
-    /// bytes make libzmq drop the sender's connection, so they never reach the handler.
+    /// bytes make libzmq drop the sender's connection, so they never reach [`Responder::try_recv`].
     pub fn bind(ctx: &zmq::Context, address: &str, max_message_size: u64) -> Result<Self> {
         let wanted = tcp_endpoint(address);
         let zmq_err = |e: zmq::Error| Error::Network { endpoint: wanted.clone(), reason: e.to_string() };
@@ -164,25 +166,51 @@ impl Responder {
         &self.endpoint
     }
 
+    fn error(&self, e: zmq::Error) -> Error {
+        Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() }
+    }
+
+    /// Waits up to `timeout` until a request is waiting or `wake` (a descriptor another thread
+    /// makes readable, such as an eventfd) is readable, whichever comes first.
+    pub fn wait(&self, wake: Option<BorrowedFd<'_>>, timeout: Duration) -> Result<()> {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut items = vec![self.socket.as_poll_item(zmq::POLLIN)];
+        if let Some(fd) = wake {
+            items.push(zmq::PollItem::from_fd(fd.as_raw_fd(), zmq::POLLIN));
+        }
+        match zmq::poll(&mut items, timeout_ms) {
+            // A signal cut the wait short: the caller looks around and waits again.
+            Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// The next request, if one is waiting. Each must be answered with [`Responder::send`]
+    /// before the next is taken: a REP socket answers in order.
+    pub fn try_recv(&self) -> Result<Option<Incoming>> {
+        match self.socket.recv_multipart(zmq::DONTWAIT) {
+            Ok(mut parts) if parts.len() == 1 => Ok(parts.pop().map(Incoming::Message)),
+            Ok(parts) => Ok(Some(Incoming::Malformed(format!("a request must be one frame, got {}", parts.len())))),
+            Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Answers the request taken last. A requester that has gone away is not an error here: its
+    /// retry, on a fresh socket, will be answered then.
+    pub fn send(&self, reply: &[u8]) {
+        if let Err(e) = self.socket.send(reply, 0) {
+            tracing::warn!(endpoint = %self.endpoint, error = %e, "could not send a reply");
+        }
+    }
+
     /// Serves until `shutdown` is set: one request in, one reply out, in order.
-    pub fn serve(&self, shutdown: &AtomicBool, mut handler: impl FnMut(Incoming<'_>) -> Vec<u8>) -> Result<()> {
-        let zmq_err = |e: zmq::Error| Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() };
+    pub fn serve(&self, shutdown: &AtomicBool, mut handler: impl FnMut(Incoming) -> Vec<u8>) -> Result<()> {
         while !shutdown.load(Ordering::Relaxed) {
-            // The poll timeout only bounds how late a shutdown is noticed.
-            if self.socket.poll(zmq::POLLIN, 200).map_err(zmq_err)? == 0 {
-                continue;
-            }
-            let parts = match self.socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(parts) => parts,
-                Err(zmq::Error::EAGAIN) => continue,
-                Err(e) => return Err(zmq_err(e)),
-            };
-            let reply = match parts.as_slice() {
-                [one] => handler(Incoming::Message(one)),
-                _ => handler(Incoming::Malformed(format!("a request must be one frame, got {}", parts.len()))),
-            };
-            if let Err(e) = self.socket.send(reply, 0) {
-                tracing::warn!(endpoint = %self.endpoint, error = %e, "could not send a reply");
+            // The timeout only bounds how late a shutdown is noticed.
+            self.wait(None, Duration::from_millis(200))?;
+            while let Some(incoming) = self.try_recv()? {
+                self.send(&handler(incoming));
             }
         }
         Ok(())
@@ -218,7 +246,7 @@ mod tests {
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {
             server.serve(&stop, |incoming| match incoming {
-                Incoming::Message(m) => [b"echo:", m].concat(),
+                Incoming::Message(m) => [b"echo:".as_slice(), &m].concat(),
                 Incoming::Malformed(why) => why.into_bytes(),
             })
         });

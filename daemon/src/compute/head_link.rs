@@ -9,6 +9,7 @@
 //! a fresh registration. Jobs the head says to kill come back to the compute loop.
 
 use super::Event;
+use crate::service::EventSender;
 use cm_common::job::JobRun;
 use cm_common::protocol::*;
 use cm_common::{NodeId, Resources};
@@ -58,7 +59,7 @@ impl HeadLink {
         ctx: &zmq::Context,
         config: LinkConfig,
         running: Arc<Mutex<Vec<JobRun>>>,
-        events: Sender<Event>,
+        events: EventSender<Event>,
         shutdown: Arc<AtomicBool>,
     ) -> std::io::Result<HeadLink> {
         let (reports, inbox) = channel::<JobReport>();
@@ -104,7 +105,7 @@ struct Link {
     config: LinkConfig,
     requester: Requester,
     running: Arc<Mutex<Vec<JobRun>>>,
-    events: Sender<Event>,
+    events: EventSender<Event>,
     shutdown: Arc<AtomicBool>,
     /// Reports not yet acknowledged, oldest first.
     queue: VecDeque<JobReport>,
@@ -166,7 +167,7 @@ impl Link {
     fn kill(&self, jobs: Vec<JobRun>) {
         if !jobs.is_empty() {
             tracing::warn!(?jobs, "the head says these jobs should not run here");
-            let _ = self.events.send(Event::Kill(jobs));
+            self.events.send(Event::Kill(jobs));
         }
     }
 
@@ -209,7 +210,7 @@ impl Link {
             for report in self.queue.drain(..count) {
                 // The head has the end: the run's records on this node can go.
                 if let JobReport::End(end) = report {
-                    let _ = self.events.send(Event::EndAcked(end.job_run()));
+                    self.events.send(Event::EndAcked(end.job_run()));
                 }
             }
         }

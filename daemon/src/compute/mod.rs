@@ -2,8 +2,9 @@
 //!
 //! `run` binds the node's port, adopts the job supervisors a previous daemon left running
 //! ([`steps`]), starts the [`head_link`] (registration, heartbeats, reports) and then runs one
-//! loop: requests from the head, supervisor exits, acknowledged reports and kill orders arrive
-//! as [`Event`]s on one channel. Each job run is owned by a supervisor process (`cmstep`, crate
+//! loop: requests from the head (on the node's socket) and supervisor exits, acknowledged
+//! reports and kill orders ([`Event`]s from other threads) come out of one
+//! [`crate::service::Inbox`]. Each job run is owned by a supervisor process (`cmstep`, crate
 //! `cm-step`), which starts the replicas and enforces the time limit, so jobs keep running, and
 //! are reported, across a restart of this daemon.
 
@@ -11,7 +12,7 @@ pub mod head_link;
 pub mod launcher;
 pub mod steps;
 
-use crate::service::{self, reply_bytes, ReplySlot};
+use crate::service::{reply_bytes, EventSender, Inbox, Next};
 use crate::settings::ComputeConfig;
 use anyhow::{anyhow, Context};
 use cm_common::job::JobRun;
@@ -20,14 +21,12 @@ use cm_common::{Resources, Timestamp};
 use cm_transport::{Responder, RetryPolicy};
 use head_link::{HeadLink, LinkConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use steps::Steps;
 
-/// What the compute loop reacts to.
+/// What the compute loop hears from its other threads.
 pub enum Event {
-    Request(Envelope<NodeRequest>, ReplySlot),
     /// A job supervisor started by this daemon has exited.
     StepExited(JobRun),
     /// The head has acknowledged a run's end.
@@ -57,7 +56,7 @@ struct Compute {
     my_uid: u32,
     steps: Steps,
     link: HeadLink,
-    events: Sender<Event>,
+    events: EventSender<Event>,
 }
 
 /// Runs the compute daemon until `shutdown` is set. `bound` receives the endpoint listened on.
@@ -73,15 +72,7 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
 
     let my_uid = nix::unistd::getuid().as_raw();
     let is_root = my_uid == 0;
-    let (events, inbox) = channel::<Event>();
-    let server = service::spawn(
-        "compute-rep",
-        responder,
-        config.node_id.to_string(),
-        shutdown.clone(),
-        events.clone(),
-        Event::Request,
-    )?;
+    let (mut inbox, events) = Inbox::<NodeRequest, Event>::new(responder, config.node_id.to_string())?;
     let mut steps = Steps::new(&config.state_dir, config.node_id.clone(), config.kill_grace)
         .with_context(|| format!("cannot use the state directory {}", config.state_dir.display()))?;
     let ended_meanwhile = steps.adopt();
@@ -112,26 +103,29 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
     let mut result = Ok(());
     let mut next_poll = Instant::now() + compute.config.status_interval;
     while !shutdown.load(Ordering::Relaxed) {
-        match inbox.recv_timeout(next_poll.saturating_duration_since(Instant::now()).min(MAX_WAIT)) {
-            Ok(Event::Request(envelope, slot)) => {
+        match inbox.next(next_poll.saturating_duration_since(Instant::now()).min(MAX_WAIT)) {
+            Ok(Some(Next::Request(envelope))) => {
                 let reply = compute.handle(envelope.body);
-                let _ = slot.send(reply_bytes(compute.config.node_id.as_str(), &reply));
+                inbox.reply(&reply_bytes(compute.config.node_id.as_str(), &reply));
             }
-            Ok(Event::StepExited(run)) => compute.step_exited(run),
-            Ok(Event::EndAcked(run)) => compute.steps.acknowledged(run),
-            Ok(Event::Kill(runs)) => {
+            Ok(Some(Next::Event(Event::StepExited(run)))) => compute.step_exited(run),
+            Ok(Some(Next::Event(Event::EndAcked(run)))) => compute.steps.acknowledged(run),
+            Ok(Some(Next::Event(Event::Kill(runs)))) => {
                 for run in runs {
                     if compute.steps.run_of(run.job) == Some(run.run) {
                         compute.steps.stop(run.job);
                     }
                 }
             }
-            Ok(Event::Fatal(message)) => {
+            Ok(Some(Next::Event(Event::Fatal(message)))) => {
                 result = Err(anyhow!(message));
                 break;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Ok(None) => {}
+            Err(e) => {
+                result = Err(anyhow!("the node's socket failed: {e}"));
+                break;
+            }
         }
         if Instant::now() >= next_poll {
             for run in compute.steps.exited_adopted() {
@@ -145,7 +139,6 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
     }
     tracing::info!("compute daemon shutting down; its jobs keep running under their supervisors");
     shutdown.store(true, Ordering::Relaxed);
-    let _ = server.join();
     result
 }
 
@@ -185,7 +178,7 @@ impl Compute {
                 let events = self.events.clone();
                 let switch_user = self.is_root && uid != self.my_uid;
                 let on_exit = move |run| {
-                    let _ = events.send(Event::StepExited(run));
+                    events.send(Event::StepExited(run));
                 };
                 self.steps.start(&job, switch_user, on_exit).map_err(|e| {
                     tracing::warn!(job = %job.id, error = %e, "cannot start job");

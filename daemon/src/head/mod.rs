@@ -1,8 +1,8 @@
 //! The head role: the cluster's single source of truth.
 //!
 //! `run` opens the store, binds the head's port and then runs one loop that owns all state:
-//! requests (from tools and compute nodes, via [`crate::service`]) and delivery failures (from
-//! [`comm`]) arrive as [`Event`]s on one channel and are handled one at a time by
+//! requests (from tools and compute nodes, on the head's socket) and delivery failures (from
+//! [`comm`]) come out of one [`crate::service::Inbox`] and are handled one at a time by
 //! [`core::HeadCore`]. Each event's writes are synced to the store (once for all of them: a batch
 //! of job ends from a node costs one disk sync) before its reply and the messages to nodes that
 //! follow from it go out, so nothing is said that a crash could take back. Then, after the reply,
@@ -15,28 +15,21 @@ pub mod comm;
 pub mod core;
 pub mod tokens;
 
-use crate::service::{self, error_bytes, reply_bytes, ReplySlot};
+use crate::service::{error_bytes, reply_bytes, Inbox, Next};
 use crate::settings::HeadConfig;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
 use anyhow::Context;
 use cm_common::node::{Node, NodeHealth, Role};
-use cm_common::protocol::{Envelope, ErrorCode, ErrorReply, HeadRequest};
+use cm_common::protocol::{ErrorCode, ErrorReply, HeadRequest};
 use cm_common::Timestamp;
 use cm_transport::{Responder, RetryPolicy};
 use comm::{DeliveryFailure, ZmqComm};
 use core::{HeadCore, HeadSettings};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What the head's loop reacts to.
-pub enum Event {
-    Request(Envelope<HeadRequest>, ReplySlot),
-    DeliveryFailed(DeliveryFailure),
-}
 
 /// How long the loop sleeps at most, which bounds how late it notices a shutdown.
 const MAX_WAIT: Duration = Duration::from_millis(250);
@@ -94,16 +87,14 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
     tracing::info!(%endpoint, node = %config.node_id, "head listening");
     bound(&endpoint);
 
-    let (events, inbox) = channel::<Event>();
     let me = config.node_id.to_string();
-    let server = service::spawn("head-rep", responder, me.clone(), shutdown.clone(), events.clone(), Event::Request)?;
-    let failures = events.clone();
+    let (mut inbox, failures) = Inbox::<HeadRequest, DeliveryFailure>::new(responder, me.clone())?;
     let comm = ZmqComm::new(
         ctx.clone(),
         RetryPolicy::new(config.request_timeout, config.request_retries),
         me.clone(),
         Arc::new(move |failure| {
-            let _ = failures.send(Event::DeliveryFailed(failure));
+            failures.send(failure);
         }),
     );
     let now = Timestamp::now();
@@ -126,18 +117,20 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
     while !shutdown.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Instant::now()).min(MAX_WAIT);
         let mut reply = None;
-        match inbox.recv_timeout(wait) {
-            Ok(Event::Request(envelope, slot)) => {
+        match inbox.next(wait) {
+            Ok(Some(Next::Request(envelope))) => {
                 let now = Timestamp::now();
-                let bytes = match envelope.body {
+                reply = Some(match envelope.body {
                     HeadRequest::Client(req) => reply_bytes(&me, &core.handle_client(envelope.credential, req, now)),
                     HeadRequest::Compute(req) => reply_bytes(&me, &core.handle_compute(req, now)),
-                };
-                reply = Some((slot, bytes));
+                });
             }
-            Ok(Event::DeliveryFailed(failure)) => core.delivery_failed(failure, Timestamp::now()),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Some(Next::Event(failure))) => core.delivery_failed(failure, Timestamp::now()),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the head's socket failed");
+                return Err(e.into());
+            }
         }
         if Instant::now() >= next_tick {
             core.tick(Timestamp::now());
@@ -145,12 +138,10 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
         }
         if let Err(e) = core.sync() {
             tracing::error!(error = %e, "cannot sync the job store; replies are errors until it can");
-            reply =
-                reply.map(|(slot, _)| (slot, error_bytes(&me, ErrorReply::new(ErrorCode::Unavailable, e.to_string()))));
+            reply = reply.map(|_| error_bytes(&me, ErrorReply::new(ErrorCode::Unavailable, e.to_string())));
         }
-        if let Some((slot, bytes)) = reply {
-            // The requester may have given up; its retry will be answered then.
-            let _ = slot.send(bytes);
+        if let Some(bytes) = reply {
+            inbox.reply(&bytes);
         }
         // After the reply, so a submission is acknowledged before its job is placed.
         core.schedule_if_needed(Timestamp::now());
@@ -159,8 +150,6 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
         }
     }
     tracing::info!("head shutting down");
-    drop(core);
-    let _ = server.join();
     Ok(())
 }
 
