@@ -127,10 +127,7 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
             }
             Ok(Some(Next::Event(failure))) => core.delivery_failed(failure, Timestamp::now()),
             Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "the head's socket failed");
-                return Err(e.into());
-            }
+            Err(e) => return Err(anyhow::Error::from(e).context("the head's socket failed")),
         }
         if Instant::now() >= next_tick {
             core.tick(Timestamp::now());
