@@ -1,8 +1,8 @@
 //! A role's inbox: the one place its main loop waits.
 //!
 //! Requests arrive on the role's REP socket, which the loop owns and answers itself: no thread
-//! stands between them, so a request costs no hand-over (on a 2-core node each hand-over between
-//! threads was a wake-up on both sides, a fifth of the head's CPU at 1,000 heartbeating nodes).
+//! stands between them, so a request costs no hand-over (each hand-over between threads was a
+//! wake-up on both sides: about a quarter of the head's CPU at 1,000 heartbeating nodes here).
 //! Events from the role's other threads (supervisor exits, the head link, failed deliveries)
 //! come through an [`EventSender`]: a channel whose every send also rings an eventfd that the same
 //! wait watches. Bytes that are not a valid message are answered right here with an error reply,
