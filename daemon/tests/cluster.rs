@@ -444,6 +444,60 @@ fn a_lost_node_ends_its_job_as_node_fail_or_requeues_it(store: StoreKind) {
     }
 }
 
+/// Submits a `--requeue` job whose first run takes its time to stop (longer than kill_grace, so it
+/// ends by SIGKILL) and whose second runs `second`, on a one-node cluster; silences the node
+/// past heartbeat_timeout, so the head declares it Down and requeues the job while the first run
+/// goes on there; then lets it answer again. Back, the node is told to stop the first run and,
+/// its only CPU free in the head's eyes, is given the second run at once. Returns the job and the
+/// first run's pid.
+fn requeue_onto_the_returning_node(cluster: &Cluster, second: &str) -> (u64, i32) {
+    use nix::sys::signal::{kill, Signal};
+    let script = format!(
+        "if [ \"$CM_RESTART_COUNT\" -gt 0 ]; then {second}; fi; trap 'sleep 5' TERM; echo $$ > first; sleep 300 & wait"
+    );
+    let id = cluster.submit(&["--requeue", &script]);
+    cluster.wait_status(id, "Running", LONG);
+    assert!(wait_until(LONG, || cluster.workdir.join("first").exists()));
+    let first: i32 = read(cluster.workdir.join("first")).trim().parse().expect("pid");
+    let daemon = cluster.computes[0].pid().expect("the compute daemon runs");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon).expect("pid"));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    assert!(wait_until(LONG, || cluster.job(id)["run"] == 1), "requeued: {}", cluster.job(id));
+    assert!(process_alive(first), "the first run goes on while its node is silent");
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    (id, first)
+}
+
+fn a_requeued_job_placed_back_on_its_returning_node_waits_for_the_old_run_to_stop(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 1, 1, 512);
+    let (id, first) = requeue_onto_the_returning_node(&cluster, "exit 0");
+    let job = cluster.wait_status(id, "Completed", LONG);
+    assert_eq!(job["run"], 1, "{job}");
+    assert!(!process_alive(first), "the first run was stopped");
+    assert!(wait_until(LONG, || all_free(&cluster)));
+}
+
+fn a_run_waiting_for_its_earlier_run_to_stop_can_be_killed_before_it_starts(store: StoreKind) {
+    let cluster = Cluster::start_on(&store, 1, 1, 512);
+    let (id, first) = requeue_onto_the_returning_node(&cluster, "echo $$ > second; exec sleep 300");
+    // Placed again at once; the first run takes kill_grace (1 s) to stop, and the second waits.
+    let job = cluster.wait_status(id, "Running", LONG);
+    assert_eq!(job["run"], 1, "{job}");
+    let out = cluster.tool("cmkill", &[&id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.wait_status(id, "Killed", LONG);
+    // The node's report of its end comes after the head's verdict.
+    assert!(wait_until(LONG, || !cluster.job(id)["nodes"][0]["end"].is_null()), "{}", cluster.job(id));
+    let job = cluster.job(id);
+    assert_eq!(job["run"], 1, "{job}");
+    assert_eq!(job["nodes"][0]["end"]["replicas"], serde_json::json!([]), "the second run never started: {job}");
+    assert!(wait_until(LONG, || !process_alive(first)), "the first run was stopped");
+    assert!(wait_until(LONG, || all_free(&cluster)));
+    // Nothing starts it later either: the node remembers the run as over.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!cluster.workdir.join("second").exists(), "the killed run started after all");
+}
+
 fn jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported(store: StoreKind) {
     let mut cluster = Cluster::start_on(&store, 1, 2, 512);
     let id = cluster.submit(&["-p", "2", "echo $$ > pid.$CM_PROC_RANK; sleep 2; exit $((CM_PROC_RANK + 3))"]);
@@ -564,6 +618,8 @@ on_both_stores!(
     daemons_answer_direct_requests_and_survive_bad_input,
     a_head_killed_during_a_stream_of_submissions_loses_no_acknowledged_job,
     a_lost_node_ends_its_job_as_node_fail_or_requeues_it,
+    a_requeued_job_placed_back_on_its_returning_node_waits_for_the_old_run_to_stop,
+    a_run_waiting_for_its_earlier_run_to_stop_can_be_killed_before_it_starts,
     jobs_outlive_a_compute_daemon_restart_and_their_exit_codes_are_reported,
     jobs_outlive_their_supervisor_launcher_and_a_new_one_takes_over,
     a_silent_node_stalls_nobody_else

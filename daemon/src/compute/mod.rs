@@ -15,11 +15,12 @@ pub mod steps;
 use crate::service::{reply_bytes, EventSender, Inbox, Next};
 use crate::settings::ComputeConfig;
 use anyhow::{anyhow, Context};
-use cm_common::job::JobRun;
+use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::protocol::*;
-use cm_common::{Resources, Timestamp};
+use cm_common::{JobId, Resources, Timestamp};
 use cm_transport::{Responder, RetryPolicy};
 use head_link::{HeadLink, LinkConfig};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +58,10 @@ struct Compute {
     steps: Steps,
     link: HeadLink,
     events: EventSender<Event>,
+    /// Runs to start once an earlier run of the same job has stopped here, by job. The head
+    /// requeues a job when it declares a silent node Down; if that node comes back, it is told
+    /// to stop the earlier run and may be given the next one at once.
+    waiting: BTreeMap<JobId, Job>,
 }
 
 /// Runs the compute daemon until `shutdown` is set. `bound` receives the endpoint listened on.
@@ -95,7 +100,7 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
         events.clone(),
         shutdown.clone(),
     )?;
-    let mut compute = Compute { config, capacity, is_root, my_uid, steps, link, events };
+    let mut compute = Compute { config, capacity, is_root, my_uid, steps, link, events, waiting: BTreeMap::new() };
     for (run, end) in ended_meanwhile {
         compute.report_end(run, end);
     }
@@ -162,45 +167,65 @@ impl Compute {
                 Ok(NodeResponse::CanHost(CanHost { ok: reason.is_none(), reason }))
             }
             NodeRequest::StartJob(StartJob { job }) => {
-                if self.steps.knows(job.job_run()) {
+                let run = job.job_run();
+                if self.steps.knows(run) || self.waiting.get(&job.id).is_some_and(|w| w.run == job.run) {
                     return Ok(NodeResponse::Ack(Ack {})); // a retried request: never run a job twice
-                }
-                if let Some(earlier) = self.steps.run_of(job.id) {
-                    return Err(ErrorReply::new(
-                        ErrorCode::Unavailable,
-                        format!("run {earlier} of job {} is still stopping on {}", job.id, self.config.node_id),
-                    ));
                 }
                 let uid = job.spec.user.uid;
                 if !self.may_run_as(uid) {
                     return Err(ErrorReply::new(ErrorCode::PermissionDenied, self.uid_refusal(uid)));
                 }
-                let events = self.events.clone();
-                let switch_user = self.is_root && uid != self.my_uid;
-                let on_exit = move |run| {
-                    events.send(Event::StepExited(run));
-                };
-                self.steps.start(&job, switch_user, on_exit).map_err(|e| {
-                    tracing::warn!(job = %job.id, error = %e, "cannot start job");
-                    ErrorReply::new(ErrorCode::Internal, e)
-                })?;
-                let started_at = Timestamp::now();
-                tracing::info!(job = %job.id, replicas = job.spec.procs_per_node, "job started");
-                self.link.report(JobReport::Start(ReportJobStart {
-                    node: self.config.node_id.clone(),
-                    job: job.id,
-                    run: job.run,
-                    started_at,
-                }));
-                Ok(NodeResponse::Ack(Ack {}))
+                match self.steps.run_of(job.id) {
+                    Some(here) if here > job.run => Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!(
+                            "run {here} of job {} runs on {}, a later one than {}",
+                            job.id, self.config.node_id, run
+                        ),
+                    )),
+                    Some(earlier) => {
+                        tracing::info!(job = %job.id, earlier, run = job.run, "job waits for its earlier run to stop");
+                        self.steps.stop(job.id);
+                        self.waiting.insert(job.id, job);
+                        Ok(NodeResponse::Ack(Ack {}))
+                    }
+                    None => self.start(&job).map(|()| NodeResponse::Ack(Ack {})),
+                }
             }
             NodeRequest::FreeResources(FreeResources { job, run }) => {
                 if self.steps.run_of(job).is_some_and(|here| here <= run) {
                     self.steps.stop(job);
                 }
+                if self.waiting.get(&job).is_some_and(|w| w.run <= run) {
+                    if let Some(waiting) = self.waiting.remove(&job) {
+                        self.end_unstarted(waiting.job_run(), NodeEndCause::Killed);
+                    }
+                }
                 Ok(NodeResponse::Ack(Ack {}))
             }
         }
+    }
+
+    /// Starts this node's share of `job` and reports the start to the head.
+    fn start(&mut self, job: &Job) -> Reply<()> {
+        let events = self.events.clone();
+        let switch_user = self.is_root && job.spec.user.uid != self.my_uid;
+        let on_exit = move |run| {
+            events.send(Event::StepExited(run));
+        };
+        self.steps.start(job, switch_user, on_exit).map_err(|e| {
+            tracing::warn!(job = %job.id, error = %e, "cannot start job");
+            ErrorReply::new(ErrorCode::Internal, e)
+        })?;
+        let started_at = Timestamp::now();
+        tracing::info!(job = %job.id, replicas = job.spec.procs_per_node, "job started");
+        self.link.report(JobReport::Start(ReportJobStart {
+            node: self.config.node_id.clone(),
+            job: job.id,
+            run: job.run,
+            started_at,
+        }));
+        Ok(())
     }
 
     fn may_run_as(&self, uid: u32) -> bool {
@@ -218,9 +243,23 @@ impl Compute {
         if let Some(end) = self.steps.end_of(run) {
             self.report_end(run, end);
         }
+        if self.steps.run_of(run.job).is_some() {
+            return;
+        }
+        if let Some(job) = self.waiting.remove(&run.job) {
+            if let Err(e) = self.start(&job) {
+                self.end_unstarted(job.job_run(), NodeEndCause::LaunchFailed { reason: e.message });
+            }
+        }
     }
 
-    fn report_end(&self, run: JobRun, end: cm_common::job::NodeEnd) {
+    /// Ends a run that never started here (it waited for an earlier one to stop).
+    fn end_unstarted(&mut self, run: JobRun, cause: NodeEndCause) {
+        self.steps.remember_end(run);
+        self.report_end(run, NodeEnd { ended_at: Timestamp::now(), cause, replicas: vec![] });
+    }
+
+    fn report_end(&self, run: JobRun, end: NodeEnd) {
         tracing::info!(job = %run, cause = ?end.cause, "job ended here");
         let report =
             ReportJobEnd { node: self.config.node_id.clone(), job: run.job, run: run.run, end, started_at: None };

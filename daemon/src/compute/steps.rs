@@ -173,8 +173,12 @@ impl Steps {
     /// The head has the end of `run`: its step file can go.
     pub fn acknowledged(&self, run: JobRun) {
         let path = self.path(run);
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(file = %path.display(), error = %e, "cannot remove a finished job's step file");
+        match std::fs::remove_file(&path) {
+            // A run that never started here (stopped while it waited) has no step file.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove a finished job's step file");
+            }
+            _ => {}
         }
     }
 
@@ -214,7 +218,8 @@ impl Steps {
             .collect()
     }
 
-    fn remember_end(&mut self, run: JobRun) {
+    /// Records that `run` is over here, so a late or repeated StartJob for it is ignored.
+    pub fn remember_end(&mut self, run: JobRun) {
         if self.ended.len() >= REMEMBERED_ENDS {
             if let Some(old) = self.ended.pop_front() {
                 self.ended_set.remove(&old);
