@@ -58,6 +58,7 @@ pub mod contract_tests {
     use cm_common::job::{JobSpec, JobState, UserIdentity};
     use cm_common::node::{Allocation, NodeHealth, Role};
     use cm_common::{NodeId, Resources, Timestamp};
+    use std::collections::BTreeSet;
 
     pub fn job(id: JobId) -> Job {
         let spec = JobSpec {
@@ -96,6 +97,8 @@ pub mod contract_tests {
         ids_are_sequential_and_survive_reopen(&mut open);
         jobs_round_trip_and_move_between_active_and_finished(&mut open);
         nodes_round_trip_and_update_in_place(&mut open);
+        reads_see_saves_before_the_sync(&mut open);
+        a_large_turn_is_written_whole(&mut open);
     }
 
     fn ids_are_sequential_and_survive_reopen<S: Store>(open: &mut impl FnMut() -> S) {
@@ -147,5 +150,49 @@ pub mod contract_tests {
         let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["n1", "n2"]);
         assert_eq!(nodes[0], n1);
+    }
+
+    fn reads_see_saves_before_the_sync<S: Store>(open: &mut impl FnMut() -> S) {
+        let mut store = open();
+        let mut done = job(JobId(201));
+        store.save(&[&done, &job(JobId(202))], &[]).expect("save");
+        store.sync().expect("sync");
+        done.state = JobState::Failed { started_at: Timestamp(1), ended_at: Timestamp(3), reason: "exit 1".into() };
+        let mut n3 = node("n3");
+        n3.allocations.clear();
+        store.save(&[&done, &job(JobId(203))], &[&n3]).expect("save");
+        let active: Vec<JobId> = store.active_jobs().expect("active").iter().map(|j| j.id).collect();
+        assert!(!active.contains(&JobId(201)), "settled before the sync: {active:?}");
+        assert!(active.contains(&JobId(202)) && active.contains(&JobId(203)), "{active:?}");
+        assert_eq!(store.finished_jobs(1).expect("finished"), vec![done.clone()]);
+        assert_eq!(store.job(JobId(201)).expect("read"), Some(done.clone()));
+        assert!(store.nodes().expect("nodes").contains(&n3));
+        assert_eq!(store.last_job_id().expect("last id"), JobId(203));
+        store.sync().expect("sync");
+        drop(store);
+        let store = open();
+        assert_eq!(store.finished_jobs(1).expect("finished"), vec![done]);
+        assert!(store.nodes().expect("nodes").contains(&n3));
+    }
+
+    /// More jobs than one write batch holds, and more bytes: a turn that places or ends many.
+    fn a_large_turn_is_written_whole<S: Store>(open: &mut impl FnMut() -> S) {
+        let mut store = open();
+        let many: Vec<Job> = (1000..3500).map(|id| job(JobId(id))).collect();
+        let big: Vec<Job> = (4000..4020)
+            .map(|id| {
+                let mut job = job(JobId(id));
+                job.spec.env.insert("BIG".into(), "x".repeat(1 << 20));
+                job
+            })
+            .collect();
+        store.save(&many.iter().chain(&big).collect::<Vec<_>>(), &[]).expect("save");
+        store.sync().expect("sync");
+        drop(store);
+        let store = open();
+        let active: BTreeSet<JobId> = store.active_jobs().expect("active").iter().map(|j| j.id).collect();
+        assert!(many.iter().chain(&big).all(|j| active.contains(&j.id)), "{} active", active.len());
+        assert_eq!(store.job(JobId(4019)).expect("read"), big.last().cloned());
+        assert_eq!(store.last_job_id().expect("last id"), JobId(4019));
     }
 }

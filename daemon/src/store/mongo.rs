@@ -7,9 +7,13 @@
 //! - `nodes`: one document per node, `_id` = node id.
 //!
 //! Only what MongoDB 6/7 standalone servers support is used: no transactions (they need a
-//! replica set). `save` writes jobs before nodes; the head rebuilds node reservations from jobs
-//! when it starts, so a crash between the two writes leaves nothing inconsistent. Writes use
-//! `w: majority, j: true`, so an acknowledged write survives a crash of the database too.
+//! replica set). `save` only keeps the documents (the latest version of each); `sync` writes
+//! them with one `update` command per collection (a batch of upserts), so a loop turn that
+//! changes many jobs costs two round trips and one journal flush, not one of each per document.
+//! Reads see what is kept but not yet written. Jobs are written before nodes; the head rebuilds
+//! node reservations from jobs when it starts, so a crash between the two writes leaves nothing
+//! inconsistent. Writes use `w: majority, j: true`, so an acknowledged write survives a crash of
+//! the database too; a failed write keeps its documents for the next `sync`.
 
 use super::{Store, StoreError, StoreResult};
 use cm_common::job::Job;
@@ -19,6 +23,7 @@ use mongodb::bson::{self, doc, Bson, DateTime, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::sync::{Client, Collection, Database};
 use mongodb::IndexModel;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Field names that hold a `Timestamp`; stored as BSON dates so `mongosh` shows real dates.
@@ -28,11 +33,19 @@ const TIMESTAMP_FIELDS: [&str; 6] =
 /// The database used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "cm";
 
+/// Most upserts in one `update` command (the server takes up to 100,000).
+const MAX_BATCH: usize = 1000;
+/// Most document bytes in one `update` command: the command must fit in a 16 MiB BSON document.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
 /// A [`Store`] in MongoDB.
 pub struct MongoStore {
     db: Database,
     jobs: Collection<Document>,
     nodes: Collection<Document>,
+    /// Saved, not yet written: the latest document of each job and node, by `_id`.
+    unwritten_jobs: BTreeMap<i64, Document>,
+    unwritten_nodes: BTreeMap<String, Document>,
 }
 
 /// Sorts driver errors into "try again later" (the server does not answer) and the rest, with a
@@ -108,6 +121,27 @@ fn from_doc<T: serde::de::DeserializeOwned>(mut doc: Document) -> StoreResult<T>
     bson::from_document(doc).map_err(corrupt)
 }
 
+/// Upsert statements by `_id`, split into batches of at most `max` statements and `max_bytes` of
+/// documents (a larger document goes alone).
+fn batches(docs: impl Iterator<Item = (Bson, Document)>, max: usize, max_bytes: usize) -> StoreResult<Vec<Vec<Bson>>> {
+    let mut batches = vec![];
+    let mut batch = vec![];
+    let mut bytes = 0;
+    for (id, doc) in docs {
+        let size = bson::to_vec(&doc).map_err(corrupt)?.len();
+        if !batch.is_empty() && (batch.len() == max || bytes + size > max_bytes) {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(Bson::Document(doc! { "q": { "_id": id }, "u": doc, "upsert": true }));
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
 fn job_id(id: JobId) -> StoreResult<i64> {
     i64::try_from(id.0).map_err(|_| corrupt(format!("job id {id} is too large for MongoDB")))
 }
@@ -127,7 +161,13 @@ impl MongoStore {
         let client = Client::with_options(options).map_err(backend)?;
         let db = client.default_database().unwrap_or_else(|| client.database(DEFAULT_DATABASE));
         db.run_command(doc! { "ping": 1 }).run().map_err(backend)?;
-        let store = MongoStore { jobs: db.collection("jobs"), nodes: db.collection("nodes"), db };
+        let store = MongoStore {
+            jobs: db.collection("jobs"),
+            nodes: db.collection("nodes"),
+            db,
+            unwritten_jobs: BTreeMap::new(),
+            unwritten_nodes: BTreeMap::new(),
+        };
         store.create_indexes()?;
         Ok(store)
     }
@@ -144,10 +184,58 @@ impl MongoStore {
     pub fn database_name(&self) -> &str {
         self.db.name()
     }
+
+    /// Upserts `docs` into `collection` by `_id`, in as few `update` commands as the limits allow.
+    fn write(&self, collection: &str, docs: impl Iterator<Item = (Bson, Document)>) -> StoreResult<()> {
+        for batch in batches(docs, MAX_BATCH, MAX_BATCH_BYTES)? {
+            self.update(collection, batch)?;
+        }
+        Ok(())
+    }
+
+    /// One `update` command; its write errors, which come back in a reply that says `ok`, too.
+    fn update(&self, collection: &str, updates: Vec<Bson>) -> StoreResult<()> {
+        let statements = updates.len();
+        let command = doc! {
+            "update": collection,
+            "updates": updates,
+            "ordered": true,
+            "writeConcern": { "w": "majority", "j": true },
+        };
+        let reply = self.db.run_command(command).run().map_err(backend)?;
+        let refused = |what: &str, error: &Document| {
+            StoreError::Backend(format!(
+                "MongoDB refused {what} to {collection}: {} ({})",
+                error.get_str("errmsg").unwrap_or("no reason given"),
+                error.get("code").map(ToString::to_string).unwrap_or_default()
+            ))
+        };
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if let Some(Bson::Document(first)) = errors.first() {
+                return Err(refused("a write", first));
+            }
+        }
+        if let Ok(error) = reply.get_document("writeConcernError") {
+            return Err(refused("to confirm a write", error));
+        }
+        let written = reply.get("n").and_then(|n| n.as_i64().or_else(|| n.as_i32().map(i64::from)));
+        if written != i64::try_from(statements).ok() {
+            return Err(StoreError::Backend(format!(
+                "MongoDB wrote {written:?} of {statements} documents to {collection}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The kept, unwritten jobs, decoded.
+    fn unwritten_jobs(&self) -> StoreResult<Vec<Job>> {
+        self.unwritten_jobs.values().map(|doc| from_doc(doc.clone())).collect()
+    }
 }
 
 impl Store for MongoStore {
     fn last_job_id(&self) -> StoreResult<JobId> {
+        let unwritten = self.unwritten_jobs.keys().next_back().copied().unwrap_or(0);
         let last = self
             .jobs
             .find_one(doc! {})
@@ -161,7 +249,8 @@ impl Store for MongoStore {
             Some(Bson::Int32(n)) => i64::from(*n),
             Some(other) => return Err(corrupt(format!("a job's _id is {other:?}, not a number"))),
         };
-        u64::try_from(id).map(JobId).map_err(|_| corrupt(format!("a job's _id is negative ({id})")))
+        let stored = u64::try_from(id).map_err(|_| corrupt(format!("a job's _id is negative ({id})")))?;
+        Ok(JobId(stored.max(u64::try_from(unwritten).unwrap_or(0))))
     }
 
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
@@ -169,29 +258,47 @@ impl Store for MongoStore {
             let id = job_id(job.id)?;
             let mut doc = to_doc(job, id)?;
             doc.insert("settled", job.is_settled());
-            self.jobs.replace_one(doc! { "_id": id }, doc).upsert(true).run().map_err(backend)?;
+            self.unwritten_jobs.insert(id, doc);
         }
         for node in nodes {
-            let doc = to_doc(node, node.id.as_str())?;
-            self.nodes.replace_one(doc! { "_id": node.id.as_str() }, doc).upsert(true).run().map_err(backend)?;
+            self.unwritten_nodes.insert(node.id.to_string(), to_doc(node, node.id.as_str())?);
         }
         Ok(())
     }
 
-    /// Every `save` is already acknowledged with a majority, journaled write concern: nothing is
-    /// left to sync.
     fn sync(&mut self) -> StoreResult<()> {
+        if !self.unwritten_jobs.is_empty() {
+            self.write("jobs", self.unwritten_jobs.iter().map(|(&id, doc)| (Bson::Int64(id), doc.clone())))?;
+            self.unwritten_jobs.clear();
+        }
+        if !self.unwritten_nodes.is_empty() {
+            self.write("nodes", self.unwritten_nodes.iter().map(|(id, doc)| (Bson::String(id.clone()), doc.clone())))?;
+            self.unwritten_nodes.clear();
+        }
         Ok(())
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
-        let found = self.jobs.find_one(doc! { "_id": job_id(id)? }).run().map_err(backend)?;
+        let id = job_id(id)?;
+        if let Some(doc) = self.unwritten_jobs.get(&id) {
+            return from_doc(doc.clone()).map(Some);
+        }
+        let found = self.jobs.find_one(doc! { "_id": id }).run().map_err(backend)?;
         found.map(from_doc).transpose()
     }
 
     fn active_jobs(&self) -> StoreResult<Vec<Job>> {
         let cursor = self.jobs.find(doc! { "settled": false }).sort(doc! { "_id": 1 }).run().map_err(backend)?;
-        cursor.map(|doc| from_doc(doc.map_err(backend)?)).collect()
+        let mut jobs: BTreeMap<JobId, Job> =
+            cursor.map(|doc| from_doc::<Job>(doc.map_err(backend)?).map(|j| (j.id, j))).collect::<StoreResult<_>>()?;
+        for job in self.unwritten_jobs()? {
+            if job.is_settled() {
+                jobs.remove(&job.id);
+            } else {
+                jobs.insert(job.id, job);
+            }
+        }
+        Ok(jobs.into_values().collect())
     }
 
     fn finished_jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
@@ -199,16 +306,33 @@ impl Store for MongoStore {
             return Ok(vec![]);
         }
         let filter = doc! { "state.status": { "$nin": ["Pending", "Running"] } };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let cursor = self.jobs.find(filter).sort(doc! { "_id": -1 }).limit(limit).run().map_err(backend)?;
-        let mut jobs: Vec<Job> = cursor.map(|doc| from_doc(doc.map_err(backend)?)).collect::<StoreResult<_>>()?;
-        jobs.reverse();
-        Ok(jobs)
+        let cursor = self
+            .jobs
+            .find(filter)
+            .sort(doc! { "_id": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .run()
+            .map_err(backend)?;
+        let mut jobs: BTreeMap<JobId, Job> =
+            cursor.map(|doc| from_doc::<Job>(doc.map_err(backend)?).map(|j| (j.id, j))).collect::<StoreResult<_>>()?;
+        for job in self.unwritten_jobs()? {
+            if job.state.is_terminal() {
+                jobs.insert(job.id, job);
+            }
+        }
+        let skip = jobs.len().saturating_sub(limit);
+        Ok(jobs.into_values().skip(skip).collect())
     }
 
     fn nodes(&self) -> StoreResult<Vec<Node>> {
         let cursor = self.nodes.find(doc! {}).sort(doc! { "_id": 1 }).run().map_err(backend)?;
-        cursor.map(|doc| from_doc(doc.map_err(backend)?)).collect()
+        let mut nodes: BTreeMap<String, Node> = cursor
+            .map(|doc| from_doc::<Node>(doc.map_err(backend)?).map(|n| (n.id.to_string(), n)))
+            .collect::<StoreResult<_>>()?;
+        for (id, doc) in &self.unwritten_nodes {
+            nodes.insert(id.clone(), from_doc(doc.clone())?);
+        }
+        Ok(nodes.into_values().collect())
     }
 }
 
@@ -233,9 +357,50 @@ mod tests {
     }
 
     #[test]
+    fn writes_are_split_by_count_and_by_bytes() {
+        let docs = |sizes: &[usize]| {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (Bson::Int64(i as i64), doc! { "x": "y".repeat(n) }))
+                .collect::<Vec<_>>()
+        };
+        let shape = |batches: Vec<Vec<Bson>>| batches.iter().map(Vec::len).collect::<Vec<_>>();
+        // Each document of a 10-byte string is 10 + 16 bytes of BSON.
+        assert_eq!(shape(batches(docs(&[10; 5]).into_iter(), 2, 1000).expect("batches")), [2, 2, 1]);
+        assert_eq!(shape(batches(docs(&[10, 10, 10]).into_iter(), 100, 60).expect("batches")), [2, 1]);
+        assert_eq!(shape(batches(docs(&[500, 10, 10]).into_iter(), 100, 60).expect("batches")), [1, 2], "alone");
+        assert!(batches(docs(&[]).into_iter(), 100, 60).expect("batches").is_empty());
+        let first = &batches(docs(&[1]).into_iter(), 1, 60).expect("batches")[0][0];
+        assert_eq!(first, &Bson::Document(doc! { "q": { "_id": 0_i64 }, "u": { "x": "y" }, "upsert": true }));
+    }
+
+    #[test]
     fn mongo_store_keeps_the_contract() {
         let Some(uri) = mongo_server::database_uri("contract") else { return };
         contract_tests::run_all(|| MongoStore::connect(&uri, Duration::from_secs(10)).expect("connect"));
+    }
+
+    #[test]
+    fn a_refused_write_fails_the_sync_and_is_written_by_a_later_one() {
+        let Some(uri) = mongo_server::database_uri("refused") else { return };
+        let open = || MongoStore::connect(&uri, Duration::from_secs(10)).expect("connect");
+        let mut store = open();
+        // An index the head never makes, so that the server refuses a second node at one address.
+        let unique = mongodb::options::IndexOptions::builder().unique(true).name("one_per_address".to_string()).build();
+        let index = IndexModel::builder().keys(doc! { "address": 1 }).options(unique).build();
+        store.nodes.create_index(index).run().expect("index");
+        let a = contract_tests::node("a");
+        let mut b = contract_tests::node("b");
+        b.address = a.address.clone();
+        store.save(&[], &[&a, &b]).expect("save");
+        let err = store.sync().expect_err("a duplicate address");
+        assert!(err.to_string().contains("MongoDB refused a write to nodes"), "{err}");
+        assert_eq!(store.nodes().expect("nodes"), vec![a.clone(), b.clone()], "reads still see both");
+        store.nodes.drop_index("one_per_address").run().expect("drop index");
+        store.sync().expect("the kept documents are written now");
+        drop(store);
+        assert_eq!(open().nodes().expect("nodes"), vec![a, b]);
     }
 
     #[test]
