@@ -175,6 +175,15 @@ impl HeadCore {
         Ok(())
     }
 
+    /// As `commit`, durable before it returns, and on an error not made at all: for what a client
+    /// asked, so that a client told "not carried out" (the store is down) is told the truth.
+    fn commit_now(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
+        self.store.save_now(&jobs.iter().collect::<Vec<_>>(), &nodes.iter().collect::<Vec<_>>())?;
+        self.unsynced = false;
+        self.install(jobs, nodes);
+        Ok(())
+    }
+
     /// As `commit`, for changes a crash may lose because a restarted head re-derives them: they
     /// do not call for a sync of their own and become durable with the next one.
     fn commit_lazily(&mut self, jobs: Vec<Job>, nodes: Vec<Node>) -> Result<(), StoreError> {
@@ -278,7 +287,7 @@ impl HeadCore {
         self.check_cluster_can_fit(&spec)?;
         let id = JobId(self.last_job_id.0 + 1);
         let job = Job::new(id, spec, now, req.token);
-        self.commit(vec![job], vec![]).map_err(unavailable)?;
+        self.commit_now(vec![job], vec![]).map_err(unavailable)?;
         self.last_job_id = id;
         self.wants_schedule = true;
         tracing::info!(job = %id, "job submitted");
@@ -342,7 +351,7 @@ impl HeadCore {
         job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: credential.uid };
         let still_running: Vec<NodeId> = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
         let run = job.job_run();
-        self.commit(vec![job], vec![]).map_err(unavailable)?;
+        self.commit_now(vec![job], vec![]).map_err(unavailable)?;
         self.send_free(run, &still_running);
         tracing::info!(job = %id, by = credential.uid, "job killed");
         Ok(ClientResponse::JobKilled(JobKilled { id, previous_state }))
@@ -687,6 +696,12 @@ mod tests {
             }
             self.inner.sync()
         }
+        fn save_now(&mut self, jobs: &[&Job], nodes: &[&Node]) -> Result<(), StoreError> {
+            if self.failing_sync.load(Ordering::Relaxed) {
+                return Err(StoreError::Backend("disk sync failed (test)".into()));
+            }
+            self.inner.save_now(jobs, nodes)
+        }
         fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
             self.inner.job(id)
         }
@@ -925,13 +940,37 @@ mod tests {
     fn nothing_reaches_a_node_or_a_client_before_the_store_has_synced() {
         let mut f = Fixture::new(&["a"]);
         let fail = f.failing_sync.clone();
-        fail.store(true, std::sync::atomic::Ordering::Relaxed);
         let id = f.submit_ok(JobBuilder::new(0), "t");
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
         f.core.schedule_if_needed(Timestamp(11));
         assert!(f.core.sync().is_err());
         assert!(f.sent.sent.lock().expect("lock").is_empty(), "a start must wait for its placement to be durable");
         fail.store(false, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(f.take_sent(), vec![pair("a", format!("start {id}").as_str())], "it goes with the next sync");
+    }
+
+    #[test]
+    fn a_submission_or_kill_the_store_cannot_take_is_refused_and_never_happens() {
+        let mut f = Fixture::new(&["a"]);
+        let fail = f.failing_sync.clone();
+        let running = f.submit_ok(JobBuilder::new(0), "t1");
+        f.core.schedule_if_needed(Timestamp(11));
+        assert_eq!(f.take_sent(), vec![pair("a", format!("start {running}").as_str())]);
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = f.submit(JobBuilder::new(0), "t2").expect_err("the store is down");
+        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert!(err.message.contains("not carried out"), "{}", err.message);
+        let kill = ClientRequest::KillJob(KillJob { id: running });
+        let err = f.core.handle_client(ALICE, kill.clone(), Timestamp(12)).expect_err("the store is down");
+        assert!(err.message.contains("not carried out"), "{}", err.message);
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        f.core.schedule_if_needed(Timestamp(13));
+        assert_eq!(f.take_sent(), vec![], "neither the refused job's start nor the refused kill goes out");
+        assert!(matches!(f.state(running), JobState::Running { .. }));
+        // The refused submission left nothing: the next one takes the id it would have had.
+        assert_eq!(f.submit_ok(JobBuilder::new(0), "t3"), JobId(running.0 + 1));
+        f.core.handle_client(ALICE, kill, Timestamp(14)).expect("kill");
+        assert_eq!(f.take_sent(), vec![pair("a", format!("free {running}").as_str())]);
     }
 
     #[test]

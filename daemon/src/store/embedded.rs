@@ -2,7 +2,8 @@
 //!
 //! redb is a crash-safe (copy-on-write, checksummed) single-file key-value store. `save` commits
 //! without a disk sync (redb's `Durability::None`); `sync` commits an empty transaction durably,
-//! which makes every commit before it durable too, so a loop turn of the head costs one sync. Records are MessagePack with named fields, like the
+//! which makes every commit before it durable too, so a loop turn of the head costs one sync;
+//! `save_now` commits its records durably, in one transaction. Records are MessagePack with named fields, like the
 //! wire. Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet settled), `nodes`
 //! (id -> node). (A `meta` table left by earlier releases, which kept a job id counter, is unused.)
 
@@ -50,19 +51,11 @@ impl EmbeddedStore {
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db })
     }
-}
 
-impl Store for EmbeddedStore {
-    fn last_job_id(&self) -> StoreResult<JobId> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let jobs = txn.open_table(JOBS).map_err(backend)?;
-        let last = jobs.last().map_err(backend)?.map_or(0, |(id, _)| id.value());
-        Ok(JobId(last))
-    }
-
-    fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
+    /// One transaction; a durable one makes every commit before it durable too.
+    fn commit(&mut self, jobs: &[&Job], nodes: &[&Node], durability: Durability) -> StoreResult<()> {
         let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::None);
+        txn.set_durability(durability);
         {
             let mut table = txn.open_table(JOBS).map_err(backend)?;
             let mut active = txn.open_table(ACTIVE_JOBS).map_err(backend)?;
@@ -81,11 +74,26 @@ impl Store for EmbeddedStore {
         }
         txn.commit().map_err(backend)
     }
+}
+
+impl Store for EmbeddedStore {
+    fn last_job_id(&self) -> StoreResult<JobId> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let jobs = txn.open_table(JOBS).map_err(backend)?;
+        let last = jobs.last().map_err(backend)?.map_or(0, |(id, _)| id.value());
+        Ok(JobId(last))
+    }
+
+    fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
+        self.commit(jobs, nodes, Durability::None)
+    }
 
     fn sync(&mut self) -> StoreResult<()> {
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate);
-        txn.commit().map_err(backend)
+        self.commit(&[], &[], Durability::Immediate)
+    }
+
+    fn save_now(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
+        self.commit(jobs, nodes, Durability::Immediate)
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<Job>> {

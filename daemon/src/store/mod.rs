@@ -41,6 +41,10 @@ pub trait Store: Send {
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()>;
     /// Makes every earlier `save` durable.
     fn sync(&mut self) -> StoreResult<()>;
+    /// Makes every earlier `save` durable, then writes jobs and nodes durably, jobs first. On an
+    /// error they are not kept for a later sync, so what a client is told failed does not happen
+    /// later (only an error after the server wrote them, a lost reply, leaves them written).
+    fn save_now(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()>;
     /// One job, whatever its state.
     fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
     /// Every job not yet settled (pending, running, or ended with a node still to report), by id.
@@ -98,6 +102,7 @@ pub mod contract_tests {
         jobs_round_trip_and_move_between_active_and_finished(&mut open);
         nodes_round_trip_and_update_in_place(&mut open);
         reads_see_saves_before_the_sync(&mut open);
+        save_now_is_durable_with_what_came_before(&mut open);
         a_large_turn_is_written_whole(&mut open);
     }
 
@@ -173,6 +178,18 @@ pub mod contract_tests {
         let store = open();
         assert_eq!(store.finished_jobs(1).expect("finished"), vec![done]);
         assert!(store.nodes().expect("nodes").contains(&n3));
+    }
+
+    fn save_now_is_durable_with_what_came_before<S: Store>(open: &mut impl FnMut() -> S) {
+        let mut store = open();
+        store.save(&[&job(JobId(301))], &[&node("n4")]).expect("save");
+        store.save_now(&[&job(JobId(302))], &[&node("n5")]).expect("save now");
+        drop(store);
+        let store = open();
+        assert_eq!(store.job(JobId(301)).expect("read"), Some(job(JobId(301))));
+        assert_eq!(store.job(JobId(302)).expect("read"), Some(job(JobId(302))));
+        let ids: Vec<String> = store.nodes().expect("nodes").iter().map(|n| n.id.to_string()).collect();
+        assert!(ids.contains(&"n4".to_string()) && ids.contains(&"n5".to_string()), "{ids:?}");
     }
 
     /// More jobs than one write batch holds, and more bytes: a turn that places or ends many.

@@ -10,7 +10,8 @@
 //! replica set). `save` only keeps the documents (the latest version of each); `sync` writes
 //! them with one `update` command per collection (a batch of upserts), so a loop turn that
 //! changes many jobs costs two round trips and one journal flush, not one of each per document.
-//! Reads see what is kept but not yet written. Jobs are written before nodes; the head rebuilds
+//! Reads see what is kept but not yet written. `save_now` writes at once, keeping nothing.
+//! Jobs are written before nodes; the head rebuilds
 //! node reservations from jobs when it starts, so a crash between the two writes leaves nothing
 //! inconsistent. Writes use `w: majority, j: true`, so an acknowledged write survives a crash of
 //! the database too; a failed write keeps its documents for the next `sync`.
@@ -142,6 +143,18 @@ fn batches(docs: impl Iterator<Item = (Bson, Document)>, max: usize, max_bytes: 
     Ok(batches)
 }
 
+/// A job's document and `_id`, with `settled` for the start-up query.
+fn job_doc(job: &Job) -> StoreResult<(i64, Document)> {
+    let id = job_id(job.id)?;
+    let mut doc = to_doc(job, id)?;
+    doc.insert("settled", job.is_settled());
+    Ok((id, doc))
+}
+
+fn node_doc(node: &Node) -> StoreResult<Document> {
+    to_doc(node, node.id.as_str())
+}
+
 fn job_id(id: JobId) -> StoreResult<i64> {
     i64::try_from(id.0).map_err(|_| corrupt(format!("job id {id} is too large for MongoDB")))
 }
@@ -255,13 +268,11 @@ impl Store for MongoStore {
 
     fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
         for job in jobs {
-            let id = job_id(job.id)?;
-            let mut doc = to_doc(job, id)?;
-            doc.insert("settled", job.is_settled());
+            let (id, doc) = job_doc(job)?;
             self.unwritten_jobs.insert(id, doc);
         }
         for node in nodes {
-            self.unwritten_nodes.insert(node.id.to_string(), to_doc(node, node.id.as_str())?);
+            self.unwritten_nodes.insert(node.id.to_string(), node_doc(node)?);
         }
         Ok(())
     }
@@ -276,6 +287,14 @@ impl Store for MongoStore {
             self.unwritten_nodes.clear();
         }
         Ok(())
+    }
+
+    fn save_now(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
+        self.sync()?;
+        let jobs = jobs.iter().map(|job| job_doc(job).map(|(id, doc)| (Bson::Int64(id), doc)));
+        self.write("jobs", jobs.collect::<StoreResult<Vec<_>>>()?.into_iter())?;
+        let nodes = nodes.iter().map(|node| node_doc(node).map(|doc| (Bson::String(node.id.to_string()), doc)));
+        self.write("nodes", nodes.collect::<StoreResult<Vec<_>>>()?.into_iter())
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
