@@ -3,8 +3,10 @@
 //! The head keeps every pending and running job and every node in memory and writes each change
 //! through a [`Store`]; before it acknowledges anything or tells a node anything, it makes the
 //! writes so far durable with one [`Store::sync`] (group commit: one disk sync per loop turn, not
-//! one per change). Implementations: [`embedded::EmbeddedStore`]
-//! (redb, on local disk, the default) and [`mongo::MongoStore`] (MongoDB).
+//! one per change). What a client asks to change (a submission, a kill) is written with
+//! [`Store::save_now`] before the head takes it, so a refusal for a store error is the truth.
+//! Implementations: [`embedded::EmbeddedStore`] (redb, on local disk, the default) and
+//! [`mongo::MongoStore`] (MongoDB).
 //! The same contract tests (`contract_tests`) run against each one.
 
 pub mod embedded;
