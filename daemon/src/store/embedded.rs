@@ -4,8 +4,9 @@
 //! without a disk sync (redb's `Durability::None`); `sync` commits an empty transaction durably,
 //! which makes every commit before it durable too, so a loop turn of the head costs one sync;
 //! `save_now` commits its records durably, in one transaction. Records are MessagePack with named
-//! fields, like the wire. Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet settled), `nodes`
-//! (id -> node). (A `meta` table left by earlier releases, which kept a job id counter, is unused.)
+//! fields, like the wire. Tables: `jobs` (id -> job), `active_jobs` (ids of jobs not yet
+//! settled), `nodes` (id -> node). (A `meta` table left by earlier releases, which kept a job id
+//! counter, is unused.)
 
 use super::{Store, StoreError, StoreResult};
 use cm_common::job::Job;
