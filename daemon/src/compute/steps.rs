@@ -207,14 +207,20 @@ impl Steps {
     }
 
     /// Adopted supervisors that have exited since: their step files are no longer locked.
-    /// (Nobody else tells us: they are not children of our launcher.)
+    /// (Nobody else tells us: they are not children of our launcher.) A file that cannot be
+    /// asked (too many open files, say) tells nothing: its run is asked again at the next poll,
+    /// rather than reported lost while it may still run.
     pub fn exited_adopted(&mut self) -> Vec<JobRun> {
         self.forget_lost_launcher();
-        self.steps
-            .iter()
-            .map(|(&job, s)| (JobRun { job, run: s.run }, s))
-            .filter(|(run, s)| s.adopted && !matches!(record::supervisor_of(&self.path(*run)), Ok(Some(_))))
-            .map(|(run, _)| run)
+        let adopted = self.steps.iter().filter(|(_, s)| s.adopted).map(|(&job, s)| JobRun { job, run: s.run });
+        adopted
+            .filter(|&run| match record::supervisor_of(&self.path(run)) {
+                Ok(holder) => holder.is_none(),
+                Err(e) => {
+                    tracing::warn!(job = %run, error = %e, "cannot tell whether a job's supervisor still runs");
+                    false
+                }
+            })
             .collect()
     }
 
@@ -228,5 +234,27 @@ impl Steps {
         if self.ended_set.insert(run) {
             self.ended.push_back(run);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adopted_run_whose_step_file_cannot_be_asked_is_not_taken_for_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut steps = Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1)).expect("steps");
+        let run = JobRun { job: JobId(1), run: 0 };
+        steps.steps.insert(run.job, Step { run: run.run, pid: 1, per_node: Resources::default(), adopted: true });
+        // A link to itself: opening it fails with ELOOP, an error other than "not found".
+        let path = steps.path(run);
+        std::os::unix::fs::symlink(&path, &path).expect("symlink");
+        assert!(record::supervisor_of(&path).is_err());
+        assert_eq!(steps.exited_adopted(), vec![], "an I/O error says nothing about the supervisor");
+        // Readable and unlocked: its supervisor is gone.
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::write(&path, b"").expect("write");
+        assert_eq!(steps.exited_adopted(), vec![run]);
     }
 }
