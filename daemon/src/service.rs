@@ -14,7 +14,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,8 @@ pub struct Inbox<Req, E> {
     me: String,
     /// A request was handed out and not answered yet.
     owes_reply: bool,
+    /// The last thing handed out was an event: when both wait, a request goes next.
+    event_last: bool,
     _requests: PhantomData<fn() -> Req>,
 }
 
@@ -81,29 +83,41 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
     pub fn new(responder: Responder, me: String) -> std::io::Result<(Self, EventSender<E>)> {
         let bell = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
         let (sender, events) = channel();
-        let inbox = Inbox { responder, events, bell: bell.clone(), me, owes_reply: false, _requests: PhantomData };
+        let inbox = Inbox {
+            responder,
+            events,
+            bell: bell.clone(),
+            me,
+            owes_reply: false,
+            event_last: false,
+            _requests: PhantomData,
+        };
         Ok((inbox, EventSender { sender, bell }))
     }
 
-    /// The next event or request, waiting up to `timeout`; `None` if nothing came. Events that
-    /// are already queued come before requests.
+    /// The next event or request, waiting up to `timeout`; `None` if nothing came. When both
+    /// wait they take turns, so a stream of either cannot hold up the other.
     pub fn next(&mut self, timeout: Duration) -> cm_common::Result<Option<Next<Req, E>>> {
         if self.owes_reply {
             self.reply(&error_bytes(&self.me, ErrorReply::new(ErrorCode::Internal, "the daemon dropped the request")));
         }
         let deadline = Instant::now() + timeout;
         loop {
-            match self.events.try_recv() {
-                Ok(event) => return Ok(Some(Next::Event(event))),
-                // Senders live as long as the threads that use them; none left is not an error.
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
-            }
-            if let Some(incoming) = self.responder.try_recv()? {
-                if let Some(envelope) = self.decode(incoming) {
-                    self.owes_reply = true;
-                    return Ok(Some(Next::Request(envelope)));
+            let event_first = !self.event_last;
+            if event_first {
+                if let Some(event) = self.try_event() {
+                    return Ok(Some(event));
                 }
-                continue;
+            }
+            if let Some(envelope) = self.try_request()? {
+                self.event_last = false;
+                self.owes_reply = true;
+                return Ok(Some(Next::Request(envelope)));
+            }
+            if !event_first {
+                if let Some(event) = self.try_event() {
+                    return Ok(Some(event));
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -114,6 +128,23 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
             // a send after this read rings it anew.
             let _ = self.bell.read();
         }
+    }
+
+    fn try_event(&mut self) -> Option<Next<Req, E>> {
+        // Senders live as long as the threads that use them; none left is not an error.
+        let event = self.events.try_recv().ok()?;
+        self.event_last = true;
+        Some(Next::Event(event))
+    }
+
+    /// A well-formed request already received, if any; refused ones get their error reply here.
+    fn try_request(&mut self) -> cm_common::Result<Option<Envelope<Req>>> {
+        while let Some(incoming) = self.responder.try_recv()? {
+            if let Some(envelope) = self.decode(incoming) {
+                return Ok(Some(envelope));
+            }
+        }
+        Ok(None)
     }
 
     /// Answers the request [`Inbox::next`] handed out last.
@@ -211,6 +242,34 @@ mod tests {
         let reply: Reply<ClientResponse> = Ok(ClientResponse::Nodes(NodesReply { nodes: vec![] }));
         inbox.reply(&reply_bytes("d", &reply));
         assert!(matches!(caller.join().expect("join"), Ok(ClientResponse::Nodes(_))));
+    }
+
+    #[test]
+    fn events_and_requests_take_turns_when_both_wait() {
+        let ctx = zmq::Context::new();
+        let (mut inbox, events, client) = inbox(&ctx);
+        let caller = call_in_thread(client);
+        // The request is in (waiting on the socket alone returns once it is), then three events.
+        inbox.responder.wait(None, Duration::from_secs(10)).expect("wait");
+        for event in ["a", "b", "c"] {
+            assert!(events.send(event));
+        }
+        let mut order = vec![];
+        while order.len() < 4 {
+            match inbox.next(Duration::from_secs(10)) {
+                Ok(Some(Next::Event(event))) => order.push(event.to_string()),
+                Ok(Some(Next::Request(_))) => {
+                    order.push("request".into());
+                    inbox.reply(&reply_bytes(
+                        "d",
+                        &Ok::<_, ErrorReply>(ClientResponse::Nodes(NodesReply { nodes: vec![] })),
+                    ));
+                }
+                _ => panic!("expected an event or the request"),
+            }
+        }
+        assert_eq!(order, ["a", "request", "b", "c"]);
+        assert!(caller.join().expect("join").is_ok());
     }
 
     #[test]
