@@ -103,8 +103,8 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let event_first = !self.event_last;
-            if event_first {
+            // After an event, a waiting request goes first.
+            if !self.event_last {
                 if let Some(event) = self.try_event() {
                     return Ok(Some(event));
                 }
@@ -114,10 +114,8 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
                 self.owes_reply = true;
                 return Ok(Some(Next::Request(envelope)));
             }
-            if !event_first {
-                if let Some(event) = self.try_event() {
-                    return Ok(Some(event));
-                }
+            if let Some(event) = self.try_event() {
+                return Ok(Some(event));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

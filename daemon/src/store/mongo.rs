@@ -241,7 +241,7 @@ impl MongoStore {
     }
 
     /// The kept, unwritten jobs, decoded.
-    fn unwritten_jobs(&self) -> StoreResult<Vec<Job>> {
+    fn kept_jobs(&self) -> StoreResult<Vec<Job>> {
         self.unwritten_jobs.values().map(|doc| from_doc(doc.clone())).collect()
     }
 }
@@ -310,7 +310,7 @@ impl Store for MongoStore {
         let cursor = self.jobs.find(doc! { "settled": false }).sort(doc! { "_id": 1 }).run().map_err(backend)?;
         let mut jobs: BTreeMap<JobId, Job> =
             cursor.map(|doc| from_doc::<Job>(doc.map_err(backend)?).map(|j| (j.id, j))).collect::<StoreResult<_>>()?;
-        for job in self.unwritten_jobs()? {
+        for job in self.kept_jobs()? {
             if job.is_settled() {
                 jobs.remove(&job.id);
             } else {
@@ -334,7 +334,7 @@ impl Store for MongoStore {
             .map_err(backend)?;
         let mut jobs: BTreeMap<JobId, Job> =
             cursor.map(|doc| from_doc::<Job>(doc.map_err(backend)?).map(|j| (j.id, j))).collect::<StoreResult<_>>()?;
-        for job in self.unwritten_jobs()? {
+        for job in self.kept_jobs()? {
             if job.state.is_terminal() {
                 jobs.insert(job.id, job);
             }
