@@ -37,6 +37,11 @@ impl HeadClient {
         Ok(HeadClient { requester, config })
     }
 
+    /// Done with the head, and the process exits next: see [`Requester::leave`].
+    pub fn finish(self) {
+        self.requester.leave();
+    }
+
     /// Sends one request; the head's error reply becomes an error whose text is the head's sentence.
     pub fn call(&mut self, request: ClientRequest) -> anyhow::Result<ClientResponse> {
         let reply = self

@@ -70,6 +70,16 @@ impl Requester {
         &self.endpoint
     }
 
+    /// For a process that is about to exit: leaves the socket and its context to the kernel
+    /// instead of shutting libzmq down in order. That shutdown hands the socket to libzmq's reaper
+    /// thread and joins its threads, several thread wake-ups that cost a command-line tool about
+    /// 0.3 ms of CPU and 0.4 ms of wall time, a sixth of a submission (README, Benchmarks). With
+    /// linger 0 and the last reply in, nothing is left to send; the peer sees the connection
+    /// close, as when a tool is killed.
+    pub fn leave(self) {
+        std::mem::forget(self);
+    }
+
     /// Sends `body` and decodes the reply; transport and decoding failures are the outer error,
     /// the peer's error reply the inner one.
     pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: &Req) -> Result<Reply<Resp>> {

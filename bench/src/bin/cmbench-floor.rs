@@ -1,6 +1,7 @@
 //! `cmbench-floor ENDPOINT SIZE`: the least any ZeroMQ command-line tool does, for scenario 1's
 //! floor. It sends one SIZE-byte request to ENDPOINT through the same transport as `cmrun`
-//! (`cm_transport::Requester`: a libzmq context, a REQ socket, connect, send, receive) and exits.
+//! (`cm_transport::Requester`: a libzmq context, a REQ socket, connect, send, receive) and exits
+//! the way the tools do ([`Requester::leave`]).
 //! `cmbench` answers it with an echo server that does nothing else, so the time one call takes is
 //! what a process start plus one ZeroMQ round trip cost on this machine, before any cm work.
 
@@ -21,4 +22,5 @@ fn main() {
         eprintln!("cmbench-floor: {e}");
         std::process::exit(1);
     }
+    requester.leave(); // as the tools do
 }

@@ -39,5 +39,6 @@ fn main() {
             }
         }
     }
+    client.finish();
     std::process::exit(i32::from(failed));
 }

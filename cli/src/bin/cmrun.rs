@@ -85,10 +85,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         other => bail!("unexpected reply from the head: {other:?}"),
     };
     println!("{id}");
-    if !args.wait {
-        return Ok(0);
-    }
-    wait_for(&mut client, id)
+    let code = if args.wait { wait_for(&mut client, id)? } else { 0 };
+    client.finish();
+    Ok(code)
 }
 
 /// Polls the job until it ends, backing off from 10 ms to 500 ms between polls.
