@@ -3,6 +3,7 @@
 //! target/release/cmbench` (see the README). Scenarios:
 //! 1. serial CLI submission: N x `cmrun true` as separate processes, and beside it the floor
 //!    of any such tool here: N runs of `cmbench-floor`, one ZeroMQ request to an echo server;
+//!    over TCP, then again over the head's Unix socket;
 //! 2. short-job throughput: N `true` jobs on 4 computes x 32 CPUs, submitted back to back over
 //!    the protocol, from first submission to last completion;
 //! 3. submit-to-start latency on an idle cluster, from the job's own start time;
@@ -140,10 +141,47 @@ fn store_kind(name: &str) -> anyhow::Result<StoreKind> {
     }
 }
 
+/// Scenario 1 over TCP, as from any host, then over the head's Unix socket, as the tools on the
+/// head's own host can reach it (`head_socket`); each beside its floor over the same transport.
 fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
-    let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
+    let mut cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
+    let request_size =
+        cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission(&cluster, options)?)?.len();
+    let (tcp, tcp_floor) = (serial_cmrun(&cluster, n, options)?, client_floor(n, request_size, None)?);
+    print_serial("1. serial cmrun over TCP", &tcp, &tcp_floor);
+    cluster.tools_over_socket();
+    let echo_socket = cluster.dir.path().join("echo.sock");
+    let (unix, unix_floor) = (serial_cmrun(&cluster, n, options)?, client_floor(n, request_size, Some(&echo_socket))?);
+    print_serial("   over the head's Unix socket", &unix, &unix_floor);
+    let mut result = tcp;
+    result["floor"] = tcp_floor;
+    result["unix_socket"] =
+        json!({ "per_second": unix["per_second"], "latency": unix["latency"], "floor": unix_floor });
+    Ok(result)
+}
+
+fn print_serial(title: &str, run: &Value, floor: &Value) {
+    let rate = run["per_second"].as_f64().unwrap_or(f64::NAN);
+    let floor_rate = floor["per_second"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{title}: {} submissions in {:.2} s: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        run["submissions"],
+        run["seconds"].as_f64().unwrap_or(f64::NAN),
+        run["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        run["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "   floor: a bare ZeroMQ client process, one {}-byte request to an echo server: {floor_rate:.0}/s, p50 {:.2} ms (cmrun runs at {:.0} % of it)",
+        floor["request_bytes"],
+        floor["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        100.0 * rate / floor_rate
+    );
+}
+
+/// `n` serial runs of `cmrun true`, each waited for, then until the cluster is idle again.
+fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions) -> anyhow::Result<Value> {
     let ctx = zmq::Context::new();
-    let mut h = head(&cluster, &ctx);
+    let mut h = head(cluster, &ctx);
     let mut samples = Samples::default();
     let started = Instant::now();
     for _ in 0..n {
@@ -159,21 +197,7 @@ fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Left
     let total = started.elapsed();
     wait_idle(&mut h, Duration::from_secs(300))?;
     let rate = n as f64 / total.as_secs_f64();
-    println!(
-        "1. serial cmrun: {n} submissions in {total:.2?}: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
-        samples.percentile_ms(50.0),
-        samples.percentile_ms(99.0)
-    );
-    let request_size =
-        cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission(&cluster, options)?)?.len();
-    let floor = client_floor(n, request_size)?;
-    let floor_rate = floor["per_second"].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "   floor: a bare ZeroMQ client process, one {request_size}-byte request to an echo server: {floor_rate:.0}/s, p50 {:.2} ms (cmrun runs at {:.0} % of it)",
-        floor["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-        100.0 * rate / floor_rate
-    );
-    Ok(json!({ "submissions": n, "per_second": rate, "latency": samples.summary(), "floor": floor }))
+    Ok(json!({ "submissions": n, "seconds": total.as_secs_f64(), "per_second": rate, "latency": samples.summary() }))
 }
 
 /// A submission as `cmrun true` sends it from the cluster's work directory.
@@ -185,10 +209,14 @@ fn submission(cluster: &Cluster, options: JobOptions) -> anyhow::Result<HeadRequ
 /// Scenario 1's floor: `n` serial runs of `cmbench-floor`, each a process that sends one
 /// `size`-byte request through cm's transport to an echo server here and exits. No tool that
 /// starts a process and speaks ZeroMQ per submission can beat this rate on the same machine.
-fn client_floor(n: usize, size: usize) -> anyhow::Result<Value> {
+/// The server listens on TCP, or on the Unix socket `unix` when given.
+fn client_floor(n: usize, size: usize, unix: Option<&std::path::Path>) -> anyhow::Result<Value> {
     let ctx = zmq::Context::new();
     let echo = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20)?;
-    let endpoint = echo.endpoint().to_string();
+    let endpoint = match unix {
+        Some(path) => echo.listen_on_unix_socket(path)?,
+        None => echo.endpoint().to_string(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let stop_server = stop.clone();
     let server = std::thread::spawn(move || {

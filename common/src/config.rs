@@ -20,6 +20,9 @@ pub struct Config {
     pub head_address: String,
     /// `HOST:PORT` the head listens on (the original design's daemon_port is 5001).
     pub head_listen: String,
+    /// A Unix socket the head listens on as well, for tools on its own host: there
+    /// `head_address: ipc://PATH` reaches it without TCP, which costs a tool less. None: TCP only.
+    pub head_socket: Option<PathBuf>,
     /// `HOST:PORT` compute daemons listen on. A different port from the head's lets a head and a
     /// compute share one host.
     pub compute_listen: String,
@@ -106,6 +109,7 @@ impl Default for Config {
         Config {
             head_address: "127.0.0.1:5001".to_string(),
             head_listen: "0.0.0.0:5001".to_string(),
+            head_socket: None,
             compute_listen: "0.0.0.0:5002".to_string(),
             compute_advertise: None,
             store: None,

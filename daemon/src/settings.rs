@@ -38,6 +38,9 @@ pub struct Args {
     /// HOST:PORT to listen on (port 0 picks a free port) [default: head_listen or compute_listen].
     #[arg(long, env = "CM_LISTEN")]
     pub listen: Option<String>,
+    /// A Unix socket the head listens on as well, for tools on its host [default: head_socket].
+    #[arg(long, env = "CM_HEAD_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// HOST:PORT of the head, for compute nodes [default: head_address].
     #[arg(long, env = "CM_HEAD")]
     pub head: Option<String>,
@@ -64,6 +67,8 @@ pub struct Args {
 pub struct HeadConfig {
     pub node_id: NodeId,
     pub listen: String,
+    /// A Unix socket to listen on as well.
+    pub socket: Option<PathBuf>,
     pub state_dir: PathBuf,
     /// MongoDB URI; `None` means the embedded store.
     pub store: Option<String>,
@@ -146,6 +151,7 @@ impl Settings {
         let head = HeadConfig {
             node_id: node_id.clone(),
             listen: head_listen,
+            socket: args.socket.clone().or_else(|| config.head_socket.clone()),
             state_dir: state_dir.clone(),
             store: args.store.clone().or_else(|| config.store.clone()),
             store_timeout: config.store_timeout,
@@ -206,6 +212,13 @@ mod tests {
         assert_eq!(s.head.store, None, "no URI: the embedded store");
         let s = Settings::resolve(&args(&["--role", "head", "--store", "mongodb://db:27017/cm"]), &file);
         assert_eq!(s.head.store.as_deref(), Some("mongodb://db:27017/cm"));
+        assert_eq!(s.head.socket, None, "TCP only unless asked");
+
+        let file = Config::parse("head_socket: /run/cm/head.sock\n").expect("config");
+        let s = Settings::resolve(&args(&["--role", "head"]), &file);
+        assert_eq!(s.head.socket, Some(PathBuf::from("/run/cm/head.sock")));
+        let s = Settings::resolve(&args(&["--role", "head", "--socket", "/tmp/h.sock"]), &file);
+        assert_eq!(s.head.socket, Some(PathBuf::from("/tmp/h.sock")), "flag beats file");
     }
 
     #[test]

@@ -590,6 +590,31 @@ fn a_silent_node_stalls_nobody_else(store: StoreKind) {
 }
 
 /// Runs each case once per store: `embedded::CASE` and `mongodb::CASE`.
+/// Tools on the head's host can reach it over its Unix socket (`head_socket`), which every local
+/// user may open; a head killed and restarted replaces the socket file it left behind. Not a
+/// matter of the store, so this runs once.
+#[test]
+fn tools_reach_the_head_over_its_unix_socket_also_after_a_head_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = Cluster::start(1, 1, 512);
+    cluster.tools_over_socket();
+    let socket = cluster.dir.path().join("head.sock");
+    let mode = std::fs::metadata(&socket).expect("the head's socket file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o666, "socket mode {mode:o}");
+    let blocker = cluster.submit(&["sleep 300"]);
+    let id = cluster.submit(&["echo over the socket"]);
+    cluster.wait_status(blocker, "Running", LONG);
+    let out = cluster.tool("cmkill", &[&blocker.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.wait_status(id, "Completed", LONG);
+    assert_eq!(read(cluster.workdir.join(format!("cmlogs/{id}/c1.0.out"))), "over the socket\n");
+
+    cluster.restart_head();
+    assert!(wait_until(LONG, || cluster.info().is_some()), "no answer over the socket after a restart");
+    let next = cluster.submit(&["true"]);
+    cluster.wait_status(next, "Completed", LONG);
+}
+
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
         mod embedded {

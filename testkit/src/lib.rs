@@ -158,6 +158,10 @@ pub struct Cluster {
     pub computes: Vec<Daemon>,
     /// `tcp://127.0.0.1:PORT` of the head.
     pub head_endpoint: String,
+    /// `ipc://DIR/head.sock`: the head's Unix socket, which it listens on as well.
+    pub head_socket: String,
+    /// Where the tools reach the head: `head_endpoint` unless [`Cluster::tools_over_socket`].
+    tools_head: String,
     pub config: PathBuf,
     /// Where tools run (the job's working directory).
     pub workdir: PathBuf,
@@ -190,6 +194,7 @@ impl Cluster {
         let workdir = dir.path().join("work");
         std::fs::create_dir_all(&workdir).expect("workdir");
         let head_state = dir.path().join("head");
+        let socket = dir.path().join("head.sock");
         let mut args = strings(&[
             "--role",
             "head",
@@ -201,6 +206,8 @@ impl Cluster {
             head_state.to_str().expect("utf8"),
             "--config",
             config.to_str().expect("utf8"),
+            "--socket",
+            socket.to_str().expect("utf8"),
         ]);
         if let StoreKind::Mongo(uri) = store {
             args.extend(strings(&["--store", uri]));
@@ -210,7 +217,10 @@ impl Cluster {
         let started = wait_until(Duration::from_secs(30), || endpoint_file.exists());
         assert!(started, "the head did not start; its log:\n{}", head.log_tail(30));
         let head_endpoint = std::fs::read_to_string(&endpoint_file).expect("endpoint");
-        let mut cluster = Cluster { dir, head, computes: vec![], head_endpoint, config, workdir };
+        let head_socket = format!("ipc://{}", socket.display());
+        let tools_head = head_endpoint.clone();
+        let mut cluster =
+            Cluster { dir, head, computes: vec![], head_endpoint, head_socket, tools_head, config, workdir };
         for i in 1..=computes {
             cluster.add_compute(&format!("c{i}"), cpus, memory_mb);
         }
@@ -260,6 +270,12 @@ impl Cluster {
         self.head.start();
     }
 
+    /// From now on the tools reach the head over its Unix socket, as tools on the head's host do
+    /// when configured so; compute nodes keep TCP.
+    pub fn tools_over_socket(&mut self) {
+        self.tools_head = self.head_socket.clone();
+    }
+
     /// Runs a tool (cmrun, cminfo, cmkill) against this cluster from the work directory.
     pub fn tool(&self, name: &str, args: &[&str]) -> Output {
         self.tool_command(name, args).output().expect("run tool")
@@ -270,7 +286,7 @@ impl Cluster {
         command
             .args(args)
             .current_dir(&self.workdir)
-            .env("CM_HEAD", &self.head_endpoint)
+            .env("CM_HEAD", &self.tools_head)
             .env("CM_CONFIG", &self.config)
             .stdin(Stdio::null());
         command

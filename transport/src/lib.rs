@@ -15,6 +15,8 @@ use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -176,6 +178,22 @@ impl Responder {
         &self.endpoint
     }
 
+    /// Listens on the Unix socket `path` as well (creating its directory), open to every local
+    /// user as the TCP endpoint is, and returns its endpoint (`ipc://PATH`). A socket file left
+    /// by an earlier process is replaced. Requests from both arrive on this socket, in one queue.
+    pub fn listen_on_unix_socket(&self, path: &Path) -> Result<String> {
+        let text = path.to_str().ok_or_else(|| Error::InvalidSetting(format!("{} is not UTF-8", path.display())))?;
+        let endpoint = format!("ipc://{text}");
+        let fail = |reason: String| Error::Network { endpoint: endpoint.clone(), reason };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        self.socket.bind(&endpoint).map_err(|e| fail(e.to_string()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| fail(format!("cannot open the socket to all local users: {e}")))?;
+        Ok(endpoint)
+    }
+
     fn error(&self, e: zmq::Error) -> Error {
         Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() }
     }
@@ -266,5 +284,44 @@ mod tests {
         assert_eq!(client.request_bytes(b"again").expect("reply"), b"echo:again");
         shutdown.store(true, Ordering::Relaxed);
         thread.join().expect("join").expect("serve");
+    }
+
+    #[test]
+    fn a_unix_socket_serves_alongside_tcp_and_every_local_user_may_connect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run/cm/head.sock");
+        let ctx = zmq::Context::new();
+        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let unix = server.listen_on_unix_socket(&path).expect("unix socket");
+        assert_eq!(unix, format!("ipc://{}", path.display()));
+        let mode = std::fs::metadata(&path).expect("socket file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o666, "mode {mode:o}");
+        let tcp = server.endpoint().to_string();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            server.serve(&stop, |incoming| match incoming {
+                Incoming::Message(m) => [b"echo:".as_slice(), &m].concat(),
+                Incoming::Malformed(why) => why.into_bytes(),
+            })
+        });
+        let policy = RetryPolicy::new(Duration::from_secs(2), 1);
+        let mut over_unix = Requester::new(&ctx, &unix, policy, "t", Credential { uid: 0 });
+        let mut over_tcp = Requester::new(&ctx, &tcp, policy, "t", Credential { uid: 0 });
+        assert_eq!(over_unix.request_bytes(b"a").expect("reply"), b"echo:a");
+        assert_eq!(over_tcp.request_bytes(b"b").expect("reply"), b"echo:b");
+        shutdown.store(true, Ordering::Relaxed);
+        thread.join().expect("join").expect("serve");
+    }
+
+    #[test]
+    fn a_unix_socket_that_cannot_be_made_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").expect("file");
+        let ctx = zmq::Context::new();
+        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let err = server.listen_on_unix_socket(&file.join("head.sock")).expect_err("a file is no directory");
+        assert!(err.to_string().contains("a-file/head.sock"), "{err}");
     }
 }

@@ -85,6 +85,12 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
         .with_context(|| format!("the head cannot listen on {}", config.listen))?;
     let endpoint = responder.endpoint().to_string();
     tracing::info!(%endpoint, node = %config.node_id, "head listening");
+    if let Some(path) = &config.socket {
+        let socket = responder
+            .listen_on_unix_socket(path)
+            .with_context(|| format!("the head cannot listen on the Unix socket {}", path.display()))?;
+        tracing::info!(endpoint = %socket, "head listening for local tools");
+    }
     bound(&endpoint);
 
     let me = config.node_id.to_string();
