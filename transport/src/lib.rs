@@ -265,11 +265,9 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     }
 
-    #[test]
-    fn requests_are_answered_and_the_server_stops_on_shutdown() {
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let endpoint = server.endpoint().to_string();
+    /// Serves `server` on a thread, answering `echo:` and the request, until the returned
+    /// function is called; that stops the server and checks that it ended well.
+    fn echo(server: Responder) -> impl FnOnce() {
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {
@@ -278,12 +276,23 @@ mod tests {
                 Incoming::Malformed(why) => why.into_bytes(),
             })
         });
+        move || {
+            shutdown.store(true, Ordering::Relaxed);
+            thread.join().expect("join").expect("serve");
+        }
+    }
+
+    #[test]
+    fn requests_are_answered_and_the_server_stops_on_shutdown() {
+        let ctx = zmq::Context::new();
+        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
         let mut client =
             Requester::new(&ctx, &endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credential { uid: 0 });
         assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi");
         assert_eq!(client.request_bytes(b"again").expect("reply"), b"echo:again");
-        shutdown.store(true, Ordering::Relaxed);
-        thread.join().expect("join").expect("serve");
+        stop();
     }
 
     #[test]
@@ -297,21 +306,13 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("socket file").permissions().mode();
         assert_eq!(mode & 0o777, 0o666, "mode {mode:o}");
         let tcp = server.endpoint().to_string();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let stop = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            server.serve(&stop, |incoming| match incoming {
-                Incoming::Message(m) => [b"echo:".as_slice(), &m].concat(),
-                Incoming::Malformed(why) => why.into_bytes(),
-            })
-        });
+        let stop = echo(server);
         let policy = RetryPolicy::new(Duration::from_secs(2), 1);
         let mut over_unix = Requester::new(&ctx, &unix, policy, "t", Credential { uid: 0 });
         let mut over_tcp = Requester::new(&ctx, &tcp, policy, "t", Credential { uid: 0 });
         assert_eq!(over_unix.request_bytes(b"a").expect("reply"), b"echo:a");
         assert_eq!(over_tcp.request_bytes(b"b").expect("reply"), b"echo:b");
-        shutdown.store(true, Ordering::Relaxed);
-        thread.join().expect("join").expect("serve");
+        stop();
     }
 
     #[test]
