@@ -457,8 +457,10 @@ fn requeue_onto_the_returning_node(cluster: &Cluster, second: &str) -> (u64, i32
     );
     let id = cluster.submit(&["--requeue", &script]);
     cluster.wait_status(id, "Running", LONG);
-    assert!(wait_until(LONG, || cluster.workdir.join("first").exists()));
-    let first: i32 = read(cluster.workdir.join("first")).trim().parse().expect("pid");
+    // The shell creates the file before it writes the pid: wait for the pid itself.
+    let first_pid = || std::fs::read_to_string(cluster.workdir.join("first")).ok()?.trim().parse::<i32>().ok();
+    assert!(wait_until(LONG, || first_pid().is_some()), "the first run wrote no pid");
+    let first = first_pid().expect("pid");
     let daemon = cluster.computes[0].pid().expect("the compute daemon runs");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon).expect("pid"));
     kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
