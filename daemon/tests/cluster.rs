@@ -414,8 +414,11 @@ fn a_lost_node_ends_its_job_as_node_fail_or_requeues_it(store: StoreKind) {
     assert!(requeue_nodes.contains(&victim), "first fit puts both jobs on the same two nodes");
     let survivor = plain_nodes[1].clone();
     let pid_file = |prefix: &str, node: &str| cluster.workdir.join(format!("{prefix}.{node}"));
-    assert!(wait_until(LONG, || ["a", "b"].iter().all(|p| plain_nodes.iter().all(|n| pid_file(p, n).exists()))));
-    let pid = |prefix: &str, node: &str| -> i32 { read(pid_file(prefix, node)).trim().parse().expect("pid") };
+    // A shell creates each file before it writes the pid: wait for the pids themselves.
+    let written =
+        |prefix: &str, node: &str| std::fs::read_to_string(pid_file(prefix, node)).ok()?.trim().parse::<i32>().ok();
+    assert!(wait_until(LONG, || ["a", "b"].iter().all(|p| plain_nodes.iter().all(|n| written(p, n).is_some()))));
+    let pid = |prefix: &str, node: &str| -> i32 { written(prefix, node).expect("pid") };
     let orphans = [pid("a", &victim), pid("b", &victim)];
     let survivors = [pid("a", &survivor), pid("b", &survivor)];
 
