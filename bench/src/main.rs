@@ -99,8 +99,13 @@ fn spec(workdir: &std::path::Path, command: &str, options: JobOptions) -> anyhow
     build_spec(&request, &JobDefaults::default(), current_user(), workdir, env).map_err(|e| anyhow!(e))
 }
 
+/// The request `cmrun` sends to submit `spec`.
+fn assign(spec: JobSpec) -> ClientRequest {
+    ClientRequest::AssignJobId(AssignJobId { spec, token: submit_token() })
+}
+
 fn submit(head: &mut Requester, spec: &JobSpec) -> anyhow::Result<JobId> {
-    match call(head, ClientRequest::AssignJobId(AssignJobId { spec: spec.clone(), token: submit_token() }))? {
+    match call(head, assign(spec.clone()))? {
         ClientResponse::JobAccepted(a) => Ok(a.id),
         other => bail!("unexpected reply {other:?}"),
     }
@@ -145,8 +150,9 @@ fn store_kind(name: &str) -> anyhow::Result<StoreKind> {
 /// head's own host can reach it (`head_socket`); each beside its floor over the same transport.
 fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
     let mut cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
-    let request_size =
-        cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission(&cluster, options)?)?.len();
+    // The size of what `cmrun true` sends from the work directory, for the floor's requests.
+    let submission = HeadRequest::Client(assign(spec(&cluster.workdir, "true", options)?));
+    let request_size = cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission)?.len();
     let (tcp, tcp_floor) = (serial_cmrun(&cluster, n, options)?, client_floor(n, request_size, None)?);
     print_serial("1. serial cmrun over TCP", &tcp, &tcp_floor);
     cluster.tools_over_socket();
@@ -198,12 +204,6 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions) -> anyhow::Res
     wait_idle(&mut h, Duration::from_secs(300))?;
     let rate = n as f64 / total.as_secs_f64();
     Ok(json!({ "submissions": n, "seconds": total.as_secs_f64(), "per_second": rate, "latency": samples.summary() }))
-}
-
-/// A submission as `cmrun true` sends it from the cluster's work directory.
-fn submission(cluster: &Cluster, options: JobOptions) -> anyhow::Result<HeadRequest> {
-    let spec = spec(&cluster.workdir, "true", options)?;
-    Ok(HeadRequest::Client(ClientRequest::AssignJobId(AssignJobId { spec, token: submit_token() })))
 }
 
 /// Scenario 1's floor: `n` serial runs of `cmbench-floor`, each a process that sends one
