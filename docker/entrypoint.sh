@@ -12,6 +12,11 @@ if [ "${CM_ROLE:-}" = compute ] && [ -z "${CM_ADVERTISE:-}" ]; then
     CM_ADVERTISE="$(hostname -i | cut -d' ' -f1):${CM_COMPUTE_PORT:-5002}"
     export CM_ADVERTISE
 fi
+if [ "${CM_ROLE:-}" = head ] && [ ! -e /etc/cm/config.yaml ]; then
+    # The head node's tools (users' shells, the healthcheck) reach the head over its Unix socket,
+    # which spares each tool run TCP's connection costs; compute nodes keep TCP (CM_HEAD).
+    printf 'head_socket: /run/cm/head.sock\nhead_address: ipc:///run/cm/head.sock\n' > /etc/cm/config.yaml
+fi
 if [ "$#" -gt 0 ]; then
     exec "$@"
 fi
