@@ -47,12 +47,7 @@ impl Replicas {
         for local_rank in 0..job.spec.procs_per_node {
             let plan = ReplicaPlan { job, node, node_rank, local_rank, switch_user };
             match spawn_replica(&plan) {
-                // The supervisor reaps by pid (waitpid), so the `Child` handle is not kept.
-                Ok(child) => replicas.push(Replica {
-                    rank: plan.rank(),
-                    pid: Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)),
-                    exit: None,
-                }),
+                Ok(pid) => replicas.push(Replica { rank: plan.rank(), pid, exit: None }),
                 Err(e) => {
                     for started in &replicas {
                         let _ = killpg(started.pid, Signal::SIGKILL);

@@ -20,6 +20,18 @@ impl Fixture {
 
     /// Writes a step file for job `id` running `command` in `procs` replicas (as the current user).
     fn write(&self, id: u64, command: &str, procs: u32, edit: impl FnOnce(&mut JobSpec)) -> PathBuf {
+        self.write_step(id, command, procs, false, edit)
+    }
+
+    /// As [`Fixture::write`]; with `switch_user`, the supervisor takes the job's user (root only).
+    fn write_step(
+        &self,
+        id: u64,
+        command: &str,
+        procs: u32,
+        switch_user: bool,
+        edit: impl FnOnce(&mut JobSpec),
+    ) -> PathBuf {
         let me = nix::unistd::getuid().as_raw();
         let mut spec = JobSpec {
             command: command.into(),
@@ -33,7 +45,7 @@ impl Fixture {
         let mut job = Job::new(JobId(id), spec, Timestamp::now(), "token".into());
         job.nodes = vec![JobNode { node: NodeId::new("n1"), started_at: None, end: None }];
         let path = record::path(self.dir.path(), JobRun { job: job.id, run: 0 });
-        let step = StepSpec { job, node: NodeId::new("n1"), switch_user: false, kill_grace_ms: 300 };
+        let step = StepSpec { job, node: NodeId::new("n1"), switch_user, kill_grace_ms: 300 };
         record::create(&path, &step).expect("step file");
         path
     }
@@ -66,6 +78,81 @@ fn every_replica_exit_is_recorded_and_replicas_start_with_no_blocked_signals() {
     assert_eq!(codes, vec![(0, ExitStatus::Exited { code: 3 }), (1, ExitStatus::Exited { code: 3 })]);
     let out = std::fs::read_to_string(f.dir.path().join("cmlogs/5/n1.1.out")).expect("rank 1 stdout");
     assert_eq!(out, "out\n");
+}
+
+#[test]
+fn a_replica_gets_the_job_environment_its_cm_variables_null_stdin_default_sigpipe_and_its_own_group() {
+    let f = Fixture::new();
+    // SigIgn bit 13 (SIGPIPE): the supervisor (Rust) ignores it; the job must not. A submitted
+    // CM_JOB_ID loses to the real one. `read` at end of input fails, so stdin is empty.
+    let script = "ignored=$(grep SigIgn /proc/self/status | cut -f2); [ $((0x$ignored & 0x1000)) = 0 ] || exit 9; \
+                  [ \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$ ] || exit 8; \
+                  read line && exit 7; \
+                  echo \"$GREETING $CM_JOB_ID $CM_PROC_RANK $CM_NPROCS\"; env | cut -d= -f1 | sort | tr '\\n' ' '";
+    let (path, child) = f.start(script, 1, |spec| {
+        spec.env.insert("GREETING".into(), "hello there".into());
+        spec.env.insert("CM_JOB_ID".into(), "bogus".into());
+    });
+    let end = end_of(&path, child);
+    assert_eq!(end.replicas[0].status, ExitStatus::Exited { code: 0 }, "{end:?}");
+    let out = std::fs::read_to_string(f.dir.path().join("cmlogs/5/n1.0.out")).expect("stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "hello there 5 0 1");
+    // The job's variables and the CM_* ones (CM_JOB_ID once), nothing of the supervisor's own.
+    // The shell itself adds PWD.
+    assert_eq!(
+        lines[1],
+        "CM_JOB_ID CM_JOB_NAME CM_LOCAL_RANK CM_NNODES CM_NODELIST CM_NODENAME CM_NODE_RANK CM_NPROCS \
+         CM_NPROCS_PER_NODE CM_PROC_RANK CM_RESTART_COUNT CM_SUBMIT_DIR GREETING PATH PWD "
+    );
+}
+
+#[test]
+fn a_replica_runs_as_the_job_user_and_reaches_files_with_the_users_permissions_only() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("SKIPPED: switching users needs root");
+        return;
+    }
+    let f = Fixture::new();
+    let nobody = 65534;
+    let (home, locked) = (f.dir.path().join("home"), f.dir.path().join("locked"));
+    std::fs::create_dir(&home).expect("home");
+    std::fs::create_dir(&locked).expect("locked");
+    nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(nobody)), Some(nix::unistd::Gid::from_raw(nobody)))
+        .expect("chown");
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let as_nobody = |id: u64, command: &str, stdout: Option<&Path>| {
+        let path = f.write_step(id, command, 1, true, |spec| {
+            spec.workdir = home.to_str().expect("utf-8").into();
+            spec.user.uid = nobody;
+            spec.user.gid = nobody;
+            spec.user.groups = vec![];
+            spec.stdout = stdout.map(|p| p.to_str().expect("utf-8").into());
+        });
+        let child = Command::new(env!("CARGO_BIN_EXE_cmstep")).arg(&path).spawn().expect("cmstep");
+        end_of(&path, child)
+    };
+    // Real, effective and saved ids are all the user's, and so are the files it creates.
+    let end = as_nobody(7, "cat /proc/self/status | grep -E '^(Uid|Gid|Groups):'", None);
+    assert_eq!(end.replicas[0].status, ExitStatus::Exited { code: 0 }, "{end:?}");
+    let out_path = home.join("cmlogs/7/n1.0.out");
+    let out = std::fs::read_to_string(&out_path).expect("stdout");
+    assert_eq!(out, "Uid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\nGroups:\t65534 \n");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&out_path).expect("meta")), nobody);
+    // An output file in a directory only root may write to is refused, as it would be to the user.
+    let end = as_nobody(8, "true", Some(&locked.join("out")));
+    let NodeEndCause::LaunchFailed { reason } = &end.cause else { panic!("{:?}", end.cause) };
+    assert!(reason.contains("cannot open the output files") && reason.contains("Permission denied"), "{reason}");
+    assert!(!locked.join("out").exists());
+}
+
+#[test]
+fn a_command_with_a_nul_byte_is_a_launch_failure() {
+    let f = Fixture::new();
+    let (path, child) = f.start("echo a\0b", 1, |_| {});
+    let NodeEndCause::LaunchFailed { reason } = &end_of(&path, child).cause else { panic!("no launch failure") };
+    assert!(reason.to_lowercase().contains("nul byte"), "{reason}");
 }
 
 #[test]
