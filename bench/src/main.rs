@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use cm_cli::submit::{build_spec, current_user, submit_token, Request};
 use cm_common::config::JobDefaults;
-use cm_common::job::{Job, JobSpec};
+use cm_common::job::{Job, JobSpec, JobState};
 use cm_common::protocol::*;
 use cm_common::JobId;
 use cm_testkit::{Cluster, StoreKind};
@@ -148,46 +148,66 @@ fn store_kind(name: &str) -> anyhow::Result<StoreKind> {
 
 /// Scenario 1 over TCP, as from any host, then over the head's Unix socket, as the tools on the
 /// head's own host can reach it (`head_socket`); each beside its floor over the same transport.
+/// CPUs of each of scenario 1's compute nodes.
+const SERIAL_CPUS: u32 = 32;
+
 fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
-    let mut cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
+    let mut cluster = later.keep(Cluster::start_with(store, 4, SERIAL_CPUS, 65536, BENCH_CONFIG, BENCH_LOG));
     // The size of what `cmrun true` sends from the work directory, for the floor's requests.
     let submission = HeadRequest::Client(assign(spec(&cluster.workdir, "true", options)?));
     let request_size = cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission)?.len();
-    let (tcp, tcp_floor) = (serial_cmrun(&cluster, n, options)?, client_floor(n, request_size, None)?);
-    print_serial("1. serial cmrun over TCP", &tcp, &tcp_floor);
+    let run = |held| serial_cmrun(&cluster, n, options, held);
+    let (tcp, tcp_held, tcp_floor) = (run(false)?, run(true)?, client_floor(n, request_size, None)?);
+    print_serial("1. serial cmrun over TCP", &tcp, &tcp_held, &tcp_floor);
     cluster.tools_over_socket();
     let echo_socket = cluster.dir.path().join("echo.sock");
-    let (unix, unix_floor) = (serial_cmrun(&cluster, n, options)?, client_floor(n, request_size, Some(&echo_socket))?);
-    print_serial("   over the head's Unix socket", &unix, &unix_floor);
+    let run = |held| serial_cmrun(&cluster, n, options, held);
+    let (unix, unix_held, unix_floor) = (run(false)?, run(true)?, client_floor(n, request_size, Some(&echo_socket))?);
+    print_serial("   over the head's Unix socket", &unix, &unix_held, &unix_floor);
     let mut result = tcp;
+    result["jobs_held"] = tcp_held;
     result["floor"] = tcp_floor;
-    result["unix_socket"] =
-        json!({ "per_second": unix["per_second"], "latency": unix["latency"], "floor": unix_floor });
+    result["unix_socket"] = json!({
+        "per_second": unix["per_second"],
+        "latency": unix["latency"],
+        "jobs_held": unix_held,
+        "floor": unix_floor,
+    });
     Ok(result)
 }
 
-fn print_serial(title: &str, run: &Value, floor: &Value) {
+fn print_serial(title: &str, run: &Value, held: &Value, floor: &Value) {
     let rate = run["per_second"].as_f64().unwrap_or(f64::NAN);
     let floor_rate = floor["per_second"].as_f64().unwrap_or(f64::NAN);
+    let p = |v: &Value, q: &str| v["latency"][q].as_f64().unwrap_or(f64::NAN);
     println!(
         "{title}: {} submissions in {:.2} s: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
         run["submissions"],
         run["seconds"].as_f64().unwrap_or(f64::NAN),
-        run["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-        run["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        p(run, "p50_ms"),
+        p(run, "p99_ms"),
+    );
+    println!(
+        "   the same with the jobs held in the queue (the submission path alone, no job running): {:.0}/s, p50 {:.2} ms",
+        held["per_second"].as_f64().unwrap_or(f64::NAN),
+        p(held, "p50_ms"),
     );
     println!(
         "   floor: a bare ZeroMQ client process, one {}-byte request to an echo server: {floor_rate:.0}/s, p50 {:.2} ms (cmrun runs at {:.0} % of it)",
         floor["request_bytes"],
-        floor["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        p(floor, "p50_ms"),
         100.0 * rate / floor_rate
     );
 }
 
-/// `n` serial runs of `cmrun true`, each waited for, then until the cluster is idle again.
-fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions) -> anyhow::Result<Value> {
+/// `n` serial runs of `cmrun true`, each waited for, then until the cluster is idle again. With
+/// `held`, a job that takes every CPU of every compute node runs first, so the `n` jobs wait in
+/// the queue until it is killed after the last submission: the figure is then the submission
+/// path alone, without the jobs' own work on the same cores.
+fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) -> anyhow::Result<Value> {
     let ctx = zmq::Context::new();
     let mut h = head(cluster, &ctx);
+    let blocker = if held { Some(hold_the_queue(cluster, &mut h)?) } else { None };
     let mut samples = Samples::default();
     let started = Instant::now();
     for _ in 0..n {
@@ -201,9 +221,30 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions) -> anyhow::Res
         samples.push(t.elapsed());
     }
     let total = started.elapsed();
+    if let Some(id) = blocker {
+        call(&mut h, ClientRequest::KillJob(KillJob { id }))?;
+    }
     wait_idle(&mut h, Duration::from_secs(300))?;
     let rate = n as f64 / total.as_secs_f64();
     Ok(json!({ "submissions": n, "seconds": total.as_secs_f64(), "per_second": rate, "latency": samples.summary() }))
+}
+
+/// Submits a job that takes every CPU of scenario 1's compute nodes and waits until it runs.
+fn hold_the_queue(cluster: &Cluster, head: &mut Requester) -> anyhow::Result<JobId> {
+    let (nodes, cpus) = (cluster.computes.len().to_string(), SERIAL_CPUS.to_string());
+    let out = cluster.tool("cmrun", &["-n", &nodes, "-c", &cpus, "-o", "/dev/null", "-e", "/dev/null", "sleep 3600"]);
+    if !out.status.success() {
+        bail!("cmrun failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let id = JobId(String::from_utf8_lossy(&out.stdout).trim().parse().context("cmrun printed no job id")?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call(head, ClientRequest::GetJob(GetJob { id }))? {
+            ClientResponse::Job(reply) if matches!(reply.job.state, JobState::Running { .. }) => return Ok(id),
+            ClientResponse::Job(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            other => bail!("the job holding the queue did not start: {other:?}"),
+        }
+    }
 }
 
 /// Scenario 1's floor: `n` serial runs of `cmbench-floor`, each a process that sends one
