@@ -15,7 +15,7 @@ use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -180,13 +180,23 @@ impl Responder {
 
     /// Listens on the Unix socket `path` as well (creating its directory), open to every local
     /// user as the TCP endpoint is, and returns its endpoint (`ipc://PATH`). A socket file left
-    /// by an earlier process is replaced. Requests from both arrive on this socket, in one queue.
+    /// by an earlier process is replaced; one that a live process still listens on is not (libzmq
+    /// would take it over, and with it that process's local clients), nor is anything at `path`
+    /// that is not a socket. Requests from both arrive on this socket, in one queue.
     pub fn listen_on_unix_socket(&self, path: &Path) -> Result<String> {
         let text = path.to_str().ok_or_else(|| Error::InvalidSetting(format!("{} is not UTF-8", path.display())))?;
         let endpoint = format!("ipc://{text}");
         let fail = |reason: String| Error::Network { endpoint: endpoint.clone(), reason };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        if let Ok(existing) = std::fs::symlink_metadata(path) {
+            if !existing.file_type().is_socket() {
+                return Err(fail("something that is not a socket is in the way".into()));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another process is listening on this socket".into()));
+            }
         }
         self.socket.bind(&endpoint).map_err(|e| fail(e.to_string()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
@@ -324,5 +334,32 @@ mod tests {
         let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
         let err = server.listen_on_unix_socket(&file.join("head.sock")).expect_err("a file is no directory");
         assert!(err.to_string().contains("a-file/head.sock"), "{err}");
+        // Nor is a file that is not a socket replaced.
+        let err = server.listen_on_unix_socket(&file).expect_err("a regular file is in the way");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert!(std::fs::metadata(&file).expect("still there").is_file());
+    }
+
+    #[test]
+    fn a_unix_socket_in_use_is_not_taken_over_and_a_stale_one_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("head.sock");
+        let ctx = zmq::Context::new();
+        let first = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let unix = first.listen_on_unix_socket(&path).expect("unix socket");
+        let second = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let err = second.listen_on_unix_socket(&path).expect_err("the first still listens");
+        assert!(err.to_string().contains("another process is listening"), "{err}");
+        // The first still has its clients.
+        let stop = echo(first);
+        let policy = RetryPolicy::new(Duration::from_secs(2), 1);
+        let mut client = Requester::new(&ctx, &unix, policy, "t", Credential { uid: 0 });
+        assert_eq!(client.request_bytes(b"a").expect("reply"), b"echo:a");
+        stop();
+        // A socket file nobody listens on is stale: the second takes its place.
+        drop(client);
+        let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).expect("listener");
+        drop(stale);
+        second.listen_on_unix_socket(&dir.path().join("stale.sock")).expect("a stale socket is replaced");
     }
 }
