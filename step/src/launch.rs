@@ -189,8 +189,10 @@ impl ChildSetup {
     }
 }
 
-/// Starts the replica; the error says what could not be done, for the job's failure reason.
-pub fn spawn_replica(plan: &ReplicaPlan<'_>) -> Result<Pid, String> {
+/// Starts the replica, its child running on `stack` (see [`CHILD_STACK`]; one serves every
+/// replica, as each child is done with it before this returns). The error says what could not be
+/// done, for the job's failure reason.
+pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, String> {
     let spec = &plan.job.spec;
     let (stdout, stderr) = plan.job.spec.output_paths(plan.job.id, plan.node, plan.rank());
     let workdir = Path::new(&spec.workdir);
@@ -234,7 +236,7 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>) -> Result<Pid, String> {
         argv,
         envp,
     };
-    spawn(&setup).map_err(|e| {
+    spawn(&setup, stack).map_err(|e| {
         format!(
             "cannot start rank {} as uid {} in {} (output to {}): {e}",
             plan.rank(),
@@ -245,18 +247,18 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>) -> Result<Pid, String> {
     })
 }
 
-/// The child's stack. Its frames are a few small ones; the pages it does not touch are never
-/// backed (an allocation this large is its own zeroed mapping).
-const CHILD_STACK: usize = 256 * 1024;
+/// The size of the stack the child runs on until its exec. Its frames are a few small ones; the
+/// pages it does not touch are never backed (an allocation this large is a zeroed mapping of its
+/// own).
+pub const CHILD_STACK: usize = 256 * 1024;
 
 /// Starts the child with `CLONE_VM | CLONE_VFORK`: it borrows the supervisor's memory instead of
 /// copying it, and the supervisor waits until it has executed the job or failed. Against a
 /// `fork`, this saves copying the supervisor's page tables and the copy-on-write faults on both
 /// sides afterwards.
 #[allow(unsafe_code)]
-fn spawn(setup: &ChildSetup) -> Result<Pid, String> {
+fn spawn(setup: &ChildSetup, stack: &mut [u8]) -> Result<Pid, String> {
     let failure = Failure::default();
-    let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
         let (step, errno) = setup.enter();
         failure.step.store(step, Ordering::Relaxed);
@@ -268,7 +270,7 @@ fn spawn(setup: &ChildSetup) -> Result<Pid, String> {
     // executed or exited), and does only what `ChildSetup::enter` allows. The supervisor is
     // single-threaded, and its only signal handlers are Rust's for SIGSEGV and SIGBUS, which
     // would run only on a fault.
-    let pid = unsafe { clone(child, &mut stack, CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK, Some(libc::SIGCHLD)) }
+    let pid = unsafe { clone(child, stack, CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK, Some(libc::SIGCHLD)) }
         .map_err(|e| format!("cannot create the process: {e}"))?;
     let step = failure.step.load(Ordering::Relaxed);
     if step == 0 {

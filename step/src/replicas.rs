@@ -6,7 +6,7 @@
 //! in their process groups is killed. Stopping (a kill order or the time limit) sends SIGTERM to
 //! every replica's process group and SIGKILL after the grace period.
 
-use crate::launch::{spawn_replica, ReplicaPlan};
+use crate::launch::{spawn_replica, ReplicaPlan, CHILD_STACK};
 use cm_common::job::{ExitStatus, Job, NodeEnd, NodeEndCause, ReplicaExit};
 use cm_common::{NodeId, Timestamp};
 use nix::sys::signal::{killpg, Signal};
@@ -44,9 +44,10 @@ impl Replicas {
             .position(|n| &n.node == node)
             .ok_or_else(|| format!("job {} is not placed on node {node}", job.id))?;
         let mut replicas: Vec<Replica> = Vec::new();
+        let mut stack = vec![0u8; CHILD_STACK];
         for local_rank in 0..job.spec.procs_per_node {
             let plan = ReplicaPlan { job, node, node_rank, local_rank, switch_user };
-            match spawn_replica(&plan) {
+            match spawn_replica(&plan, &mut stack) {
                 Ok(pid) => replicas.push(Replica { rank: plan.rank(), pid, exit: None }),
                 Err(e) => {
                     for started in &replicas {
