@@ -124,6 +124,10 @@ impl ChildSetup {
     /// data prepared before, no allocation, no unwinding. Returns only on failure, with the step
     /// that failed (an index into [`STEPS`]).
     fn enter(&self) -> (usize, Errno) {
+        // `syscall` is variadic: each id goes as the full register width the kernel reads.
+        fn long(id: u32) -> libc::c_long {
+            libc::c_long::from(id)
+        }
         fn check(step: usize, result: libc::c_long) -> Result<(), (usize, Errno)> {
             if result == -1 {
                 Err((step, Errno::last()))
@@ -146,9 +150,9 @@ impl ChildSetup {
                 // the exec would hold the supervisor, which waits for it, past the job's time
                 // limit and kill orders. `setfsuid` cannot fail for root, and says nothing.
                 if let Some((uid, gid, groups)) = &self.identity {
-                    check(2, libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()))?;
-                    libc::syscall(libc::SYS_setfsgid, *gid);
-                    libc::syscall(libc::SYS_setfsuid, *uid);
+                    check(2, libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr()))?;
+                    libc::syscall(libc::SYS_setfsgid, long(*gid));
+                    libc::syscall(libc::SYS_setfsuid, long(*uid));
                 }
                 check(3, libc::chdir(self.workdir.as_ptr()).into())?;
                 for dir in &self.mkdirs {
@@ -174,8 +178,8 @@ impl ChildSetup {
                 libc::sigemptyset(&mut none);
                 libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 if let Some((uid, gid, _)) = &self.identity {
-                    check(6, libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid))?;
-                    check(6, libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid))?;
+                    check(6, libc::syscall(libc::SYS_setresgid, long(*gid), long(*gid), long(*gid)))?;
+                    check(6, libc::syscall(libc::SYS_setresuid, long(*uid), long(*uid), long(*uid)))?;
                 }
                 let program = self.argv.first().copied().unwrap_or(std::ptr::null());
                 libc::execve(program, self.argv.as_ptr(), self.envp.as_ptr());
