@@ -180,17 +180,26 @@ fn print_serial(title: &str, run: &Value, held: &Value, floor: &Value) {
     let rate = run["per_second"].as_f64().unwrap_or(f64::NAN);
     let floor_rate = floor["per_second"].as_f64().unwrap_or(f64::NAN);
     let p = |v: &Value, q: &str| v["latency"][q].as_f64().unwrap_or(f64::NAN);
+    let busy = |v: &Value| {
+        format!(
+            "the machine {:.0} % busy, {:.1} ms of CPU per submission",
+            v["machine_busy_percent"].as_f64().unwrap_or(f64::NAN),
+            v["machine_cpu_ms_per_submission"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
     println!(
-        "{title}: {} submissions in {:.2} s: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        "{title}: {} submissions in {:.2} s: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms; {}",
         run["submissions"],
         run["seconds"].as_f64().unwrap_or(f64::NAN),
         p(run, "p50_ms"),
         p(run, "p99_ms"),
+        busy(run),
     );
     println!(
-        "   the same with the jobs held in the queue (the submission path alone, no job running): {:.0}/s, p50 {:.2} ms",
+        "   the same with the jobs held in the queue (the submission path alone, no job running): {:.0}/s, p50 {:.2} ms; {}",
         held["per_second"].as_f64().unwrap_or(f64::NAN),
         p(held, "p50_ms"),
+        busy(held),
     );
     println!(
         "   floor: a bare ZeroMQ client process, one {}-byte request to an echo server: {floor_rate:.0}/s, p50 {:.2} ms (cmrun runs at {:.0} % of it)",
@@ -209,6 +218,7 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) ->
     let mut h = head(cluster, &ctx);
     let blocker = if held { Some(hold_the_queue(cluster, &mut h)?) } else { None };
     let mut samples = Samples::default();
+    let machine = machine_cpu_ticks()?;
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
@@ -221,12 +231,36 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) ->
         samples.push(t.elapsed());
     }
     let total = started.elapsed();
+    let (busy, all) = machine_cpu_ticks()?;
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let busy_ticks = busy.saturating_sub(machine.0) as f64;
+    let machine_busy_percent = 100.0 * busy_ticks / all.saturating_sub(machine.1).max(1) as f64;
+    let machine_cpu_ms = busy_ticks / ticks_per_second * 1000.0 / n as f64;
     if let Some(id) = blocker {
         call(&mut h, ClientRequest::KillJob(KillJob { id }))?;
     }
     wait_idle(&mut h, Duration::from_secs(300))?;
     let rate = n as f64 / total.as_secs_f64();
-    Ok(json!({ "submissions": n, "seconds": total.as_secs_f64(), "per_second": rate, "latency": samples.summary() }))
+    Ok(json!({
+        "submissions": n,
+        "seconds": total.as_secs_f64(),
+        "per_second": rate,
+        "latency": samples.summary(),
+        "machine_busy_percent": machine_busy_percent,
+        "machine_cpu_ms_per_submission": machine_cpu_ms,
+    }))
+}
+
+/// The whole machine's busy and total CPU time so far, in clock ticks (`/proc/stat`): what every
+/// process used, the tools, the daemons, the jobs and this benchmark alike.
+fn machine_cpu_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|t| t.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let all: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((all - idle, all))
 }
 
 /// Submits a job that takes every CPU of scenario 1's compute nodes and waits until it runs.
