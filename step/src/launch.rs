@@ -14,6 +14,7 @@ use nix::sched::{clone, CloneFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ impl ChildSetup {
                 Ok(())
             }
         }
-        let run = || -> Result<(), (usize, Errno)> {
+        let run = || -> Result<Infallible, (usize, Errno)> {
             // SAFETY (all calls below): plain system calls on C strings and arrays that outlive
             // the child, which the suspended parent does not touch meanwhile. Raw syscalls for the
             // credentials: glibc's wrappers would coordinate with the other threads of a
@@ -186,10 +187,8 @@ impl ChildSetup {
                 Err((7, Errno::last()))
             }
         };
-        match run() {
-            Ok(()) => (0, Errno::UnknownErrno),
-            Err(failed) => failed,
-        }
+        let Err(failed) = run();
+        failed
     }
 }
 
