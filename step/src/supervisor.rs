@@ -52,7 +52,7 @@ impl Supervisor {
         tracing::info!(job = %spec.job.job_run(), "supervising");
 
         // Blocked before any child exists, so no exit can slip by; children start with an empty mask
-        // (the standard library resets it between fork and exec).
+        // (each replica's child clears it right before its exec: `launch`).
         let mut mask = SigSet::empty();
         for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
             mask.add(signal);
