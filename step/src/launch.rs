@@ -13,12 +13,12 @@ use nix::errno::Errno;
 use nix::sched::{clone, CloneFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// Which replica to start.
 pub struct ReplicaPlan<'a> {
@@ -75,25 +75,31 @@ fn dirs_below(workdir: &Path, file: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Why the child did not reach `execve`: the step that failed and its errno, written by the child
-/// into the parent's memory (they share it until the exec), read by the parent once it resumes.
-#[derive(Default)]
-struct Failure {
-    step: AtomicUsize,
-    errno: AtomicI32,
+/// The steps of [`ChildSetup::enter`] that can fail, each with the job's failure reason.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    ProcessGroup,
+    Groups,
+    WorkingDirectory,
+    OutputDirectory,
+    OutputFiles,
+    Identity,
+    Exec,
 }
 
-/// The steps of [`ChildSetup::enter`], for the error message; index 0 means none failed.
-const STEPS: [&str; 8] = [
-    "",
-    "cannot start a process group",
-    "cannot take the job's groups",
-    "cannot enter the working directory",
-    "cannot create the output directory",
-    "cannot open the output files",
-    "cannot take the job's uid and gid",
-    "cannot execute /bin/sh",
-];
+impl Step {
+    fn reason(self) -> &'static str {
+        match self {
+            Step::ProcessGroup => "cannot start a process group",
+            Step::Groups => "cannot take the job's groups",
+            Step::WorkingDirectory => "cannot enter the working directory",
+            Step::OutputDirectory => "cannot create the output directory",
+            Step::OutputFiles => "cannot open the output files",
+            Step::Identity => "cannot take the job's uid and gid",
+            Step::Exec => "cannot execute /bin/sh",
+        }
+    }
+}
 
 /// Everything the child does between clone and exec, prepared before the clone so that the child
 /// allocates nothing.
@@ -123,20 +129,20 @@ impl ChildSetup {
     /// Runs in the child, which shares the supervisor's memory and runs on a stack of its own until
     /// it executes the job (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does): only system calls on
     /// data prepared before, no allocation, no unwinding. Returns only on failure, with the step
-    /// that failed (an index into [`STEPS`]).
-    fn enter(&self) -> (usize, Errno) {
+    /// that failed.
+    fn enter(&self) -> (Step, Errno) {
         // `syscall` is variadic: each id goes as the full register width the kernel reads.
         fn long(id: u32) -> libc::c_long {
             libc::c_long::from(id)
         }
-        fn check(step: usize, result: libc::c_long) -> Result<(), (usize, Errno)> {
+        fn check(step: Step, result: libc::c_long) -> Result<(), (Step, Errno)> {
             if result == -1 {
                 Err((step, Errno::last()))
             } else {
                 Ok(())
             }
         }
-        let run = || -> Result<Infallible, (usize, Errno)> {
+        let run = || -> Result<Infallible, (Step, Errno)> {
             // SAFETY (all calls below): plain system calls on C strings and arrays that outlive
             // the child, which the suspended parent does not touch meanwhile. Raw syscalls for the
             // credentials: glibc's wrappers would coordinate with the other threads of a
@@ -144,32 +150,35 @@ impl ChildSetup {
             #[allow(unsafe_code)]
             unsafe {
                 // The process group of its own, which the supervisor signals as a whole.
-                check(1, libc::setpgid(0, 0).into())?;
+                check(Step::ProcessGroup, libc::setpgid(0, 0).into())?;
                 // The files are reached as the user (the file-system ids and groups are what the
                 // kernel checks), but the user's real and effective ids come only right before
                 // the exec: from then on the user may signal this child, and a stop signal before
                 // the exec would hold the supervisor, which waits for it, past the job's time
                 // limit and kill orders. `setfsuid` cannot fail for root, and says nothing.
                 if let Some((uid, gid, groups)) = &self.identity {
-                    check(2, libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr()))?;
+                    check(
+                        Step::Groups,
+                        libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr()),
+                    )?;
                     libc::syscall(libc::SYS_setfsgid, long(*gid));
                     libc::syscall(libc::SYS_setfsuid, long(*uid));
                 }
-                check(3, libc::chdir(self.workdir.as_ptr()).into())?;
+                check(Step::WorkingDirectory, libc::chdir(self.workdir.as_ptr()).into())?;
                 for dir in &self.mkdirs {
                     if libc::mkdir(dir.as_ptr(), 0o755) == -1 && Errno::last() != Errno::EEXIST {
-                        return Err((4, Errno::last()));
+                        return Err((Step::OutputDirectory, Errno::last()));
                     }
                 }
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-                check(5, null.into())?;
-                check(5, libc::dup2(null, 0).into())?;
-                check(5, libc::close(null).into())?;
+                check(Step::OutputFiles, null.into())?;
+                check(Step::OutputFiles, libc::dup2(null, 0).into())?;
+                check(Step::OutputFiles, libc::close(null).into())?;
                 for (path, fd) in [(&self.stdout, 1), (&self.stderr, 2)] {
                     let file = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
-                    check(5, file.into())?;
-                    check(5, libc::dup2(file, fd).into())?;
-                    check(5, libc::close(file).into())?;
+                    check(Step::OutputFiles, file.into())?;
+                    check(Step::OutputFiles, libc::dup2(file, fd).into())?;
+                    check(Step::OutputFiles, libc::close(file).into())?;
                 }
                 // What the job inherits: SIGPIPE as the default (Rust ignores it), and no blocked
                 // signal (the supervisor blocks those it reads from its signalfd). The handler
@@ -179,12 +188,12 @@ impl ChildSetup {
                 libc::sigemptyset(&mut none);
                 libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 if let Some((uid, gid, _)) = &self.identity {
-                    check(6, libc::syscall(libc::SYS_setresgid, long(*gid), long(*gid), long(*gid)))?;
-                    check(6, libc::syscall(libc::SYS_setresuid, long(*uid), long(*uid), long(*uid)))?;
+                    check(Step::Identity, libc::syscall(libc::SYS_setresgid, long(*gid), long(*gid), long(*gid)))?;
+                    check(Step::Identity, libc::syscall(libc::SYS_setresuid, long(*uid), long(*uid), long(*uid)))?;
                 }
                 let program = self.argv.first().copied().unwrap_or(std::ptr::null());
                 libc::execve(program, self.argv.as_ptr(), self.envp.as_ptr());
-                Err((7, Errno::last()))
+                Err((Step::Exec, Errno::last()))
             }
         };
         let Err(failed) = run();
@@ -261,11 +270,10 @@ pub const CHILD_STACK: usize = 256 * 1024;
 /// sides afterwards.
 #[allow(unsafe_code)]
 fn spawn(setup: &ChildSetup, stack: &mut [u8]) -> Result<Pid, String> {
-    let failure = Failure::default();
+    // Written by the child, which shares this memory, before it exits; read once it has.
+    let failure: Cell<Option<(Step, Errno)>> = Cell::new(None);
     let child = Box::new(|| {
-        let (step, errno) = setup.enter();
-        failure.step.store(step, Ordering::Relaxed);
-        failure.errno.store(errno as i32, Ordering::Relaxed);
+        failure.set(Some(setup.enter()));
         // SAFETY: ends the child at once, without running the parent's exit handlers.
         unsafe { libc::_exit(127) }
     });
@@ -275,14 +283,10 @@ fn spawn(setup: &ChildSetup, stack: &mut [u8]) -> Result<Pid, String> {
     // would run only on a fault.
     let pid = unsafe { clone(child, stack, CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK, Some(libc::SIGCHLD)) }
         .map_err(|e| format!("cannot create the process: {e}"))?;
-    let step = failure.step.load(Ordering::Relaxed);
-    if step == 0 {
-        return Ok(pid);
-    }
+    let Some((step, errno)) = failure.get() else { return Ok(pid) };
     // The child has exited: collect it here, so the supervisor never sees it as a replica.
     let _ = waitpid(pid, None);
-    let errno = Errno::from_raw(failure.errno.load(Ordering::Relaxed));
-    Err(format!("{}: {}", STEPS.get(step).copied().unwrap_or("cannot start"), std::io::Error::from(errno)))
+    Err(format!("{}: {}", step.reason(), std::io::Error::from(errno)))
 }
 
 #[cfg(test)]
