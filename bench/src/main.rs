@@ -146,23 +146,21 @@ fn store_kind(name: &str) -> anyhow::Result<StoreKind> {
     }
 }
 
-/// Scenario 1 over TCP, as from any host, then over the head's Unix socket, as the tools on the
-/// head's own host can reach it (`head_socket`); each beside its floor over the same transport.
 /// CPUs of each of scenario 1's compute nodes.
 const SERIAL_CPUS: u32 = 32;
 
+/// Scenario 1 over TCP, as from any host, then over the head's Unix socket, as the tools on the
+/// head's own host can reach it (`head_socket`); each beside its floor over the same transport.
 fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
     let mut cluster = later.keep(Cluster::start_with(store, 4, SERIAL_CPUS, 65536, BENCH_CONFIG, BENCH_LOG));
     // The size of what `cmrun true` sends from the work directory, for the floor's requests.
     let submission = HeadRequest::Client(assign(spec(&cluster.workdir, "true", options)?));
     let request_size = cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission)?.len();
-    let run = |held| serial_cmrun(&cluster, n, options, held);
-    let (tcp, tcp_held, tcp_floor) = (run(false)?, run(true)?, client_floor(n, request_size, None)?);
+    let (tcp, tcp_held, tcp_floor) = serial_transport(&cluster, n, options, request_size, None)?;
     print_serial("1. serial cmrun over TCP", &tcp, &tcp_held, &tcp_floor);
     cluster.tools_over_socket();
     let echo_socket = cluster.dir.path().join("echo.sock");
-    let run = |held| serial_cmrun(&cluster, n, options, held);
-    let (unix, unix_held, unix_floor) = (run(false)?, run(true)?, client_floor(n, request_size, Some(&echo_socket))?);
+    let (unix, unix_held, unix_floor) = serial_transport(&cluster, n, options, request_size, Some(&echo_socket))?;
     print_serial("   over the head's Unix socket", &unix, &unix_held, &unix_floor);
     let mut result = tcp;
     result["jobs_held"] = tcp_held;
@@ -174,6 +172,22 @@ fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Left
         "floor": unix_floor,
     });
     Ok(result)
+}
+
+/// Scenario 1's three runs over the transport the cluster's tools use now: the jobs running, the
+/// jobs held, and the floor (its echo server on the Unix socket `unix`, else on TCP).
+fn serial_transport(
+    cluster: &Cluster,
+    n: usize,
+    options: JobOptions,
+    request_size: usize,
+    unix: Option<&std::path::Path>,
+) -> anyhow::Result<(Value, Value, Value)> {
+    Ok((
+        serial_cmrun(cluster, n, options, false)?,
+        serial_cmrun(cluster, n, options, true)?,
+        client_floor(n, request_size, unix)?,
+    ))
 }
 
 fn print_serial(title: &str, run: &Value, held: &Value, floor: &Value) {
@@ -232,10 +246,9 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) ->
     }
     let total = started.elapsed();
     let (busy, all) = machine_cpu_ticks()?;
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     let busy_ticks = busy.saturating_sub(machine.0) as f64;
     let machine_busy_percent = 100.0 * busy_ticks / all.saturating_sub(machine.1).max(1) as f64;
-    let machine_cpu_ms = busy_ticks / ticks_per_second * 1000.0 / n as f64;
+    let machine_cpu_ms = busy_ticks / ticks_per_second()? * 1000.0 / n as f64;
     if let Some(id) = blocker {
         call(&mut h, ClientRequest::KillJob(KillJob { id }))?;
     }
@@ -418,6 +431,11 @@ fn cminfo_latency(pending: usize, nodes: usize, later: &mut Leftovers) -> anyhow
     Ok(json!({ "pending_jobs": pending, "compute_nodes": nodes + 1, "latency": samples.summary() }))
 }
 
+/// Clock ticks per second, the unit of `/proc`'s CPU times.
+fn ticks_per_second() -> anyhow::Result<f64> {
+    Ok(nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64)
+}
+
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -449,14 +467,13 @@ fn head_at_scale(nodes: usize, seconds: u64, later: &mut Leftovers) -> anyhow::R
         std::thread::spawn(move || fake_nodes::heartbeat(&endpoint, nodes, interval, 4, stop))
     };
     std::thread::sleep(interval); // warm up: every node has beaten once
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
     std::thread::sleep(Duration::from_secs(seconds));
     let (elapsed, c1) = (t0.elapsed(), cpu_ticks(pid)?);
     let rss = rss_mb(pid)?;
     stop.store(true, Ordering::Relaxed);
     let beats = generator.join().map_err(|_| anyhow!("load generator panicked"))?;
-    let cpu = (c1 - c0) as f64 / ticks_per_second / elapsed.as_secs_f64() * 100.0;
+    let cpu = (c1 - c0) as f64 / ticks_per_second()? / elapsed.as_secs_f64() * 100.0;
     let info = cluster.tool("cminfo", &["--json"]);
     let up = serde_json::from_slice::<Value>(&info.stdout)
         .ok()
