@@ -1,10 +1,11 @@
-//! How the tools reach the head: one request, one reply, with the transport's deadlines.
+//! How the tools reach the head: one request, one reply, with the transport's deadlines, over
+//! [`ZmtpRequester`], which costs a short-lived process no libzmq threads.
 
 use anyhow::{anyhow, Context};
 use clap::Args;
 use cm_common::config::Config;
 use cm_common::protocol::{ClientRequest, ClientResponse, Credential, HeadRequest};
-use cm_transport::{Requester, RetryPolicy};
+use cm_transport::{RetryPolicy, ZmtpRequester};
 use std::path::PathBuf;
 
 /// Where the head is: flags shared by every tool.
@@ -20,7 +21,7 @@ pub struct HeadArgs {
 
 /// A connection to the head.
 pub struct HeadClient {
-    requester: Requester,
+    requester: ZmtpRequester,
     pub config: Config,
 }
 
@@ -29,17 +30,11 @@ impl HeadClient {
     pub fn connect(args: &HeadArgs, tool: &str) -> anyhow::Result<HeadClient> {
         let config = Config::load(args.config.as_deref())?;
         let address = args.head.clone().unwrap_or_else(|| config.head_address.clone());
-        let ctx = zmq::Context::new();
         let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
         let credential = Credential { uid: nix::unistd::getuid().as_raw() };
         let policy = RetryPolicy::new(config.request_timeout, config.request_retries);
-        let requester = Requester::new(&ctx, &address, policy, &format!("{tool}@{host}"), credential);
+        let requester = ZmtpRequester::new(&address, policy, &format!("{tool}@{host}"), credential)?;
         Ok(HeadClient { requester, config })
-    }
-
-    /// Done with the head, and the process exits next: see [`Requester::leave`].
-    pub fn finish(self) {
-        self.requester.leave();
     }
 
     /// Sends one request; the head's error reply becomes an error whose text is the head's sentence.

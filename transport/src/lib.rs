@@ -1,23 +1,29 @@
 //! cm-transport: ZeroMQ REQ/REP with deadlines, the only place cm touches sockets.
 //!
-//! [`Requester`] is a "lazy pirate" client: each request has a deadline; a REQ socket whose request
-//! timed out is closed (it cannot be reused: REQ insists on a reply) and a fresh one sends the
-//! request again after a backoff. After the last attempt the peer is reported unreachable, so a
-//! silent peer costs the caller a bounded time and never wedges it.
+//! - [`Requester`] ([`requester`]) is a REQ client on libzmq, for the daemons, which live long
+//!   and talk to many peers.
+//! - [`ZmtpRequester`] ([`zmtp`]) is a REQ client that speaks the ZeroMQ wire protocol itself on
+//!   one blocking socket, without libzmq's threads, for the command-line tools, which make a
+//!   request or two and exit.
+//! - [`Responder`] ([`responder`]) is a REP socket with a message size limit, answered one request
+//!   at a time by the loop that owns it, which can wait on it and on a descriptor of its own at
+//!   once. Malformed messages (several frames) are handed over as such for an error reply, so a
+//!   REQ peer always gets exactly one reply.
 //!
-//! [`Responder`] is a REP socket with a message size limit, answered one request at a time by
-//! the loop that owns it, which can wait on it and on a descriptor of its own at once. Malformed
-//! messages (several frames) are handed over as such for an error reply, so a REQ peer always
-//! gets exactly one reply.
+//! Both requesters are "lazy pirate" clients ([`with_retries`]): each request has a deadline; a
+//! request that timed out is sent again from a fresh connection (a REQ peer that sent cannot send
+//! again before it hears back) after a backoff. After the last attempt the peer is reported
+//! unreachable, so a silent peer costs the caller a bounded time and never wedges it.
 
-use cm_common::protocol::{self, Credential, Envelope, Reply};
+pub mod requester;
+pub mod responder;
+pub mod zmtp;
+
+pub use requester::Requester;
+pub use responder::{Incoming, Responder};
+pub use zmtp::ZmtpRequester;
+
 use cm_common::{Error, Result};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Turns `HOST:PORT` into a ZeroMQ TCP endpoint; endpoints with a scheme pass through.
@@ -29,7 +35,7 @@ pub fn tcp_endpoint(address: &str) -> String {
     }
 }
 
-/// How a [`Requester`] waits and retries.
+/// How a requester waits and retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// How long one attempt waits for the reply.
@@ -46,238 +52,49 @@ impl RetryPolicy {
     }
 }
 
-/// A REQ client for one peer, with deadlines and retries.
-pub struct Requester {
-    ctx: zmq::Context,
-    endpoint: String,
-    socket: Option<zmq::Socket>,
+/// How one attempt at a request ended, short of an error that retrying cannot mend.
+pub(crate) enum Attempt {
+    Reply(Vec<u8>),
+    /// No reply: the deadline passed, or the connection failed (why, for the debug log). The
+    /// attempt has dropped its connection, so the next one starts afresh.
+    Retry(String),
+}
+
+/// Runs `attempt` until it brings a reply, at most `1 + policy.retries` times, pausing between
+/// attempts (the pause doubles each time). An `Err` from `attempt` ends it at once.
+pub(crate) fn with_retries(
+    endpoint: &str,
     policy: RetryPolicy,
-    sender: String,
-    credential: Credential,
-}
-
-impl Requester {
-    pub fn new(ctx: &zmq::Context, address: &str, policy: RetryPolicy, sender: &str, credential: Credential) -> Self {
-        Requester {
-            ctx: ctx.clone(),
-            endpoint: tcp_endpoint(address),
-            socket: None,
-            policy,
-            sender: sender.to_string(),
-            credential,
+    mut attempt: impl FnMut() -> Result<Attempt>,
+) -> Result<Vec<u8>> {
+    let mut backoff = policy.backoff;
+    let attempts = policy.retries.saturating_add(1);
+    for number in 1..=attempts {
+        match attempt()? {
+            Attempt::Reply(reply) => return Ok(reply),
+            Attempt::Retry(why) => tracing::debug!(%endpoint, attempt = number, %why, "no reply"),
+        }
+        if number < attempts {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(policy.timeout);
         }
     }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// For a process that is about to exit: leaves the socket and its context to the kernel
-    /// instead of shutting libzmq down in order. That shutdown hands the socket to libzmq's reaper
-    /// thread and joins its threads, several thread wake-ups that cost a command-line tool about
-    /// 0.3 ms of CPU and 0.4 ms of wall time, a sixth of a submission (README, Benchmarks). With
-    /// linger 0 and the last reply in, nothing is left to send; the peer sees the connection
-    /// close, as when a tool is killed.
-    pub fn leave(self) {
-        std::mem::forget(self);
-    }
-
-    /// Sends `body` and decodes the reply; transport and decoding failures are the outer error,
-    /// the peer's error reply the inner one.
-    pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: &Req) -> Result<Reply<Resp>> {
-        let request = protocol::encode(&self.sender, self.credential, body)?;
-        let reply = self.request_bytes(&request)?;
-        let envelope: Envelope<Reply<Resp>> = protocol::decode(&reply)?;
-        Ok(envelope.body)
-    }
-
-    /// Sends raw bytes and returns the raw reply, retrying with fresh sockets on timeouts.
-    pub fn request_bytes(&mut self, request: &[u8]) -> Result<Vec<u8>> {
-        let mut backoff = self.policy.backoff;
-        let attempts = self.policy.retries.saturating_add(1);
-        for attempt in 1..=attempts {
-            match self.attempt(request) {
-                Ok(Some(reply)) => return Ok(reply),
-                Ok(None) => {
-                    tracing::debug!(endpoint = %self.endpoint, attempt, "request timed out");
-                }
-                Err(e) => {
-                    tracing::debug!(endpoint = %self.endpoint, attempt, error = %e, "request failed");
-                }
-            }
-            // A REQ socket that sent without receiving is stuck: close it and start afresh.
-            self.socket = None;
-            if attempt < attempts {
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(self.policy.timeout);
-            }
-        }
-        Err(Error::Unreachable {
-            endpoint: self.endpoint.clone(),
-            attempts,
-            timeout_ms: u64::try_from(self.policy.timeout.as_millis()).unwrap_or(u64::MAX),
-        })
-    }
-
-    fn attempt(&mut self, request: &[u8]) -> Result<Option<Vec<u8>>> {
-        let zmq_err = |e: zmq::Error| Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() };
-        if self.socket.is_none() {
-            let socket = self.ctx.socket(zmq::REQ).map_err(zmq_err)?;
-            socket.set_linger(0).map_err(zmq_err)?;
-            socket.connect(&self.endpoint).map_err(zmq_err)?;
-            self.socket = Some(socket);
-        }
-        let Some(socket) = self.socket.as_ref() else {
-            return Ok(None);
-        };
-        socket.send(request, 0).map_err(zmq_err)?;
-        let timeout_ms = i64::try_from(self.policy.timeout.as_millis()).unwrap_or(i64::MAX);
-        if socket.poll(zmq::POLLIN, timeout_ms).map_err(zmq_err)? == 0 {
-            return Ok(None);
-        }
-        let mut parts = socket.recv_multipart(0).map_err(zmq_err)?;
-        if parts.len() != 1 {
-            return Err(Error::Decode(format!("reply has {} frames, expected 1", parts.len())));
-        }
-        Ok(parts.pop())
-    }
-}
-
-/// A REP server socket, owned by the loop that answers it.
-pub struct Responder {
-    socket: zmq::Socket,
-    endpoint: String,
-}
-
-/// A request as it came off the socket: one frame, or why it was refused.
-pub enum Incoming {
-    Message(Vec<u8>),
-    /// The message had several frames; it is answered with an error.
-    Malformed(String),
-}
-
-impl Responder {
-    /// Binds `address` (`HOST:PORT`; port 0 picks a free one). Messages above `max_message_size`
-    /// bytes make libzmq drop the sender's connection, so they never reach [`Responder::try_recv`].
-    pub fn bind(ctx: &zmq::Context, address: &str, max_message_size: u64) -> Result<Self> {
-        let wanted = tcp_endpoint(address);
-        let zmq_err = |e: zmq::Error| Error::Network { endpoint: wanted.clone(), reason: e.to_string() };
-        let socket = ctx.socket(zmq::REP).map_err(zmq_err)?;
-        socket.set_linger(0).map_err(zmq_err)?;
-        socket.set_maxmsgsize(i64::try_from(max_message_size).unwrap_or(i64::MAX)).map_err(zmq_err)?;
-        socket.bind(&wanted).map_err(zmq_err)?;
-        let endpoint = socket
-            .get_last_endpoint()
-            .map_err(zmq_err)?
-            .map_err(|_| Error::InvalidSetting(format!("bound endpoint of {wanted} is not UTF-8")))?;
-        Ok(Responder { socket, endpoint })
-    }
-
-    /// The endpoint actually bound (with the real port when 0 was asked for).
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// Listens on the Unix socket `path` as well (creating its directory), open to every local
-    /// user as the TCP endpoint is, and returns its endpoint (`ipc://PATH`). A socket file left
-    /// by an earlier process is replaced; one that a live process still listens on is not (libzmq
-    /// would take it over, and with it that process's local clients), nor is anything at `path`
-    /// that is not a socket. Requests from both arrive on this socket, in one queue.
-    pub fn listen_on_unix_socket(&self, path: &Path) -> Result<String> {
-        let text = path.to_str().ok_or_else(|| Error::InvalidSetting(format!("{} is not UTF-8", path.display())))?;
-        let endpoint = format!("ipc://{text}");
-        let fail = |reason: String| Error::Network { endpoint: endpoint.clone(), reason };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        if let Ok(existing) = std::fs::symlink_metadata(path) {
-            if !existing.file_type().is_socket() {
-                return Err(fail("something that is not a socket is in the way".into()));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(fail("another process is listening on this socket".into()));
-            }
-        }
-        self.socket.bind(&endpoint).map_err(|e| fail(e.to_string()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-            .map_err(|e| fail(format!("cannot open the socket to all local users: {e}")))?;
-        Ok(endpoint)
-    }
-
-    fn error(&self, e: zmq::Error) -> Error {
-        Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() }
-    }
-
-    /// Waits up to `timeout` until a request is waiting or `wake` (a descriptor another thread
-    /// makes readable, such as an eventfd) is readable, whichever comes first.
-    pub fn wait(&self, wake: Option<BorrowedFd<'_>>, timeout: Duration) -> Result<()> {
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let mut items = vec![self.socket.as_poll_item(zmq::POLLIN)];
-        if let Some(fd) = wake {
-            items.push(zmq::PollItem::from_fd(fd.as_raw_fd(), zmq::POLLIN));
-        }
-        match zmq::poll(&mut items, timeout_ms) {
-            // A signal cut the wait short: the caller looks around and waits again.
-            Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
-            Err(e) => Err(self.error(e)),
-        }
-    }
-
-    /// The next request, if one is waiting. Each must be answered with [`Responder::send`]
-    /// before the next is taken: a REP socket answers in order.
-    pub fn try_recv(&self) -> Result<Option<Incoming>> {
-        match self.socket.recv_multipart(zmq::DONTWAIT) {
-            Ok(mut parts) if parts.len() == 1 => Ok(parts.pop().map(Incoming::Message)),
-            Ok(parts) => Ok(Some(Incoming::Malformed(format!("a request must be one frame, got {}", parts.len())))),
-            Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => Ok(None),
-            Err(e) => Err(self.error(e)),
-        }
-    }
-
-    /// Answers the request taken last. A requester that has gone away is not an error here: its
-    /// retry, on a fresh socket, will be answered then.
-    pub fn send(&self, reply: &[u8]) {
-        if let Err(e) = self.socket.send(reply, 0) {
-            tracing::warn!(endpoint = %self.endpoint, error = %e, "could not send a reply");
-        }
-    }
-
-    /// Serves until `shutdown` is set: one request in, one reply out, in order.
-    pub fn serve(&self, shutdown: &AtomicBool, mut handler: impl FnMut(Incoming) -> Vec<u8>) -> Result<()> {
-        while !shutdown.load(Ordering::Relaxed) {
-            // The timeout only bounds how late a shutdown is noticed.
-            self.wait(None, Duration::from_millis(200))?;
-            while let Some(incoming) = self.try_recv()? {
-                self.send(&handler(incoming));
-            }
-        }
-        Ok(())
-    }
+    Err(Error::Unreachable {
+        endpoint: endpoint.to_string(),
+        attempts,
+        timeout_ms: u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX),
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use crate::{Incoming, Responder};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::Instant;
-
-    #[test]
-    fn a_silent_peer_costs_bounded_time_and_reports_unreachable() {
-        let ctx = zmq::Context::new();
-        // Bind a REP socket that never answers.
-        let silent = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let policy =
-            RetryPolicy { timeout: Duration::from_millis(100), retries: 2, backoff: Duration::from_millis(10) };
-        let mut client = Requester::new(&ctx, silent.endpoint(), policy, "t", Credential { uid: 0 });
-        let started = Instant::now();
-        let err = client.request_bytes(b"ping").expect_err("no reply must be an error");
-        assert!(matches!(err, Error::Unreachable { attempts: 3, .. }), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    }
 
     /// Serves `server` on a thread, answering `echo:` and the request, until the returned
     /// function is called; that stops the server and checks that it ended well.
-    fn echo(server: Responder) -> impl FnOnce() {
+    pub fn echo(server: Responder) -> impl FnOnce() {
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {
@@ -290,76 +107,5 @@ mod tests {
             shutdown.store(true, Ordering::Relaxed);
             thread.join().expect("join").expect("serve");
         }
-    }
-
-    #[test]
-    fn requests_are_answered_and_the_server_stops_on_shutdown() {
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let endpoint = server.endpoint().to_string();
-        let stop = echo(server);
-        let mut client =
-            Requester::new(&ctx, &endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credential { uid: 0 });
-        assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi");
-        assert_eq!(client.request_bytes(b"again").expect("reply"), b"echo:again");
-        stop();
-    }
-
-    #[test]
-    fn a_unix_socket_serves_alongside_tcp_and_every_local_user_may_connect() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("run/cm/head.sock");
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let unix = server.listen_on_unix_socket(&path).expect("unix socket");
-        assert_eq!(unix, format!("ipc://{}", path.display()));
-        let mode = std::fs::metadata(&path).expect("socket file").permissions().mode();
-        assert_eq!(mode & 0o777, 0o666, "mode {mode:o}");
-        let tcp = server.endpoint().to_string();
-        let stop = echo(server);
-        let policy = RetryPolicy::new(Duration::from_secs(2), 1);
-        let mut over_unix = Requester::new(&ctx, &unix, policy, "t", Credential { uid: 0 });
-        let mut over_tcp = Requester::new(&ctx, &tcp, policy, "t", Credential { uid: 0 });
-        assert_eq!(over_unix.request_bytes(b"a").expect("reply"), b"echo:a");
-        assert_eq!(over_tcp.request_bytes(b"b").expect("reply"), b"echo:b");
-        stop();
-    }
-
-    #[test]
-    fn a_unix_socket_that_cannot_be_made_is_an_error_that_names_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("a-file");
-        std::fs::write(&file, "").expect("file");
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let err = server.listen_on_unix_socket(&file.join("head.sock")).expect_err("a file is no directory");
-        assert!(err.to_string().contains("a-file/head.sock"), "{err}");
-        // Nor is a file that is not a socket replaced.
-        let err = server.listen_on_unix_socket(&file).expect_err("a regular file is in the way");
-        assert!(err.to_string().contains("not a socket"), "{err}");
-        assert!(std::fs::metadata(&file).expect("still there").is_file());
-    }
-
-    #[test]
-    fn a_unix_socket_in_use_is_not_taken_over_and_a_stale_one_is_replaced() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("head.sock");
-        let ctx = zmq::Context::new();
-        let first = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let unix = first.listen_on_unix_socket(&path).expect("unix socket");
-        let second = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let err = second.listen_on_unix_socket(&path).expect_err("the first still listens");
-        assert!(err.to_string().contains("another process is listening"), "{err}");
-        // The first still has its clients.
-        let stop = echo(first);
-        let policy = RetryPolicy::new(Duration::from_secs(2), 1);
-        let mut client = Requester::new(&ctx, &unix, policy, "t", Credential { uid: 0 });
-        assert_eq!(client.request_bytes(b"a").expect("reply"), b"echo:a");
-        stop();
-        // A socket file nobody listens on is stale: the second takes its place.
-        drop(client);
-        let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).expect("listener");
-        drop(stale);
-        second.listen_on_unix_socket(&dir.path().join("stale.sock")).expect("a stale socket is replaced");
     }
 }

@@ -45,7 +45,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             print!("{}", output::job_detail(&reply.job));
         }
-        client.finish();
         return Ok(());
     }
     let ClientResponse::Nodes(nodes) = client.call(ClientRequest::FetchNodes(FetchNodes {}))? else {
@@ -61,6 +60,5 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         print!("{}\n{}", output::nodes_tables(&nodes.nodes), output::jobs_table(&jobs.jobs, jobs.left_out));
     }
-    client.finish();
     Ok(())
 }

@@ -39,6 +39,5 @@ fn main() {
             }
         }
     }
-    client.finish();
     std::process::exit(i32::from(failed));
 }

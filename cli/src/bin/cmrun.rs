@@ -86,7 +86,6 @@ fn run(args: Args) -> anyhow::Result<i32> {
     };
     println!("{id}");
     let code = if args.wait { wait_for(&mut client, id)? } else { 0 };
-    client.finish();
     Ok(code)
 }
 
