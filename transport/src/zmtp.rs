@@ -25,7 +25,7 @@ use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -152,29 +152,35 @@ impl ZmtpRequester {
 
 impl Peer {
     /// Connects, trying again while nothing listens there, until `deadline`.
-    fn connect(&self, deadline: Instant) -> io::Result<Stream> {
+    fn connect(&self, deadline: Instant) -> std::result::Result<Stream, Failure> {
         loop {
             let tried = match self {
                 Peer::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
-                Peer::Tcp(host_port) => connect_tcp(host_port, deadline).map(Stream::Tcp),
+                Peer::Tcp(host_port) => {
+                    // A name that does not resolve is said so at once, not after the retries.
+                    let addresses = host_port
+                        .to_socket_addrs()
+                        .map_err(|e| Failure::Fatal(format!("cannot resolve {host_port}: {e}")))?;
+                    connect_tcp(addresses, deadline).map(Stream::Tcp)
+                }
             };
             match tried {
                 // The head may be starting or restarting: its socket file or port is not there yet.
                 Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
                     if Instant::now() + RECONNECT_PAUSE >= deadline {
-                        return Err(e);
+                        return Err(e.into());
                     }
                     std::thread::sleep(RECONNECT_PAUSE);
                 }
-                other => return other,
+                other => return Ok(other?),
             }
         }
     }
 }
 
-fn connect_tcp(host_port: &str, deadline: Instant) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(ErrorKind::NotFound, format!("{host_port} has no address"));
-    for address in host_port.to_socket_addrs()? {
+fn connect_tcp(addresses: impl Iterator<Item = SocketAddr>, deadline: Instant) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(ErrorKind::NotFound, "the host name has no address");
+    for address in addresses {
         match TcpStream::connect_timeout(&address, time_left(deadline)?) {
             Ok(stream) => {
                 // As libzmq does: a request goes out whole, now.
@@ -466,6 +472,34 @@ mod tests {
         });
         assert_eq!(client(&endpoint, 3000, 0).request_bytes(b"late").expect("reply"), b"echo:late");
         late.join().expect("join")();
+    }
+
+    #[test]
+    fn a_peer_that_restarts_between_two_requests_is_reached_again() {
+        // As `cmrun --wait` polls a head that restarts: the kept connection is dead, a new one is made.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("head.sock");
+        let endpoint = format!("ipc://{}", path.display());
+        let serve = |ctx: &zmq::Context| {
+            let server = Responder::bind(ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+            // The old listener closes in libzmq's own time; until then the path is in use.
+            let started = Instant::now();
+            while let Err(e) = server.listen_on_unix_socket(&path) {
+                assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            echo(server)
+        };
+        let first = zmq::Context::new();
+        let stop = serve(&first);
+        let mut client = client(&endpoint, 2000, 2);
+        assert_eq!(client.request_bytes(b"one").expect("reply"), b"echo:one");
+        stop();
+        drop(first); // closes every connection of the first server
+        let second = zmq::Context::new();
+        let stop = serve(&second);
+        assert_eq!(client.request_bytes(b"two").expect("reply"), b"echo:two");
+        stop();
     }
 
     #[test]
