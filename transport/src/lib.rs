@@ -23,7 +23,9 @@ pub use requester::Requester;
 pub use responder::{Incoming, Responder};
 pub use zmtp::ZmtpRequester;
 
+use cm_common::protocol::{self, Envelope, Reply};
 use cm_common::{Error, Result};
+use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 /// Turns `HOST:PORT` into a ZeroMQ TCP endpoint; endpoints with a scheme pass through.
@@ -84,6 +86,13 @@ pub(crate) fn with_retries(
         attempts,
         timeout_ms: u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX),
     })
+}
+
+/// Opens a reply: transport and decoding failures are the outer error, the peer's error reply
+/// the inner one.
+pub(crate) fn decode_reply<Resp: DeserializeOwned>(bytes: &[u8]) -> Result<Reply<Resp>> {
+    let envelope: Envelope<Reply<Resp>> = protocol::decode(bytes)?;
+    Ok(envelope.body)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! and the head one per compute node, each for as long as the daemon runs, so libzmq's context
 //! and its I/O thread are paid once. (The command-line tools use [`crate::ZmtpRequester`].)
 
-use crate::{tcp_endpoint, with_retries, Attempt, RetryPolicy};
-use cm_common::protocol::{self, Credential, Envelope, Reply};
+use crate::{decode_reply, tcp_endpoint, with_retries, Attempt, RetryPolicy};
+use cm_common::protocol::{self, Credential, Reply};
 use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -38,9 +38,7 @@ impl Requester {
     /// the peer's error reply the inner one.
     pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: &Req) -> Result<Reply<Resp>> {
         let request = protocol::encode(&self.sender, self.credential, body)?;
-        let reply = self.request_bytes(&request)?;
-        let envelope: Envelope<Reply<Resp>> = protocol::decode(&reply)?;
-        Ok(envelope.body)
+        decode_reply(&self.request_bytes(&request)?)
     }
 
     /// Sends raw bytes and returns the raw reply, retrying with fresh sockets on timeouts.

@@ -19,8 +19,8 @@
 //! deadline; a peer that is not listening yet is tried again every 100 ms until then, as libzmq
 //! reconnects.
 
-use crate::{tcp_endpoint, with_retries, Attempt, RetryPolicy};
-use cm_common::protocol::{self, Credential, Envelope, Reply};
+use crate::{decode_reply, tcp_endpoint, with_retries, Attempt, RetryPolicy};
+use cm_common::protocol::{self, Credential, Reply};
 use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -103,9 +103,7 @@ impl ZmtpRequester {
     /// the peer's error reply the inner one.
     pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: &Req) -> Result<Reply<Resp>> {
         let request = protocol::encode(&self.sender, self.credential, body)?;
-        let reply = self.request_bytes(&request)?;
-        let envelope: Envelope<Reply<Resp>> = protocol::decode(&reply)?;
-        Ok(envelope.body)
+        decode_reply(&self.request_bytes(&request)?)
     }
 
     /// Sends raw bytes and returns the raw reply, retrying on fresh connections.
