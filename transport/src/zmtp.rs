@@ -4,10 +4,10 @@
 //!
 //! Why not libzmq here: a tool makes a request or two and exits, and libzmq costs such a process
 //! two threads (I/O and reaper) and a hand-over between threads for every message. On the 2-core
-//! benchmark machine, a process that sent one request through libzmq took 1.04 ms of CPU and 8
-//! context switches; one that wrote the same bytes itself took 0.40 ms and 2 (README,
-//! Benchmarks). The native Rust implementation of ZeroMQ (the `zeromq` crate) runs a reactor
-//! thread too and measured the same as libzmq. The head still answers on libzmq's REP socket;
+//! benchmark machine, a process that sent one request to an echo server through libzmq took
+//! 1.04–1.22 ms of CPU and 8 context switches; through this client, 0.74–0.84 ms and 3–4
+//! (`cmbench-floor`, README Benchmarks). The native Rust implementation of ZeroMQ (the `zeromq`
+//! crate) runs a reactor thread too: 0.99–1.04 ms and 8. The head still answers on libzmq's REP socket;
 //! this is only a peer of it, and the wire protocol is what they share.
 //!
 //! On a fresh connection we send our greeting (ZMTP 3.0, NULL, client) and a READY command naming
