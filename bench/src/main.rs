@@ -53,10 +53,31 @@ struct Args {
     /// SLURM and HyperQueue throughput runs do; by default each job writes its two files.
     #[arg(long)]
     discard_output: bool,
+    /// Run the chosen scenarios this many times, in turn (so the machine's drift reaches them all
+    /// alike), and print the median of each headline figure: the goals are medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
     /// Also write the JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
+
+/// The figures the goals are about, by their path in a run's JSON, for the medians.
+const HEADLINES: [&str; 13] = [
+    "serial_cli.per_second",
+    "serial_cli.jobs_held.per_second",
+    "serial_cli.floor.per_second",
+    "serial_cli.unix_socket.per_second",
+    "serial_cli.unix_socket.jobs_held.per_second",
+    "serial_cli.unix_socket.floor.per_second",
+    "throughput.jobs_per_second",
+    "submit_to_start.p50_ms",
+    "submit_to_start.p99_ms",
+    "cminfo.latency.p50_ms",
+    "cminfo.latency.p99_ms",
+    "head_at_1000_nodes.head_cpu_percent",
+    "head_at_1000_nodes.head_rss_mb",
+];
 
 /// How the benchmark's jobs are submitted: `cmrun` arguments before the command.
 #[derive(Debug, Clone, Copy)]
@@ -165,12 +186,10 @@ fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Left
     let mut result = tcp;
     result["jobs_held"] = tcp_held;
     result["floor"] = tcp_floor;
-    result["unix_socket"] = json!({
-        "per_second": unix["per_second"],
-        "latency": unix["latency"],
-        "jobs_held": unix_held,
-        "floor": unix_floor,
-    });
+    let mut over_socket = unix;
+    over_socket["jobs_held"] = unix_held;
+    over_socket["floor"] = unix_floor;
+    result["unix_socket"] = over_socket;
     Ok(result)
 }
 
@@ -513,29 +532,64 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let store = store_kind(&args.store)?;
     let scale = |full: usize, quick: usize| if args.quick { quick } else { full };
-    let mut report = serde_json::Map::new();
-    report.insert("store".into(), json!(args.store));
     let options = JobOptions { discard_output: args.discard_output };
     let mut later = Leftovers::default();
-    report.insert("job_output".into(), json!(if args.discard_output { "/dev/null" } else { "files" }));
-    for scenario in &args.only {
-        let result = match scenario {
-            1 => serial_cli(&store, scale(1000, 200), options, &mut later)?,
-            2 => throughput(&store, scale(2000, 500), options, &mut later)?,
-            3 => submit_to_start(&store, scale(200, 50), options, &mut later)?,
-            4 => cminfo_latency(scale(10_000, 2_000), 256, &mut later)?,
-            5 => head_at_scale(1000, scale(20, 6) as u64, &mut later)?,
-            other => bail!("no scenario {other}"),
-        };
-        let name =
-            ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes"][*scenario as usize];
-        report.insert(name.into(), result);
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        if args.runs > 1 {
+            println!("run {run} of {}", args.runs);
+        }
+        let mut results = serde_json::Map::new();
+        for scenario in &args.only {
+            let result = match scenario {
+                1 => serial_cli(&store, scale(1000, 200), options, &mut later)?,
+                2 => throughput(&store, scale(2000, 500), options, &mut later)?,
+                3 => submit_to_start(&store, scale(200, 50), options, &mut later)?,
+                4 => cminfo_latency(scale(10_000, 2_000), 256, &mut later)?,
+                5 => head_at_scale(1000, scale(20, 6) as u64, &mut later)?,
+                other => bail!("no scenario {other}"),
+            };
+            let name =
+                ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes"][*scenario as usize];
+            results.insert(name.into(), result);
+        }
+        runs.push(Value::Object(results));
     }
-    let report = Value::Object(report);
+    let medians = medians(&runs);
+    if args.runs > 1 {
+        println!("medians of {} runs:", args.runs);
+        for (path, median) in &medians {
+            let each: Vec<String> =
+                runs.iter().filter_map(|run| figure(run, path)).map(|v| format!("{v:.1}")).collect();
+            println!("   {path}: {median:.1} (each run: {})", each.join(", "));
+        }
+    }
+    let report = json!({
+        "store": args.store,
+        "job_output": if args.discard_output { "/dev/null" } else { "files" },
+        "runs": runs,
+        "medians": Value::Object(medians.into_iter().map(|(path, median)| (path.to_string(), json!(median))).collect()),
+    });
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The figure at `path` (keys joined by dots) in one run's results, if that run measured it.
+fn figure(run: &Value, path: &str) -> Option<f64> {
+    path.split('.').try_fold(run, |value, key| value.get(key))?.as_f64()
+}
+
+/// The median of each headline figure over the runs that measured it.
+fn medians(runs: &[Value]) -> Vec<(&'static str, f64)> {
+    HEADLINES
+        .iter()
+        .filter_map(|path| {
+            let values: Vec<f64> = runs.iter().filter_map(|run| figure(run, path)).collect();
+            stats::median(values).map(|median| (*path, median))
+        })
+        .collect()
 }

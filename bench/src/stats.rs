@@ -1,4 +1,4 @@
-//! Latency samples and their percentiles.
+//! Latency samples and their percentiles, and the median of a figure over several runs.
 
 use std::time::Duration;
 
@@ -31,9 +31,28 @@ impl Samples {
     }
 }
 
+/// The median of `values` (the mean of the middle two for an even count); None for none.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0]), Some(3.0));
+        assert_eq!(median(vec![483.0, 465.0, 435.0, 490.0]), Some(474.0));
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), Some(3.0));
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
