@@ -7,17 +7,16 @@
 //! benchmark machine, a process that sent one request to an echo server through libzmq took
 //! 1.04–1.22 ms of CPU and 8 context switches; through this client, 0.74–0.84 ms and 3–4
 //! (`cmbench-floor`, README Benchmarks). The native Rust implementation of ZeroMQ (the `zeromq`
-//! crate) runs a reactor thread too: 0.99–1.04 ms and 8. The head still answers on libzmq's REP socket;
-//! this is only a peer of it, and the wire protocol is what they share.
+//! crate) runs a reactor thread too: 0.99–1.04 ms and 8. The head still answers on libzmq's REP
+//! socket; this is only a peer of it, and the wire protocol is what they share.
 //!
 //! On a fresh connection we send our greeting (ZMTP 3.0, NULL, client) and a READY command naming
 //! our socket type (REQ), and read the peer's greeting and READY (it must be a REP or ROUTER
 //! socket). Then each request goes out as a REQ socket frames it, an empty delimiter frame and one
 //! body frame, and its reply must come back the same way: the delimiter and exactly one body
 //! frame. Other commands are skipped; an ERROR command ends the exchange. The whole attempt,
-//! connecting included, keeps the policy's
-//! deadline; a peer that is not listening yet is tried again every 100 ms until then, as libzmq
-//! reconnects.
+//! connecting included, keeps the policy's deadline; a peer that is not listening yet is tried
+//! again every 100 ms until then, as libzmq reconnects.
 
 use crate::{decode_reply, tcp_endpoint, with_retries, Attempt, RetryPolicy};
 use cm_common::protocol::{self, Credential, Reply};
@@ -65,8 +64,9 @@ enum Peer {
     Unix(PathBuf),
 }
 
-/// Why an attempt failed: a failure of the connection, which another attempt may not meet, or a
-/// peer that does not speak the protocol, which another attempt will meet again.
+/// Why an attempt failed: a failure of the connection, which another attempt may not meet, or
+/// one that another attempt would meet again (a name that does not resolve, a peer that does not
+/// speak the protocol), which ends the request at once.
 enum Failure {
     Io(io::Error),
     Fatal(String),
