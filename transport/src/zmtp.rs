@@ -127,18 +127,9 @@ impl ZmtpRequester {
     }
 
     fn attempt(&mut self, request: &[u8], deadline: Instant) -> std::result::Result<Vec<u8>, Failure> {
-        let connection = match self.connection.take() {
-            Some(connection) => self.connection.insert(connection),
-            None => {
-                let mut connection = Connection { stream: self.peer.connect(deadline)?, received: Vec::new() };
-                let mut hello = greeting().to_vec();
-                push_frame(&mut hello, COMMAND, &ready_command());
-                connection.send(&hello, deadline)?;
-                // The request waits for the peer's READY: until libzmq has sent its own, it takes
-                // every frame that comes for a handshake command and drops the connection.
-                connection.read_handshake(deadline)?;
-                self.connection.insert(connection)
-            }
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            none => none.insert(Connection::open(&self.peer, deadline)?),
         };
         let mut message = Vec::with_capacity(request.len() + 11);
         push_frame(&mut message, MORE, &[]);
@@ -308,6 +299,18 @@ struct Connection {
 }
 
 impl Connection {
+    /// Connects to `peer` and makes the handshake: our greeting and READY, then the peer's.
+    fn open(peer: &Peer, deadline: Instant) -> std::result::Result<Connection, Failure> {
+        let mut connection = Connection { stream: peer.connect(deadline)?, received: Vec::new() };
+        let mut hello = greeting().to_vec();
+        push_frame(&mut hello, COMMAND, &ready_command());
+        connection.send(&hello, deadline)?;
+        // Requests wait for the peer's READY: until libzmq has sent its own, it takes every frame
+        // that comes for a handshake command and drops the connection.
+        connection.read_handshake(deadline)?;
+        Ok(connection)
+    }
+
     fn send(&mut self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
         while !bytes.is_empty() {
             match self.stream.write_until(bytes, deadline) {
