@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 /// Fake nodes are registered as run by this uid, so the scheduler never places real jobs on them.
 pub const NOBODYS_UID: u32 = 4_000_000_000;
 
-fn requester(ctx: &zmq::Context, head: &str) -> Requester {
-    Requester::new(ctx, head, RetryPolicy::new(Duration::from_secs(5), 2), "cmbench", Credential { uid: 0 })
+fn requester(head: &str) -> anyhow::Result<Requester> {
+    Ok(Requester::new(head, RetryPolicy::new(Duration::from_secs(5), 2), "cmbench", Credential { uid: 0 })?)
 }
 
 /// Registers `count` fake nodes named `fake-<i>`.
 pub fn register(head: &str, count: usize) -> anyhow::Result<()> {
-    let ctx = zmq::Context::new();
-    let mut head = requester(&ctx, head);
+    let mut head = requester(head)?;
     for i in 0..count {
         let request = HeadRequest::Compute(ComputeRequest::RegisterNode(RegisterNode {
             node: NodeId::new(format!("fake-{i}")),
@@ -40,8 +39,7 @@ pub fn heartbeat(head: &str, count: usize, interval: Duration, threads: usize, s
         .map(|t| {
             let (head, stop, sent) = (head.to_string(), stop.clone(), sent.clone());
             std::thread::spawn(move || {
-                let ctx = zmq::Context::new();
-                let mut head = requester(&ctx, &head);
+                let mut head = requester(&head).expect("the endpoint register() used");
                 let mine: Vec<usize> = (t..count).step_by(threads).collect();
                 // Spread each node's beats evenly over the interval, as independent nodes would.
                 let gap = interval / u32::try_from(mine.len().max(1)).unwrap_or(u32::MAX);

@@ -95,15 +95,10 @@ impl JobOptions {
     }
 }
 
-fn head(cluster: &Cluster, ctx: &zmq::Context) -> Requester {
+fn head(cluster: &Cluster) -> anyhow::Result<Requester> {
     let uid = nix::unistd::getuid().as_raw();
-    Requester::new(
-        ctx,
-        &cluster.head_endpoint,
-        RetryPolicy::new(Duration::from_secs(30), 0),
-        "cmbench",
-        Credential { uid },
-    )
+    let policy = RetryPolicy::new(Duration::from_secs(30), 0);
+    Ok(Requester::new(&cluster.head_endpoint, policy, "cmbench", Credential { uid })?)
 }
 
 fn call(head: &mut Requester, request: ClientRequest) -> anyhow::Result<ClientResponse> {
@@ -247,8 +242,7 @@ fn print_serial(title: &str, run: &Value, held: &Value, floor: &Value) {
 /// the queue until it is killed after the last submission: the figure is then the submission
 /// path alone, without the jobs' own work on the same cores.
 fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) -> anyhow::Result<Value> {
-    let ctx = zmq::Context::new();
-    let mut h = head(cluster, &ctx);
+    let mut h = head(cluster)?;
     let blocker = if held { Some(hold_the_queue(cluster, &mut h)?) } else { None };
     let mut samples = Samples::default();
     let machine = machine_cpu_ticks()?;
@@ -362,8 +356,7 @@ fn client_floor(n: usize, size: usize, unix: Option<&std::path::Path>) -> anyhow
 
 fn throughput(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
     let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
-    let ctx = zmq::Context::new();
-    let mut h = head(&cluster, &ctx);
+    let mut h = head(&cluster)?;
     let job = spec(&cluster.workdir, "true", options)?;
     let first = cm_common::Timestamp::now();
     let started = Instant::now();
@@ -385,8 +378,7 @@ fn throughput(store: &StoreKind, n: usize, options: JobOptions, later: &mut Left
 
 fn submit_to_start(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
     let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
-    let ctx = zmq::Context::new();
-    let mut h = head(&cluster, &ctx);
+    let mut h = head(&cluster)?;
     let job = spec(&cluster.workdir, "true", options)?;
     let mut samples = Samples::default();
     for _ in 0..n {
@@ -418,8 +410,7 @@ fn cminfo_latency(pending: usize, nodes: usize, later: &mut Leftovers) -> anyhow
         "kill_grace: 1s\nheartbeat_timeout: 1h\n",
         BENCH_LOG,
     ));
-    let ctx = zmq::Context::new();
-    let mut h = head(&cluster, &ctx);
+    let mut h = head(&cluster)?;
     let blocker = submit(&mut h, &spec(&cluster.workdir, "sleep 3600", JobOptions { discard_output: false })?)?;
     while !matches!(get(&mut h, blocker)?.state, cm_common::job::JobState::Running { .. }) {
         std::thread::sleep(Duration::from_millis(10));

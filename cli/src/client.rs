@@ -1,11 +1,11 @@
 //! How the tools reach the head: one request, one reply, with the transport's deadlines, over
-//! [`ZmtpRequester`], which costs a short-lived process no libzmq threads.
+//! [`Requester`], which costs a short-lived process no libzmq threads.
 
 use anyhow::{anyhow, Context};
 use clap::Args;
 use cm_common::config::Config;
 use cm_common::protocol::{ClientRequest, ClientResponse, Credential, HeadRequest};
-use cm_transport::{RetryPolicy, ZmtpRequester};
+use cm_transport::{Requester, RetryPolicy};
 use std::path::PathBuf;
 
 /// Where the head is: flags shared by every tool.
@@ -21,7 +21,7 @@ pub struct HeadArgs {
 
 /// A connection to the head.
 pub struct HeadClient {
-    requester: ZmtpRequester,
+    requester: Requester,
     pub config: Config,
 }
 
@@ -33,7 +33,7 @@ impl HeadClient {
         let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
         let credential = Credential { uid: nix::unistd::getuid().as_raw() };
         let policy = RetryPolicy::new(config.request_timeout, config.request_retries);
-        let requester = ZmtpRequester::new(&address, policy, &format!("{tool}@{host}"), credential)?;
+        let requester = Requester::new(&address, policy, &format!("{tool}@{host}"), credential)?;
         Ok(HeadClient { requester, config })
     }
 

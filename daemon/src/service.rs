@@ -186,13 +186,8 @@ mod tests {
 
     fn inbox(ctx: &zmq::Context) -> (TestInbox, EventSender<&'static str>, Requester) {
         let responder = Responder::bind(ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-        let client = Requester::new(
-            ctx,
-            responder.endpoint(),
-            RetryPolicy::new(Duration::from_secs(5), 0),
-            "test",
-            Credential { uid: 7 },
-        );
+        let policy = RetryPolicy::new(Duration::from_secs(5), 0);
+        let client = Requester::new(responder.endpoint(), policy, "test", Credential { uid: 7 }).expect("endpoint");
         let (inbox, events) = Inbox::new(responder, "d".into()).expect("inbox");
         (inbox, events, client)
     }
@@ -278,11 +273,10 @@ mod tests {
         assert!(matches!(inbox.next(Duration::from_secs(10)), Ok(Some(Next::Request(_)))));
         // The loop asks for more without answering: the caller still gets exactly one reply.
         let garbage = std::thread::spawn({
-            let ctx = ctx.clone();
             let endpoint = inbox.responder.endpoint().to_string();
             move || {
                 let policy = RetryPolicy::new(Duration::from_secs(5), 0);
-                let mut raw = Requester::new(&ctx, &endpoint, policy, "t", Credential { uid: 0 });
+                let mut raw = Requester::new(&endpoint, policy, "t", Credential { uid: 0 }).expect("endpoint");
                 raw.request_bytes(b"\xc1 not messagepack").expect("a reply")
             }
         });

@@ -293,10 +293,9 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     use std::io::Write;
 
     let mut cluster = Cluster::start_on(&store, 1, 2, 512);
-    let ctx = zmq::Context::new();
     let compute = read(cluster.dir.path().join("c1/compute.endpoint"));
     let policy = RetryPolicy::new(Duration::from_secs(2), 0);
-    let connect = |endpoint: &str| Requester::new(&ctx, endpoint, policy, "test", Credential { uid: 0 });
+    let connect = |endpoint: &str| Requester::new(endpoint, policy, "test", Credential { uid: 0 }).expect("endpoint");
 
     // Head -> compute requests, straight to the compute daemon.
     let mut node = connect(&compute);
@@ -339,7 +338,7 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     // Larger than max_message_size (1 MiB here): libzmq drops the connection, no reply comes.
     let oversized = vec![0x90u8; 2 << 20];
     let quick = RetryPolicy::new(Duration::from_millis(500), 0);
-    let mut big = Requester::new(&ctx, &cluster.head_endpoint, quick, "test", Credential { uid: 0 });
+    let mut big = Requester::new(&cluster.head_endpoint, quick, "test", Credential { uid: 0 }).expect("endpoint");
     assert!(big.request_bytes(&oversized).is_err(), "an oversized message must not be served");
 
     // Raw bytes on the TCP ports, not even ZeroMQ.

@@ -1,31 +1,23 @@
 //! cm-transport: ZeroMQ REQ/REP with deadlines, the only place cm touches sockets.
 //!
-//! - [`Requester`] ([`requester`]) is a REQ client on libzmq, for the daemons, which live long
-//!   and talk to many peers.
-//! - [`ZmtpRequester`] ([`zmtp`]) is a REQ client that speaks the ZeroMQ wire protocol itself on
-//!   one blocking socket, without libzmq's threads, for the command-line tools, which make a
-//!   request or two and exit.
-//! - [`Responder`] ([`responder`]) is a REP socket with a message size limit, answered one request
-//!   at a time by the loop that owns it, which can wait on it and on a descriptor of its own at
-//!   once. Malformed messages (several frames) are handed over as such for an error reply, so a
-//!   REQ peer always gets exactly one reply.
-//!
-//! Both requesters are "lazy pirate" clients ([`with_retries`]): each request has a deadline; a
-//! request that timed out is sent again from a fresh connection (a REQ peer that sent cannot send
-//! again before it hears back) after a backoff. After the last attempt the peer is reported
-//! unreachable, so a silent peer costs the caller a bounded time and never wedges it.
+//! - [`Requester`] ([`requester`]) is a REQ client for everyone that asks: the tools, a compute
+//!   daemon's link to its head, the head's sender to each compute node. It speaks the ZeroMQ wire
+//!   protocol (ZMTP 3.0) itself on one blocking socket in the caller's thread, without libzmq's
+//!   I/O threads. It is a "lazy pirate" client: each request has a deadline; a request that timed
+//!   out is sent again on a fresh connection (a REQ peer that sent cannot send again before it
+//!   hears back) after a backoff. After the last attempt the peer is reported unreachable, so a
+//!   silent peer costs the caller a bounded time and never wedges it.
+//! - [`Responder`] ([`responder`]) is libzmq's REP socket with a message size limit, answered one
+//!   request at a time by the loop that owns it, which can wait on it and on a descriptor of its
+//!   own at once. Malformed messages (several frames) are handed over as such for an error reply,
+//!   so a REQ peer always gets exactly one reply.
 
 pub mod requester;
 pub mod responder;
-pub mod zmtp;
 
 pub use requester::Requester;
 pub use responder::{Incoming, Responder};
-pub use zmtp::ZmtpRequester;
 
-use cm_common::protocol::{self, Envelope, Reply};
-use cm_common::{Error, Result};
-use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 /// Turns `HOST:PORT` into a ZeroMQ TCP endpoint; endpoints with a scheme pass through.
@@ -52,47 +44,6 @@ impl RetryPolicy {
     pub fn new(timeout: Duration, retries: u32) -> Self {
         RetryPolicy { timeout, retries, backoff: Duration::from_millis(50) }
     }
-}
-
-/// How one attempt at a request ended, short of an error that retrying cannot mend.
-pub(crate) enum Attempt {
-    Reply(Vec<u8>),
-    /// No reply: the deadline passed, or the connection failed (why, for the debug log). The
-    /// attempt has dropped its connection, so the next one starts afresh.
-    Retry(String),
-}
-
-/// Runs `attempt` until it brings a reply, at most `1 + policy.retries` times, pausing between
-/// attempts (the pause doubles each time). An `Err` from `attempt` ends it at once.
-pub(crate) fn with_retries(
-    endpoint: &str,
-    policy: RetryPolicy,
-    mut attempt: impl FnMut() -> Result<Attempt>,
-) -> Result<Vec<u8>> {
-    let mut backoff = policy.backoff;
-    let attempts = policy.retries.saturating_add(1);
-    for number in 1..=attempts {
-        match attempt()? {
-            Attempt::Reply(reply) => return Ok(reply),
-            Attempt::Retry(why) => tracing::debug!(%endpoint, attempt = number, %why, "no reply"),
-        }
-        if number < attempts {
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(policy.timeout);
-        }
-    }
-    Err(Error::Unreachable {
-        endpoint: endpoint.to_string(),
-        attempts,
-        timeout_ms: u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX),
-    })
-}
-
-/// Opens a reply: transport and decoding failures are the outer error, the peer's error reply
-/// the inner one.
-pub(crate) fn decode_reply<Resp: DeserializeOwned>(bytes: &[u8]) -> Result<Reply<Resp>> {
-    let envelope: Envelope<Reply<Resp>> = protocol::decode(bytes)?;
-    Ok(envelope.body)
 }
 
 #[cfg(test)]

@@ -136,7 +136,8 @@ mod tests {
         let endpoint = server.endpoint().to_string();
         let stop = echo(server);
         let mut client =
-            Requester::new(&ctx, &endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credential { uid: 0 });
+            Requester::new(&endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credential { uid: 0 })
+                .expect("endpoint");
         assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi");
         assert_eq!(client.request_bytes(b"again").expect("reply"), b"echo:again");
         stop();
@@ -155,8 +156,8 @@ mod tests {
         let tcp = server.endpoint().to_string();
         let stop = echo(server);
         let policy = RetryPolicy::new(Duration::from_secs(2), 1);
-        let mut over_unix = Requester::new(&ctx, &unix, policy, "t", Credential { uid: 0 });
-        let mut over_tcp = Requester::new(&ctx, &tcp, policy, "t", Credential { uid: 0 });
+        let mut over_unix = Requester::new(&unix, policy, "t", Credential { uid: 0 }).expect("endpoint");
+        let mut over_tcp = Requester::new(&tcp, policy, "t", Credential { uid: 0 }).expect("endpoint");
         assert_eq!(over_unix.request_bytes(b"a").expect("reply"), b"echo:a");
         assert_eq!(over_tcp.request_bytes(b"b").expect("reply"), b"echo:b");
         stop();
@@ -190,7 +191,7 @@ mod tests {
         // The first still has its clients.
         let stop = echo(first);
         let policy = RetryPolicy::new(Duration::from_secs(2), 1);
-        let mut client = Requester::new(&ctx, &unix, policy, "t", Credential { uid: 0 });
+        let mut client = Requester::new(&unix, policy, "t", Credential { uid: 0 }).expect("endpoint");
         assert_eq!(client.request_bytes(b"a").expect("reply"), b"echo:a");
         stop();
         // A socket file nobody listens on is stale: the second takes its place.

@@ -1,11 +1,11 @@
 //! `cmbench-floor ENDPOINT SIZE`: the least any command-line tool of cm does, for scenario 1's
 //! floor. It sends one SIZE-byte request to ENDPOINT through the same transport as `cmrun`
-//! (`cm_transport::ZmtpRequester`: connect, one ZMTP handshake and request, the reply) and exits.
+//! (`cm_transport::Requester`: connect, one ZMTP handshake and request, the reply) and exits.
 //! `cmbench` answers it with an echo server that does nothing else, so the time one call takes is
 //! what a process start plus one ZeroMQ round trip cost on this machine, before any cm work.
 
 use cm_common::protocol::Credential;
-use cm_transport::{RetryPolicy, ZmtpRequester};
+use cm_transport::{Requester, RetryPolicy};
 use std::time::Duration;
 
 fn main() {
@@ -15,7 +15,7 @@ fn main() {
         std::process::exit(2);
     };
     let policy = RetryPolicy::new(Duration::from_secs(5), 0);
-    let result = ZmtpRequester::new(endpoint, policy, "cmbench-floor", Credential { uid: 0 })
+    let result = Requester::new(endpoint, policy, "cmbench-floor", Credential { uid: 0 })
         .and_then(|mut requester| requester.request_bytes(&vec![0u8; size]));
     if let Err(e) = result {
         eprintln!("cmbench-floor: {e}");

@@ -56,15 +56,14 @@ impl HeadLink {
 
     /// Starts the link thread. `running` is this node's current job list, for heartbeats.
     pub fn spawn(
-        ctx: &zmq::Context,
         config: LinkConfig,
         running: Arc<Mutex<Vec<JobRun>>>,
         events: EventSender<Event>,
         shutdown: Arc<AtomicBool>,
-    ) -> std::io::Result<HeadLink> {
+    ) -> anyhow::Result<HeadLink> {
         let (reports, inbox) = channel::<JobReport>();
         let requester =
-            Requester::new(ctx, &config.head_address, config.policy, config.node.as_str(), Credential { uid: 0 });
+            Requester::new(&config.head_address, config.policy, config.node.as_str(), Credential { uid: 0 })?;
         let mut link = Link { config, requester, running, events, shutdown, queue: VecDeque::new(), held_since: None };
         std::thread::Builder::new().name("head-link".into()).spawn(move || {
             if !link.register() {

@@ -84,7 +84,6 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
     // Registration tells the head what still runs here.
     let running = Arc::new(Mutex::new(steps.runs()));
     let link = HeadLink::spawn(
-        &ctx,
         LinkConfig {
             head_address: config.head_address.clone(),
             node: config.node_id.clone(),

@@ -37,7 +37,6 @@ pub type FailureSink = Arc<dyn Fn(DeliveryFailure) + Send + Sync>;
 
 /// [`NodeComm`] over ZeroMQ: one worker thread and socket per node.
 pub struct ZmqComm {
-    ctx: zmq::Context,
     policy: RetryPolicy,
     me: String,
     failures: FailureSink,
@@ -45,22 +44,28 @@ pub struct ZmqComm {
 }
 
 impl ZmqComm {
-    pub fn new(ctx: zmq::Context, policy: RetryPolicy, me: String, failures: FailureSink) -> Self {
-        ZmqComm { ctx, policy, me, failures, workers: HashMap::new() }
+    pub fn new(policy: RetryPolicy, me: String, failures: FailureSink) -> Self {
+        ZmqComm { policy, me, failures, workers: HashMap::new() }
     }
 
     fn spawn_worker(&self, node: &Node) -> Worker {
         let (queue, requests) = channel::<NodeRequest>();
-        let mut requester = Requester::new(&self.ctx, &node.address, self.policy, &self.me, Credential { uid: 0 });
+        // A node address the transport cannot use fails each request, as an unreachable node's would.
+        let mut requester =
+            Requester::new(&node.address, self.policy, &self.me, Credential { uid: 0 }).map_err(|e| e.to_string());
         let node_id = node.id.clone();
         let failures = self.failures.clone();
         let spawned = std::thread::Builder::new().name(format!("comm-{}", node.id)).spawn(move || {
             // Ends when the head drops the queue (node re-registered elsewhere, or shutdown).
             for request in requests {
-                let error = match requester.call::<NodeRequest, NodeResponse>(&request) {
+                let outcome = match &mut requester {
+                    Ok(requester) => requester.call::<NodeRequest, NodeResponse>(&request).map_err(|e| e.to_string()),
+                    Err(unusable) => Err(unusable.clone()),
+                };
+                let error = match outcome {
                     Ok(Ok(_)) => continue,
                     Ok(Err(refusal)) => format!("node {node_id} refused: {}", refusal.message),
-                    Err(e) => e.to_string(),
+                    Err(e) => e,
                 };
                 tracing::warn!(node = %node_id, %error, "could not deliver a request");
                 failures(DeliveryFailure { node: node_id.clone(), request, error });

@@ -96,7 +96,6 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
     let me = config.node_id.to_string();
     let (mut inbox, failures) = Inbox::<HeadRequest, DeliveryFailure>::new(responder, me.clone())?;
     let comm = ZmqComm::new(
-        ctx.clone(),
         RetryPolicy::new(config.request_timeout, config.request_retries),
         me.clone(),
         Arc::new(move |failure| {
