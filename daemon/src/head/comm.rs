@@ -1,7 +1,7 @@
 //! How the head talks to compute nodes, kept apart from what it decides to say.
 //!
 //! [`NodeComm`] is fire-and-forget: the head's loop never waits on a node. [`ZmqComm`] gives each
-//! node a worker thread with its own REQ socket and queue, so a slow or dead node delays only its
+//! node a worker thread with its own connection and queue, so a slow or dead node delays only its
 //! own messages; a message that cannot be delivered (after the transport's retries) or that the
 //! node refuses comes back to the loop as a [`DeliveryFailure`]. Tests use [`RecordingComm`].
 
