@@ -353,15 +353,22 @@ impl Drop for Cluster {
 }
 
 /// Job supervisors outlive their compute daemon by design: stop those of this cluster (they
-/// stop their replicas), found by their job directory under `dir`.
+/// stop their replicas), found by `dir` in their command line or in a file they hold open (a
+/// supervisor forked by the launcher has the launcher's command line, and holds its step file).
 fn stop_supervisors(dir: &Path) {
     let needle = dir.as_os_str().as_encoded_bytes();
+    let names_dir = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     let Ok(procs) = std::fs::read_dir("/proc") else { return };
     for entry in procs.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let is_cm = cmdline.windows(6).any(|w| w == b"cmstep") || cmdline.windows(6).any(|w| w == b"--role");
-        if cmdline.windows(needle.len()).any(|w| w == needle) && is_cm {
+        let holds_a_file_in_dir = || {
+            let fds = std::fs::read_dir(entry.path().join("fd")).into_iter().flatten().flatten();
+            fds.filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|target| names_dir(target.as_os_str().as_encoded_bytes()))
+        };
+        if is_cm && (names_dir(&cmdline) || holds_a_file_in_dir()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
     }
