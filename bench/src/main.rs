@@ -312,8 +312,7 @@ fn hold_the_queue(cluster: &Cluster, head: &mut Requester) -> anyhow::Result<Job
 /// starts a process and speaks ZeroMQ per submission can beat this rate on the same machine.
 /// The server listens on TCP, or on the Unix socket `unix` when given.
 fn client_floor(n: usize, size: usize, unix: Option<&std::path::Path>) -> anyhow::Result<Value> {
-    let ctx = zmq::Context::new();
-    let echo = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20)?;
+    let mut echo = Responder::bind("127.0.0.1:0", 1 << 20)?;
     let endpoint = match unix {
         Some(path) => echo.listen_on_unix_socket(path)?,
         None => echo.endpoint().to_string(),

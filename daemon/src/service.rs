@@ -153,7 +153,7 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
     }
 
     /// A well-formed request, or `None` once a refused one has had its error reply.
-    fn decode(&self, incoming: Incoming) -> Option<Envelope<Req>> {
+    fn decode(&mut self, incoming: Incoming) -> Option<Envelope<Req>> {
         let refusal = match incoming {
             Incoming::Message(bytes) => match protocol::decode::<Req>(&bytes) {
                 Ok(envelope) => return Some(envelope),
@@ -184,8 +184,8 @@ mod tests {
 
     type TestInbox = Inbox<HeadRequest, &'static str>;
 
-    fn inbox(ctx: &zmq::Context) -> (TestInbox, EventSender<&'static str>, Requester) {
-        let responder = Responder::bind(ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+    fn inbox() -> (TestInbox, EventSender<&'static str>, Requester) {
+        let responder = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let policy = RetryPolicy::new(Duration::from_secs(5), 0);
         let client = Requester::new(responder.endpoint(), policy, "test", Credential { uid: 7 }).expect("endpoint");
         let (inbox, events) = Inbox::new(responder, "d".into()).expect("inbox");
@@ -203,8 +203,7 @@ mod tests {
 
     #[test]
     fn an_event_from_another_thread_wakes_the_loop() {
-        let ctx = zmq::Context::new();
-        let (mut inbox, events, _client) = inbox(&ctx);
+        let (mut inbox, events, _client) = inbox();
         assert!(matches!(inbox.next(Duration::from_millis(20)), Ok(None)));
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -222,8 +221,7 @@ mod tests {
 
     #[test]
     fn requests_reach_the_loop_and_get_its_reply() {
-        let ctx = zmq::Context::new();
-        let (mut inbox, _events, client) = inbox(&ctx);
+        let (mut inbox, _events, client) = inbox();
         let caller = call_in_thread(client);
         match inbox.next(Duration::from_secs(10)) {
             Ok(Some(Next::Request(envelope))) => {
@@ -239,8 +237,7 @@ mod tests {
 
     #[test]
     fn events_and_requests_take_turns_when_both_wait() {
-        let ctx = zmq::Context::new();
-        let (mut inbox, events, client) = inbox(&ctx);
+        let (mut inbox, events, client) = inbox();
         let caller = call_in_thread(client);
         // The request is in (waiting on the socket alone returns once it is), then three events.
         inbox.responder.wait(None, Duration::from_secs(10)).expect("wait");
@@ -267,8 +264,7 @@ mod tests {
 
     #[test]
     fn an_unanswered_request_gets_an_error_and_garbage_never_reaches_the_loop() {
-        let ctx = zmq::Context::new();
-        let (mut inbox, _events, client) = inbox(&ctx);
+        let (mut inbox, _events, client) = inbox();
         let caller = call_in_thread(client);
         assert!(matches!(inbox.next(Duration::from_secs(10)), Ok(Some(Next::Request(_)))));
         // The loop asks for more without answering: the caller still gets exactly one reply.

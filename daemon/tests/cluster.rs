@@ -335,7 +335,7 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     let reply = connect(&cluster.head_endpoint).request_bytes(&misdirected).expect("reply");
     assert_eq!(decode::<Reply<Ack>>(&reply).expect("envelope").body.expect_err("error").code, ErrorCode::BadRequest);
 
-    // Larger than max_message_size (1 MiB here): the head's libzmq drops the connection, no reply comes.
+    // Larger than max_message_size (1 MiB here): the head refuses it and hangs up, no reply comes.
     let oversized = vec![0x90u8; 2 << 20];
     let quick = RetryPolicy::new(Duration::from_millis(500), 0);
     let mut big = Requester::new(&cluster.head_endpoint, quick, "test", Credential { uid: 0 }).expect("endpoint");

@@ -2,18 +2,21 @@
 //!
 //! - [`Requester`] ([`requester`]) is a REQ client for everyone that asks: the tools, a compute
 //!   daemon's link to its head, the head's sender to each compute node. It speaks the ZeroMQ wire
-//!   protocol (ZMTP 3.0) itself on one blocking socket in the caller's thread, without libzmq's
-//!   I/O threads. It is a "lazy pirate" client: each request has a deadline; a request that timed
+//!   protocol (ZMTP 3.0) on one blocking socket in the caller's thread. It is a "lazy pirate" client: each request has a deadline; a request that timed
 //!   out is sent again on a fresh connection (a REQ peer that sent cannot send again before it
 //!   hears back) after a backoff. After the last attempt the peer is reported unreachable, so a
 //!   silent peer costs the caller a bounded time and never wedges it.
-//! - [`Responder`] ([`responder`]) is libzmq's REP socket with a message size limit, answered one
+//! - [`Responder`] ([`responder`]) is a REP socket with a message size limit, answered one
 //!   request at a time by the loop that owns it, which can wait on it and on a descriptor of its
-//!   own at once. Malformed messages (several frames) are handed over as such for an error reply,
-//!   so a REQ peer always gets exactly one reply.
+//!   own at once, and which does the connections' I/O itself (`epoll`, no I/O thread).
+//!   Malformed messages (several frames) are handed over as such for an error reply, so a REQ
+//!   peer always gets exactly one reply.
+//! - [`zmtp`] is the wire protocol both speak, ZMTP 3.0 with the NULL mechanism: cm needs no
+//!   libzmq, and any ZeroMQ REQ or REP peer (libzmq, pyzmq) can talk to cm.
 
 pub mod requester;
 pub mod responder;
+pub mod zmtp;
 
 pub use requester::Requester;
 pub use responder::{Incoming, Responder};
@@ -58,6 +61,7 @@ pub(crate) mod test_support {
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {
+            let mut server = server;
             server.serve(&stop, |incoming| match incoming {
                 Incoming::Message(m) => [b"echo:".as_slice(), &m].concat(),
                 Incoming::Malformed(why) => why.into_bytes(),

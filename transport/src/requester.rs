@@ -13,8 +13,8 @@
 //! thread too: 0.99–1.04 ms and 8. The daemons' senders already run in threads of their own that
 //! wait for each reply, so they lose nothing by blocking; moving them off libzmq took a short job
 //! about 0.09 ms less of the daemons' CPU and raised `cmbench` scenario 2 by 5–12 %. The daemons
-//! still answer on libzmq's REP socket ([`crate::Responder`]); this is only a peer of it, and the
-//! wire protocol is what they share.
+//! answer on [`crate::Responder`], which speaks the same protocol without libzmq too; the tests in
+//! `tests/libzmq_interop.rs` check both against libzmq itself.
 //!
 //! On a fresh connection we send our greeting (ZMTP 3.0, NULL, client) and a READY command naming
 //! our socket type (REQ), and read the peer's greeting and READY (it must be a REP or ROUTER
@@ -24,6 +24,7 @@
 //! connecting included, keeps the policy's deadline; a peer that is not listening yet is tried
 //! again every 100 ms until then, as libzmq reconnects.
 
+use crate::zmtp::{self, COMMAND, GREETING, LONG, MORE};
 use crate::{tcp_endpoint, RetryPolicy};
 use cm_common::protocol::{self, Credential, Envelope, Reply};
 use cm_common::{Error, Result};
@@ -42,16 +43,6 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// The most a reply may hold, all frames together. A larger size is a peer that speaks something
 /// else, not a reply to make room for.
 const MAX_REPLY: u64 = 1 << 30;
-
-/// Frame flags (ZMTP 3.0, "Framing").
-const MORE: u8 = 0x01;
-const LONG: u8 = 0x02;
-const COMMAND: u8 = 0x04;
-
-/// The greeting's length, and where its version and mechanism lie.
-const GREETING: usize = 64;
-const VERSION_MAJOR: usize = 10;
-const MECHANISM: std::ops::Range<usize> = 12..32;
 
 /// A REQ client for one peer that speaks ZMTP itself; see the module's documentation.
 pub struct Requester {
@@ -151,8 +142,8 @@ impl Requester {
             none => none.insert(Connection::open(&self.peer, deadline)?),
         };
         let mut message = Vec::with_capacity(request.len() + 11);
-        push_frame(&mut message, MORE, &[]);
-        push_frame(&mut message, 0, request);
+        zmtp::push_frame(&mut message, MORE, &[]);
+        zmtp::push_frame(&mut message, 0, request);
         connection.send(&message, deadline)?;
         connection.read_reply(deadline)
     }
@@ -212,79 +203,15 @@ fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock)
 }
 
-/// Our greeting: the signature, version 3.0, the NULL mechanism, not as server.
-fn greeting() -> [u8; GREETING] {
-    let mut greeting = [0u8; GREETING];
-    greeting[0] = 0xFF;
-    greeting[9] = 0x7F;
-    greeting[VERSION_MAJOR] = 3;
-    greeting[MECHANISM.start..MECHANISM.start + 4].copy_from_slice(b"NULL");
-    greeting
-}
-
-/// The READY command's body: its name, then the one property a REP socket needs.
-fn ready_command() -> Vec<u8> {
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&3u32.to_be_bytes());
-    body.extend_from_slice(b"REQ");
-    body
-}
-
-fn push_frame(out: &mut Vec<u8>, flags: u8, body: &[u8]) {
-    match u8::try_from(body.len()) {
-        Ok(short) => out.extend_from_slice(&[flags, short]),
-        Err(_) => {
-            out.push(flags | LONG);
-            out.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(body);
-}
-
-/// A command's name and the rest of its body.
-fn command(body: &[u8]) -> std::result::Result<(&[u8], &[u8]), Failure> {
-    let length = usize::from(*body.first().ok_or_else(|| Failure::Fatal("the peer sent an empty command".into()))?);
-    let name = body.get(1..1 + length).ok_or_else(|| Failure::Fatal("the peer sent a cut-off command".into()))?;
-    Ok((name, &body[1 + length..]))
-}
-
 /// Checks the peer's READY command: it must be a socket that answers REQ.
 fn check_ready(body: &[u8]) -> std::result::Result<(), Failure> {
-    let (name, mut properties) = command(body)?;
-    if name == b"ERROR" {
-        return Err(refused(properties));
+    match zmtp::ready_socket_type(body).map_err(Failure::Fatal)? {
+        Some(kind) if kind != b"REP" && kind != b"ROUTER" => Err(Failure::Fatal(format!(
+            "the peer is a ZeroMQ {} socket, which does not answer requests",
+            String::from_utf8_lossy(kind)
+        ))),
+        _ => Ok(()),
     }
-    if name != b"READY" {
-        return Err(Failure::Fatal(format!(
-            "the peer opened with {:?} instead of READY",
-            String::from_utf8_lossy(name)
-        )));
-    }
-    let cut = || Failure::Fatal("the peer's READY command is cut off".into());
-    while let Some(&length) = properties.first() {
-        let name_end = 1 + usize::from(length);
-        let key = properties.get(1..name_end).ok_or_else(cut)?;
-        let size = properties.get(name_end..name_end + 4).ok_or_else(cut)?;
-        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
-        let value = properties.get(name_end + 4..name_end + 4 + size).ok_or_else(cut)?;
-        if key.eq_ignore_ascii_case(b"Socket-Type") && value != b"REP" && value != b"ROUTER" {
-            return Err(Failure::Fatal(format!(
-                "the peer is a ZeroMQ {} socket, which does not answer requests",
-                String::from_utf8_lossy(value)
-            )));
-        }
-        properties = &properties[name_end + 4 + size..];
-    }
-    Ok(())
-}
-
-/// The failure an ERROR command reports (its body after the name: a length and a reason).
-fn refused(rest: &[u8]) -> Failure {
-    let reason = rest.get(1..).map(String::from_utf8_lossy).unwrap_or_default();
-    Failure::Fatal(format!("the peer refused the connection: {reason}"))
 }
 
 /// The two kinds of stream a peer is reached on.
@@ -321,8 +248,8 @@ impl Connection {
     /// Connects to `peer` and makes the handshake: our greeting and READY, then the peer's.
     fn open(peer: &Peer, deadline: Instant) -> std::result::Result<Connection, Failure> {
         let mut connection = Connection { stream: peer.connect(deadline)?, received: Vec::new() };
-        let mut hello = greeting().to_vec();
-        push_frame(&mut hello, COMMAND, &ready_command());
+        let mut hello = zmtp::greeting().to_vec();
+        zmtp::push_ready(&mut hello, "REQ");
         connection.send(&hello, deadline)?;
         // Requests wait for the peer's READY: until libzmq has sent its own, it takes every frame
         // that comes for a handshake command and drops the connection.
@@ -372,24 +299,7 @@ impl Connection {
     }
 
     fn read_handshake(&mut self, deadline: Instant) -> std::result::Result<(), Failure> {
-        let greeting = self.take(GREETING, deadline)?;
-        if greeting[0] != 0xFF || greeting[9] & 1 == 0 {
-            return Err(Failure::Fatal("the peer does not speak ZeroMQ's protocol (ZMTP)".into()));
-        }
-        if greeting[VERSION_MAJOR] < 3 {
-            return Err(Failure::Fatal(format!(
-                "the peer speaks ZMTP {}, not 3 (libzmq 4 or later)",
-                greeting[VERSION_MAJOR]
-            )));
-        }
-        let mechanism = &greeting[MECHANISM];
-        if !mechanism.starts_with(b"NULL") || mechanism[4..].iter().any(|&b| b != 0) {
-            let name = String::from_utf8_lossy(mechanism);
-            return Err(Failure::Fatal(format!(
-                "the peer wants the {} security mechanism; cm speaks NULL",
-                name.trim_end_matches('\0')
-            )));
-        }
+        zmtp::check_greeting(&self.take(GREETING, deadline)?).map_err(Failure::Fatal)?;
         match self.frame(deadline)? {
             (flags, body) if flags & COMMAND != 0 => check_ready(&body),
             _ => Err(Failure::Fatal("the peer sent a message before its READY command".into())),
@@ -403,8 +313,8 @@ impl Connection {
         loop {
             let (flags, body) = self.frame(deadline)?;
             if flags & COMMAND != 0 {
-                match command(&body)? {
-                    (b"ERROR", rest) => return Err(refused(rest)),
+                match zmtp::command(&body).map_err(Failure::Fatal)? {
+                    (b"ERROR", rest) => return Err(Failure::Fatal(zmtp::refusal(rest))),
                     _ => continue, // PING and its like: nothing a REQ peer must answer here
                 }
             }
@@ -441,10 +351,9 @@ mod tests {
     }
 
     #[test]
-    fn a_libzmq_rep_socket_answers_over_tcp_and_a_unix_socket() {
+    fn a_rep_socket_answers_over_tcp_and_a_unix_socket() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 4 << 20).expect("bind");
+        let mut server = Responder::bind("127.0.0.1:0", 4 << 20).expect("bind");
         let unix = server.listen_on_unix_socket(&dir.path().join("head.sock")).expect("unix socket");
         let tcp = server.endpoint().to_string();
         let stop = echo(server);
@@ -463,8 +372,8 @@ mod tests {
 
     #[test]
     fn a_silent_peer_or_none_at_all_costs_bounded_time_and_reports_unreachable() {
-        let ctx = zmq::Context::new();
-        let silent = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        // Bound but never served: connections wait in the kernel's backlog, ungreeted.
+        let silent = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let nobody = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
         let dir = tempfile::tempdir().expect("tempdir");
         let no_socket = format!("ipc://{}", dir.path().join("none.sock").display());
@@ -485,8 +394,7 @@ mod tests {
         let endpoint = format!("ipc://{}", path.display());
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
-            let ctx = zmq::Context::new();
-            let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+            let mut server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
             server.listen_on_unix_socket(&path).expect("unix socket");
             echo(server)
         });
@@ -500,59 +408,92 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("head.sock");
         let endpoint = format!("ipc://{}", path.display());
-        let serve = |ctx: &zmq::Context| {
-            let server = Responder::bind(ctx, "127.0.0.1:0", 1 << 20).expect("bind");
-            // The old listener closes in libzmq's own time; until then the path is in use.
-            let started = Instant::now();
-            while let Err(e) = server.listen_on_unix_socket(&path) {
-                assert!(started.elapsed() < Duration::from_secs(5), "{e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let serve = || {
+            let mut server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+            server.listen_on_unix_socket(&path).expect("the last server removed its socket file");
             echo(server)
         };
-        let first = zmq::Context::new();
-        let stop = serve(&first);
+        let stop = serve();
         let mut client = client(&endpoint, 2000, 2);
         assert_eq!(client.request_bytes(b"one").expect("reply"), b"echo:one");
-        stop();
-        drop(first); // closes every connection of the first server
-        let second = zmq::Context::new();
-        let stop = serve(&second);
+        stop(); // drops the server: its connections close and its socket file goes
+        assert!(!path.exists(), "the socket file outlived its server");
+        let stop = serve();
         assert_eq!(client.request_bytes(b"two").expect("reply"), b"echo:two");
         stop();
     }
 
     #[test]
-    fn a_request_over_the_peers_size_limit_is_not_answered_and_costs_bounded_time() {
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1000).expect("bind");
+    fn a_request_over_the_peers_size_limit_is_refused_and_costs_bounded_time() {
+        let server = Responder::bind("127.0.0.1:0", 1000).expect("bind");
         let endpoint = server.endpoint().to_string();
         let stop = echo(server);
+        let started = Instant::now();
         let err = client(&endpoint, 300, 1).request_bytes(&[0u8; 2000]).expect_err("over the limit");
-        assert!(matches!(err, Error::Unreachable { attempts: 2, .. }), "{err}");
+        // The peer says why and hangs up; if the hang-up overtakes the reason, the attempts run out.
+        let said = err.to_string().contains("over the limit of 1000 bytes");
+        assert!(said || matches!(err, Error::Unreachable { attempts: 2, .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         // The peer serves the next client as before.
         assert_eq!(client(&endpoint, 2000, 0).request_bytes(b"small").expect("reply"), b"echo:small");
         stop();
     }
 
+    /// A hand-written ZMTP peer on a raw TCP socket: it greets as `socket_type`, takes one request
+    /// and answers with `reply_frames` (the delimiter is not added).
+    fn scripted_peer(
+        socket_type: &'static str,
+        reply_frames: &'static [&'static [u8]],
+    ) -> (String, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = format!("tcp://{}", listener.local_addr().expect("address"));
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut hello = zmtp::greeting().to_vec();
+            zmtp::push_ready(&mut hello, socket_type);
+            stream.write_all(&hello).expect("greet");
+            // The client's greeting, READY, delimiter and body: read until all four are in.
+            let mut received = Vec::new();
+            let mut frames = 0;
+            while frames < 3 {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).expect("read");
+                if n == 0 {
+                    return; // the client gave up, as it must with a peer that answers nothing
+                }
+                received.extend_from_slice(&chunk[..n]);
+                frames = 0;
+                let mut at = GREETING.min(received.len());
+                while let Ok(Some(frame)) = zmtp::parse_frame(&received[at..], 1 << 20) {
+                    at += frame.body.end;
+                    frames += 1;
+                }
+            }
+            let mut reply = Vec::new();
+            for (i, frame) in reply_frames.iter().enumerate() {
+                zmtp::push_frame(&mut reply, if i + 1 < reply_frames.len() { MORE } else { 0 }, frame);
+            }
+            stream.write_all(&reply).expect("reply");
+            let _ = stream.read(&mut [0u8; 64]); // until the client hangs up
+        });
+        (endpoint, server)
+    }
+
     #[test]
     fn a_reply_of_several_frames_is_an_error_at_once() {
-        let ctx = zmq::Context::new();
-        let router = ctx.socket(zmq::ROUTER).expect("router");
-        router.bind("tcp://127.0.0.1:*").expect("bind");
-        let endpoint = router.get_last_endpoint().expect("endpoint").expect("utf-8");
-        let server = std::thread::spawn(move || {
-            let parts = router.recv_multipart(0).expect("request");
-            assert_eq!(parts.len(), 3, "identity, delimiter, body");
-            assert!(parts[1].is_empty());
-            assert_eq!(parts[2], b"one");
-            let reply: Vec<&[u8]> = vec![&parts[0], b"", b"a", b"b"];
-            router.send_multipart(reply, 0).expect("reply");
-        });
+        let (endpoint, server) = scripted_peer("ROUTER", &[b"", b"a", b"b"]);
         let started = Instant::now();
         let err = client(&endpoint, 2000, 3).request_bytes(b"one").expect_err("two frames");
         assert!(err.to_string().contains("reply has 2 frames"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2), "not retried: {:?}", started.elapsed());
+        server.join().expect("join");
+    }
+
+    #[test]
+    fn a_peer_that_cannot_answer_requests_is_an_error_at_once() {
+        let (endpoint, server) = scripted_peer("PUB", &[]);
+        let err = client(&endpoint, 2000, 3).request_bytes(b"one").expect_err("a PUB socket");
+        assert!(err.to_string().contains("ZeroMQ PUB socket"), "{err}");
         server.join().expect("join");
     }
 

@@ -1,43 +1,160 @@
 //! [`Responder`]: the REP socket a daemon answers on, owned by the loop that answers it, over TCP
-//! and, for the head, a Unix socket for the tools on its host as well.
-
-use cm_common::{Error, Result};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+//! and, for the head, a Unix socket for the tools on its host as well. It speaks ZMTP 3.0 itself
+//! ([`crate::zmtp`]), as a libzmq REP socket does, to any REQ or DEALER peer: cm's own
+//! [`crate::Requester`], libzmq, pyzmq.
+//!
+//! Why not libzmq: a libzmq socket hands every message between its I/O thread and the thread
+//! that reads it, a wake-up on each side, and each connection's handshake and teardown run there
+//! too. That thread was the largest transport cost left on the head (0.24 ms of CPU per short
+//! job, README Benchmarks). Here the loop that answers requests also does their I/O: one
+//! `epoll` (through `mio`) watches the listeners, every connection and the loop's own wake-up
+//! descriptor, and a request is read, handled and answered in the same thread.
+//!
+//! Every connection is non-blocking and kept apart: what a peer sends is parsed only as far as
+//! it has arrived, a reply that does not fit the socket waits for it to drain, and a peer that
+//! breaks the protocol, sends a frame over `max_message_size` or takes over 30 s to greet (libzmq's
+//! handshake limit) is disconnected alone. Requests are handed out in the order they arrived, one
+//! at a time, each to be answered before the next, as on a REP socket.
 
 use crate::tcp_endpoint;
+use crate::zmtp::{self, GREETING, MORE};
+use cm_common::{Error, Result};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::ToSocketAddrs;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const TCP: Token = Token(0);
+const UNIX: Token = Token(1);
+const WAKE: Token = Token(2);
+/// Connections take tokens from here up, each a new one.
+const FIRST_PEER: usize = 3;
+
+/// How long a peer may take to send its greeting and READY (libzmq's `ZMQ_HANDSHAKE_IVL`).
+const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
 
 /// A REP server socket, owned by the loop that answers it.
 pub struct Responder {
-    socket: zmq::Socket,
+    poll: Poll,
+    events: Events,
+    tcp: TcpListener,
+    unix: Option<UnixSocket>,
     endpoint: String,
+    max_message_size: u64,
+    /// The wake-up descriptor registered with the poll, if any.
+    wake: Option<RawFd>,
+    peers: HashMap<Token, Peer>,
+    next_token: usize,
+    /// Requests read whole and not handed out yet, in the order they arrived, with their sender.
+    requests: VecDeque<(Token, Request)>,
+    /// The sender of the request handed out last and the envelope its reply goes in.
+    answering: Option<(Token, Vec<Vec<u8>>)>,
+    /// When each connection's handshake must be done by, oldest first.
+    handshakes: VecDeque<(Instant, Token)>,
+    /// Scratch space for the poll's events, kept to spare an allocation per wait.
+    ready: Vec<(Token, bool, bool)>,
 }
 
 /// A request as it came off the socket: one frame, or why it was refused.
 pub enum Incoming {
     Message(Vec<u8>),
-    /// The message had several frames; it is answered with an error.
+    /// The message had several frames, or none; it is answered with an error.
     Malformed(String),
 }
 
+/// A request and the envelope (the frames up to its empty delimiter) its reply must go back in.
+struct Request {
+    envelope: Vec<Vec<u8>>,
+    incoming: Incoming,
+}
+
+/// The Unix socket listened on, and which file it made, so that only that file is removed.
+struct UnixSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    file: (u64, u64),
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Where a connection's handshake stands.
+#[derive(PartialEq)]
+enum Stage {
+    Greeting,
+    Ready,
+    Open,
+}
+
+/// One connection: what it sent that is not parsed yet, what we owe it that it has not taken.
+struct Peer {
+    stream: Stream,
+    stage: Stage,
+    received: Vec<u8>,
+    unsent: Vec<u8>,
+    /// How much of `unsent` went out already.
+    sent: usize,
+    /// The frames of the message coming in, and their size together.
+    frames: Vec<Vec<u8>>,
+    size: u64,
+}
+
 impl Responder {
-    /// Binds `address` (`HOST:PORT`; port 0 picks a free one). Messages above `max_message_size`
-    /// bytes make libzmq drop the sender's connection, so they never reach [`Responder::try_recv`].
-    pub fn bind(ctx: &zmq::Context, address: &str, max_message_size: u64) -> Result<Self> {
+    /// Listens on `address` (`HOST:PORT` or `tcp://HOST:PORT`; `*` is every interface, port 0
+    /// picks a free port). A connection that sends a frame or a message over `max_message_size`
+    /// bytes is dropped, so such a request never reaches [`Responder::try_recv`].
+    pub fn bind(address: &str, max_message_size: u64) -> Result<Self> {
         let wanted = tcp_endpoint(address);
-        let zmq_err = |e: zmq::Error| Error::Network { endpoint: wanted.clone(), reason: e.to_string() };
-        let socket = ctx.socket(zmq::REP).map_err(zmq_err)?;
-        socket.set_linger(0).map_err(zmq_err)?;
-        socket.set_maxmsgsize(i64::try_from(max_message_size).unwrap_or(i64::MAX)).map_err(zmq_err)?;
-        socket.bind(&wanted).map_err(zmq_err)?;
-        let endpoint = socket
-            .get_last_endpoint()
-            .map_err(zmq_err)?
-            .map_err(|_| Error::InvalidSetting(format!("bound endpoint of {wanted} is not UTF-8")))?;
-        Ok(Responder { socket, endpoint })
+        let fail = |reason: String| Error::Network { endpoint: wanted.clone(), reason };
+        let Some(host_port) = wanted.strip_prefix("tcp://") else {
+            return Err(Error::InvalidSetting(format!(
+                "cannot listen on {wanted}: use HOST:PORT or tcp://HOST:PORT (the head's Unix socket is head_socket)"
+            )));
+        };
+        let host_port = match host_port.strip_prefix("*:") {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => host_port.to_string(),
+        };
+        let addresses = host_port.to_socket_addrs().map_err(|e| fail(format!("cannot resolve {host_port}: {e}")))?;
+        let mut last = io::Error::new(ErrorKind::NotFound, "the host name has no address");
+        let mut bound = None;
+        for address in addresses {
+            match TcpListener::bind(address) {
+                Ok(listener) => {
+                    bound = Some(listener);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let mut tcp = bound.ok_or_else(|| fail(last.to_string()))?;
+        let endpoint = format!("tcp://{}", tcp.local_addr().map_err(|e| fail(e.to_string()))?);
+        let poll = Poll::new().map_err(|e| fail(format!("cannot make a poll: {e}")))?;
+        poll.registry().register(&mut tcp, TCP, Interest::READABLE).map_err(|e| fail(e.to_string()))?;
+        Ok(Responder {
+            poll,
+            events: Events::with_capacity(256),
+            tcp,
+            unix: None,
+            endpoint,
+            max_message_size,
+            wake: None,
+            peers: HashMap::new(),
+            next_token: FIRST_PEER,
+            requests: VecDeque::new(),
+            answering: None,
+            handshakes: VecDeque::new(),
+            ready: Vec::new(),
+        })
     }
 
     /// The endpoint actually bound (with the real port when 0 was asked for).
@@ -47,13 +164,16 @@ impl Responder {
 
     /// Listens on the Unix socket `path` as well (creating its directory), open to every local
     /// user as the TCP endpoint is, and returns its endpoint (`ipc://PATH`). A socket file left
-    /// by an earlier process is replaced; one that a live process still listens on is not (libzmq
-    /// would take it over, and with it that process's local clients), nor is anything at `path`
-    /// that is not a socket. Requests from both arrive on this socket, in one queue.
-    pub fn listen_on_unix_socket(&self, path: &Path) -> Result<String> {
+    /// by an earlier process is replaced; one that a live process still listens on is not, nor is
+    /// anything at `path` that is not a socket. Requests from both arrive in one queue. The file
+    /// is removed when the responder is dropped, unless another has replaced it meanwhile.
+    pub fn listen_on_unix_socket(&mut self, path: &Path) -> Result<String> {
         let text = path.to_str().ok_or_else(|| Error::InvalidSetting(format!("{} is not UTF-8", path.display())))?;
         let endpoint = format!("ipc://{text}");
         let fail = |reason: String| Error::Network { endpoint: endpoint.clone(), reason };
+        if self.unix.is_some() {
+            return Err(fail("this responder already listens on a Unix socket".into()));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         }
@@ -64,60 +184,398 @@ impl Responder {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(fail("another process is listening on this socket".into()));
             }
+            std::fs::remove_file(path).map_err(|e| fail(format!("cannot remove the stale socket: {e}")))?;
         }
-        self.socket.bind(&endpoint).map_err(|e| fail(e.to_string()))?;
+        let mut listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+        let made = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        let socket = UnixSocket {
+            path: path.to_path_buf(),
+            file: (made.dev(), made.ino()),
+            listener: {
+                self.poll
+                    .registry()
+                    .register(&mut listener, UNIX, Interest::READABLE)
+                    .map_err(|e| fail(e.to_string()))?;
+                listener
+            },
+        };
+        self.unix = Some(socket);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
             .map_err(|e| fail(format!("cannot open the socket to all local users: {e}")))?;
         Ok(endpoint)
     }
 
-    fn error(&self, e: zmq::Error) -> Error {
+    fn error(&self, e: io::Error) -> Error {
         Error::Network { endpoint: self.endpoint.clone(), reason: e.to_string() }
     }
 
     /// Waits up to `timeout` until a request is waiting or `wake` (a descriptor another thread
-    /// makes readable, such as an eventfd) is readable, whichever comes first.
-    pub fn wait(&self, wake: Option<BorrowedFd<'_>>, timeout: Duration) -> Result<()> {
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let mut items = vec![self.socket.as_poll_item(zmq::POLLIN)];
+    /// makes readable, such as an eventfd; the same one on every call) is readable, doing the
+    /// connections' I/O meanwhile. A signal may cut the wait short.
+    pub fn wait(&mut self, wake: Option<BorrowedFd<'_>>, timeout: Duration) -> Result<()> {
         if let Some(fd) = wake {
-            items.push(zmq::PollItem::from_fd(fd.as_raw_fd(), zmq::POLLIN));
+            self.watch(fd.as_raw_fd())?;
         }
-        match zmq::poll(&mut items, timeout_ms) {
-            // A signal cut the wait short: the caller looks around and waits again.
-            Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
-            Err(e) => Err(self.error(e)),
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.requests.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            self.end_slow_handshakes(now);
+            let mut wait = deadline.saturating_duration_since(now);
+            if let Some(&(by, _)) = self.handshakes.front() {
+                wait = wait.min(by.saturating_duration_since(now));
+            }
+            match self.poll.poll(&mut self.events, Some(wait)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
+                Err(e) => return Err(self.error(e)),
+            }
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(
+                self.events
+                    .iter()
+                    .map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable())),
+            );
+            let mut woken = false;
+            for &(token, readable, writable) in &ready {
+                match token {
+                    WAKE => woken = true,
+                    TCP | UNIX => self.accept(token),
+                    peer => self.serve_peer(peer, readable, writable),
+                }
+            }
+            self.ready = ready;
+            if woken || !self.requests.is_empty() || Instant::now() >= deadline {
+                return Ok(());
+            }
         }
+    }
+
+    /// Registers the loop's wake-up descriptor, once.
+    fn watch(&mut self, fd: RawFd) -> Result<()> {
+        if self.wake == Some(fd) {
+            return Ok(());
+        }
+        let registry = self.poll.registry();
+        if let Some(old) = self.wake.take() {
+            let _ = registry.deregister(&mut SourceFd(&old));
+        }
+        registry.register(&mut SourceFd(&fd), WAKE, Interest::READABLE).map_err(|e| self.error(e))?;
+        self.wake = Some(fd);
+        Ok(())
     }
 
     /// The next request, if one is waiting. Each must be answered with [`Responder::send`]
     /// before the next is taken: a REP socket answers in order.
-    pub fn try_recv(&self) -> Result<Option<Incoming>> {
-        match self.socket.recv_multipart(zmq::DONTWAIT) {
-            Ok(mut parts) if parts.len() == 1 => Ok(parts.pop().map(Incoming::Message)),
-            Ok(parts) => Ok(Some(Incoming::Malformed(format!("a request must be one frame, got {}", parts.len())))),
-            Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => Ok(None),
-            Err(e) => Err(self.error(e)),
+    pub fn try_recv(&mut self) -> Result<Option<Incoming>> {
+        let Some((token, request)) = self.requests.pop_front() else { return Ok(None) };
+        if self.answering.is_some() {
+            tracing::warn!(endpoint = %self.endpoint, "a request was taken before the last one was answered");
         }
+        self.answering = Some((token, request.envelope));
+        Ok(Some(request.incoming))
     }
 
     /// Answers the request taken last. A requester that has gone away is not an error here: its
-    /// retry, on a fresh socket, will be answered then.
-    pub fn send(&self, reply: &[u8]) {
-        if let Err(e) = self.socket.send(reply, 0) {
-            tracing::warn!(endpoint = %self.endpoint, error = %e, "could not send a reply");
+    /// retry, on a fresh connection, will be answered then.
+    pub fn send(&mut self, reply: &[u8]) {
+        let Some((token, envelope)) = self.answering.take() else {
+            tracing::warn!(endpoint = %self.endpoint, "a reply with no request to answer was dropped");
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&token) else {
+            tracing::debug!(endpoint = %self.endpoint, "the requester left before its reply");
+            return;
+        };
+        for part in &envelope {
+            zmtp::push_frame(&mut peer.unsent, MORE, part);
+        }
+        zmtp::push_frame(&mut peer.unsent, MORE, &[]);
+        zmtp::push_frame(&mut peer.unsent, 0, reply);
+        if let Err(e) = peer.flush() {
+            self.disconnect(token, &format!("cannot send the reply: {e}"));
         }
     }
 
     /// Serves until `shutdown` is set: one request in, one reply out, in order.
-    pub fn serve(&self, shutdown: &AtomicBool, mut handler: impl FnMut(Incoming) -> Vec<u8>) -> Result<()> {
+    pub fn serve(&mut self, shutdown: &AtomicBool, mut handler: impl FnMut(Incoming) -> Vec<u8>) -> Result<()> {
         while !shutdown.load(Ordering::Relaxed) {
             // The timeout only bounds how late a shutdown is noticed.
             self.wait(None, Duration::from_millis(200))?;
             while let Some(incoming) = self.try_recv()? {
-                self.send(&handler(incoming));
+                let reply = handler(incoming);
+                self.send(&reply);
             }
         }
+        Ok(())
+    }
+
+    /// Takes every connection waiting on a listener, and greets each.
+    fn accept(&mut self, listener: Token) {
+        loop {
+            let accepted = match (listener, &self.unix) {
+                (TCP, _) => self.tcp.accept().map(|(stream, _)| {
+                    // As libzmq does: a reply goes out whole, now.
+                    let _ = stream.set_nodelay(true);
+                    Stream::Tcp(stream)
+                }),
+                (_, Some(unix)) => unix.listener.accept().map(|(stream, _)| Stream::Unix(stream)),
+                (_, None) => return,
+            };
+            match accepted {
+                Ok(stream) => self.greet(stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // Out of descriptors, say: the connection waits in the backlog for a later turn.
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot accept a connection");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn greet(&mut self, mut stream: Stream) {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let registered = match &mut stream {
+            Stream::Tcp(s) => self.poll.registry().register(s, token, Interest::READABLE | Interest::WRITABLE),
+            Stream::Unix(s) => self.poll.registry().register(s, token, Interest::READABLE | Interest::WRITABLE),
+        };
+        if let Err(e) = registered {
+            tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot watch a new connection");
+            return;
+        }
+        let mut unsent = zmtp::greeting().to_vec();
+        zmtp::push_ready(&mut unsent, "REP");
+        let peer =
+            Peer { stream, stage: Stage::Greeting, received: Vec::new(), unsent, sent: 0, frames: Vec::new(), size: 0 };
+        self.peers.insert(token, peer);
+        self.handshakes.push_back((Instant::now() + HANDSHAKE_TIME, token));
+        self.serve_peer(token, false, true);
+    }
+
+    /// Reads what a connection sent and queues its whole requests; sends what it is owed.
+    fn serve_peer(&mut self, token: Token, readable: bool, writable: bool) {
+        let Some(peer) = self.peers.get_mut(&token) else { return };
+        let outcome = (|| {
+            if writable {
+                peer.flush().map_err(|e| format!("cannot send: {e}"))?;
+            }
+            if !readable {
+                return Ok(true);
+            }
+            let open = peer.read_all().map_err(|e| format!("cannot read: {e}"))?;
+            peer.parse(self.max_message_size, token, &mut self.requests)?;
+            // A PING's PONG, an ERROR before closing: whatever parsing owes the peer goes now.
+            peer.flush().map_err(|e| format!("cannot send: {e}"))?;
+            Ok::<bool, String>(open)
+        })();
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => self.disconnect(token, "closed by the peer"),
+            Err(why) => self.disconnect(token, &why),
+        }
+    }
+
+    /// Forgets a connection and its requests that were not handed out yet: no reply could reach it.
+    fn disconnect(&mut self, token: Token, why: &str) {
+        let Some(mut peer) = self.peers.remove(&token) else { return };
+        tracing::debug!(endpoint = %self.endpoint, %why, "connection ended");
+        let _ = match &mut peer.stream {
+            Stream::Tcp(s) => self.poll.registry().deregister(s),
+            Stream::Unix(s) => self.poll.registry().deregister(s),
+        };
+        self.requests.retain(|(from, _)| *from != token);
+    }
+
+    /// Drops the connections whose handshake is overdue.
+    fn end_slow_handshakes(&mut self, now: Instant) {
+        while let Some(&(by, token)) = self.handshakes.front() {
+            if by > now {
+                return;
+            }
+            self.handshakes.pop_front();
+            if self.peers.get(&token).is_some_and(|peer| peer.stage != Stage::Open) {
+                self.disconnect(token, "no handshake within 30 s");
+            }
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        // Remove the socket file we made, but not one a newer process has put in its place.
+        if let Some(unix) = &self.unix {
+            if std::fs::metadata(&unix.path).is_ok_and(|m| (m.dev(), m.ino()) == unix.file) {
+                let _ = std::fs::remove_file(&unix.path);
+            }
+        }
+    }
+}
+
+/// Gives back what an empty buffer holds beyond what everyday messages need: a connection kept
+/// open (a compute node's) need not hold on to the room its largest message ever took.
+fn shrink(buffer: &mut Vec<u8>) {
+    const KEEP: usize = 64 * 1024;
+    if buffer.is_empty() && buffer.capacity() > KEEP {
+        buffer.shrink_to(KEEP);
+    }
+}
+
+impl Peer {
+    /// Writes what is owed until the socket takes no more.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.sent < self.unsent.len() {
+            let pending = &self.unsent[self.sent..];
+            let wrote = match &mut self.stream {
+                Stream::Tcp(s) => s.write(pending),
+                Stream::Unix(s) => s.write(pending),
+            };
+            match wrote {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.unsent.clear();
+        self.sent = 0;
+        shrink(&mut self.unsent);
+        Ok(())
+    }
+
+    /// Reads everything the socket holds; false once the peer has closed its end.
+    fn read_all(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let read = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut chunk),
+                Stream::Unix(s) => s.read(&mut chunk),
+            };
+            match read {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.received.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Parses what has arrived: the greeting, the READY, then messages; whole requests go to
+    /// `requests`. An error is a protocol violation; the connection is to be dropped.
+    fn parse(&mut self, max: u64, token: Token, requests: &mut VecDeque<(Token, Request)>) -> Result<(), String> {
+        // Taken out while the frames in it are handed to `self`'s methods, and put back after.
+        let mut received = std::mem::take(&mut self.received);
+        let mut at = 0;
+        let result = loop {
+            let rest = &received[at..];
+            if self.stage == Stage::Greeting {
+                if rest.len() < GREETING {
+                    break Ok(());
+                }
+                if let Err(why) = zmtp::check_greeting(&rest[..GREETING]) {
+                    break Err(why);
+                }
+                at += GREETING;
+                self.stage = Stage::Ready;
+                continue;
+            }
+            let frame = match zmtp::parse_frame(rest, max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(()),
+                Err(why) => break Err(why),
+            };
+            at += frame.body.end;
+            let body = &rest[frame.body.clone()];
+            let step = if self.stage == Stage::Ready {
+                self.take_ready(&frame, body)
+            } else if frame.is_command() {
+                self.take_command(body)
+            } else {
+                self.take_part(&frame, body, max, token, requests)
+            };
+            if let Err(why) = step {
+                break Err(why);
+            }
+        };
+        received.drain(..at);
+        shrink(&mut received);
+        self.received = received;
+        if let Err(why) = &result {
+            // Tell a ZMTP peer why, as libzmq does; it may not be listening any more.
+            if self.stage != Stage::Greeting {
+                zmtp::push_error(&mut self.unsent, why);
+                let _ = self.flush();
+            }
+        }
+        result
+    }
+
+    fn take_ready(&mut self, frame: &zmtp::Frame, body: &[u8]) -> Result<(), String> {
+        if !frame.is_command() {
+            return Err("a message came before the READY command".into());
+        }
+        match zmtp::ready_socket_type(body)? {
+            Some(b"REQ" | b"DEALER") => {
+                self.stage = Stage::Open;
+                Ok(())
+            }
+            Some(other) => Err(format!("a {} socket cannot talk to REP", String::from_utf8_lossy(other))),
+            None => Err("the READY command names no socket type".into()),
+        }
+    }
+
+    fn take_command(&mut self, body: &[u8]) -> Result<(), String> {
+        match zmtp::command(body)? {
+            // ZMTP 3.1's heartbeat: a 2-byte time to live, then up to 16 bytes of context to echo.
+            (b"PING", data) => {
+                let context = data.get(2..).unwrap_or_default();
+                zmtp::push_command(&mut self.unsent, "PONG", &context[..context.len().min(16)]);
+                Ok(())
+            }
+            (b"ERROR", rest) => Err(zmtp::refusal(rest)),
+            _ => Ok(()),
+        }
+    }
+
+    /// One frame of a message; a whole message becomes a request.
+    fn take_part(
+        &mut self,
+        frame: &zmtp::Frame,
+        body: &[u8],
+        max: u64,
+        token: Token,
+        requests: &mut VecDeque<(Token, Request)>,
+    ) -> Result<(), String> {
+        self.size += body.len() as u64;
+        if self.size > max {
+            return Err(format!("a message is over the limit of {max} bytes"));
+        }
+        self.frames.push(body.to_vec());
+        if frame.more() {
+            return Ok(());
+        }
+        self.size = 0;
+        let mut frames = std::mem::take(&mut self.frames);
+        // As a REP socket does: the frames up to the first empty one are the envelope, the rest
+        // the request. A message with no delimiter is not a request; libzmq drops it too.
+        let Some(delimiter) = frames.iter().position(Vec::is_empty) else {
+            tracing::debug!("dropped a message without the empty frame that opens a request");
+            return Ok(());
+        };
+        let mut body = frames.split_off(delimiter + 1);
+        let incoming = match body.len() {
+            1 => Incoming::Message(body.pop().unwrap_or_default()),
+            n => Incoming::Malformed(format!("a request must be one frame, got {n}")),
+        };
+        frames.pop(); // the delimiter, which `send` puts back
+        requests.push_back((token, Request { envelope: frames, incoming }));
         Ok(())
     }
 }
@@ -128,11 +586,143 @@ mod tests {
     use crate::test_support::echo;
     use crate::{Requester, RetryPolicy};
     use cm_common::protocol::Credential;
+    use std::net::TcpStream as RawStream;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::new(Duration::from_secs(5), 0)
+    }
+
+    /// A hand-driven peer on a plain socket: greets as `socket_type` and reads the REP's greeting
+    /// and READY.
+    fn raw_peer(endpoint: &str, socket_type: &str) -> (RawStream, Vec<u8>) {
+        let mut stream = RawStream::connect(endpoint.trim_start_matches("tcp://")).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut hello = zmtp::greeting().to_vec();
+        zmtp::push_ready(&mut hello, socket_type);
+        stream.write_all(&hello).expect("greet");
+        let mut received = Vec::new();
+        let (_, ready) = next_frame(&mut stream, &mut received, GREETING);
+        assert_eq!(zmtp::ready_socket_type(&ready).expect("READY"), Some(&b"REP"[..]));
+        (stream, received)
+    }
+
+    /// The next frame the peer receives (flags, body), after skipping `skip` bytes first.
+    fn next_frame(stream: &mut RawStream, received: &mut Vec<u8>, skip: usize) -> (u8, Vec<u8>) {
+        loop {
+            if received.len() >= skip {
+                if let Some(frame) = zmtp::parse_frame(&received[skip..], u64::MAX).expect("a frame") {
+                    let body = received[skip + frame.body.start..skip + frame.body.end].to_vec();
+                    received.drain(..skip + frame.body.end);
+                    return (frame.flags, body);
+                }
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "the REP hung up");
+            received.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn send_frames(stream: &mut RawStream, frames: &[&[u8]]) {
+        let mut bytes = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            zmtp::push_frame(&mut bytes, if i + 1 < frames.len() { MORE } else { 0 }, frame);
+        }
+        stream.write_all(&bytes).expect("send");
+    }
+
+    #[test]
+    fn many_clients_at_once_each_get_their_own_replies() {
+        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
+        let clients: Vec<_> = (0..16)
+            .map(|c| {
+                let endpoint = endpoint.clone();
+                std::thread::spawn(move || {
+                    let mut client = Requester::new(&endpoint, policy(), "t", Credential { uid: 0 }).expect("endpoint");
+                    for i in 0..50 {
+                        let request = format!("{c}/{i}");
+                        let reply = client.request_bytes(request.as_bytes()).expect("reply");
+                        assert_eq!(reply, format!("echo:{request}").as_bytes());
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("a client got another's reply or none");
+        }
+        stop();
+    }
+
+    #[test]
+    fn a_peer_that_stalls_or_breaks_the_protocol_holds_up_no_one_else() {
+        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
+        // Connected and silent; greeted and then sending part of a frame; sending junk; asking
+        // for a reply it never reads, larger than any socket buffer.
+        let _silent = RawStream::connect(endpoint.trim_start_matches("tcp://")).expect("connect");
+        let (mut cut, _) = raw_peer(&endpoint, "REQ");
+        cut.write_all(&[0x02, 0, 0, 0]).expect("half a long frame header");
+        let (mut junk, mut received) = raw_peer(&endpoint, "REQ");
+        junk.write_all(&[0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).expect("a frame of 2^64 - 1 bytes");
+        let (flags, error) = next_frame(&mut junk, &mut received, 0);
+        assert!(flags & zmtp::COMMAND != 0, "an ERROR command before hanging up");
+        assert!(String::from_utf8_lossy(&error).contains("over the limit"), "{error:?}");
+        let (mut greedy, _) = raw_peer(&endpoint, "REQ");
+        send_frames(&mut greedy, &[b"", &vec![1u8; (1 << 20) - 64]]);
+        let mut client = Requester::new(&endpoint, policy(), "t", Credential { uid: 0 }).expect("endpoint");
+        for i in 0..20 {
+            let request = format!("still here {i}");
+            assert_eq!(client.request_bytes(request.as_bytes()).expect("reply"), format!("echo:{request}").as_bytes());
+        }
+        // The greedy peer's reply was kept for it, whole.
+        let mut received = Vec::new();
+        assert_eq!(next_frame(&mut greedy, &mut received, 0), (MORE, vec![]));
+        let (flags, body) = next_frame(&mut greedy, &mut received, 0);
+        assert_eq!((flags & MORE, body.len()), (0, 5 + (1 << 20) - 64));
+        stop();
+    }
+
+    #[test]
+    fn a_request_of_several_frames_is_refused_and_a_dealer_envelope_comes_back() {
+        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
+        // A REQ peer's message of two body frames: handed over as malformed, for an error reply.
+        let (mut req, mut received) = raw_peer(&endpoint, "REQ");
+        send_frames(&mut req, &[b"", b"a", b"b"]);
+        assert_eq!(next_frame(&mut req, &mut received, 0), (MORE, vec![]));
+        assert_eq!(next_frame(&mut req, &mut received, 0), (0, b"a request must be one frame, got 2".to_vec()));
+        // A DEALER peer routing through a proxy: the frames before the delimiter come back as sent.
+        let (mut dealer, mut received) = raw_peer(&endpoint, "DEALER");
+        send_frames(&mut dealer, &[b"hop", b"", b"x"]);
+        assert_eq!(next_frame(&mut dealer, &mut received, 0), (MORE, b"hop".to_vec()));
+        assert_eq!(next_frame(&mut dealer, &mut received, 0), (MORE, vec![]));
+        assert_eq!(next_frame(&mut dealer, &mut received, 0), (0, b"echo:x".to_vec()));
+        // A heartbeat (ZMTP 3.1's PING) is answered with its context.
+        let mut ping = Vec::new();
+        zmtp::push_command(&mut ping, "PING", b"\x00\x0actx");
+        dealer.write_all(&ping).expect("ping");
+        let (flags, pong) = next_frame(&mut dealer, &mut received, 0);
+        assert!(flags & zmtp::COMMAND != 0);
+        assert_eq!(zmtp::command(&pong).expect("a command"), (&b"PONG"[..], &b"ctx"[..]));
+        // A socket type that cannot talk to REP is refused with a reason.
+        let (mut publisher, mut received) =
+            (RawStream::connect(endpoint.trim_start_matches("tcp://")).expect("connect"), Vec::new());
+        let mut hello = zmtp::greeting().to_vec();
+        zmtp::push_ready(&mut hello, "PUB");
+        publisher.write_all(&hello).expect("greet");
+        let _ready = next_frame(&mut publisher, &mut received, GREETING);
+        let (_, error) = next_frame(&mut publisher, &mut received, 0);
+        assert!(String::from_utf8_lossy(&error).contains("PUB socket cannot talk to REP"), "{error:?}");
+        stop();
+    }
 
     #[test]
     fn requests_are_answered_and_the_server_stops_on_shutdown() {
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let endpoint = server.endpoint().to_string();
         let stop = echo(server);
         let mut client =
@@ -147,8 +737,7 @@ mod tests {
     fn a_unix_socket_serves_alongside_tcp_and_every_local_user_may_connect() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("run/cm/head.sock");
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let mut server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let unix = server.listen_on_unix_socket(&path).expect("unix socket");
         assert_eq!(unix, format!("ipc://{}", path.display()));
         let mode = std::fs::metadata(&path).expect("socket file").permissions().mode();
@@ -168,8 +757,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("a-file");
         std::fs::write(&file, "").expect("file");
-        let ctx = zmq::Context::new();
-        let server = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let mut server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let err = server.listen_on_unix_socket(&file.join("head.sock")).expect_err("a file is no directory");
         assert!(err.to_string().contains("a-file/head.sock"), "{err}");
         // Nor is a file that is not a socket replaced.
@@ -182,10 +770,9 @@ mod tests {
     fn a_unix_socket_in_use_is_not_taken_over_and_a_stale_one_is_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("head.sock");
-        let ctx = zmq::Context::new();
-        let first = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let mut first = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let unix = first.listen_on_unix_socket(&path).expect("unix socket");
-        let second = Responder::bind(&ctx, "127.0.0.1:0", 1 << 20).expect("bind");
+        let mut second = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let err = second.listen_on_unix_socket(&path).expect_err("the first still listens");
         assert!(err.to_string().contains("another process is listening"), "{err}");
         // The first still has its clients.

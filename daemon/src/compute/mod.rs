@@ -67,8 +67,7 @@ struct Compute {
 /// Runs the compute daemon until `shutdown` is set. `bound` receives the endpoint listened on.
 pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&str)) -> anyhow::Result<()> {
     let capacity = config.resources;
-    let ctx = zmq::Context::new();
-    let responder = Responder::bind(&ctx, &config.listen, config.max_message_size)
+    let responder = Responder::bind(&config.listen, config.max_message_size)
         .with_context(|| format!("the compute daemon cannot listen on {}", config.listen))?;
     let endpoint = responder.endpoint().to_string();
     let address = advertised(&endpoint, config.advertise.as_deref());

@@ -80,8 +80,7 @@ fn open_store(config: &HeadConfig, shutdown: &AtomicBool) -> anyhow::Result<Opti
 pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&str)) -> anyhow::Result<()> {
     let Some(store) = open_store(&config, &shutdown)? else { return Ok(()) };
 
-    let ctx = zmq::Context::new();
-    let responder = Responder::bind(&ctx, &config.listen, config.max_message_size)
+    let mut responder = Responder::bind(&config.listen, config.max_message_size)
         .with_context(|| format!("the head cannot listen on {}", config.listen))?;
     let endpoint = responder.endpoint().to_string();
     tracing::info!(%endpoint, node = %config.node_id, "head listening");
