@@ -40,6 +40,10 @@ const FIRST_PEER: usize = 3;
 /// How long a peer may take to send its greeting and READY (libzmq's `ZMQ_HANDSHAKE_IVL`).
 const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
 
+/// How many of one peer's requests may wait to be handed out (libzmq's receive high-water mark).
+/// A REQ peer sends one at a time; a peer with more is flooding, and is disconnected.
+const MAX_WAITING: usize = 1000;
+
 /// A REP server socket, owned by the loop that answers it.
 pub struct Responder {
     poll: Poll,
@@ -106,6 +110,8 @@ struct Peer {
     /// The frames of the message coming in, and their size together.
     frames: Vec<Vec<u8>>,
     size: u64,
+    /// Its requests read and not handed out yet.
+    waiting: usize,
 }
 
 impl Responder {
@@ -272,6 +278,9 @@ impl Responder {
     /// before the next is taken: a REP socket answers in order.
     pub fn try_recv(&mut self) -> Result<Option<Incoming>> {
         let Some((token, request)) = self.requests.pop_front() else { return Ok(None) };
+        if let Some(peer) = self.peers.get_mut(&token) {
+            peer.waiting -= 1;
+        }
         if self.answering.is_some() {
             tracing::warn!(endpoint = %self.endpoint, "a request was taken before the last one was answered");
         }
@@ -351,8 +360,16 @@ impl Responder {
         }
         let mut unsent = zmtp::greeting().to_vec();
         zmtp::push_ready(&mut unsent, "REP");
-        let peer =
-            Peer { stream, stage: Stage::Greeting, received: Vec::new(), unsent, sent: 0, frames: Vec::new(), size: 0 };
+        let peer = Peer {
+            stream,
+            stage: Stage::Greeting,
+            received: Vec::new(),
+            unsent,
+            sent: 0,
+            frames: Vec::new(),
+            size: 0,
+            waiting: 0,
+        };
         self.peers.insert(token, peer);
         self.handshakes.push_back((Instant::now() + HANDSHAKE_TIME, token));
         self.serve_peer(token, false, true);
@@ -575,6 +592,10 @@ impl Peer {
             n => Incoming::Malformed(format!("a request must be one frame, got {n}")),
         };
         frames.pop(); // the delimiter, which `send` puts back
+        if self.waiting >= MAX_WAITING {
+            return Err(format!("over {MAX_WAITING} requests sent without waiting for replies"));
+        }
+        self.waiting += 1;
         requests.push_back((token, Request { envelope: frames, incoming }));
         Ok(())
     }
@@ -657,7 +678,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_stalls_or_breaks_the_protocol_holds_up_no_one_else() {
-        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let server = Responder::bind("127.0.0.1:0", 32 << 20).expect("bind");
         let endpoint = server.endpoint().to_string();
         let stop = echo(server);
         // Connected and silent; greeted and then sending part of a frame; sending junk; asking
@@ -671,7 +692,7 @@ mod tests {
         assert!(flags & zmtp::COMMAND != 0, "an ERROR command before hanging up");
         assert!(String::from_utf8_lossy(&error).contains("over the limit"), "{error:?}");
         let (mut greedy, _) = raw_peer(&endpoint, "REQ");
-        send_frames(&mut greedy, &[b"", &vec![1u8; (1 << 20) - 64]]);
+        send_frames(&mut greedy, &[b"", &vec![1u8; 24 << 20]]);
         let mut client = Requester::new(&endpoint, policy(), "t", Credential { uid: 0 }).expect("endpoint");
         for i in 0..20 {
             let request = format!("still here {i}");
@@ -681,7 +702,7 @@ mod tests {
         let mut received = Vec::new();
         assert_eq!(next_frame(&mut greedy, &mut received, 0), (MORE, vec![]));
         let (flags, body) = next_frame(&mut greedy, &mut received, 0);
-        assert_eq!((flags & MORE, body.len()), (0, 5 + (1 << 20) - 64));
+        assert_eq!((flags & MORE, body.len()), (0, 5 + (24 << 20)));
         stop();
     }
 
