@@ -609,6 +609,12 @@ mod tests {
     use cm_common::protocol::Credential;
     use std::net::TcpStream as RawStream;
 
+    /// An echo server on a free TCP port: its endpoint, and the function that stops it.
+    fn echo_server(max_message_size: u64) -> (String, impl FnOnce()) {
+        let server = Responder::bind("127.0.0.1:0", max_message_size).expect("bind");
+        (server.endpoint().to_string(), echo(server))
+    }
+
     fn policy() -> RetryPolicy {
         RetryPolicy::new(Duration::from_secs(5), 0)
     }
@@ -654,9 +660,7 @@ mod tests {
 
     #[test]
     fn many_clients_at_once_each_get_their_own_replies() {
-        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
-        let endpoint = server.endpoint().to_string();
-        let stop = echo(server);
+        let (endpoint, stop) = echo_server(1 << 20);
         let clients: Vec<_> = (0..16)
             .map(|c| {
                 let endpoint = endpoint.clone();
@@ -678,9 +682,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_stalls_or_breaks_the_protocol_holds_up_no_one_else() {
-        let server = Responder::bind("127.0.0.1:0", 32 << 20).expect("bind");
-        let endpoint = server.endpoint().to_string();
-        let stop = echo(server);
+        let (endpoint, stop) = echo_server(32 << 20);
         // Connected and silent; greeted and then sending part of a frame; sending junk; asking
         // for a reply it never reads, larger than any socket buffer.
         let _silent = RawStream::connect(endpoint.trim_start_matches("tcp://")).expect("connect");
@@ -708,9 +710,7 @@ mod tests {
 
     #[test]
     fn a_request_of_several_frames_is_refused_and_a_dealer_envelope_comes_back() {
-        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
-        let endpoint = server.endpoint().to_string();
-        let stop = echo(server);
+        let (endpoint, stop) = echo_server(1 << 20);
         // A REQ peer's message of two body frames: handed over as malformed, for an error reply.
         let (mut req, mut received) = raw_peer(&endpoint, "REQ");
         send_frames(&mut req, &[b"", b"a", b"b"]);
@@ -743,9 +743,7 @@ mod tests {
 
     #[test]
     fn requests_are_answered_and_the_server_stops_on_shutdown() {
-        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
-        let endpoint = server.endpoint().to_string();
-        let stop = echo(server);
+        let (endpoint, stop) = echo_server(1 << 20);
         let mut client =
             Requester::new(&endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credential { uid: 0 })
                 .expect("endpoint");
