@@ -40,8 +40,14 @@ const FIRST_PEER: usize = 3;
 /// How long a peer may take to send its greeting and READY (libzmq's `ZMQ_HANDSHAKE_IVL`).
 const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
 
-/// How many of one peer's requests may wait to be handed out (libzmq's receive high-water mark).
-/// A REQ peer sends one at a time; a peer with more is flooding, and is disconnected.
+/// How much is read from one connection before the others get their turn: a peer that sends
+/// without pause can neither starve the rest nor make the daemon buffer more than this (and the
+/// frame it is in the middle of).
+const READ_BUDGET: usize = 256 * 1024;
+
+/// How many of one peer's requests may wait to be handed out, and how many of its replies may
+/// wait for it to read them (libzmq's high-water marks). A REQ peer has one request out at a time;
+/// a peer over either is flooding, and is disconnected, so that it cannot fill the daemon's memory.
 const MAX_WAITING: usize = 1000;
 
 /// A REP server socket, owned by the loop that answers it.
@@ -62,6 +68,8 @@ pub struct Responder {
     answering: Option<(Token, Vec<Vec<u8>>)>,
     /// When each connection's handshake must be done by, oldest first.
     handshakes: VecDeque<(Instant, Token)>,
+    /// Connections that had more to read when their turn's budget ran out.
+    unread: VecDeque<Token>,
     /// Scratch space for the poll's events, kept to spare an allocation per wait.
     ready: Vec<(Token, bool, bool)>,
 }
@@ -112,6 +120,10 @@ struct Peer {
     size: u64,
     /// Its requests read and not handed out yet.
     waiting: usize,
+    /// Its replies not yet taken whole by its socket.
+    replies_unsent: usize,
+    /// It is in `unread`: its socket has more than its last turn read.
+    unread: bool,
 }
 
 impl Responder {
@@ -159,6 +171,7 @@ impl Responder {
             requests: VecDeque::new(),
             answering: None,
             handshakes: VecDeque::new(),
+            unread: VecDeque::new(),
             ready: Vec::new(),
         })
     }
@@ -233,6 +246,9 @@ impl Responder {
             if let Some(&(by, _)) = self.handshakes.front() {
                 wait = wait.min(by.saturating_duration_since(now));
             }
+            if !self.unread.is_empty() {
+                wait = Duration::ZERO; // there is reading to do already
+            }
             match self.poll.poll(&mut self.events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
@@ -254,6 +270,15 @@ impl Responder {
                 }
             }
             self.ready = ready;
+            // Then a turn for each connection left with more to read, in order.
+            for _ in 0..self.unread.len() {
+                if let Some(token) = self.unread.pop_front() {
+                    if let Some(peer) = self.peers.get_mut(&token) {
+                        peer.unread = false;
+                        self.serve_peer(token, true, false);
+                    }
+                }
+            }
             if woken || !self.requests.is_empty() || Instant::now() >= deadline {
                 return Ok(());
             }
@@ -304,7 +329,10 @@ impl Responder {
         }
         zmtp::push_frame(&mut peer.unsent, MORE, &[]);
         zmtp::push_frame(&mut peer.unsent, 0, reply);
-        if let Err(e) = peer.flush() {
+        peer.replies_unsent += 1;
+        if peer.replies_unsent > MAX_WAITING {
+            self.disconnect(token, &format!("over {MAX_WAITING} replies it does not read"));
+        } else if let Err(e) = peer.flush() {
             self.disconnect(token, &format!("cannot send the reply: {e}"));
         }
     }
@@ -369,6 +397,8 @@ impl Responder {
             frames: Vec::new(),
             size: 0,
             waiting: 0,
+            replies_unsent: 0,
+            unread: false,
         };
         self.peers.insert(token, peer);
         self.handshakes.push_back((Instant::now() + HANDSHAKE_TIME, token));
@@ -385,8 +415,12 @@ impl Responder {
             if !readable {
                 return Ok(true);
             }
-            let open = peer.read_all().map_err(|e| format!("cannot read: {e}"))?;
+            let (open, drained) = peer.read_some().map_err(|e| format!("cannot read: {e}"))?;
             peer.parse(self.max_message_size, token, &mut self.requests)?;
+            if open && !drained && !peer.unread {
+                peer.unread = true;
+                self.unread.push_back(token);
+            }
             // A PING's PONG, an ERROR before closing: whatever parsing owes the peer goes now.
             peer.flush().map_err(|e| format!("cannot send: {e}"))?;
             Ok::<bool, String>(open)
@@ -462,26 +496,34 @@ impl Peer {
         }
         self.unsent.clear();
         self.sent = 0;
+        self.replies_unsent = 0;
         shrink(&mut self.unsent);
         Ok(())
     }
 
-    /// Reads everything the socket holds; false once the peer has closed its end.
-    fn read_all(&mut self) -> io::Result<bool> {
+    /// Reads what the socket holds, up to [`READ_BUDGET`]: whether the peer's end is still open,
+    /// and whether the socket was drained (if not, the caller must come back: epoll reports a
+    /// socket only when more arrives).
+    fn read_some(&mut self) -> io::Result<(bool, bool)> {
         let mut chunk = [0u8; 16 * 1024];
-        loop {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
             let read = match &mut self.stream {
                 Stream::Tcp(s) => s.read(&mut chunk),
                 Stream::Unix(s) => s.read(&mut chunk),
             };
             match read {
-                Ok(0) => return Ok(false),
-                Ok(n) => self.received.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Ok(0) => return Ok((false, true)),
+                Ok(n) => {
+                    self.received.extend_from_slice(&chunk[..n]);
+                    budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok((true, true)),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok((true, false))
     }
 
     /// Parses what has arrived: the greeting, the READY, then messages; whole requests go to
@@ -705,6 +747,44 @@ mod tests {
         assert_eq!(next_frame(&mut greedy, &mut received, 0), (MORE, vec![]));
         let (flags, body) = next_frame(&mut greedy, &mut received, 0);
         assert_eq!((flags & MORE, body.len()), (0, 5 + (24 << 20)));
+        stop();
+    }
+
+    #[test]
+    fn a_peer_that_sends_requests_without_reading_replies_is_cut_off() {
+        let (endpoint, stop) = echo_server(1 << 20);
+        // A DEALER may send without waiting; this one never reads. Once the daemon holds a
+        // thousand requests or replies for it, beyond what the sockets' buffers take, it hangs up
+        // instead of growing (here after 1,700-1,900 of these; reading all a peer sent before
+        // parsing any, it took 42,000), and no one else waits meanwhile.
+        let (mut flooder, _) = raw_peer(&endpoint, "DEALER");
+        let flood = std::thread::spawn(move || {
+            let request = vec![7u8; 10_000];
+            let mut message = Vec::new();
+            for _ in 0..100 {
+                zmtp::push_frame(&mut message, MORE, &[]);
+                zmtp::push_frame(&mut message, 0, &request);
+            }
+            flooder.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let mut sent = 0;
+            loop {
+                if let Err(e) = flooder.write_all(&message) {
+                    return (sent, e);
+                }
+                sent += 100;
+                assert!(sent < 20_000, "a peer that reads nothing was taken {sent} requests");
+            }
+        });
+        let mut client = Requester::new(&endpoint, policy(), "t", Credential { uid: 0 }).expect("endpoint");
+        while !flood.is_finished() {
+            assert_eq!(client.request_bytes(b"meanwhile").expect("reply"), b"echo:meanwhile");
+        }
+        let (sent, cut_off) = flood.join().expect("flooder");
+        assert!(
+            matches!(cut_off.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+            "after {sent} requests: {cut_off}"
+        );
+        assert_eq!(client.request_bytes(b"next").expect("reply"), b"echo:next");
         stop();
     }
 
