@@ -24,7 +24,7 @@
 //! connecting included, keeps the policy's deadline; a peer that is not listening yet is tried
 //! again every 100 ms until then, as libzmq reconnects.
 
-use crate::zmtp::{self, COMMAND, GREETING, LONG, MORE};
+use crate::zmtp::{self, COMMAND, GREETING, MORE};
 use crate::{tcp_endpoint, RetryPolicy};
 use cm_common::protocol::{self, Credential, Envelope, Reply};
 use cm_common::{Error, Result};
@@ -269,33 +269,42 @@ impl Connection {
         Ok(())
     }
 
-    /// The next `n` bytes from the peer, waiting for them until `deadline`.
-    fn take(&mut self, n: usize, deadline: Instant) -> io::Result<Vec<u8>> {
+    /// Reads what the peer sent next, waiting for it until `deadline`.
+    fn fill(&mut self, deadline: Instant) -> io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
-        while self.received.len() < n {
+        loop {
             match self.stream.read_until(&mut chunk, deadline) {
                 Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "the peer closed the connection")),
-                Ok(got) => self.received.extend_from_slice(&chunk[..got]),
+                Ok(got) => {
+                    self.received.extend_from_slice(&chunk[..got]);
+                    return Ok(());
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The next `n` bytes from the peer, waiting for them until `deadline`.
+    fn take(&mut self, n: usize, deadline: Instant) -> io::Result<Vec<u8>> {
+        while self.received.len() < n {
+            self.fill(deadline)?;
         }
         Ok(self.received.drain(..n).collect())
     }
 
     /// One frame: its flags and its body.
     fn frame(&mut self, deadline: Instant) -> std::result::Result<(u8, Vec<u8>), Failure> {
-        let flags = self.take(1, deadline)?[0];
-        let size = if flags & LONG != 0 {
-            let bytes = self.take(8, deadline)?;
-            u64::from_be_bytes(bytes.try_into().unwrap_or_default())
-        } else {
-            u64::from(self.take(1, deadline)?[0])
-        };
-        if size > MAX_REPLY {
-            return Err(Failure::Fatal(format!("the peer sent a frame of {size} bytes, more than a reply may hold")));
+        loop {
+            let parsed = zmtp::parse_frame(&self.received, MAX_REPLY)
+                .map_err(|e| Failure::Fatal(format!("the peer's reply is too large: {e}")))?;
+            if let Some(frame) = parsed {
+                let body = self.received[frame.body.clone()].to_vec();
+                self.received.drain(..frame.body.end);
+                return Ok((frame.flags, body));
+            }
+            self.fill(deadline)?;
         }
-        Ok((flags, self.take(size as usize, deadline)?))
     }
 
     fn read_handshake(&mut self, deadline: Instant) -> std::result::Result<(), Failure> {
