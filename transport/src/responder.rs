@@ -99,6 +99,20 @@ enum Stream {
     Unix(UnixStream),
 }
 
+/// What both kinds of stream are to the poll and to the reads and writes.
+trait Connection: mio::event::Source + Read + Write {}
+impl Connection for TcpStream {}
+impl Connection for UnixStream {}
+
+impl Stream {
+    fn io(&mut self) -> &mut dyn Connection {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
+        }
+    }
+}
+
 /// Where a connection's handshake stands.
 #[derive(PartialEq)]
 enum Stage {
@@ -378,10 +392,7 @@ impl Responder {
     fn greet(&mut self, mut stream: Stream) {
         let token = Token(self.next_token);
         self.next_token += 1;
-        let registered = match &mut stream {
-            Stream::Tcp(s) => self.poll.registry().register(s, token, Interest::READABLE | Interest::WRITABLE),
-            Stream::Unix(s) => self.poll.registry().register(s, token, Interest::READABLE | Interest::WRITABLE),
-        };
+        let registered = self.poll.registry().register(stream.io(), token, Interest::READABLE | Interest::WRITABLE);
         if let Err(e) = registered {
             tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot watch a new connection");
             return;
@@ -436,10 +447,7 @@ impl Responder {
     fn disconnect(&mut self, token: Token, why: &str) {
         let Some(mut peer) = self.peers.remove(&token) else { return };
         tracing::debug!(endpoint = %self.endpoint, %why, "connection ended");
-        let _ = match &mut peer.stream {
-            Stream::Tcp(s) => self.poll.registry().deregister(s),
-            Stream::Unix(s) => self.poll.registry().deregister(s),
-        };
+        let _ = self.poll.registry().deregister(peer.stream.io());
         self.requests.retain(|(from, _)| *from != token);
     }
 
@@ -482,11 +490,7 @@ impl Peer {
     fn flush(&mut self) -> io::Result<()> {
         while self.sent < self.unsent.len() {
             let pending = &self.unsent[self.sent..];
-            let wrote = match &mut self.stream {
-                Stream::Tcp(s) => s.write(pending),
-                Stream::Unix(s) => s.write(pending),
-            };
-            match wrote {
+            match self.stream.io().write(pending) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -508,11 +512,7 @@ impl Peer {
         let mut chunk = [0u8; 16 * 1024];
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            let read = match &mut self.stream {
-                Stream::Tcp(s) => s.read(&mut chunk),
-                Stream::Unix(s) => s.read(&mut chunk),
-            };
-            match read {
+            match self.stream.io().read(&mut chunk) {
                 Ok(0) => return Ok((false, true)),
                 Ok(n) => {
                     self.received.extend_from_slice(&chunk[..n]);
