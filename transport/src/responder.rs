@@ -40,6 +40,11 @@ const FIRST_PEER: usize = 3;
 /// How long a peer may take to send its greeting and READY (libzmq's `ZMQ_HANDSHAKE_IVL`).
 const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
 
+/// How soon a listener is tried again after an accept failed for want of descriptors (or memory):
+/// its epoll event came and went, so without a retry the connections left in its backlog would
+/// wait for the next one to arrive.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// How much is read from one connection before the others get their turn: a peer that sends
 /// without pause can neither starve the rest nor make the daemon buffer more than this (and the
 /// frame it is in the middle of).
@@ -66,8 +71,14 @@ pub struct Responder {
     requests: VecDeque<(Token, Request)>,
     /// The sender of the request handed out last and the envelope its reply goes in.
     answering: Option<(Token, Vec<Vec<u8>>)>,
-    /// When each connection's handshake must be done by, oldest first.
+    /// When each connection's handshake must be done by, oldest first. Entries of connections
+    /// that finished their handshake or closed leave from the front as it reaches them.
     handshakes: VecDeque<(Instant, Token)>,
+    /// Listeners whose last accept failed with connections maybe left waiting, and when to try
+    /// them again.
+    accept_retry: Option<(Instant, Vec<Token>)>,
+    /// The last accept failed (and was logged): the retries are not logged again until one works.
+    accept_failing: bool,
     /// Connections that had more to read when their turn's budget ran out.
     unread: VecDeque<Token>,
     /// Scratch space for the poll's events, kept to spare an allocation per wait.
@@ -185,6 +196,8 @@ impl Responder {
             requests: VecDeque::new(),
             answering: None,
             handshakes: VecDeque::new(),
+            accept_retry: None,
+            accept_failing: false,
             unread: VecDeque::new(),
             ready: Vec::new(),
         })
@@ -260,6 +273,9 @@ impl Responder {
             if let Some(&(by, _)) = self.handshakes.front() {
                 wait = wait.min(by.saturating_duration_since(now));
             }
+            if let Some((at, _)) = &self.accept_retry {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
             if !self.unread.is_empty() {
                 wait = Duration::ZERO; // there is reading to do already
             }
@@ -284,6 +300,11 @@ impl Responder {
                 }
             }
             self.ready = ready;
+            if self.accept_retry.as_ref().is_some_and(|(at, _)| *at <= Instant::now()) {
+                for listener in self.accept_retry.take().map(|(_, listeners)| listeners).unwrap_or_default() {
+                    self.accept(listener);
+                }
+            }
             // Then a turn for each connection left with more to read, in order.
             for _ in 0..self.unread.len() {
                 if let Some(token) = self.unread.pop_front() {
@@ -377,12 +398,25 @@ impl Responder {
                 (_, None) => return,
             };
             match accepted {
-                Ok(stream) => self.greet(stream),
+                Ok(stream) => {
+                    if std::mem::take(&mut self.accept_failing) {
+                        tracing::info!(endpoint = %self.endpoint, "accepting connections again");
+                    }
+                    self.greet(stream)
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
-                    // Out of descriptors, say: the connection waits in the backlog for a later turn.
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot accept a connection");
+                    // Out of descriptors, say: the connection waits in the backlog, and the
+                    // listener is tried again shortly (its epoll event will not come again).
+                    if !std::mem::replace(&mut self.accept_failing, true) {
+                        tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot accept a connection; trying again every 100 ms");
+                    }
+                    let (_, listeners) =
+                        self.accept_retry.get_or_insert_with(|| (Instant::now() + ACCEPT_RETRY, Vec::new()));
+                    if !listeners.contains(&listener) {
+                        listeners.push(listener);
+                    }
                     return;
                 }
             }
@@ -451,14 +485,18 @@ impl Responder {
         self.requests.retain(|(from, _)| *from != token);
     }
 
-    /// Drops the connections whose handshake is overdue.
+    /// Drops the connections whose handshake is overdue, and forgets the deadlines of those that
+    /// are done with it (open or gone) as far as the oldest one still greeting: connections
+    /// mostly finish in the order they came, so the queue stays about as long as the number of
+    /// connections greeting now, not the number made in the last 30 s.
     fn end_slow_handshakes(&mut self, now: Instant) {
         while let Some(&(by, token)) = self.handshakes.front() {
-            if by > now {
+            let greeting = self.peers.get(&token).is_some_and(|peer| peer.stage != Stage::Open);
+            if greeting && by > now {
                 return;
             }
             self.handshakes.pop_front();
-            if self.peers.get(&token).is_some_and(|peer| peer.stage != Stage::Open) {
+            if greeting {
                 self.disconnect(token, "no handshake within 30 s");
             }
         }
@@ -650,6 +688,7 @@ mod tests {
     use crate::{Requester, RetryPolicy};
     use cm_common::protocol::Credential;
     use std::net::TcpStream as RawStream;
+    use std::sync::Arc;
 
     /// An echo server on a free TCP port: its endpoint, and the function that stops it.
     fn echo_server(max_message_size: u64) -> (String, impl FnOnce()) {
@@ -698,6 +737,34 @@ mod tests {
             zmtp::push_frame(&mut bytes, if i + 1 < frames.len() { MORE } else { 0 }, frame);
         }
         stream.write_all(&bytes).expect("send");
+    }
+
+    /// A connection done with its handshake, or gone, does not keep its 30 s deadline queued: at
+    /// a thousand tool runs a second that queue held 30,000 entries.
+    #[test]
+    fn deadlines_of_finished_handshakes_are_forgotten() {
+        let mut server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    server.wait(None, Duration::from_millis(20)).expect("wait");
+                }
+                server
+            })
+        };
+        for _ in 0..50 {
+            drop(raw_peer(&endpoint, "REQ"));
+        }
+        let (open, _) = raw_peer(&endpoint, "REQ");
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        let server = serving.join().expect("server");
+        assert_eq!(server.peers.len(), 1, "the open connection is kept");
+        assert!(server.handshakes.is_empty(), "{} deadlines still queued", server.handshakes.len());
+        drop(open);
     }
 
     #[test]
