@@ -18,7 +18,8 @@ pub struct UserIdentity {
     /// Supplementary groups, applied to every replica.
     #[serde(default)]
     pub groups: Vec<u32>,
-    /// The user name, for display; the uid is what counts.
+    /// The user name, for display; the uid is what counts. The tool sends a hint (its `$USER`);
+    /// the head replaces it with the account name it has for the uid.
     pub name: String,
 }
 

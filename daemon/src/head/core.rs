@@ -13,6 +13,7 @@
 
 use super::comm::{DeliveryFailure, NodeComm};
 use super::tokens::RecentTokens;
+use super::user_names::UserNames;
 use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
 use cm_common::job::{Job, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
@@ -41,6 +42,8 @@ pub struct HeadCore {
     jobs: BTreeMap<JobId, Job>,
     /// Recent submission tokens, so a retried submit returns the same id.
     tokens: RecentTokens,
+    /// The names jobs show for their uids.
+    user_names: UserNames,
     /// The id of the last job submitted; the next gets the one after.
     last_job_id: JobId,
     /// Something changed that may let a pending job start.
@@ -137,6 +140,7 @@ impl HeadCore {
             nodes,
             jobs,
             tokens,
+            user_names: UserNames::default(),
             last_job_id,
             wants_schedule: true,
             unsynced: false,
@@ -276,7 +280,7 @@ impl HeadCore {
         if let Some(id) = self.tokens.get(&req.token) {
             return Ok(ClientResponse::JobAccepted(JobAccepted { id })); // a retry of a submit we already took
         }
-        let spec = req.spec;
+        let mut spec = req.spec;
         spec.validate().map_err(invalid)?;
         if credential.uid != 0 && credential.uid != spec.user.uid {
             return Err(ErrorReply::new(
@@ -284,6 +288,7 @@ impl HeadCore {
                 format!("uid {} cannot submit a job that runs as uid {}", credential.uid, spec.user.uid),
             ));
         }
+        spec.user.name = self.user_names.name(spec.user.uid, &spec.user.name);
         self.check_cluster_can_fit(&spec)?;
         let id = JobId(self.last_job_id.0 + 1);
         let job = Job::new(id, spec, now, req.token);
@@ -891,6 +896,23 @@ mod tests {
         let err = f.core.handle_client(ALICE, ClientRequest::AssignJobId(forged), Timestamp(1)).unwrap_err();
         assert_eq!(err.code, ErrorCode::PermissionDenied);
         assert_eq!(f.submit_ok(JobBuilder::new(0), "ok"), JobId(1), "refusals used no ids");
+    }
+
+    #[test]
+    fn a_job_shows_the_account_name_of_its_uid_not_the_name_the_tool_sent() {
+        let mut f = Fixture::new(&["a"]);
+        let mut spec = JobBuilder::new(0).uid(0).spec();
+        spec.user.name = "mallory".into();
+        let root = Credential { uid: 0 };
+        let id = match f.core.handle_client(
+            root,
+            ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }),
+            Timestamp(1),
+        ) {
+            Ok(ClientResponse::JobAccepted(accepted)) => accepted.id,
+            other => panic!("submit failed: {other:?}"),
+        };
+        assert_eq!(f.core.job(id).expect("job").spec.user.name, "root");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod comm;
 pub mod core;
 pub mod tokens;
+pub mod user_names;
 
 use crate::service::{error_bytes, reply_bytes, Inbox, Next};
 use crate::settings::HeadConfig;
