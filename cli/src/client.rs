@@ -1,10 +1,11 @@
 //! How the tools reach the head: one request, one reply, with the transport's deadlines, over
 //! [`Requester`], which costs a short-lived process no libzmq threads.
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use clap::Args;
 use cm_common::config::Config;
 use cm_common::protocol::{ClientRequest, ClientResponse, Credential, HeadRequest};
+use cm_common::Error;
 use cm_transport::{Requester, RetryPolicy};
 use std::path::PathBuf;
 
@@ -39,10 +40,17 @@ impl HeadClient {
 
     /// Sends one request; the head's error reply becomes an error whose text is the head's sentence.
     pub fn call(&mut self, request: ClientRequest) -> anyhow::Result<ClientResponse> {
-        let reply = self
-            .requester
-            .call::<HeadRequest, ClientResponse>(&HeadRequest::Client(request))
-            .with_context(|| format!("cannot reach the head at {}", self.requester.endpoint()))?;
+        let reply = match self.requester.call::<HeadRequest, ClientResponse>(&HeadRequest::Client(request)) {
+            Ok(reply) => reply,
+            // These name the endpoint themselves.
+            Err(e @ (Error::Unreachable { .. } | Error::Network { .. })) => {
+                return Err(anyhow::Error::from(e).context("cannot reach the head"))
+            }
+            Err(e) => {
+                let context = format!("cannot talk to the head at {}", self.requester.endpoint());
+                return Err(anyhow::Error::from(e).context(context));
+            }
+        };
         reply.map_err(|e| anyhow!(e.message))
     }
 }

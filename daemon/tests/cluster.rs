@@ -283,6 +283,7 @@ fn tools_say_in_one_line_when_the_head_is_unreachable(store: StoreKind) {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{tool}: {err}");
         assert!(err.contains("cannot reach the head"), "{tool}: {err}");
+        assert_eq!(err.matches("tcp://").count(), 1, "{tool} names the head's address once: {err}");
     }
 }
 
