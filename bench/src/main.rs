@@ -15,6 +15,7 @@
 //! the scenario ends: on ext4 a file created within a while of many deletions costs more, so
 //! removing one scenario's thousands of files would slow the next scenario's file creation.
 
+mod cpu;
 mod fake_nodes;
 mod stats;
 
@@ -27,6 +28,7 @@ use cm_common::protocol::*;
 use cm_common::JobId;
 use cm_testkit::{Cluster, StoreKind};
 use cm_transport::{Incoming, Requester, Responder, RetryPolicy};
+use cpu::{machine_ticks, process_ticks, ticks_per_second, ClusterTicks};
 use serde_json::{json, Value};
 use stats::Samples;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,10 +211,16 @@ fn print_serial(title: &str, run: &Value, held: &Value, floor: &Value) {
     let floor_rate = floor["per_second"].as_f64().unwrap_or(f64::NAN);
     let p = |v: &Value, q: &str| v["latency"][q].as_f64().unwrap_or(f64::NAN);
     let busy = |v: &Value| {
+        let ms = |key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+        let (machine, daemons, jobs) = (
+            ms("machine_cpu_ms_per_submission"),
+            ms("daemons_cpu_ms_per_submission"),
+            ms("jobs_cpu_ms_per_submission"),
+        );
         format!(
-            "the machine {:.0} % busy, {:.1} ms of CPU per submission",
-            v["machine_busy_percent"].as_f64().unwrap_or(f64::NAN),
-            v["machine_cpu_ms_per_submission"].as_f64().unwrap_or(f64::NAN)
+            "the machine {:.0} % busy, {machine:.1} ms of CPU per submission (the daemons {daemons:.2}, the jobs with their supervisors {jobs:.2}, the rest {:.2}: cmrun, this benchmark, the kernel's own work)",
+            ms("machine_busy_percent"),
+            machine - daemons - jobs
         )
     };
     println!(
@@ -245,7 +253,8 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) ->
     let mut h = head(cluster)?;
     let blocker = if held { Some(hold_the_queue(cluster, &mut h)?) } else { None };
     let mut samples = Samples::default();
-    let machine = machine_cpu_ticks()?;
+    let machine = machine_ticks()?;
+    let cluster_before = ClusterTicks::now(cluster)?;
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
@@ -258,10 +267,14 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) ->
         samples.push(t.elapsed());
     }
     let total = started.elapsed();
-    let (busy, all) = machine_cpu_ticks()?;
+    let (busy, all) = machine_ticks()?;
+    let spent = ClusterTicks::now(cluster)?.since(cluster_before);
     let busy_ticks = busy.saturating_sub(machine.0) as f64;
     let machine_busy_percent = 100.0 * busy_ticks / all.saturating_sub(machine.1).max(1) as f64;
-    let machine_cpu_ms = busy_ticks / ticks_per_second()? * 1000.0 / n as f64;
+    let ms_per_submission = |ticks: f64| -> anyhow::Result<f64> { Ok(ticks / ticks_per_second()? * 1000.0 / n as f64) };
+    let machine_cpu_ms = ms_per_submission(busy_ticks)?;
+    let daemons_cpu_ms = ms_per_submission(spent.daemons as f64)?;
+    let jobs_cpu_ms = ms_per_submission(spent.jobs as f64)?;
     if let Some(id) = blocker {
         call(&mut h, ClientRequest::KillJob(KillJob { id }))?;
     }
@@ -274,19 +287,9 @@ fn serial_cmrun(cluster: &Cluster, n: usize, options: JobOptions, held: bool) ->
         "latency": samples.summary(),
         "machine_busy_percent": machine_busy_percent,
         "machine_cpu_ms_per_submission": machine_cpu_ms,
+        "daemons_cpu_ms_per_submission": daemons_cpu_ms,
+        "jobs_cpu_ms_per_submission": jobs_cpu_ms,
     }))
-}
-
-/// The whole machine's busy and total CPU time so far, in clock ticks (`/proc/stat`): what every
-/// process used, the tools, the daemons, the jobs and this benchmark alike.
-fn machine_cpu_ticks() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|t| t.parse().unwrap_or(0)).collect();
-    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
-    let all: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    Ok((all - idle, all))
 }
 
 /// Submits a job that takes every CPU of scenario 1's compute nodes and waits until it runs.
@@ -440,18 +443,6 @@ fn cminfo_latency(pending: usize, nodes: usize, later: &mut Leftovers) -> anyhow
     Ok(json!({ "pending_jobs": pending, "compute_nodes": nodes + 1, "latency": samples.summary() }))
 }
 
-/// Clock ticks per second, the unit of `/proc`'s CPU times.
-fn ticks_per_second() -> anyhow::Result<f64> {
-    Ok(nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64)
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    Ok(fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?)
-}
-
 fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
@@ -476,9 +467,9 @@ fn head_at_scale(nodes: usize, seconds: u64, later: &mut Leftovers) -> anyhow::R
         std::thread::spawn(move || fake_nodes::heartbeat(&endpoint, nodes, interval, 4, stop))
     };
     std::thread::sleep(interval); // warm up: every node has beaten once
-    let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+    let (t0, c0) = (Instant::now(), process_ticks(pid)?);
     std::thread::sleep(Duration::from_secs(seconds));
-    let (elapsed, c1) = (t0.elapsed(), cpu_ticks(pid)?);
+    let (elapsed, c1) = (t0.elapsed(), process_ticks(pid)?);
     let rss = rss_mb(pid)?;
     stop.store(true, Ordering::Relaxed);
     let beats = generator.join().map_err(|_| anyhow!("load generator panicked"))?;
