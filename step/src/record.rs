@@ -72,6 +72,26 @@ pub fn read(path: &Path) -> anyhow::Result<Option<StepRecord>> {
     }
 }
 
+/// How the run ended, if the step file says (`None` also when there is no file): what a compute
+/// daemon reads for every job that ends on it. The job part is stepped over, not decoded; with
+/// its environment it is most of the file.
+pub fn read_end(path: &Path) -> anyhow::Result<Option<NodeEnd>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(end_of(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn end_of(bytes: &[u8]) -> Option<NodeEnd> {
+    let mut rest = bytes;
+    serde::de::IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut rest)).ok()?;
+    if rest.is_empty() {
+        return None;
+    }
+    rmp_serde::from_slice(rest).ok()
+}
+
 fn decode(bytes: &[u8]) -> StepRecord {
     let mut rest = bytes;
     let Ok(spec) = rmp_serde::from_read::<_, StepSpec>(&mut rest) else {
@@ -185,13 +205,18 @@ mod tests {
         assert_eq!(record, StepRecord { spec: Some(spec()), end: None });
         locked.append_end(&end).expect("append");
         drop(locked);
-        assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: Some(spec()), end: Some(end) }));
+        assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: Some(spec()), end: Some(end.clone()) }));
+        assert_eq!(read_end(&p).expect("read"), Some(end));
 
         // A crash in the middle of either write leaves bytes that do not decode.
         let whole = std::fs::read(&p).expect("bytes");
         std::fs::write(&p, &whole[..whole.len() - 2]).expect("cut");
         assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: Some(spec()), end: None }));
+        assert_eq!(read_end(&p).expect("read"), None);
         std::fs::write(&p, &whole[..10]).expect("cut");
         assert_eq!(read(&p).expect("read"), Some(StepRecord { spec: None, end: None }));
+        assert_eq!(read_end(&p).expect("read"), None);
+        std::fs::remove_file(&p).expect("remove");
+        assert_eq!(read_end(&p).expect("read"), None);
     }
 }

@@ -163,9 +163,9 @@ impl Steps {
             cause: NodeEndCause::Lost { reason },
             replicas: vec![],
         };
-        match record::read(&self.path(run)) {
-            Ok(Some(record::StepRecord { end: Some(end), .. })) => end,
-            Ok(_) => lost(format!("the job's supervisor on {} died without an exit record", self.node)),
+        match record::read_end(&self.path(run)) {
+            Ok(Some(end)) => end,
+            Ok(None) => lost(format!("the job's supervisor on {} died without an exit record", self.node)),
             Err(e) => lost(e.to_string()),
         }
     }
