@@ -19,7 +19,7 @@ pub const KEEP: Duration = Duration::from_secs(600);
 /// The longest name the head takes from a tool for a uid it cannot look up.
 const MAX_HINT: usize = 64;
 
-/// Account names by uid, as recently looked up.
+/// Account names by uid, as recently looked up, each with when it goes stale.
 #[derive(Default)]
 pub struct UserNames {
     known: HashMap<u32, (Instant, Option<String>)>,
@@ -30,10 +30,10 @@ impl UserNames {
     /// said) when it is a plausible name; else the uid itself.
     pub fn name(&mut self, uid: u32, hint: &str) -> String {
         let now = Instant::now();
-        let fresh = self.known.get(&uid).is_some_and(|(at, _)| now.duration_since(*at) < KEEP);
+        let fresh = self.known.get(&uid).is_some_and(|(stale_at, _)| now < *stale_at);
         if !fresh {
             let account = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
-            self.known.insert(uid, (now, account));
+            self.known.insert(uid, (now + KEEP, account));
         }
         match self.known.get(&uid) {
             Some((_, Some(name))) => name.clone(),
@@ -77,12 +77,12 @@ mod tests {
     fn a_lookup_is_kept_for_a_while_then_made_again() {
         let mut names = UserNames::default();
         names.name(NO_ACCOUNT, "alice");
-        // Pretend the account was found long ago under another name: it is looked up again.
-        let long_ago = Instant::now().checked_sub(KEEP + Duration::from_secs(1)).expect("an instant");
-        names.known.insert(NO_ACCOUNT, (long_ago, Some("old".into())));
+        // Pretend the account was found under another name and that answer has gone stale: it is
+        // looked up again.
+        names.known.insert(NO_ACCOUNT, (Instant::now(), Some("old".into())));
         assert_eq!(names.name(NO_ACCOUNT, "alice"), "alice");
-        // Recently: the kept answer stands.
-        names.known.insert(NO_ACCOUNT, (Instant::now(), Some("kept".into())));
+        // An answer still fresh stands.
+        names.known.insert(NO_ACCOUNT, (Instant::now() + KEEP, Some("kept".into())));
         assert_eq!(names.name(NO_ACCOUNT, "alice"), "kept");
     }
 }
