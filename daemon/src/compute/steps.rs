@@ -24,7 +24,10 @@ const REMEMBERED_ENDS: usize = 4096;
 
 struct Step {
     run: u32,
-    pid: i32,
+    /// The supervisor; `None` for a run adopted while its step file could not be read or asked
+    /// (an I/O error), until a poll can.
+    pid: Option<i32>,
+    /// What the run holds here; nothing while its step file could not be read.
     per_node: Resources,
     /// Started by an earlier daemon or by a launcher that has died since: nobody reports its
     /// exit, so it is noticed by polling its step file's lock.
@@ -110,7 +113,7 @@ impl Steps {
                 return Err(fail("start the job supervisor", &e));
             }
         };
-        self.steps.insert(job.id, Step { run: run.run, pid, per_node: job.spec.per_node, adopted: false });
+        self.steps.insert(job.id, Step { run: run.run, pid: Some(pid), per_node: job.spec.per_node, adopted: false });
         Ok(())
     }
 
@@ -140,9 +143,18 @@ impl Steps {
 
     /// Asks the supervisor of `id` to stop the job (SIGTERM, then SIGKILL after the grace period).
     pub fn stop(&self, id: JobId) {
-        if let Some(step) = self.steps.get(&id) {
-            tracing::info!(job = %id, "stopping job");
-            let _ = kill(Pid::from_raw(step.pid), Signal::SIGTERM);
+        let Some(step) = self.steps.get(&id) else { return };
+        tracing::info!(job = %id, "stopping job");
+        let run = JobRun { job: id, run: step.run };
+        // A supervisor not known yet is asked for by its lock now.
+        let pid = step.pid.or_else(|| record::supervisor_of(&self.path(run)).ok().flatten());
+        match pid {
+            Some(pid) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            None => {
+                tracing::warn!(job = %run, "cannot tell which process supervises the job; it is asked again at the next poll")
+            }
         }
     }
 
@@ -183,20 +195,24 @@ impl Steps {
     }
 
     /// After a daemon (re)start: adopts the supervisors still running and returns the ends of
-    /// runs that finished (or whose supervisor vanished) while no daemon was watching.
+    /// runs that finished (or whose supervisor vanished) while no daemon was watching. A run
+    /// whose step file cannot be read or asked (an I/O error, not its absence) may still run: it
+    /// is adopted with its supervisor unknown, reported to the head as running, and asked again at
+    /// each poll ([`Steps::exited_adopted`]), rather than reported lost.
     pub fn adopt(&mut self) -> Vec<(JobRun, NodeEnd)> {
         let mut ends = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.root) else { return ends };
         for entry in entries.flatten() {
             let Some(run) = entry.file_name().to_str().and_then(record::run_of) else { continue };
             let path = self.path(run);
-            let spec = record::read(&path).ok().flatten().and_then(|r| r.spec);
-            match (spec, record::supervisor_of(&path).ok().flatten()) {
-                (Some(spec), Some(pid)) => {
+            match (record::read(&path), record::supervisor_of(&path)) {
+                (Ok(Some(record::StepRecord { spec: Some(spec), .. })), Ok(Some(pid))) => {
                     tracing::info!(job = %run, pid, "adopted a running job");
-                    self.steps
-                        .insert(run.job, Step { run: run.run, pid, per_node: spec.job.spec.per_node, adopted: true });
+                    let step = Step { run: run.run, pid: Some(pid), per_node: spec.job.spec.per_node, adopted: true };
+                    self.steps.insert(run.job, step);
                 }
+                (Err(e), _) => self.adopt_unsure(run, &e.to_string()),
+                (_, Err(e)) => self.adopt_unsure(run, &e.to_string()),
                 _ => {
                     self.remember_end(run);
                     ends.push((run, self.recorded_end(run)));
@@ -206,22 +222,40 @@ impl Steps {
         ends
     }
 
+    fn adopt_unsure(&mut self, run: JobRun, error: &str) {
+        tracing::warn!(job = %run, %error, "cannot tell whether a job still runs here; asking again at each poll");
+        self.steps.insert(run.job, Step { run: run.run, pid: None, per_node: Resources::default(), adopted: true });
+    }
+
     /// Adopted supervisors that have exited since: their step files are no longer locked.
     /// (Nobody else tells us: they are not children of our launcher.) A file that cannot be
     /// asked (too many open files, say) tells nothing: its run is asked again at the next poll,
     /// rather than reported lost while it may still run.
     pub fn exited_adopted(&mut self) -> Vec<JobRun> {
         self.forget_lost_launcher();
-        let adopted = self.steps.iter().filter(|(_, s)| s.adopted).map(|(&job, s)| JobRun { job, run: s.run });
-        adopted
-            .filter(|&run| match record::supervisor_of(&self.path(run)) {
-                Ok(holder) => holder.is_none(),
-                Err(e) => {
-                    tracing::warn!(job = %run, error = %e, "cannot tell whether a job's supervisor still runs");
-                    false
+        let mut exited = Vec::new();
+        let root = self.root.clone();
+        for (&job, step) in self.steps.iter_mut().filter(|(_, s)| s.adopted) {
+            let run = JobRun { job, run: step.run };
+            let path = record::path(&root, run);
+            match record::supervisor_of(&path) {
+                Ok(None) => exited.push(run),
+                Ok(Some(pid)) if step.pid.is_none() => {
+                    // Adopted unsure: now its supervisor and what it holds are known.
+                    match record::read(&path) {
+                        Ok(Some(record::StepRecord { spec: Some(spec), .. })) => {
+                            tracing::info!(job = %run, pid, "adopted a running job");
+                            step.pid = Some(pid);
+                            step.per_node = spec.job.spec.per_node;
+                        }
+                        _ => tracing::warn!(job = %run, "cannot read a running job's step file"),
+                    }
                 }
-            })
-            .collect()
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(job = %run, error = %e, "cannot tell whether a job's supervisor still runs"),
+            }
+        }
+        exited
     }
 
     /// Records that `run` is over here, so a late or repeated StartJob for it is ignored.
@@ -242,11 +276,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_run_whose_step_file_cannot_be_read_at_start_is_kept_and_asked_again() {
+        use cm_common::job::{ExitStatus, JobSpec, ReplicaExit};
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut steps = Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1)).expect("steps");
+        let run = JobRun { job: JobId(2), run: 0 };
+        let path = steps.path(run);
+        // A link to itself: reading or asking it fails with ELOOP, which says nothing of the job.
+        std::os::unix::fs::symlink(&path, &path).expect("symlink");
+        assert!(steps.adopt().is_empty(), "not reported as ended");
+        assert_eq!(steps.runs(), vec![run], "reported to the head as still here");
+        assert_eq!(steps.exited_adopted(), vec![], "still cannot tell");
+        steps.stop(run.job); // no supervisor known: nothing is signalled (pid 0 would be our group)
+
+        // Readable now, with an end, and held by no one: the run ended while nobody could tell.
+        std::fs::remove_file(&path).expect("remove");
+        let job = Job::new(run.job, JobSpec::example(), Timestamp(1), "t".into());
+        let spec = StepSpec { job, node: NodeId::new("c1"), switch_user: false, kill_grace_ms: 1000 };
+        record::create(&path, &spec).expect("create");
+        let end = NodeEnd {
+            ended_at: Timestamp(5),
+            cause: NodeEndCause::Exited,
+            replicas: vec![ReplicaExit { rank: 0, status: ExitStatus::Exited { code: 0 } }],
+        };
+        let bytes = rmp_serde::to_vec_named(&end).expect("encode");
+        std::fs::OpenOptions::new().append(true).open(&path).expect("open").write_all(&bytes).expect("append");
+        assert_eq!(steps.exited_adopted(), vec![run]);
+        assert_eq!(steps.end_of(run), Some(end));
+        assert!(steps.runs().is_empty());
+    }
+
+    #[test]
     fn an_adopted_run_whose_step_file_cannot_be_asked_is_not_taken_for_ended() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut steps = Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1)).expect("steps");
         let run = JobRun { job: JobId(1), run: 0 };
-        steps.steps.insert(run.job, Step { run: run.run, pid: 1, per_node: Resources::default(), adopted: true });
+        steps.steps.insert(run.job, Step { run: run.run, pid: Some(1), per_node: Resources::default(), adopted: true });
         // A link to itself: opening it fails with ELOOP, an error other than "not found".
         let path = steps.path(run);
         std::os::unix::fs::symlink(&path, &path).expect("symlink");
