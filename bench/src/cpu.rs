@@ -50,13 +50,11 @@ pub struct ClusterTicks {
 
 impl ClusterTicks {
     pub fn now(cluster: &Cluster) -> anyhow::Result<ClusterTicks> {
-        let daemons: Vec<u32> =
-            std::iter::once(&cluster.head).chain(&cluster.computes).filter_map(|d| d.pid()).collect();
+        let computes: Vec<u32> = cluster.computes.iter().filter_map(|d| d.pid()).collect();
         let mut ticks = ClusterTicks::default();
-        for &pid in &daemons {
+        for pid in cluster.head.pid().into_iter().chain(computes.iter().copied()) {
             ticks.daemons += process_ticks(pid)?;
         }
-        let computes: Vec<u32> = cluster.computes.iter().filter_map(|d| d.pid()).collect();
         for entry in std::fs::read_dir("/proc")?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
             // A process may end between the listing and the read: it is not a launcher of ours then.

@@ -65,8 +65,13 @@ pub fn create(path: &Path, spec: &StepSpec) -> anyhow::Result<()> {
 /// Reads a step file; `Ok(None)` if it does not exist. A part that does not decode (cut short by
 /// a crash) reads as absent.
 pub fn read(path: &Path) -> anyhow::Result<Option<StepRecord>> {
+    Ok(bytes_of(path)?.map(|bytes| decode(&bytes)))
+}
+
+/// The step file's bytes; `Ok(None)` if it does not exist.
+fn bytes_of(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(decode(&bytes))),
+        Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
     }
@@ -76,11 +81,7 @@ pub fn read(path: &Path) -> anyhow::Result<Option<StepRecord>> {
 /// daemon reads for every job that ends on it. The job part is stepped over, not decoded; with
 /// its environment it is most of the file.
 pub fn read_end(path: &Path) -> anyhow::Result<Option<NodeEnd>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(end_of(&bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
-    }
+    Ok(bytes_of(path)?.and_then(|bytes| end_of(&bytes)))
 }
 
 fn end_of(bytes: &[u8]) -> Option<NodeEnd> {

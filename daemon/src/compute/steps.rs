@@ -234,10 +234,9 @@ impl Steps {
     pub fn exited_adopted(&mut self) -> Vec<JobRun> {
         self.forget_lost_launcher();
         let mut exited = Vec::new();
-        let root = self.root.clone();
         for (&job, step) in self.steps.iter_mut().filter(|(_, s)| s.adopted) {
             let run = JobRun { job, run: step.run };
-            let path = record::path(&root, run);
+            let path = record::path(&self.root, run);
             match record::supervisor_of(&path) {
                 Ok(None) => exited.push(run),
                 Ok(Some(pid)) if step.pid.is_none() => {

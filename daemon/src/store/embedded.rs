@@ -75,8 +75,9 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db, unwritten_jobs: BTreeMap::new(), unwritten_nodes: BTreeMap::new() })
     }
 
-    /// Writes what was kept, then `jobs` and `nodes`, in one durable transaction.
-    fn write(&self, jobs: &[(u64, EncodedJob)], nodes: &[(&str, Vec<u8>)]) -> StoreResult<()> {
+    /// Writes what was kept, then `jobs` and `nodes`, in one durable transaction, and forgets
+    /// what was kept once it is written (on an error it stays for the next try).
+    fn write(&mut self, jobs: &[(u64, EncodedJob)], nodes: &[(&str, Vec<u8>)]) -> StoreResult<()> {
         let mut txn = self.db.begin_write().map_err(backend)?;
         txn.set_durability(Durability::Immediate);
         {
@@ -97,7 +98,10 @@ impl EmbeddedStore {
                 table.insert(id, bytes.as_slice()).map_err(backend)?;
             }
         }
-        txn.commit().map_err(backend)
+        txn.commit().map_err(backend)?;
+        self.unwritten_jobs.clear();
+        self.unwritten_nodes.clear();
+        Ok(())
     }
 }
 
@@ -124,10 +128,7 @@ impl Store for EmbeddedStore {
         if self.unwritten_jobs.is_empty() && self.unwritten_nodes.is_empty() {
             return Ok(()); // every write so far was durable
         }
-        self.write(&[], &[])?;
-        self.unwritten_jobs.clear();
-        self.unwritten_nodes.clear();
-        Ok(())
+        self.write(&[], &[])
     }
 
     fn save_now(&mut self, jobs: &[&Job], nodes: &[&Node]) -> StoreResult<()> {
@@ -135,10 +136,7 @@ impl Store for EmbeddedStore {
             jobs.iter().map(|job| Ok((job.id.0, EncodedJob::of(job)?))).collect::<StoreResult<_>>()?;
         let nodes: Vec<(&str, Vec<u8>)> =
             nodes.iter().map(|node| Ok((node.id.as_str(), encode(node)?))).collect::<StoreResult<_>>()?;
-        self.write(&jobs, &nodes)?;
-        self.unwritten_jobs.clear();
-        self.unwritten_nodes.clear();
-        Ok(())
+        self.write(&jobs, &nodes)
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
