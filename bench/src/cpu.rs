@@ -42,9 +42,9 @@ pub fn process_ticks(pid: u32) -> anyhow::Result<u64> {
 pub struct ClusterTicks {
     /// The `cmd` daemons, every thread.
     pub daemons: u64,
-    /// The jobs: each compute node's supervisor launcher with the supervisors it has reaped, and
-    /// with them the job processes they reaped (Linux adds a reaped child's time, and its own
-    /// reaped children's, to its parent). Runs still going are not in it yet.
+    /// The jobs: each compute node's supervisor launcher and its supervisors (idle ones are
+    /// kept for the next run), with the processes each has reaped: Linux adds a reaped child's
+    /// time, and its own reaped children's, to its parent. Jobs still running are not in it yet.
     pub jobs: u64,
 }
 
@@ -55,14 +55,22 @@ impl ClusterTicks {
         for pid in cluster.head.pid().into_iter().chain(computes.iter().copied()) {
             ticks.daemons += process_ticks(pid)?;
         }
+        // (pid, parent, its own and its reaped children's ticks) of every process.
+        let mut processes = Vec::new();
         for entry in std::fs::read_dir("/proc")?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            // A process may end between the listing and the read: it is not a launcher of ours then.
+            // A process may end between the listing and the read: it is none of ours then.
             let Ok(f) = stat_fields(pid) else { continue };
-            if f.get(1).is_some_and(|parent| computes.contains(&(*parent as u32))) {
-                ticks.jobs += f.iter().skip(11).take(4).sum::<u64>();
-            }
+            let parent = f.get(1).map_or(0, |&parent| parent as u32);
+            processes.push((pid, parent, f.iter().skip(11).take(4).sum::<u64>()));
         }
+        let launchers: Vec<u32> =
+            processes.iter().filter(|(_, parent, _)| computes.contains(parent)).map(|&(pid, _, _)| pid).collect();
+        ticks.jobs = processes
+            .iter()
+            .filter(|(pid, parent, _)| launchers.contains(pid) || launchers.contains(parent))
+            .map(|&(_, _, t)| t)
+            .sum();
         Ok(ticks)
     }
 

@@ -1,6 +1,7 @@
 //! `cmstep STEP_FILE`: supervise one job run (see [`cm_step::supervisor`]).
-//! `cmstep --launcher`: the fork server that starts supervisors for a compute daemon (see
-//! [`cm_step::launcher`]). Started by the compute daemon, not by users; stderr is the node's
+//! `cmstep --launcher [KEEP_IDLE_MS]`: the fork server that starts supervisors for a compute
+//! daemon (see [`cm_step::launcher`]); an idle supervisor is kept KEEP_IDLE_MS for a next run
+//! (default [`cm_step::launcher::IDLE_KEEP`]). Started by the compute daemon, not by users; stderr is the node's
 //! supervisor log, `STATE_DIR/cmstep.log`.
 
 fn main() {
@@ -14,7 +15,15 @@ fn main() {
         std::process::exit(2);
     };
     if arg == "--launcher" {
-        if let Err(e) = cm_step::launcher::serve() {
+        let keep_idle = match std::env::args().nth(2).map(|ms| ms.parse::<u64>()) {
+            None => cm_step::launcher::IDLE_KEEP,
+            Some(Ok(ms)) => std::time::Duration::from_millis(ms),
+            Some(Err(_)) => {
+                eprintln!("cmstep --launcher: KEEP_IDLE_MS must be a whole number of milliseconds");
+                std::process::exit(2);
+            }
+        };
+        if let Err(e) = cm_step::launcher::serve(keep_idle) {
             tracing::error!("launcher: {e:#}");
             std::process::exit(1);
         }

@@ -1,14 +1,15 @@
 //! The step file, `STATE_DIR/jobs/<job>.<run>.step`: all a job run keeps on its node.
 //!
-//! The compute daemon writes the supervisor's instructions ([`StepSpec`]) into it and starts
-//! `cmstep` with its path as the only argument. When the job has ended on this node the
-//! supervisor appends how it ended ([`NodeEnd`]) in one `write`. Whichever daemon runs then
+//! The compute daemon writes the supervisor's instructions ([`StepSpec`]) into it and hands its
+//! path to a supervisor (`cmstep`). When the job has ended on this node the supervisor appends
+//! how it ended ([`NodeEnd`]) in one `write`. Whichever daemon runs then
 //! reads the file, reports the end, and deletes the file once the head has acknowledged it.
 //!
-//! The supervisor holds a POSIX record lock on the whole file for as long as it lives
-//! ([`LockedStep`]). The kernel drops the lock when the process ends, however it ends, so whether
-//! a run still has a supervisor, and which process it is, can be read off the file alone
-//! ([`supervisor_of`]): no process table to scan, no pid that could have been reused.
+//! The supervisor holds a POSIX record lock on the whole file while it supervises the run
+//! ([`LockedStep`]), and lets it go once the end is appended. The kernel drops the lock when the
+//! process ends, however it ends, so whether a run still has a supervisor, and which process it
+//! is, can be read off the file alone ([`supervisor_of`]): no process table to scan, no pid that
+//! could have been reused.
 //!
 //! One file per run, appended to, rather than a directory of files written aside and renamed:
 //! creating and deleting inodes is most of what a short job costs a node's file system (ext4
@@ -112,7 +113,8 @@ fn whole_file() -> libc::flock {
     lock
 }
 
-/// A step file held by its supervisor: opened once and locked until the process ends.
+/// A step file held by its supervisor: opened once and locked until dropped (or the process
+/// ends).
 ///
 /// POSIX locks belong to the process and are dropped when it closes *any* descriptor of the
 /// file, so the supervisor must read and append only through this handle, never by path.

@@ -1,26 +1,30 @@
-//! The supervisor's loop: one process per job run and node, like SLURM's slurmstepd, so jobs
-//! outlive a restart of the compute daemon.
+//! The supervisor's loop: a process apart from the compute daemon, like SLURM's slurmstepd, so
+//! jobs outlive a restart of the daemon.
 //!
-//! It locks the step file for as long as it lives ([`LockedStep`]), reads its
-//! [`StepSpec`](crate::record::StepSpec) from it, starts the node's
-//! replicas, and then waits, on one thread, for whichever comes first: a replica's exit
-//! (SIGCHLD), the daemon's kill order (SIGTERM; SIGINT too), or the time limit or grace period
-//! running out. The signals are blocked and read from a signalfd, so none is lost between two
-//! waits and no handler runs. When the last replica has exited it appends the end to the step
-//! file and exits.
+//! For each job run it supervises, it locks the step file ([`LockedStep`]), reads its
+//! [`StepSpec`](crate::record::StepSpec) from it, starts the node's replicas, and then waits, on
+//! one thread, for whichever comes first: a replica's exit (SIGCHLD), a stop order (SIGTERM or
+//! SIGINT; see [`ask_to_stop`]), or the time limit or grace period running out. The signals are
+//! blocked and read from a signalfd, so none is lost between two waits and no handler runs. When
+//! the last replica has exited it appends the end to the step file and lets the file go.
+//!
+//! `cmstep STEP_FILE` supervises that one run and exits ([`run`]). A supervisor forked by the
+//! launcher then waits for its next run instead ([`serve`]): the launcher hands it step files one
+//! at a time, so a job costs no process of its own beyond its replicas. It exits when the
+//! launcher closes its orders (the launcher retires idle supervisors, and exits with the daemon).
 
 use crate::record::{LockedStep, StepSpec};
 use crate::replicas::Replicas;
 use anyhow::Context;
 use cm_common::job::{ExitStatus, NodeEnd, NodeEndCause};
-use cm_common::Timestamp;
+use cm_common::{JobId, Timestamp};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::{siginfo, SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
-use std::os::fd::AsFd;
+use nix::unistd::{getpid, Pid};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -32,7 +36,45 @@ pub struct Supervisor {
 
 /// Runs the supervisor of the step file at `path` until the job's replicas have all exited.
 pub fn run(path: &Path) -> anyhow::Result<()> {
-    Supervisor::lock(path)?.run()
+    let supervisor = Supervisor::lock(path)?;
+    supervisor.run(&block_signals()?)
+}
+
+/// Asks the supervisor `pid` to stop `job`: SIGTERM to its replicas, SIGKILL after the grace
+/// period. The order carries the job (`sigqueue`), so a supervisor that has ended that job and
+/// taken another ignores it rather than stopping the wrong one. A plain SIGTERM (an operator's
+/// `kill`) stops whatever job the supervisor runs.
+pub fn ask_to_stop(pid: i32, job: JobId) -> std::io::Result<()> {
+    let value = libc::sigval { sival_ptr: job.0 as usize as *mut libc::c_void };
+    // SAFETY: a plain system call with integer arguments; the value is carried, never followed.
+    #[allow(unsafe_code)]
+    let result = unsafe { libc::sigqueue(pid, libc::SIGTERM, value) };
+    if result == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a SIGTERM or SIGINT read off the signalfd stops `job` (`None`: no job runs).
+fn stops(info: &siginfo, job: Option<JobId>) -> bool {
+    let signal = i32::try_from(info.ssi_signo).unwrap_or(0);
+    if signal != libc::SIGTERM && signal != libc::SIGINT {
+        return false;
+    }
+    // Queued by `ask_to_stop` for one job; anything else (kill, a terminal) means "stop".
+    info.ssi_code != libc::SI_QUEUE || job.is_some_and(|job| info.ssi_ptr == job.0)
+}
+
+/// Blocks the signals a supervisor waits for and returns the signalfd that reads them. Blocked
+/// before any child exists, so no exit can slip by; children start with an empty mask (each
+/// replica's child clears it right before its exec: [`crate::launch`]).
+pub fn block_signals() -> anyhow::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        mask.add(signal);
+    }
+    mask.thread_block().context("cannot block signals")?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("cannot create a signalfd")
 }
 
 impl Supervisor {
@@ -46,21 +88,12 @@ impl Supervisor {
         Ok(Supervisor { step, spec })
     }
 
-    /// Starts the job and supervises it until its replicas have all exited.
-    pub fn run(self) -> anyhow::Result<()> {
+    /// Starts the job and supervises it until its replicas have all exited; then records the end
+    /// and lets the step file go. `signals` is [`block_signals`]' signalfd.
+    pub fn run(self, signals: &SignalFd) -> anyhow::Result<()> {
         let Supervisor { mut step, spec } = self;
+        let job = spec.job.id;
         tracing::info!(job = %spec.job.job_run(), "supervising");
-
-        // Blocked before any child exists, so no exit can slip by; children start with an empty mask
-        // (each replica's child clears it right before its exec: `launch`).
-        let mut mask = SigSet::empty();
-        for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
-            mask.add(signal);
-        }
-        mask.thread_block().context("cannot block signals")?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-            .context("cannot create a signalfd")?;
-
         let kill_grace = Duration::from_millis(spec.kill_grace_ms);
         let mut replicas = match Replicas::start(&spec.job, &spec.node, spec.switch_user, kill_grace) {
             Ok(replicas) => replicas,
@@ -75,7 +108,7 @@ impl Supervisor {
             }
         };
         loop {
-            reap(&mut replicas)?;
+            reap(Some(&mut replicas))?;
             if replicas.all_exited() {
                 return step.append_end(&replicas.end());
             }
@@ -92,8 +125,7 @@ impl Supervisor {
                 Err(e) => return Err(e).context("cannot wait for signals"),
             }
             while let Some(info) = signals.read_signal().context("cannot read a signal")? {
-                let signal = i32::try_from(info.ssi_signo).unwrap_or(0);
-                if signal == Signal::SIGTERM as i32 || signal == Signal::SIGINT as i32 {
+                if stops(&info, Some(job)) {
                     replicas.stop(NodeEndCause::Killed);
                 }
                 // SIGCHLD: the next `reap` collects every exited child (signals of a kind coalesce).
@@ -103,8 +135,9 @@ impl Supervisor {
     }
 }
 
-/// Collects the exit of every child that has exited.
-fn reap(replicas: &mut Replicas) -> anyhow::Result<()> {
+/// Collects the exit of every child that has exited; with no replicas (between runs), any child
+/// is one left over.
+fn reap(mut replicas: Option<&mut Replicas>) -> anyhow::Result<()> {
     loop {
         let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited { code }),
@@ -114,8 +147,89 @@ fn reap(replicas: &mut Replicas) -> anyhow::Result<()> {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e).context("cannot collect a replica's exit"),
         };
-        if !replicas.exited(pid, status) {
+        if !replicas.as_deref_mut().is_some_and(|r| r.exited(pid, status)) {
             tracing::debug!(%pid, "reaped a process that is not a replica");
+        }
+    }
+}
+
+/// The launcher's end of a supervisor it forked: where its next step files come from and where
+/// it says what became of each.
+pub struct Orders {
+    /// Step file paths, one per line, from the launcher; end of file: retire.
+    pub from_launcher: OwnedFd,
+    /// Lines for the launcher ([`crate::launcher`] lists them).
+    pub to_launcher: OwnedFd,
+}
+
+/// The life of a supervisor forked by the launcher: supervises `first`, then each step file the
+/// launcher sends, until the launcher closes `orders` or an operator's SIGTERM finds it idle.
+/// For each it tells the launcher `started<TAB>PID<TAB>PATH` once it holds the file (or
+/// `failed<TAB>PID<TAB>PATH<TAB>REASON`), and `ended<TAB>PID<TAB>PATH` once the end is recorded and
+/// the file let go.
+pub fn serve(first: &str, orders: &Orders) -> anyhow::Result<()> {
+    let signals = block_signals()?;
+    let pid = getpid();
+    let mut pending = Vec::new();
+    let mut next = Some(first.to_string());
+    loop {
+        let Some(path) = next.take() else {
+            match wait_for_order(orders, &signals, &mut pending)? {
+                Some(path) => next = Some(path),
+                None => return Ok(()),
+            }
+            continue;
+        };
+        // Failing to tell the launcher means it is gone, and with it the daemon that ordered the
+        // run. A run goes on all the same (the next daemon finds it by its step file); after it,
+        // no order can come any more.
+        let supervisor = match Supervisor::lock(Path::new(&path)) {
+            Ok(supervisor) => supervisor,
+            Err(e) => match crate::launcher::say(&orders.to_launcher, &format!("failed\t{pid}\t{path}\t{e:#}")) {
+                Ok(()) => continue,
+                Err(_) => return Ok(()),
+            },
+        };
+        let _ = crate::launcher::say(&orders.to_launcher, &format!("started\t{pid}\t{path}"));
+        if let Err(e) = supervisor.run(&signals) {
+            tracing::error!(step = %path, "{e:#}");
+        }
+        if crate::launcher::say(&orders.to_launcher, &format!("ended\t{pid}\t{path}")).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits, idle, for the launcher's next step file; `None` when the supervisor is to exit.
+fn wait_for_order(orders: &Orders, signals: &SignalFd, pending: &mut Vec<u8>) -> anyhow::Result<Option<String>> {
+    loop {
+        if let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+        }
+        let mut fds = [
+            PollFd::new(orders.from_launcher.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("cannot wait for orders"),
+        }
+        while let Some(info) = signals.read_signal().context("cannot read a signal")? {
+            if stops(&info, None) {
+                return Ok(None);
+            }
+        }
+        reap(None)?;
+        if fds[0].revents().unwrap_or(PollFlags::empty()).is_empty() {
+            continue;
+        }
+        let mut buffer = [0u8; 4096];
+        match nix::unistd::read(orders.from_launcher.as_raw_fd(), &mut buffer) {
+            Ok(0) => return Ok(None),
+            Ok(n) => pending.extend_from_slice(&buffer[..n]),
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(e) => return Err(e).context("cannot read orders"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The real `cmstep` binary on real step files: how a job's end is recorded when its replicas
 //! exit, when it is killed, when its time limit passes, and when it cannot start; and
-//! `cmstep --launcher`, which forks the supervisors for a compute daemon.
+//! `cmstep --launcher`, which forks the supervisors for a compute daemon and keeps idle ones for
+//! the next run.
 
 use cm_common::job::{ExitStatus, Job, JobNode, JobRun, JobSpec, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Timestamp};
@@ -197,10 +198,11 @@ struct LauncherProcess {
 }
 
 impl LauncherProcess {
-    fn start() -> LauncherProcess {
+    /// Keeping idle supervisors for `keep_idle_ms`.
+    fn start(keep_idle_ms: u64) -> LauncherProcess {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_cmstep"))
-            .arg("--launcher")
+            .args(["--launcher", &keep_idle_ms.to_string()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -227,45 +229,93 @@ impl LauncherProcess {
         let line = self.lines.recv_timeout(Duration::from_secs(10)).expect("a line from the launcher");
         line.split('\t').map(String::from).collect()
     }
+
+    /// Asks for a supervisor of `path` and returns its pid.
+    fn started(&mut self, path: &Path) -> i32 {
+        self.request(path);
+        let started = self.next();
+        assert_eq!((started[0].as_str(), started[2].as_str()), ("started", path.to_str().expect("utf-8")));
+        started[1].parse().expect("pid")
+    }
+
+    fn nothing_more_within(&self, wait: Duration) {
+        if let Ok(line) = self.lines.recv_timeout(wait) {
+            panic!("the launcher said {line:?}");
+        }
+    }
+}
+
+fn wait_until_unlocked(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record::supervisor_of(path).expect("lock").is_some() {
+        assert!(Instant::now() < deadline, "the supervisor did not let {} go", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
-fn the_launcher_forks_locked_supervisors_reports_exits_and_leaves_them_running_when_closed() {
+fn the_launcher_reuses_an_idle_supervisor_reports_ends_and_leaves_busy_ones_running_when_closed() {
     let f = Fixture::new();
     let quick = f.write(1, "exit 4", 1, |_| {});
     let slow = f.write(2, "sleep 30", 1, |_| {});
-    let mut launcher = LauncherProcess::start();
+    let mut launcher = LauncherProcess::start(60_000);
 
-    launcher.request(&quick);
-    let started = launcher.next();
-    assert_eq!((started[0].as_str(), started[2].as_str()), ("started", quick.to_str().expect("utf-8")));
-    assert_eq!(launcher.next(), vec!["exited".to_string(), started[1].clone()]);
+    let pid = launcher.started(&quick);
+    assert_eq!(launcher.next(), vec!["ended".to_string(), pid.to_string(), quick.to_str().expect("utf-8").into()]);
     let end = record::read(&quick).expect("read").and_then(|r| r.end).expect("an end record");
     assert_eq!(end.replicas[0].status, ExitStatus::Exited { code: 4 });
+    assert_eq!(record::supervisor_of(&quick).expect("lock"), None, "the file is let go with the end");
 
-    // The lock is taken before `started` is written, so the daemon can find the supervisor by
-    // its file at once; a second supervisor for the same file is refused.
-    launcher.request(&slow);
-    let started = launcher.next();
-    assert_eq!(started[0], "started");
-    let pid: i32 = started[1].parse().expect("pid");
+    // The idle supervisor takes the next run. The lock is taken before `started` is written, so
+    // the daemon can find the supervisor by its file at once.
+    assert_eq!(launcher.started(&slow), pid, "the idle supervisor is reused");
     assert_eq!(record::supervisor_of(&slow).expect("lock"), Some(pid));
+
+    // A second supervisor for the same file (a new process: none is idle) is refused, and stays.
     launcher.request(&slow);
     let refused = launcher.next();
     assert_eq!(refused[0], "failed");
     assert!(refused[2].contains(&format!("process {pid}")), "{refused:?}");
-    assert_eq!(launcher.next()[0], "exited");
 
-    // Closing its stdin (the daemon is gone) ends the launcher, not the job.
+    // A stop order for the run it ended before is not one for the run it has now.
+    cm_step::supervisor::ask_to_stop(pid, JobId(1)).expect("queue a stop");
+    launcher.nothing_more_within(Duration::from_millis(500));
+    assert_eq!(record::supervisor_of(&slow).expect("lock"), Some(pid), "the stale order stopped nothing");
+
+    // Closing its stdin (the daemon is gone) ends the launcher and the idle supervisor, not the job.
     drop(launcher.child.stdin.take());
     assert!(launcher.child.wait().expect("wait").success());
     assert_eq!(record::supervisor_of(&slow).expect("lock"), Some(pid));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while record::supervisor_of(&slow).expect("lock").is_some() {
-        assert!(Instant::now() < deadline, "the supervisor did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cm_step::supervisor::ask_to_stop(pid, JobId(2)).expect("queue a stop");
+    wait_until_unlocked(&slow);
     let end = record::read(&slow).expect("read").and_then(|r| r.end).expect("an end record");
     assert_eq!(end.cause, NodeEndCause::Killed);
+}
+
+#[test]
+fn idle_supervisors_are_retired_and_one_killed_while_idle_is_replaced() {
+    let f = Fixture::new();
+    let first = f.write(1, "true", 1, |_| {});
+    let second = f.write(2, "true", 1, |_| {});
+    let third = f.write(3, "true", 1, |_| {});
+    let mut launcher = LauncherProcess::start(400);
+
+    let pid = launcher.started(&first);
+    assert_eq!(launcher.next()[0], "ended");
+    // An operator's plain SIGTERM to an idle supervisor ends it; the next run gets a new one.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal");
+    assert_eq!(launcher.next(), vec!["exited".to_string(), pid.to_string()]);
+    let second_pid = launcher.started(&second);
+    assert_ne!(second_pid, pid);
+    assert_eq!(launcher.next()[0], "ended");
+
+    // Left idle past its keep, it is retired: its orders close and it exits.
+    let idle_since = Instant::now();
+    assert_eq!(launcher.next(), vec!["exited".to_string(), second_pid.to_string()]);
+    assert!(idle_since.elapsed() >= Duration::from_millis(300), "retired after {:?}", idle_since.elapsed());
+    let third_pid = launcher.started(&third);
+    assert_ne!(third_pid, second_pid);
+    assert_eq!(launcher.next()[0], "ended");
+    let end = record::read(&third).expect("read").and_then(|r| r.end).expect("an end record");
+    assert_eq!(end.replicas[0].status, ExitStatus::Exited { code: 0 });
 }

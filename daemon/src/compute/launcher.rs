@@ -1,11 +1,12 @@
-//! The compute daemon's end of `cmstep --launcher` ([`cm_step::launcher`]), the fork server that
-//! starts job supervisors.
+//! The compute daemon's end of `cmstep --launcher` ([`cm_step::launcher`]), which starts job
+//! supervisors (or hands the run to an idle one).
 //!
-//! [`Launcher::launch`] writes a step file's path to the launcher and waits for the new
-//! supervisor's `started` line (or a `failed` one). One thread reads everything the launcher
-//! says: it hands each launch its answer and calls a supervisor's exit callback on its `exited`
-//! line. If the launcher dies, its supervisors live on (they only lose their parent), so the
-//! daemon then watches them by their step files' locks; see [`Launcher::is_lost`].
+//! [`Launcher::launch`] writes a step file's path to the launcher and waits for the supervisor's
+//! `started` line (or a `failed` one). One thread reads everything the launcher says: it hands
+//! each launch its answer and calls a run's end callback on its `ended` line, or on the
+//! supervisor's `exited` line if it died first. If the launcher dies, its supervisors live on
+//! (they only lose their parent), so the daemon then watches them by their step files' locks; see
+//! [`Launcher::is_lost`].
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,8 +19,8 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// What runs when a supervisor exits.
-pub type OnExit = Box<dyn FnOnce() + Send>;
+/// What runs when a run's supervisor is done with it.
+pub type OnEnd = Box<dyn FnOnce() + Send>;
 
 /// How long a launch waits for its answer; a fork takes well under a millisecond.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,9 +28,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Shared {
     /// Launches waiting for their answer, by step file.
-    waiting: HashMap<PathBuf, (OnExit, SyncSender<Result<i32, String>>)>,
-    /// Live supervisors started by this launcher, by pid.
-    running: HashMap<i32, OnExit>,
+    waiting: HashMap<PathBuf, (OnEnd, SyncSender<Result<i32, String>>)>,
+    /// The runs of live supervisors, by pid: their step files and end callbacks.
+    running: HashMap<i32, (PathBuf, OnEnd)>,
 }
 
 /// A running `cmstep --launcher`.
@@ -83,9 +84,10 @@ impl Launcher {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Starts a supervisor for the step file at `path`; returns its pid. `on_exit` runs (on the
-    /// reader thread) when it exits, unless the launcher dies first.
-    pub fn launch(&mut self, path: &Path, on_exit: OnExit) -> Result<i32, String> {
+    /// Has a supervisor take the step file at `path`; returns its pid. `on_end` runs (on the
+    /// reader thread) when the supervisor is done with the run (it ended, or the supervisor died),
+    /// unless the launcher dies first.
+    pub fn launch(&mut self, path: &Path, on_end: OnEnd) -> Result<i32, String> {
         let line = path.to_str().filter(|p| !p.contains(['\n', '\t']) && p.len() < cm_step::launcher::MAX_LINE - 64);
         let Some(line) = line else {
             return Err(format!("the step file path {} cannot be sent to the launcher", path.display()));
@@ -100,7 +102,7 @@ impl Launcher {
             .lock()
             .map_err(|_| "the launcher's state is poisoned")?
             .waiting
-            .insert(path.into(), (on_exit, answer));
+            .insert(path.into(), (on_end, answer));
         if let Err(e) = writeln!(self.requests, "{line}") {
             forget(&self.shared);
             return Err(format!("cannot reach the supervisor launcher: {e}"));
@@ -128,14 +130,18 @@ fn heard(shared: &Mutex<Shared>, line: &str) {
         (Some("started"), Some(pid), Some(path)) => {
             let Ok(pid) = pid.parse::<i32>() else { return };
             match s.waiting.remove(Path::new(path)) {
-                Some((on_exit, answer)) => {
-                    s.running.insert(pid, on_exit);
+                Some((on_end, answer)) => {
+                    s.running.insert(pid, (path.into(), on_end));
                     let _ = answer.send(Ok(pid));
                 }
                 None => {
                     // Its launch was given up on and the job placed elsewhere: it must not run.
                     tracing::warn!(pid, step = %path, "stopping a supervisor that started too late");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                    let run =
+                        Path::new(path).file_name().and_then(|name| name.to_str()).and_then(cm_step::record::run_of);
+                    if let Some(run) = run {
+                        let _ = cm_step::supervisor::ask_to_stop(pid, run.job);
+                    }
                 }
             }
         }
@@ -144,11 +150,28 @@ fn heard(shared: &Mutex<Shared>, line: &str) {
                 let _ = answer.send(Err(reason.unwrap_or("no reason given").to_string()));
             }
         }
-        (Some("exited"), Some(pid), None) => {
-            let on_exit = pid.parse().ok().and_then(|pid| s.running.remove(&pid));
+        // The supervisor has recorded the run's end and may take another run next.
+        (Some("ended"), Some(pid), Some(path)) => {
+            let Ok(pid) = pid.parse::<i32>() else { return };
+            let on_end = match s.running.remove(&pid) {
+                Some((ran, on_end)) if ran == Path::new(path) => Some(on_end),
+                Some(other) => {
+                    s.running.insert(pid, other);
+                    None
+                }
+                None => None,
+            };
             drop(s);
-            if let Some(on_exit) = on_exit {
-                on_exit();
+            if let Some(on_end) = on_end {
+                on_end();
+            }
+        }
+        // Died with a run (its end is whatever the step file holds), or retired idle.
+        (Some("exited"), Some(pid), None) => {
+            let on_end = pid.parse().ok().and_then(|pid| s.running.remove(&pid));
+            drop(s);
+            if let Some((_, on_end)) = on_end {
+                on_end();
             }
         }
         _ => tracing::warn!(%line, "the supervisor launcher said something unexpected"),

@@ -2,7 +2,7 @@
 //!
 //! `run` binds the node's port, adopts the job supervisors a previous daemon left running
 //! ([`steps`]), starts the [`head_link`] (registration, heartbeats, reports) and then runs one
-//! loop: requests from the head (on the node's socket) and supervisor exits, acknowledged
+//! loop: requests from the head (on the node's socket) and ended runs, acknowledged
 //! reports and kill orders ([`Event`]s from other threads) come out of one
 //! [`crate::service::Inbox`]. Each job run is owned by a supervisor process (`cmstep`, crate
 //! `cm-step`), which starts the replicas and enforces the time limit, so jobs keep running, and
@@ -28,8 +28,8 @@ use steps::Steps;
 
 /// What the compute loop hears from its other threads.
 pub enum Event {
-    /// A job supervisor started by this daemon has exited.
-    StepExited(JobRun),
+    /// A supervisor started by this daemon is done with a run: it recorded the end, or died.
+    StepEnded(JobRun),
     /// The head has acknowledged a run's end.
     EndAcked(JobRun),
     /// The head says these job runs must not run here (any more).
@@ -111,7 +111,7 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
                 let reply = compute.handle(envelope.body);
                 inbox.reply(&reply_bytes(compute.config.node_id.as_str(), &reply));
             }
-            Ok(Some(Next::Event(Event::StepExited(run)))) => compute.step_exited(run),
+            Ok(Some(Next::Event(Event::StepEnded(run)))) => compute.step_ended(run),
             Ok(Some(Next::Event(Event::EndAcked(run)))) => compute.steps.acknowledged(run),
             Ok(Some(Next::Event(Event::Kill(runs)))) => {
                 for run in runs {
@@ -131,8 +131,8 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
             }
         }
         if Instant::now() >= next_poll {
-            for run in compute.steps.exited_adopted() {
-                compute.step_exited(run);
+            for run in compute.steps.ended_adopted() {
+                compute.step_ended(run);
             }
             next_poll = Instant::now() + compute.config.status_interval;
         }
@@ -208,10 +208,10 @@ impl Compute {
     fn start(&mut self, job: &Job) -> Reply<()> {
         let events = self.events.clone();
         let switch_user = self.is_root && job.spec.user.uid != self.my_uid;
-        let on_exit = move |run| {
-            events.send(Event::StepExited(run));
+        let on_end = move |run| {
+            events.send(Event::StepEnded(run));
         };
-        self.steps.start(job, switch_user, on_exit).map_err(|e| {
+        self.steps.start(job, switch_user, on_end).map_err(|e| {
             tracing::warn!(job = %job.id, error = %e, "cannot start job");
             ErrorReply::new(ErrorCode::Internal, e)
         })?;
@@ -237,7 +237,7 @@ impl Compute {
         )
     }
 
-    fn step_exited(&mut self, run: JobRun) {
+    fn step_ended(&mut self, run: JobRun) {
         if let Some(end) = self.steps.end_of(run) {
             self.report_end(run, end);
         }

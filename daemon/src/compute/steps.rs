@@ -2,8 +2,8 @@
 //!
 //! Each job run on this node has a step file, `STATE_DIR/jobs/<job>.<run>.step`
 //! ([`cm_step::record`]): the supervisor's instructions and, once the job has ended here, how it
-//! ended. Its supervisor, forked by the daemon's [`Launcher`], holds the file's lock while it
-//! lives. The file is removed only when the head has acknowledged that end, so a daemon
+//! ended. Its supervisor, forked (or, idle, kept) by the daemon's [`Launcher`], holds the file's
+//! lock while it supervises the run. The file is removed only when the head has acknowledged that end, so a daemon
 //! restarted at any moment finds every job: still running (the file is locked; its supervisor is
 //! adopted), or ended and not yet reported (reported again; the head ignores repeats).
 //! Supervisors log to one shared file, `STATE_DIR/cmstep.log`.
@@ -12,8 +12,6 @@ use super::launcher::Launcher;
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
 use cm_step::record::{self, StepSpec};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,7 +28,7 @@ struct Step {
     /// What the run holds here; nothing while its step file could not be read.
     per_node: Resources,
     /// Started by an earlier daemon or by a launcher that has died since: nobody reports its
-    /// exit, so it is noticed by polling its step file's lock.
+    /// end, so it is noticed by polling its step file's lock.
     adopted: bool,
 }
 
@@ -92,12 +90,13 @@ impl Steps {
         self.steps.values().fold(Resources::default(), |sum, s| sum.saturating_add(&s.per_node))
     }
 
-    /// Starts a supervisor for this node's share of `job`; `on_exit` is called when it exits.
+    /// Has a supervisor run this node's share of `job`; `on_end` is called when the supervisor is
+    /// done with it.
     pub fn start(
         &mut self,
         job: &Job,
         switch_user: bool,
-        on_exit: impl FnOnce(JobRun) + Send + 'static,
+        on_end: impl FnOnce(JobRun) + Send + 'static,
     ) -> Result<(), String> {
         let run = job.job_run();
         let path = self.path(run);
@@ -106,7 +105,7 @@ impl Steps {
         let kill_grace_ms = u64::try_from(self.kill_grace.as_millis()).unwrap_or(u64::MAX);
         let spec = StepSpec { job: job.clone(), node: self.node.clone(), switch_user, kill_grace_ms };
         record::create(&path, &spec).map_err(|e| fail("write the step file", &e))?;
-        let pid = match self.launcher().and_then(|l| l.launch(&path, Box::new(move || on_exit(run)))) {
+        let pid = match self.launcher().and_then(|l| l.launch(&path, Box::new(move || on_end(run)))) {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -130,7 +129,7 @@ impl Steps {
         self.launcher.as_mut().ok_or_else(|| "no supervisor launcher".to_string())
     }
 
-    /// If the launcher has died, forgets it; its supervisors' exits are noticed by polling from
+    /// If the launcher has died, forgets it; its supervisors' ends are noticed by polling from
     /// now on, as adopted ones' are.
     fn forget_lost_launcher(&mut self) {
         if self.launcher.as_ref().is_some_and(Launcher::is_lost) {
@@ -150,7 +149,7 @@ impl Steps {
         let pid = step.pid.or_else(|| record::supervisor_of(&self.path(run)).ok().flatten());
         match pid {
             Some(pid) => {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                let _ = cm_step::supervisor::ask_to_stop(pid, id);
             }
             None => {
                 tracing::warn!(job = %run, "cannot tell which process supervises the job; it is asked again at the next poll")
@@ -158,7 +157,7 @@ impl Steps {
         }
     }
 
-    /// The end of a run whose supervisor has exited: what it recorded, or Lost if it recorded
+    /// The end of a run whose supervisor is done with it: what it recorded, or Lost if it recorded
     /// nothing (it was killed). `None` if the run is not (or no longer) ours.
     pub fn end_of(&mut self, run: JobRun) -> Option<NodeEnd> {
         if self.steps.get(&run.job).is_none_or(|s| s.run != run.run) {
@@ -198,7 +197,7 @@ impl Steps {
     /// runs that finished (or whose supervisor vanished) while no daemon was watching. A run
     /// whose step file cannot be read or asked (an I/O error, not its absence) may still run: it
     /// is adopted with its supervisor unknown, reported to the head as running, and asked again at
-    /// each poll ([`Steps::exited_adopted`]), rather than reported lost.
+    /// each poll ([`Steps::ended_adopted`]), rather than reported lost.
     pub fn adopt(&mut self) -> Vec<(JobRun, NodeEnd)> {
         let mut ends = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.root) else { return ends };
@@ -227,11 +226,11 @@ impl Steps {
         self.steps.insert(run.job, Step { run: run.run, pid: None, per_node: Resources::default(), adopted: true });
     }
 
-    /// Adopted supervisors that have exited since: their step files are no longer locked.
-    /// (Nobody else tells us: they are not children of our launcher.) A file that cannot be
+    /// Adopted runs whose supervisor is done since: their step files are no longer locked.
+    /// (Nobody else tells us: their supervisors do not belong to our launcher.) A file that cannot be
     /// asked (too many open files, say) tells nothing: its run is asked again at the next poll,
     /// rather than reported lost while it may still run.
-    pub fn exited_adopted(&mut self) -> Vec<JobRun> {
+    pub fn ended_adopted(&mut self) -> Vec<JobRun> {
         self.forget_lost_launcher();
         let mut exited = Vec::new();
         for (&job, step) in self.steps.iter_mut().filter(|(_, s)| s.adopted) {
@@ -286,7 +285,7 @@ mod tests {
         std::os::unix::fs::symlink(&path, &path).expect("symlink");
         assert!(steps.adopt().is_empty(), "not reported as ended");
         assert_eq!(steps.runs(), vec![run], "reported to the head as still here");
-        assert_eq!(steps.exited_adopted(), vec![], "still cannot tell");
+        assert_eq!(steps.ended_adopted(), vec![], "still cannot tell");
         steps.stop(run.job); // no supervisor known: nothing is signalled (pid 0 would be our group)
 
         // Readable now, with an end, and held by no one: the run ended while nobody could tell.
@@ -301,7 +300,7 @@ mod tests {
         };
         let bytes = rmp_serde::to_vec_named(&end).expect("encode");
         std::fs::OpenOptions::new().append(true).open(&path).expect("open").write_all(&bytes).expect("append");
-        assert_eq!(steps.exited_adopted(), vec![run]);
+        assert_eq!(steps.ended_adopted(), vec![run]);
         assert_eq!(steps.end_of(run), Some(end));
         assert!(steps.runs().is_empty());
     }
@@ -316,10 +315,10 @@ mod tests {
         let path = steps.path(run);
         std::os::unix::fs::symlink(&path, &path).expect("symlink");
         assert!(record::supervisor_of(&path).is_err());
-        assert_eq!(steps.exited_adopted(), vec![], "an I/O error says nothing about the supervisor");
+        assert_eq!(steps.ended_adopted(), vec![], "an I/O error says nothing about the supervisor");
         // Readable and unlocked: its supervisor is gone.
         std::fs::remove_file(&path).expect("remove");
         std::fs::write(&path, b"").expect("write");
-        assert_eq!(steps.exited_adopted(), vec![run]);
+        assert_eq!(steps.ended_adopted(), vec![run]);
     }
 }
