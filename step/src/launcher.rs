@@ -106,25 +106,29 @@ impl Pool {
     }
 }
 
-/// Bytes read off a pipe, cut into lines.
+/// Bytes read off a pipe, cut into lines: the daemon's requests and the supervisors' lines here,
+/// a supervisor's orders in [`crate::supervisor::serve`].
 #[derive(Default)]
-struct Lines(Vec<u8>);
+pub(crate) struct Lines(Vec<u8>);
 
 impl Lines {
-    /// Reads all that the non-blocking `fd` has now.
-    fn drain(&mut self, fd: BorrowedFd<'_>) -> anyhow::Result<()> {
+    /// One `read` of `fd`: `Some(0)` at its end, `None` if a non-blocking `fd` has nothing now.
+    pub(crate) fn read_from(&mut self, fd: BorrowedFd<'_>) -> anyhow::Result<Option<usize>> {
         let mut buffer = [0u8; 4096];
         loop {
             match read(fd.as_raw_fd(), &mut buffer) {
-                Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
-                Ok(n) => self.0.extend_from_slice(&buffer[..n]),
+                Ok(n) => {
+                    self.0.extend_from_slice(&buffer[..n]);
+                    return Ok(Some(n));
+                }
                 Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
                 Err(e) => return Err(e).context("cannot read a pipe"),
             }
         }
     }
 
-    fn next(&mut self) -> Option<String> {
+    pub(crate) fn next(&mut self) -> Option<String> {
         let end = self.0.iter().position(|&b| b == b'\n')?;
         let line: Vec<u8> = self.0.drain(..=end).collect();
         Some(String::from_utf8_lossy(&line[..end]).into_owned())
@@ -173,12 +177,8 @@ pub fn serve(keep_idle: Duration) -> anyhow::Result<()> {
         reap(&mut pool, &news, &mut heard)?;
         if request_ready {
             // A blocking read, as stdin is the daemon's: poll said it has bytes or has ended.
-            let mut buffer = [0u8; 4096];
-            match read(stdin.as_raw_fd(), &mut buffer) {
-                Ok(0) => break, // the daemon is gone
-                Ok(n) => requests.0.extend_from_slice(&buffer[..n]),
-                Err(Errno::EINTR | Errno::EAGAIN) => {}
-                Err(e) => return Err(e).context("cannot read requests"),
+            if requests.read_from(stdin.as_fd())? == Some(0) {
+                break; // the daemon is gone
             }
             while let Some(path) = requests.next() {
                 if !pool.hand_out(&path) {
@@ -209,7 +209,7 @@ pub(crate) fn say(fd: impl AsFd, line: &str) -> anyhow::Result<()> {
 
 /// Passes on all that the supervisors have said.
 fn hear(news: &OwnedFd, heard: &mut Lines, pool: &mut Pool) -> anyhow::Result<()> {
-    heard.drain(news.as_fd())?;
+    while heard.read_from(news.as_fd())?.is_some_and(|n| n > 0) {}
     while let Some(line) = heard.next() {
         pass_on(&line, pool)?;
     }

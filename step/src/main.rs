@@ -1,8 +1,8 @@
 //! `cmstep STEP_FILE`: supervise one job run (see [`cm_step::supervisor`]).
 //! `cmstep --launcher [KEEP_IDLE_MS]`: the fork server that starts supervisors for a compute
 //! daemon (see [`cm_step::launcher`]); an idle supervisor is kept KEEP_IDLE_MS for a next run
-//! (default [`cm_step::launcher::IDLE_KEEP`]). Started by the compute daemon, not by users; stderr is the node's
-//! supervisor log, `STATE_DIR/cmstep.log`.
+//! (default [`cm_step::launcher::IDLE_KEEP`]). Started by the compute daemon, not by users;
+//! stderr is the node's supervisor log, `STATE_DIR/cmstep.log`.
 
 fn main() {
     tracing_subscriber::fmt()

@@ -13,6 +13,7 @@
 //! at a time, so a job costs no process of its own beyond its replicas. It exits when the
 //! launcher closes its orders (the launcher retires idle supervisors, and exits with the daemon).
 
+use crate::launcher::{say, Lines};
 use crate::record::{LockedStep, StepSpec};
 use crate::replicas::Replicas;
 use anyhow::Context;
@@ -24,7 +25,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{siginfo, SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, Pid};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -170,42 +171,37 @@ pub struct Orders {
 pub fn serve(first: &str, orders: &Orders) -> anyhow::Result<()> {
     let signals = block_signals()?;
     let pid = getpid();
-    let mut pending = Vec::new();
-    let mut next = Some(first.to_string());
+    let mut pending = Lines::default();
+    let mut path = first.to_string();
     loop {
-        let Some(path) = next.take() else {
-            match wait_for_order(orders, &signals, &mut pending)? {
-                Some(path) => next = Some(path),
-                None => return Ok(()),
+        let told = match Supervisor::lock(Path::new(&path)) {
+            Ok(supervisor) => {
+                // The run goes on even if the launcher cannot be told: see below.
+                let _ = say(&orders.to_launcher, &format!("started\t{pid}\t{path}"));
+                if let Err(e) = supervisor.run(&signals) {
+                    tracing::error!(step = %path, "{e:#}");
+                }
+                say(&orders.to_launcher, &format!("ended\t{pid}\t{path}"))
             }
-            continue;
+            Err(e) => say(&orders.to_launcher, &format!("failed\t{pid}\t{path}\t{e:#}")),
         };
         // Failing to tell the launcher means it is gone, and with it the daemon that ordered the
-        // run. A run goes on all the same (the next daemon finds it by its step file); after it,
-        // no order can come any more.
-        let supervisor = match Supervisor::lock(Path::new(&path)) {
-            Ok(supervisor) => supervisor,
-            Err(e) => match crate::launcher::say(&orders.to_launcher, &format!("failed\t{pid}\t{path}\t{e:#}")) {
-                Ok(()) => continue,
-                Err(_) => return Ok(()),
-            },
-        };
-        let _ = crate::launcher::say(&orders.to_launcher, &format!("started\t{pid}\t{path}"));
-        if let Err(e) = supervisor.run(&signals) {
-            tracing::error!(step = %path, "{e:#}");
-        }
-        if crate::launcher::say(&orders.to_launcher, &format!("ended\t{pid}\t{path}")).is_err() {
+        // run: no order can come any more (the next daemon finds the run by its step file).
+        if told.is_err() {
             return Ok(());
+        }
+        match wait_for_order(orders, &signals, &mut pending)? {
+            Some(next) => path = next,
+            None => return Ok(()),
         }
     }
 }
 
 /// Waits, idle, for the launcher's next step file; `None` when the supervisor is to exit.
-fn wait_for_order(orders: &Orders, signals: &SignalFd, pending: &mut Vec<u8>) -> anyhow::Result<Option<String>> {
+fn wait_for_order(orders: &Orders, signals: &SignalFd, pending: &mut Lines) -> anyhow::Result<Option<String>> {
     loop {
-        if let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+        if let Some(line) = pending.next() {
+            return Ok(Some(line));
         }
         let mut fds = [
             PollFd::new(orders.from_launcher.as_fd(), PollFlags::POLLIN),
@@ -221,15 +217,9 @@ fn wait_for_order(orders: &Orders, signals: &SignalFd, pending: &mut Vec<u8>) ->
             }
         }
         reap(None)?;
-        if fds[0].revents().unwrap_or(PollFlags::empty()).is_empty() {
-            continue;
-        }
-        let mut buffer = [0u8; 4096];
-        match nix::unistd::read(orders.from_launcher.as_raw_fd(), &mut buffer) {
-            Ok(0) => return Ok(None),
-            Ok(n) => pending.extend_from_slice(&buffer[..n]),
-            Err(Errno::EINTR | Errno::EAGAIN) => {}
-            Err(e) => return Err(e).context("cannot read orders"),
+        let orders_ready = !fds[0].revents().unwrap_or(PollFlags::empty()).is_empty();
+        if orders_ready && pending.read_from(orders.from_launcher.as_fd())? == Some(0) {
+            return Ok(None);
         }
     }
 }

@@ -153,14 +153,8 @@ fn heard(shared: &Mutex<Shared>, line: &str) {
         // The supervisor has recorded the run's end and may take another run next.
         (Some("ended"), Some(pid), Some(path)) => {
             let Ok(pid) = pid.parse::<i32>() else { return };
-            let on_end = match s.running.remove(&pid) {
-                Some((ran, on_end)) if ran == Path::new(path) => Some(on_end),
-                Some(other) => {
-                    s.running.insert(pid, other);
-                    None
-                }
-                None => None,
-            };
+            let ours = s.running.get(&pid).is_some_and(|(ran, _)| ran == Path::new(path));
+            let on_end = if ours { s.running.remove(&pid).map(|(_, on_end)| on_end) } else { None };
             drop(s);
             if let Some(on_end) = on_end {
                 on_end();
