@@ -3,7 +3,9 @@
 //! - [`client`]: finds the head (`--head`, `CM_HEAD`, the config) and sends it requests.
 //! - [`output`]: every table and the `--json` forms; column headers are stable.
 //! - [`submit`]: turns `cmrun`'s arguments and the caller's process into a `JobSpec`.
+//! - [`startup`]: how a tool process starts ([`tool_main!`]): lean, as it runs once per request.
 
 pub mod client;
 pub mod output;
+pub mod startup;
 pub mod submit;

@@ -620,6 +620,29 @@ fn tools_reach_the_head_over_its_unix_socket_also_after_a_head_restart() {
     cluster.wait_status(next, "Completed", LONG);
 }
 
+/// A tool whose caller left its standard output closed opens /dev/null in its place (as Rust's
+/// runtime does, which the tools skip), so its connection to the head never takes descriptor 1
+/// and what it prints never lands in the protocol. `cmrun --wait` prints the id and then asks
+/// again over the same connection. Not a matter of the store, so this runs once.
+#[test]
+fn tools_started_with_stdout_closed_keep_their_connection_clean() {
+    let cluster = Cluster::start(1, 1, 512);
+    let closing_stdout = |tool: &str, args: &str| {
+        let script = format!("exec \"$0\" {args} >&-");
+        std::process::Command::new("sh")
+            .args(["-c", &script, &cm_testkit::bin(tool).to_string_lossy()])
+            .current_dir(&cluster.workdir)
+            .env("CM_HEAD", &cluster.head_endpoint)
+            .env("CM_CONFIG", &cluster.config)
+            .output()
+            .expect("run a tool through sh")
+    };
+    let out = closing_stdout("cmrun", "--wait sh -c 'exit 3'");
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = closing_stdout("cminfo", "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
         mod embedded {

@@ -3,10 +3,13 @@
 //! (`cm_transport::Requester`: connect, one ZMTP handshake and request, the reply) and exits.
 //! `cmbench` answers it with an echo server that does nothing else, so the time one call takes is
 //! what a process start plus one ZeroMQ round trip cost on this machine, before any cm work.
+#![no_main]
 
 use cm_common::protocol::Credential;
 use cm_transport::{Requester, RetryPolicy};
 use std::time::Duration;
+
+cm_cli::tool_main!(main);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

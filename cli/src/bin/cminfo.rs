@@ -1,4 +1,5 @@
 //! `cminfo`: the cluster at a glance (head nodes, compute nodes, jobs), or one job in full.
+#![no_main]
 
 use anyhow::bail;
 use clap::Parser;
@@ -26,6 +27,8 @@ struct Args {
     /// Show this job in full.
     job: Option<JobId>,
 }
+
+cm_cli::tool_main!(main);
 
 fn main() {
     if let Err(e) = run(Args::parse()) {

@@ -1,4 +1,5 @@
 //! `cmkill`: cancel pending or running jobs.
+#![no_main]
 
 use clap::Parser;
 use cm_cli::client::{HeadArgs, HeadClient};
@@ -15,6 +16,8 @@ struct Args {
     #[arg(required = true)]
     jobs: Vec<JobId>,
 }
+
+cm_cli::tool_main!(main);
 
 fn main() {
     let args = Args::parse();

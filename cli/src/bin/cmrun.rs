@@ -1,4 +1,5 @@
 //! `cmrun`: submit a job; with `--wait`, wait for it and exit with its exit code.
+#![no_main]
 
 use anyhow::{anyhow, bail};
 use clap::Parser;
@@ -49,6 +50,8 @@ struct Args {
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
+
+cm_cli::tool_main!(main);
 
 fn main() {
     let args = Args::parse();
