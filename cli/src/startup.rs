@@ -1,8 +1,8 @@
 //! How a tool process starts: lean, because a tool is one process per request and its start-up
 //! is most of its cost (`cmrun` runs once per job; see the README's Benchmarks).
 //!
-//! Each tool's binary is `#![no_main]` and declares its C `main` with [`tool_main!`], which calls
-//! [`run`]. That skips Rust's runtime set-up, whose dearest step on Linux is glibc reading
+//! Each tool's binary is `#![no_main]` (but under `cargo test`) and declares its C `main` with
+//! [`tool_main!`], which calls [`run`]. That skips Rust's runtime set-up, whose dearest step on Linux is glibc reading
 //! `/proc/self/maps` to find the main thread's stack for the stack-overflow handler; [`run`] keeps
 //! the two parts a tool relies on (SIGPIPE ignored, the standard descriptors open). A stack
 //! overflow thus ends a tool with a plain SIGSEGV instead of a message; the tools recurse nowhere.
@@ -17,13 +17,15 @@
 #[link(name = "gcc_eh", kind = "static", modifiers = "+whole-archive,-bundle")]
 extern "C" {}
 
-/// Declares the C `main` of a `#![no_main]` tool binary, which runs the tool's `fn main()` through
-/// [`run`].
+/// Declares the C `main` of a tool binary, which runs the tool's `fn main()` through [`run`]. The
+/// binary starts with `#![cfg_attr(not(test), no_main)]`: under `cargo test` it is built as a
+/// test harness, whose own `main` must run instead.
 #[macro_export]
 macro_rules! tool_main {
     ($main:path) => {
         /// The process's entry, called by the C runtime; std reads the arguments itself.
         // Exporting a symbol counts as unsafe code: this is the one the C runtime calls.
+        #[cfg(not(test))]
         #[allow(unsafe_code)]
         #[export_name = "main"]
         pub extern "C" fn c_main(

@@ -3,7 +3,7 @@
 //! (`cm_transport::Requester`: connect, one ZMTP handshake and request, the reply) and exits.
 //! `cmbench` answers it with an echo server that does nothing else, so the time one call takes is
 //! what a process start plus one ZeroMQ round trip cost on this machine, before any cm work.
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use cm_common::protocol::Credential;
 use cm_transport::{Requester, RetryPolicy};

@@ -1,5 +1,5 @@
 //! `cminfo`: the cluster at a glance (head nodes, compute nodes, jobs), or one job in full.
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use anyhow::bail;
 use clap::Parser;

@@ -1,5 +1,5 @@
 //! `cmkill`: cancel pending or running jobs.
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use clap::Parser;
 use cm_cli::client::{HeadArgs, HeadClient};

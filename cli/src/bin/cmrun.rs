@@ -1,5 +1,5 @@
 //! `cmrun`: submit a job; with `--wait`, wait for it and exit with its exit code.
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use anyhow::{anyhow, bail};
 use clap::Parser;
