@@ -1,11 +1,12 @@
 //! How a tool process starts: lean, because a tool is one process per request and its start-up
 //! is most of its cost (`cmrun` runs once per job; see the README's Benchmarks).
 //!
-//! Each tool's binary is `#![no_main]` (but under `cargo test`) and declares its C `main` with
-//! [`tool_main!`], which calls [`run`]. That skips Rust's runtime set-up, whose dearest step on Linux is glibc reading
-//! `/proc/self/maps` to find the main thread's stack for the stack-overflow handler; [`run`] keeps
-//! the two parts a tool relies on (SIGPIPE ignored, the standard descriptors open). A stack
-//! overflow thus ends a tool with a plain SIGSEGV instead of a message; the tools recurse nowhere.
+//! Each tool's binary is `#![no_main]` (except under `cargo test`) and declares its C `main` with
+//! [`tool_main!`], which calls [`run`]. That skips Rust's runtime set-up, whose dearest step on
+//! Linux is glibc reading `/proc/self/maps` to find the main thread's stack for the stack-overflow
+//! handler; [`run`] keeps the two parts a tool relies on (SIGPIPE ignored, the standard
+//! descriptors open). A stack overflow thus ends a tool with a plain SIGSEGV instead of a message;
+//! the tools recurse nowhere.
 //!
 //! The tools also carry the unwinder (`libgcc_eh`) in their own image instead of loading
 //! `libgcc_s.so`, one shared library fewer for the loader to map, relocate and initialise at every
