@@ -1,6 +1,8 @@
 //! A load generator that plays many compute nodes over the real protocol: it registers them and
-//! sends their heartbeats, as real compute daemons would, without running jobs.
+//! sends their heartbeats, sealed with the cluster's key as real compute daemons do, without
+//! running jobs.
 
+use cm_auth::{ClusterKey, Credentials};
 use cm_common::protocol::*;
 use cm_common::{NodeId, Resources};
 use cm_transport::{Requester, RetryPolicy};
@@ -11,14 +13,16 @@ use std::time::{Duration, Instant};
 /// Fake nodes are registered as run by this uid, so the scheduler never places real jobs on them.
 pub const NOBODYS_UID: u32 = 4_000_000_000;
 
-fn requester(head: &str) -> anyhow::Result<Requester> {
-    Ok(Requester::new(head, RetryPolicy::new(Duration::from_secs(5), 2), "cmbench", Credential { uid: 0 })?)
+fn requester(head: &str, key: &Arc<ClusterKey>) -> anyhow::Result<Requester> {
+    let sealed = Credentials::Sealed { key: key.clone(), recipient: cm_auth::credentials::HEAD.into() };
+    Ok(Requester::new(head, RetryPolicy::new(Duration::from_secs(5), 2), "cmbench", sealed)?)
 }
 
 /// Registers `count` fake nodes named `fake-<i>`.
-pub fn register(head: &str, count: usize) -> anyhow::Result<()> {
-    let mut head = requester(head)?;
+pub fn register(head: &str, key: &Arc<ClusterKey>, count: usize) -> anyhow::Result<()> {
+    let mut head = requester(head, key)?;
     for i in 0..count {
+        head.set_sender(&format!("fake-{i}"));
         let request = HeadRequest::Compute(ComputeRequest::RegisterNode(RegisterNode {
             node: NodeId::new(format!("fake-{i}")),
             address: "tcp://127.0.0.1:1".into(),
@@ -33,13 +37,20 @@ pub fn register(head: &str, count: usize) -> anyhow::Result<()> {
 
 /// Heartbeats `count` fake nodes (registered with [`register`]) every `interval` from `threads`
 /// threads until `stop`; returns how many heartbeats were answered.
-pub fn heartbeat(head: &str, count: usize, interval: Duration, threads: usize, stop: Arc<AtomicBool>) -> u64 {
+pub fn heartbeat(
+    head: &str,
+    key: &Arc<ClusterKey>,
+    count: usize,
+    interval: Duration,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> u64 {
     let sent = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let (head, stop, sent) = (head.to_string(), stop.clone(), sent.clone());
+            let (head, key, stop, sent) = (head.to_string(), key.clone(), stop.clone(), sent.clone());
             std::thread::spawn(move || {
-                let mut head = requester(&head).expect("the endpoint register() used");
+                let mut head = requester(&head, &key).expect("the endpoint register() used");
                 let mine: Vec<usize> = (t..count).step_by(threads).collect();
                 // Spread each node's beats evenly over the interval, as independent nodes would.
                 let gap = interval / u32::try_from(mine.len().max(1)).unwrap_or(u32::MAX);
@@ -49,6 +60,7 @@ pub fn heartbeat(head: &str, count: usize, interval: Duration, threads: usize, s
                         if stop.load(Ordering::Relaxed) {
                             break 'run;
                         }
+                        head.set_sender(&format!("fake-{i}"));
                         let beat = HeadRequest::Compute(ComputeRequest::Heartbeat(Heartbeat {
                             node: NodeId::new(format!("fake-{i}")),
                             running: vec![],

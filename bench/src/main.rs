@@ -22,6 +22,7 @@ mod stats;
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use cm_cli::submit::{build_spec, current_user, submit_token, Request};
+use cm_auth::Credentials;
 use cm_common::config::JobDefaults;
 use cm_common::job::{Job, JobSpec, JobState};
 use cm_common::protocol::*;
@@ -97,10 +98,11 @@ impl JobOptions {
     }
 }
 
+/// The benchmark's own client: over TCP with a MUNGE credential per request, as a tool on another
+/// host.
 fn head(cluster: &Cluster) -> anyhow::Result<Requester> {
-    let uid = nix::unistd::getuid().as_raw();
     let policy = RetryPolicy::new(Duration::from_secs(30), 0);
-    Ok(Requester::new(&cluster.head_endpoint, policy, "cmbench", Credential { uid })?)
+    Ok(Requester::new(&cluster.head_endpoint, policy, "cmbench", Credentials::Munge)?)
 }
 
 fn call(head: &mut Requester, request: ClientRequest) -> anyhow::Result<ClientResponse> {
@@ -173,7 +175,10 @@ fn serial_cli(store: &StoreKind, n: usize, options: JobOptions, later: &mut Left
     let mut cluster = later.keep(Cluster::start_with(store, 4, SERIAL_CPUS, 65536, BENCH_CONFIG, BENCH_LOG));
     // The size of what `cmrun true` sends from the work directory, for the floor's requests.
     let submission = HeadRequest::Client(assign(spec(&cluster.workdir, "true", options)?));
-    let request_size = cm_common::protocol::encode("cmrun@bench", Credential { uid: 0 }, &submission)?.len();
+    let body = cm_common::protocol::encode_body(&submission)?;
+    let (request, _) = Credentials::Munge.request("cmrun@bench", &body)?;
+    let request_size = request.len();
+    cluster.tools_over_tcp();
     let (tcp, tcp_held, tcp_floor) = serial_transport(&cluster, n, options, request_size, None)?;
     print_serial("1. serial cmrun over TCP", &tcp, &tcp_held, &tcp_floor);
     cluster.tools_over_socket();
@@ -417,7 +422,7 @@ fn cminfo_latency(pending: usize, nodes: usize, later: &mut Leftovers) -> anyhow
     while !matches!(get(&mut h, blocker)?.state, cm_common::job::JobState::Running { .. }) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    fake_nodes::register(&cluster.head_endpoint, nodes)?;
+    fake_nodes::register(&cluster.head_endpoint, &cluster.key(), nodes)?;
     let job = spec(&cluster.workdir, "true", JobOptions { discard_output: false })?;
     let started = Instant::now();
     for _ in 0..pending {
@@ -459,12 +464,12 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
 fn head_at_scale(nodes: usize, seconds: u64, later: &mut Leftovers) -> anyhow::Result<Value> {
     let cluster = later.keep(Cluster::start_with(&StoreKind::Embedded, 0, 1, 1024, BENCH_CONFIG, BENCH_LOG));
     let pid = cluster.head.pid().context("head pid")?;
-    fake_nodes::register(&cluster.head_endpoint, nodes)?;
+    fake_nodes::register(&cluster.head_endpoint, &cluster.key(), nodes)?;
     let stop = Arc::new(AtomicBool::new(false));
     let interval = cm_common::config::Config::default().heartbeat_interval;
     let generator = {
-        let (endpoint, stop) = (cluster.head_endpoint.clone(), stop.clone());
-        std::thread::spawn(move || fake_nodes::heartbeat(&endpoint, nodes, interval, 4, stop))
+        let (endpoint, key, stop) = (cluster.head_endpoint.clone(), cluster.key(), stop.clone());
+        std::thread::spawn(move || fake_nodes::heartbeat(&endpoint, &key, nodes, interval, 4, stop))
     };
     std::thread::sleep(interval); // warm up: every node has beaten once
     let (t0, c0) = (Instant::now(), process_ticks(pid)?);

@@ -85,7 +85,7 @@ pub fn job_detail(job: &Job) -> String {
     };
     row("Job", job.id.to_string());
     row("Name", spec.name.clone());
-    row("User", format!("{} (uid {}, gid {})", spec.user.name, spec.user.uid, spec.user.gid));
+    row("User", format!("{} (uid {})", spec.user.name, spec.user.uid));
     row("Status", job.state.name().to_string());
     match &job.state {
         JobState::Failed { reason, .. } | JobState::NodeFail { reason, .. } => row("Reason", reason.clone()),
@@ -167,7 +167,7 @@ mod tests {
         }
         let spec = JobSpec {
             name: "scrape".into(),
-            user: UserIdentity { uid: 1, gid: 1, groups: vec![], name: "louie".into() },
+            user: UserIdentity { uid: 1, name: "louie".into() },
             command: "./mini_scraper.sh -c".into(),
             workdir: "/home/louie".into(),
             ..JobSpec::example()

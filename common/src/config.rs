@@ -12,16 +12,66 @@ use std::time::Duration;
 /// Where the configuration is looked for when no path is given.
 pub const SYSTEM_CONFIG: &str = "/etc/cm/config.yaml";
 
+/// Where compute daemons, and tools that find no head socket, reach the head by default.
+pub const DEFAULT_HEAD_ADDRESS: &str = "127.0.0.1:5001";
+
+/// The socket of a head run by root.
+pub const SYSTEM_HEAD_SOCKET: &str = "/run/cm/head.sock";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// /var/lib/cm for root; ~/.local/state/cm for anyone else, who cannot write there.
+pub fn default_state_dir() -> PathBuf {
+    match home() {
+        Some(home) if !is_root() => home.join(".local/state/cm"),
+        _ => PathBuf::from("/var/lib/cm"),
+    }
+}
+
+/// The head's Unix socket when none is configured: /run/cm/head.sock for root,
+/// ~/.local/state/cm/head.sock for anyone else.
+pub fn default_head_socket() -> PathBuf {
+    match home() {
+        Some(home) if !is_root() => home.join(".local/state/cm/head.sock"),
+        _ => PathBuf::from(SYSTEM_HEAD_SOCKET),
+    }
+}
+
+/// The cluster key when none is configured: /etc/cm/cm.key for root, ~/.config/cm/cm.key else.
+pub fn default_cluster_key() -> PathBuf {
+    match home() {
+        Some(home) if !is_root() => home.join(".config/cm/cm.key"),
+        _ => PathBuf::from("/etc/cm/cm.key"),
+    }
+}
+
+/// Where tools look for a head on their own host, in order: the system's, then their user's.
+pub fn local_head_sockets() -> Vec<PathBuf> {
+    let mut sockets = vec![PathBuf::from(SYSTEM_HEAD_SOCKET)];
+    if let Some(home) = home() {
+        sockets.push(home.join(".local/state/cm/head.sock"));
+    }
+    sockets
+}
+
 /// Every setting of cm. The file may set any subset; the rest keep these defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `HOST:PORT` where tools and compute daemons reach the head.
-    pub head_address: String,
+    /// Where tools and compute daemons reach the head: `HOST:PORT` or `ipc://PATH`. None: for
+    /// tools, the head's Unix socket on this host if there is one ([`local_head_sockets`]), else
+    /// [`DEFAULT_HEAD_ADDRESS`]; for compute daemons, [`DEFAULT_HEAD_ADDRESS`].
+    pub head_address: Option<String>,
     /// `HOST:PORT` the head listens on (the original design's daemon_port is 5001).
     pub head_listen: String,
-    /// A Unix socket the head listens on as well, for tools on its own host: there
-    /// `head_address: ipc://PATH` reaches it without TCP, which costs a tool less. None: TCP only.
+    /// The Unix socket the head listens on as well, for the tools on its own host, which the
+    /// kernel names to it (no MUNGE needed). None: [`default_head_socket`].
     pub head_socket: Option<PathBuf>,
     /// `HOST:PORT` compute daemons listen on. A different port from the head's lets a head and a
     /// compute share one host.
@@ -39,6 +89,16 @@ pub struct Config {
     /// Where daemons keep their state (the head's embedded store). Default: /var/lib/cm for root,
     /// ~/.local/state/cm for other users.
     pub state_dir: Option<PathBuf>,
+    /// The cluster key file, which every daemon of the cluster holds and no user may read.
+    /// None: /etc/cm/cm.key for root, ~/.config/cm/cm.key for other users.
+    pub cluster_key: Option<PathBuf>,
+    /// Users (names or uids) who, besides root, may see every job in full and kill any job.
+    pub operators: Vec<String>,
+    /// Users see only their own jobs, in listings too (SLURM's `PrivateData=jobs`).
+    pub private_data: bool,
+    /// Requests over TCP without a MUNGE credential may list nodes and jobs (never submit, kill
+    /// or read a job in full). Off: such requests are refused.
+    pub anonymous_listing: bool,
     /// How often the head runs a scheduling pass even when nothing changed (scheduler_lag).
     #[serde(with = "humantime_serde")]
     pub scheduler_interval: Duration,
@@ -107,7 +167,7 @@ impl Default for JobDefaults {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            head_address: "127.0.0.1:5001".to_string(),
+            head_address: None,
             head_listen: "0.0.0.0:5001".to_string(),
             head_socket: None,
             compute_listen: "0.0.0.0:5002".to_string(),
@@ -115,6 +175,10 @@ impl Default for Config {
             store: None,
             store_timeout: Duration::from_secs(1),
             state_dir: None,
+            cluster_key: None,
+            operators: Vec::new(),
+            private_data: false,
+            anonymous_listing: false,
             scheduler_interval: Duration::from_secs(1),
             status_interval: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(3),
@@ -176,6 +240,9 @@ impl Config {
             return Err("max_message_size must be at least 4096 bytes".into());
         }
         crate::timelimit::parse_time_limit(&self.defaults.time_limit).map_err(|e| e.to_string())?;
+        if let Some(blank) = self.operators.iter().find(|op| op.trim().is_empty() || op.contains(char::is_whitespace)) {
+            return Err(format!("operators must be user names or uids, not {blank:?}"));
+        }
         Ok(())
     }
 }

@@ -32,6 +32,9 @@ pub enum Error {
     /// The network layer itself failed (bad address, port in use, ...).
     #[error("network error on {endpoint}: {reason}")]
     Network { endpoint: String, reason: String },
+    /// A message or its reply could not be authenticated, or no credential could be made.
+    #[error("{0}")]
+    Auth(String),
     /// A time limit string could not be parsed.
     #[error("invalid time limit {input:?}: {reason}; use minutes (90), MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")]
     TimeLimit { input: String, reason: String },

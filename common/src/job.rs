@@ -10,14 +10,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Who a job runs as: captured by `cmrun` from the submitting process.
+/// Who a job runs as. The head sets the uid from the submitter's verified identity, never from
+/// the request; the node that runs the job takes the gid and supplementary groups from its own
+/// account database, as slurmd does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserIdentity {
     pub uid: u32,
-    pub gid: u32,
-    /// Supplementary groups, applied to every replica.
-    #[serde(default)]
-    pub groups: Vec<u32>,
     /// The user name, for display; the uid is what counts. The tool sends a hint (its `$USER`);
     /// the head replaces it with the account name it has for the uid.
     pub name: String,
@@ -66,7 +64,7 @@ impl JobSpec {
     pub fn example() -> JobSpec {
         JobSpec {
             name: "true".into(),
-            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![], name: "alice".into() },
+            user: UserIdentity { uid: 1000, name: "alice".into() },
             command: "true".into(),
             workdir: "/home/alice".into(),
             env: BTreeMap::new(),

@@ -1,9 +1,10 @@
 //! The wire protocol: every message cm sends, in one place.
 //!
-//! Every message travels in an [`Envelope`] (protocol version, sender, credential, body) encoded as
-//! MessagePack with named fields, so fields can be added without breaking older peers. There is one
-//! request enum per direction, each variant wrapping a named struct, and each reply is
-//! `Result<Response, ErrorReply>`:
+//! Every message travels in an [`Envelope`] (protocol version, sender, how it is authenticated,
+//! body) encoded as MessagePack with named fields, so fields can be added without breaking older
+//! peers. The body is itself MessagePack, carried as bytes, so that a credential can cover exactly
+//! those bytes ([`Auth`]). There is one request enum per direction, each variant wrapping a named
+//! struct, and each reply is `Result<Response, ErrorReply>`:
 //!
 //! | direction        | request enum                   | response enum      |
 //! |------------------|--------------------------------|--------------------|
@@ -11,8 +12,8 @@
 //! | compute -> head  | [`ComputeRequest`] (in [`HeadRequest::Compute`]) | [`ComputeResponse`] |
 //! | head -> compute  | [`NodeRequest`]                | [`NodeResponse`]   |
 //!
-//! The version is checked before the body is decoded, so a peer from another release gets a clear
-//! [`ErrorCode::VersionMismatch`] instead of a decoding failure.
+//! The version is checked before anything else is decoded, so a peer from another release gets a
+//! clear [`ErrorCode::VersionMismatch`] instead of a decoding failure.
 
 use crate::job::{Job, JobRun, JobSpec, NodeEnd};
 use crate::node::Node;
@@ -21,32 +22,47 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a change breaks decoding by the previous release. 2: job reports travel in
-/// batches ([`ReportJobs`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// batches ([`ReportJobs`]). 3: the body travels as bytes under an [`Auth`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// Who the sender claims to be. Until authentication lands, the head trusts the claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credential {
-    pub uid: u32,
+/// How a message proves where it comes from. Nothing in a message says who its sender is: the
+/// receiver learns it from the kernel (a Unix socket's peer), from MUNGE, or from the cluster key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auth {
+    /// Nothing: a tool on a Unix socket (the kernel names its user), a reply, or a stranger.
+    None,
+    /// A MUNGE credential whose payload is the SHA-256 of the body: a user's tool over TCP.
+    Munge { credential: String },
+    /// The body is sealed with the cluster key (XChaCha20-Poly1305): a daemon of the cluster.
+    /// `at_ms` (when it was sealed) and `nonce` make every message unique, so a replay is refused.
+    Sealed {
+        at_ms: u64,
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+    },
 }
 
 /// The frame around every message body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope<B> {
+pub struct Envelope {
     pub version: u16,
-    /// Node id or `tool@host` of the sender, for logs.
+    /// Node id or `tool@host` of the sender: a name for logs, and for sealed messages the name
+    /// the seal covers. Never an identity by itself.
     pub sender: String,
-    pub credential: Credential,
-    pub body: B,
+    pub auth: Auth,
+    /// The MessagePack body (sealed: its ciphertext).
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
 }
 
 /// The borrowed form of [`Envelope`], so encoding copies nothing.
 #[derive(Serialize)]
-struct EnvelopeRef<'a, B> {
+struct EnvelopeRef<'a> {
     version: u16,
     sender: &'a str,
-    credential: Credential,
-    body: &'a B,
+    auth: &'a Auth,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
 }
 
 /// Only the version, decoded first so a foreign version never reaches the body decoder.
@@ -58,20 +74,43 @@ struct EnvelopeHeader {
 /// A reply: the response, or an error saying what went wrong.
 pub type Reply<T> = std::result::Result<T, ErrorReply>;
 
+/// Encodes a body (the bytes an [`Envelope`] carries).
+pub fn encode_body<B: Serialize>(body: &B) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(body).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Decodes a body.
+pub fn decode_body<B: DeserializeOwned>(bytes: &[u8]) -> Result<B> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
+}
+
 /// Encodes a message for the wire.
-pub fn encode<B: Serialize>(sender: &str, credential: Credential, body: &B) -> Result<Vec<u8>> {
-    let envelope = EnvelopeRef { version: PROTOCOL_VERSION, sender, credential, body };
+pub fn encode_envelope(sender: &str, auth: &Auth, body: &[u8]) -> Result<Vec<u8>> {
+    let envelope = EnvelopeRef { version: PROTOCOL_VERSION, sender, auth, body };
     rmp_serde::to_vec_named(&envelope).map_err(|e| Error::Encode(e.to_string()))
 }
 
-/// Decodes a message from the wire, checking the protocol version first.
-pub fn decode<B: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<B>> {
+/// Encodes `body` in an envelope with no credential: replies, and tools on a Unix socket.
+pub fn encode<B: Serialize>(sender: &str, body: &B) -> Result<Vec<u8>> {
+    encode_envelope(sender, &Auth::None, &encode_body(body)?)
+}
+
+/// Decodes a message's envelope from the wire, checking the protocol version first.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope> {
     let header: EnvelopeHeader =
         rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(format!("no valid envelope: {e}")))?;
     if header.version != PROTOCOL_VERSION {
         return Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: header.version });
     }
     rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// Decodes an envelope and its body as it stands (no credential checked): for replies to tools
+/// and for tests.
+pub fn decode<B: DeserializeOwned>(bytes: &[u8]) -> Result<(Envelope, B)> {
+    let envelope = decode_envelope(bytes)?;
+    let body = decode_body(&envelope.body)?;
+    Ok((envelope, body))
 }
 
 /// What kind of error a reply carries.
@@ -87,6 +126,8 @@ pub enum ErrorCode {
     NotFound,
     /// The sender may not do this (e.g. kill another user's job).
     PermissionDenied,
+    /// The request carries no credential the receiver takes, or one it refused.
+    Unauthenticated,
     /// The receiver cannot serve the request right now (e.g. its store is down); retry later.
     Unavailable,
     /// The head does not know the sending node; it should register again.
@@ -380,14 +421,13 @@ pub struct CanHost {
 mod tests {
     use super::*;
 
-    const ROOT: Credential = Credential { uid: 0 };
-
     fn round_trip<B: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(body: B) {
-        let bytes = encode("t", ROOT, &body).expect("encode");
-        let back: Envelope<B> = decode(&bytes).expect("decode");
-        assert_eq!(back.body, body);
-        assert_eq!(back.version, PROTOCOL_VERSION);
-        assert_eq!(back.sender, "t");
+        let bytes = encode("t", &body).expect("encode");
+        let (envelope, back): (Envelope, B) = decode(&bytes).expect("decode");
+        assert_eq!(back, body);
+        assert_eq!(envelope.version, PROTOCOL_VERSION);
+        assert_eq!(envelope.sender, "t");
+        assert_eq!(envelope.auth, Auth::None);
     }
 
     #[test]
@@ -409,16 +449,16 @@ mod tests {
     fn an_error_reply_decodes_as_any_reply_type() {
         // A daemon that cannot decode a request does not know which reply type was expected.
         let err: Reply<ComputeResponse> = Err(ErrorReply::new(ErrorCode::BadRequest, "garbage"));
-        let bytes = encode("head", ROOT, &err).expect("encode");
-        let back: Envelope<Reply<ClientResponse>> = decode(&bytes).expect("decode");
-        assert_eq!(back.body.unwrap_err().code, ErrorCode::BadRequest);
+        let bytes = encode("head", &err).expect("encode");
+        let (_, back): (Envelope, Reply<ClientResponse>) = decode(&bytes).expect("decode");
+        assert_eq!(back.unwrap_err().code, ErrorCode::BadRequest);
     }
 
     #[test]
     fn a_foreign_version_is_reported_not_misread() {
-        let envelope = Envelope { version: 99, sender: "future".to_string(), credential: ROOT, body: "anything" };
+        let envelope = Envelope { version: 99, sender: "future".to_string(), auth: Auth::None, body: vec![1] };
         let bytes = rmp_serde::to_vec_named(&envelope).expect("encode");
-        match decode::<HeadRequest>(&bytes) {
+        match decode_envelope(&bytes) {
             Err(Error::VersionMismatch { ours, theirs }) => {
                 assert_eq!((ours, theirs), (PROTOCOL_VERSION, 99))
             }
@@ -430,6 +470,7 @@ mod tests {
     fn garbage_is_a_decode_error() {
         for bytes in [&b""[..], b"\xff\xff\xff", b"hello world", &[0x81, 0xa7, b'v']] {
             assert!(matches!(decode::<HeadRequest>(bytes), Err(Error::Decode(_))), "{bytes:?}");
+            assert!(matches!(decode_body::<HeadRequest>(bytes), Err(Error::Decode(_))), "{bytes:?}");
         }
     }
 
@@ -449,9 +490,8 @@ mod tests {
             Client(NewerClient),
         }
         let bytes =
-            encode("t", ROOT, &NewerHead::Client(NewerClient::KillJob(NewerKill { id: JobId(4), reason: "x" })))
-                .expect("encode");
-        let back: Envelope<HeadRequest> = decode(&bytes).expect("decode");
-        assert_eq!(back.body, HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(4) })));
+            encode("t", &NewerHead::Client(NewerClient::KillJob(NewerKill { id: JobId(4), reason: "x" }))).expect("encode");
+        let (_, back): (Envelope, HeadRequest) = decode(&bytes).expect("decode");
+        assert_eq!(back, HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(4) })));
     }
 }

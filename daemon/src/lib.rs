@@ -9,10 +9,12 @@
 //! - [`compute`]: the compute role: its event loop, running jobs, replica launch, head link.
 //! - [`service`]: the REP socket thread both roles serve requests from.
 //! - [`node_resources`]: CPU and memory detection.
+//! - [`private`]: state directories 0700 and files 0600.
 
 pub mod compute;
 pub mod head;
 pub mod node_resources;
+pub mod private;
 pub mod scheduler;
 pub mod service;
 pub mod settings;

@@ -8,7 +8,8 @@
 //! wait watches. Bytes that are not a valid message are answered right here with an error reply,
 //! so the loop only ever sees well-formed requests, and a REQ peer always gets exactly one reply.
 
-use cm_common::protocol::{self, Credential, Envelope, ErrorCode, ErrorReply, Reply};
+use cm_auth::{Gate, Identity, ReplySeal};
+use cm_common::protocol::{self, ErrorCode, ErrorReply, Reply};
 use cm_transport::{Incoming, Responder};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::de::DeserializeOwned;
@@ -18,25 +19,28 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Encodes an error reply; decodable as any `Reply<T>`.
-pub fn error_bytes(sender: &str, error: ErrorReply) -> Vec<u8> {
-    let reply: Reply<()> = Err(error);
-    // Encoding a plain struct cannot fail; an empty frame is the last resort if it ever does.
-    protocol::encode(sender, Credential { uid: 0 }, &reply).unwrap_or_default()
+/// Encodes a reply body; an error reply's body decodes as any `Reply<T>`.
+pub fn body_bytes<T: serde::Serialize>(reply: &Reply<T>) -> Vec<u8> {
+    protocol::encode_body(reply).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot encode a reply");
+        let error: Reply<()> = Err(ErrorReply::new(ErrorCode::Internal, format!("cannot encode the reply: {e}")));
+        // Encoding a plain struct cannot fail; an empty body is the last resort if it ever does.
+        protocol::encode_body(&error).unwrap_or_default()
+    })
 }
 
-/// Encodes a reply to a request.
-pub fn reply_bytes<T: serde::Serialize>(sender: &str, reply: &Reply<T>) -> Vec<u8> {
-    protocol::encode(sender, Credential { uid: 0 }, reply).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot encode a reply");
-        error_bytes(sender, ErrorReply::new(ErrorCode::Internal, format!("cannot encode the reply: {e}")))
-    })
+/// A request let in, with who proved to send it.
+pub struct Request<Req> {
+    pub identity: Identity,
+    /// The name the sender gave (sealed, for a daemon): for logs.
+    pub sender: String,
+    pub body: Req,
 }
 
 /// What the loop is given next.
 pub enum Next<Req, E> {
     /// A request; answer it with [`Inbox::reply`] before asking for the next thing.
-    Request(Envelope<Req>),
+    Request(Request<Req>),
     Event(E),
 }
 
@@ -71,8 +75,10 @@ pub struct Inbox<Req, E> {
     bell: Arc<EventFd>,
     /// This daemon's name, the sender of its replies.
     me: String,
-    /// A request was handed out and not answered yet.
-    owes_reply: bool,
+    /// Who may send what: the cluster key, MUNGE, the kernel's word on a Unix socket's peer.
+    gate: Gate,
+    /// How the request handed out last is to be answered; `None` once it has been.
+    owes_reply: Option<ReplySeal>,
     /// The last thing handed out was an event: when both wait, a request goes next.
     event_last: bool,
     _requests: PhantomData<fn() -> Req>,
@@ -80,7 +86,7 @@ pub struct Inbox<Req, E> {
 
 impl<Req: DeserializeOwned, E> Inbox<Req, E> {
     /// An inbox answering `responder`, and the sender its loop's other threads use.
-    pub fn new(responder: Responder, me: String) -> std::io::Result<(Self, EventSender<E>)> {
+    pub fn new(responder: Responder, me: String, gate: Gate) -> std::io::Result<(Self, EventSender<E>)> {
         let bell = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
         let (sender, events) = channel();
         let inbox = Inbox {
@@ -88,7 +94,8 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
             events,
             bell: bell.clone(),
             me,
-            owes_reply: false,
+            gate,
+            owes_reply: None,
             event_last: false,
             _requests: PhantomData,
         };
@@ -98,8 +105,9 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
     /// The next event or request, waiting up to `timeout`; `None` if nothing came. When both
     /// wait they take turns, so a stream of either cannot hold up the other.
     pub fn next(&mut self, timeout: Duration) -> cm_common::Result<Option<Next<Req, E>>> {
-        if self.owes_reply {
-            self.reply(&error_bytes(&self.me, ErrorReply::new(ErrorCode::Internal, "the daemon dropped the request")));
+        if self.owes_reply.is_some() {
+            let dropped: Reply<()> = Err(ErrorReply::new(ErrorCode::Internal, "the daemon dropped the request"));
+            self.reply(&dropped);
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -109,10 +117,9 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
                     return Ok(Some(event));
                 }
             }
-            if let Some(envelope) = self.try_request()? {
+            if let Some(request) = self.try_request()? {
                 self.event_last = false;
-                self.owes_reply = true;
-                return Ok(Some(Next::Request(envelope)));
+                return Ok(Some(Next::Request(request)));
             }
             if let Some(event) = self.try_event() {
                 return Ok(Some(event));
@@ -136,42 +143,74 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
     }
 
     /// A well-formed request already received, if any; refused ones get their error reply here.
-    fn try_request(&mut self) -> cm_common::Result<Option<Envelope<Req>>> {
+    fn try_request(&mut self) -> cm_common::Result<Option<Request<Req>>> {
         while let Some(incoming) = self.responder.try_recv()? {
-            if let Some(envelope) = self.decode(incoming) {
-                return Ok(Some(envelope));
+            if let Some(request) = self.admit(incoming) {
+                return Ok(Some(request));
             }
         }
         Ok(None)
     }
 
     /// Answers the request [`Inbox::next`] handed out last.
-    pub fn reply(&mut self, bytes: &[u8]) {
-        if std::mem::take(&mut self.owes_reply) {
-            self.responder.send(bytes);
+    pub fn reply<T: serde::Serialize>(&mut self, reply: &Reply<T>) {
+        self.reply_body(&body_bytes(reply));
+    }
+
+    /// Answers the request [`Inbox::next`] handed out last with an encoded reply body, sealed as
+    /// its request was.
+    pub fn reply_body(&mut self, body: &[u8]) {
+        if let Some(seal) = self.owes_reply.take() {
+            self.responder.send(&seal.reply(&self.me, body));
         }
     }
 
-    /// A well-formed request, or `None` once a refused one has had its error reply.
-    fn decode(&mut self, incoming: Incoming) -> Option<Envelope<Req>> {
-        let refusal = match incoming {
-            Incoming::Message(bytes) => match protocol::decode::<Req>(&bytes) {
-                Ok(envelope) => return Some(envelope),
-                Err(e) => {
-                    let code = match e {
-                        cm_common::Error::VersionMismatch { .. } => ErrorCode::VersionMismatch,
-                        _ => ErrorCode::BadRequest,
-                    };
-                    tracing::warn!(error = %e, len = bytes.len(), "refused an undecodable request");
-                    ErrorReply::new(code, e.to_string())
-                }
-            },
+    /// A well-formed request whose sender is proven (or anonymous), or `None` once a refused
+    /// one has had its error reply.
+    fn admit(&mut self, incoming: Incoming) -> Option<Request<Req>> {
+        let bytes = match incoming {
+            Incoming::Message(bytes) => bytes,
             Incoming::Malformed(why) => {
                 tracing::warn!(%why, "refused a malformed request");
-                ErrorReply::new(ErrorCode::BadRequest, why)
+                return self.refuse(ErrorReply::new(ErrorCode::BadRequest, why));
             }
         };
-        self.responder.send(&error_bytes(&self.me, refusal));
+        let envelope = match protocol::decode_envelope(&bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let code = match e {
+                    cm_common::Error::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+                    _ => ErrorCode::BadRequest,
+                };
+                tracing::warn!(error = %e, len = bytes.len(), "refused an undecodable request");
+                return self.refuse(ErrorReply::new(code, e.to_string()));
+            }
+        };
+        let origin = self.responder.origin();
+        let admitted = match self.gate.admit(envelope, origin) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                tracing::warn!(error = %e, ?origin, "refused an unauthenticated request");
+                return self.refuse(ErrorReply::new(ErrorCode::Unauthenticated, e.to_string()));
+            }
+        };
+        self.owes_reply = Some(admitted.reply);
+        match protocol::decode_body::<Req>(&admitted.body) {
+            Ok(body) => Some(Request { identity: admitted.identity, sender: admitted.sender, body }),
+            Err(e) => {
+                tracing::warn!(error = %e, sender = %admitted.sender, "refused an undecodable request");
+                let refusal: Reply<()> = Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string()));
+                self.reply(&refusal);
+                None
+            }
+        }
+    }
+
+    /// Answers a request refused before it was let in, unsealed.
+    fn refuse(&mut self, error: ErrorReply) -> Option<Request<Req>> {
+        self.owes_reply = Some(ReplySeal::Plain);
+        let refusal: Reply<()> = Err(error);
+        self.reply(&refusal);
         None
     }
 }
@@ -187,8 +226,10 @@ mod tests {
     fn inbox() -> (TestInbox, EventSender<&'static str>, Requester) {
         let responder = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
         let policy = RetryPolicy::new(Duration::from_secs(5), 0);
-        let client = Requester::new(responder.endpoint(), policy, "test", Credential { uid: 7 }).expect("endpoint");
-        let (inbox, events) = Inbox::new(responder, "d".into()).expect("inbox");
+        let key = Arc::new(cm_auth::ClusterKey::ephemeral().expect("key"));
+        let sealed = cm_auth::Credentials::Sealed { key: key.clone(), recipient: cm_auth::credentials::HEAD.into() };
+        let client = Requester::new(responder.endpoint(), policy, "test", sealed).expect("endpoint");
+        let (inbox, events) = Inbox::new(responder, "d".into(), Gate::head(key)).expect("inbox");
         (inbox, events, client)
     }
 
@@ -224,14 +265,14 @@ mod tests {
         let (mut inbox, _events, client) = inbox();
         let caller = call_in_thread(client);
         match inbox.next(Duration::from_secs(10)) {
-            Ok(Some(Next::Request(envelope))) => {
-                assert_eq!(envelope.credential.uid, 7);
-                assert!(matches!(envelope.body, HeadRequest::Client(ClientRequest::FetchNodes(_))));
+            Ok(Some(Next::Request(request))) => {
+                assert_eq!(request.identity, Identity::Daemon("test".into()));
+                assert!(matches!(request.body, HeadRequest::Client(ClientRequest::FetchNodes(_))));
             }
             _ => panic!("expected the request"),
         }
         let reply: Reply<ClientResponse> = Ok(ClientResponse::Nodes(NodesReply { nodes: vec![] }));
-        inbox.reply(&reply_bytes("d", &reply));
+        inbox.reply(&reply);
         assert!(matches!(caller.join().expect("join"), Ok(ClientResponse::Nodes(_))));
     }
 
@@ -250,10 +291,7 @@ mod tests {
                 Ok(Some(Next::Event(event))) => order.push(event.to_string()),
                 Ok(Some(Next::Request(_))) => {
                     order.push("request".into());
-                    inbox.reply(&reply_bytes(
-                        "d",
-                        &Ok::<_, ErrorReply>(ClientResponse::Nodes(NodesReply { nodes: vec![] })),
-                    ));
+                    inbox.reply(&Ok::<_, ErrorReply>(ClientResponse::Nodes(NodesReply { nodes: vec![] })));
                 }
                 _ => panic!("expected an event or the request"),
             }
@@ -272,7 +310,7 @@ mod tests {
             let endpoint = inbox.responder.endpoint().to_string();
             move || {
                 let policy = RetryPolicy::new(Duration::from_secs(5), 0);
-                let mut raw = Requester::new(&endpoint, policy, "t", Credential { uid: 0 }).expect("endpoint");
+                let mut raw = Requester::new(&endpoint, policy, "t", cm_auth::Credentials::None).expect("endpoint");
                 raw.request_bytes(b"\xc1 not messagepack").expect("a reply")
             }
         });
@@ -285,7 +323,7 @@ mod tests {
             Ok(other) => panic!("expected an error reply, got {other:?}"),
         }
         let refusal = garbage.join().expect("join");
-        let envelope: Envelope<Reply<()>> = protocol::decode(&refusal).expect("an error reply");
-        assert!(matches!(envelope.body, Err(ErrorReply { code: ErrorCode::BadRequest, .. })));
+        let (_, reply): (_, Reply<()>) = protocol::decode(&refusal).expect("an error reply");
+        assert!(matches!(reply, Err(ErrorReply { code: ErrorCode::BadRequest, .. })));
     }
 }

@@ -5,8 +5,8 @@
 //! role, so the roles never look at the raw configuration.
 
 use crate::node_resources;
-use clap::{Parser, ValueEnum};
-use cm_common::config::Config;
+use clap::{Parser, Subcommand, ValueEnum};
+use cm_common::config::{self, Config};
 use cm_common::{NodeId, Resources};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,11 +24,16 @@ pub enum RoleArg {
 
 /// The cm daemon: run `--role head` on the head node and `--role compute` on each compute node.
 #[derive(Debug, Parser)]
-#[command(name = "cmd", version, about)]
+#[command(name = "cmd", version, about, subcommand_negates_reqs = true)]
 pub struct Args {
     /// The role of this daemon.
-    #[arg(long, env = "CM_ROLE", value_enum)]
-    pub role: RoleArg,
+    #[arg(long, env = "CM_ROLE", value_enum, required = true)]
+    pub role: Option<RoleArg>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The cluster key file [default: cluster_key, else /etc/cm/cm.key for root, ~/.config/cm/cm.key otherwise].
+    #[arg(long, env = "CM_CLUSTER_KEY", global = true)]
+    pub cluster_key: Option<PathBuf>,
     /// Configuration file [default: /etc/cm/config.yaml if present, else built-in defaults].
     #[arg(long, env = "CM_CONFIG")]
     pub config: Option<PathBuf>,
@@ -62,13 +67,29 @@ pub struct Args {
     pub memory_mb: Option<u64>,
 }
 
+/// What `cmd` can do besides running a role.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make the cluster key (mode 0600) at PATH, or at --cluster-key / the configured path,
+    /// unless one is there; copy it to every node of the cluster.
+    Keygen {
+        /// Where to write the key.
+        path: Option<PathBuf>,
+    },
+}
+
 /// Everything the head role needs.
 #[derive(Debug, Clone)]
 pub struct HeadConfig {
     pub node_id: NodeId,
     pub listen: String,
-    /// A Unix socket to listen on as well.
-    pub socket: Option<PathBuf>,
+    /// The Unix socket to listen on as well, for the tools on this host.
+    pub socket: PathBuf,
+    /// The cluster key file; made if missing.
+    pub cluster_key: PathBuf,
+    pub operators: Vec<String>,
+    pub private_data: bool,
+    pub anonymous_listing: bool,
     pub state_dir: PathBuf,
     /// MongoDB URI; `None` means the embedded store.
     pub store: Option<String>,
@@ -90,6 +111,8 @@ pub struct ComputeConfig {
     pub advertise: Option<String>,
     pub head_address: String,
     pub state_dir: PathBuf,
+    /// The cluster key file, which must exist.
+    pub cluster_key: PathBuf,
     pub resources: Resources,
     pub status_interval: Duration,
     pub heartbeat_interval: Duration,
@@ -113,14 +136,6 @@ fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_string())
 }
 
-/// /var/lib/cm for root; ~/.local/state/cm for anyone else, who cannot write there.
-fn default_state_dir() -> PathBuf {
-    match std::env::var_os("HOME") {
-        Some(home) if !nix::unistd::geteuid().is_root() => PathBuf::from(home).join(".local/state/cm"),
-        _ => PathBuf::from("/var/lib/cm"),
-    }
-}
-
 /// `HOST:PORT` with the host replaced by loopback.
 fn on_loopback(address: &str) -> String {
     match address.rsplit_once(':') {
@@ -132,11 +147,14 @@ fn on_loopback(address: &str) -> String {
 impl Settings {
     /// Combines the parsed arguments with the configuration (already loaded from `args.config`).
     pub fn resolve(args: &Args, config: &Config) -> Settings {
+        let role = args.role.unwrap_or(RoleArg::Standalone);
         let node_id = NodeId::new(args.node_id.clone().unwrap_or_else(hostname));
-        let state_dir = args.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(default_state_dir);
+        let state_dir = args.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(config::default_state_dir);
+        let cluster_key =
+            args.cluster_key.clone().or_else(|| config.cluster_key.clone()).unwrap_or_else(config::default_cluster_key);
         let resources =
             node_resources::detect(args.cpus.or(config.node.cpus), args.memory_mb.or(config.node.memory_mb));
-        let standalone = args.role == RoleArg::Standalone;
+        let standalone = role == RoleArg::Standalone;
         // Standalone is for one machine: it listens on loopback unless told otherwise.
         let head_listen = match (&args.listen, standalone) {
             (Some(listen), _) => listen.clone(),
@@ -151,7 +169,11 @@ impl Settings {
         let head = HeadConfig {
             node_id: node_id.clone(),
             listen: head_listen,
-            socket: args.socket.clone().or_else(|| config.head_socket.clone()),
+            socket: args.socket.clone().or_else(|| config.head_socket.clone()).unwrap_or_else(config::default_head_socket),
+            cluster_key: cluster_key.clone(),
+            operators: config.operators.clone(),
+            private_data: config.private_data,
+            anonymous_listing: config.anonymous_listing,
             state_dir: state_dir.clone(),
             store: args.store.clone().or_else(|| config.store.clone()),
             store_timeout: config.store_timeout,
@@ -167,8 +189,13 @@ impl Settings {
             node_id,
             listen: compute_listen,
             advertise: args.advertise.clone().or_else(|| config.compute_advertise.clone()),
-            head_address: args.head.clone().unwrap_or_else(|| config.head_address.clone()),
+            head_address: args
+                .head
+                .clone()
+                .or_else(|| config.head_address.clone())
+                .unwrap_or_else(|| config::DEFAULT_HEAD_ADDRESS.to_string()),
             state_dir,
+            cluster_key,
             resources,
             status_interval: config.status_interval,
             heartbeat_interval: config.heartbeat_interval,
@@ -179,7 +206,7 @@ impl Settings {
             kill_grace: config.kill_grace,
             max_message_size: config.max_message_size,
         };
-        Settings { role: args.role, head, compute }
+        Settings { role, head, compute }
     }
 }
 
@@ -212,13 +239,13 @@ mod tests {
         assert_eq!(s.head.store, None, "no URI: the embedded store");
         let s = Settings::resolve(&args(&["--role", "head", "--store", "mongodb://db:27017/cm"]), &file);
         assert_eq!(s.head.store.as_deref(), Some("mongodb://db:27017/cm"));
-        assert_eq!(s.head.socket, None, "TCP only unless asked");
+        assert_eq!(s.head.socket, config::default_head_socket(), "the head's socket is always there");
 
         let file = Config::parse("head_socket: /run/cm/head.sock\n").expect("config");
         let s = Settings::resolve(&args(&["--role", "head"]), &file);
-        assert_eq!(s.head.socket, Some(PathBuf::from("/run/cm/head.sock")));
+        assert_eq!(s.head.socket, PathBuf::from("/run/cm/head.sock"));
         let s = Settings::resolve(&args(&["--role", "head", "--socket", "/tmp/h.sock"]), &file);
-        assert_eq!(s.head.socket, Some(PathBuf::from("/tmp/h.sock")), "flag beats file");
+        assert_eq!(s.head.socket, PathBuf::from("/tmp/h.sock"), "flag beats file");
     }
 
     #[test]
@@ -231,5 +258,8 @@ mod tests {
     #[test]
     fn a_role_is_required_and_checked() {
         assert!(Args::try_parse_from(["cmd", "--role", "boss"]).is_err());
+        assert!(Args::try_parse_from(["cmd"]).is_err(), "no role, no subcommand");
+        let keygen = Args::try_parse_from(["cmd", "keygen", "/tmp/k"]).expect("keygen needs no role");
+        assert!(matches!(keygen.command, Some(Command::Keygen { path: Some(_) })));
     }
 }

@@ -288,6 +288,8 @@ fn tools_say_in_one_line_when_the_head_is_unreachable(store: StoreKind) {
 }
 
 fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
+    use cm_auth::credentials::{node_recipient, HEAD};
+    use cm_auth::Credentials;
     use cm_common::protocol::*;
     use cm_common::{JobId, Resources};
     use cm_transport::{Requester, RetryPolicy};
@@ -296,10 +298,12 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     let mut cluster = Cluster::start_on(&store, 1, 2, 512);
     let compute = read(cluster.dir.path().join("c1/compute.endpoint"));
     let policy = RetryPolicy::new(Duration::from_secs(2), 0);
-    let connect = |endpoint: &str| Requester::new(endpoint, policy, "test", Credential { uid: 0 }).expect("endpoint");
+    let key = cluster.key();
+    let sealed_for = |recipient: &str| Credentials::Sealed { key: key.clone(), recipient: recipient.to_string() };
+    let connect = |endpoint: &str, credentials| Requester::new(endpoint, policy, "test", credentials).expect("endpoint");
 
-    // Head -> compute requests, straight to the compute daemon.
-    let mut node = connect(&compute);
+    // Head -> compute requests, straight to the compute daemon, sealed as the head seals them.
+    let mut node = connect(&compute, sealed_for(&node_recipient("c1")));
     match node.call::<_, NodeResponse>(&NodeRequest::GetNodeStatus(GetNodeStatus {})).expect("reply") {
         Ok(NodeResponse::NodeStatus(status)) => {
             assert_eq!(status.capacity, Resources::new(2, 512));
@@ -315,31 +319,32 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     assert!(can_host(&mut node, 2));
     assert!(!can_host(&mut node, 3));
 
-    // Garbage, a foreign version, and a message meant for the other kind of daemon: error replies.
-    for endpoint in [cluster.head_endpoint.clone(), compute.clone()] {
-        let mut peer = connect(&endpoint);
+    // Garbage, a foreign version, and an unknown action (sealed, so that it reaches the decoder):
+    // error replies.
+    for (endpoint, recipient) in [(cluster.head_endpoint.clone(), HEAD.to_string()), (compute.clone(), node_recipient("c1"))] {
+        let mut peer = connect(&endpoint, Credentials::None);
         let code = |peer: &mut Requester, bytes: &[u8]| {
             let reply = peer.request_bytes(bytes).expect("an error reply, not silence");
-            decode::<Reply<Ack>>(&reply).expect("a valid envelope").body.expect_err("an error").code
+            decode::<Reply<Ack>>(&reply).expect("a valid envelope").1.expect_err("an error").code
         };
         assert_eq!(code(&mut peer, b"\xde\xad\xbe\xef not msgpack"), ErrorCode::BadRequest);
         assert_eq!(code(&mut peer, b""), ErrorCode::BadRequest);
-        let future =
-            Envelope { version: 999, sender: "future".to_string(), credential: Credential { uid: 0 }, body: 1 };
+        let future = Envelope { version: 999, sender: "future".to_string(), auth: Auth::None, body: vec![1] };
         assert_eq!(code(&mut peer, &rmp_serde::to_vec_named(&future).expect("encode")), ErrorCode::VersionMismatch);
-        let unknown_action = encode("t", Credential { uid: 0 }, &"Reboot").expect("encode");
-        assert_eq!(code(&mut peer, &unknown_action), ErrorCode::BadRequest);
+        let mut sealed = connect(&endpoint, sealed_for(&recipient));
+        match sealed.call::<_, Ack>(&"Reboot").expect("a reply") {
+            Err(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message),
+            Ok(ack) => panic!("an unknown action was taken: {ack:?}"),
+        }
     }
-    let misdirected =
-        encode("t", Credential { uid: 0 }, &NodeRequest::FreeResources(FreeResources { job: JobId(1), run: 0 }))
-            .expect("encode");
-    let reply = connect(&cluster.head_endpoint).request_bytes(&misdirected).expect("reply");
-    assert_eq!(decode::<Reply<Ack>>(&reply).expect("envelope").body.expect_err("error").code, ErrorCode::BadRequest);
+    let misdirected = NodeRequest::FreeResources(FreeResources { job: JobId(1), run: 0 });
+    let mut head = connect(&cluster.head_endpoint, sealed_for(HEAD));
+    assert_eq!(head.call::<_, Ack>(&misdirected).expect("reply").expect_err("error").code, ErrorCode::BadRequest);
 
     // Larger than max_message_size (1 MiB here): the head refuses it and hangs up, no reply comes.
     let oversized = vec![0x90u8; 2 << 20];
     let quick = RetryPolicy::new(Duration::from_millis(500), 0);
-    let mut big = Requester::new(&cluster.head_endpoint, quick, "test", Credential { uid: 0 }).expect("endpoint");
+    let mut big = Requester::new(&cluster.head_endpoint, quick, "test", Credentials::None).expect("endpoint");
     assert!(big.request_bytes(&oversized).is_err(), "an oversized message must not be served");
 
     // Raw bytes on the TCP ports, not even ZeroMQ.

@@ -7,6 +7,7 @@
 //! ids last, right before the exec. It borrows the supervisor's memory until then, as
 //! `posix_spawn` does, rather than copying it as a `fork` would.
 
+use crate::record::RunAs;
 use cm_common::job::Job;
 use cm_common::NodeId;
 use nix::errno::Errno;
@@ -26,8 +27,8 @@ pub struct ReplicaPlan<'a> {
     pub node: &'a NodeId,
     pub node_rank: usize,
     pub local_rank: u32,
-    /// Switch to the job's uid/gid/groups (the daemon runs as root).
-    pub switch_user: bool,
+    /// Switch to this uid, gid and groups (the daemon runs as root).
+    pub run_as: Option<&'a RunAs>,
 }
 
 impl ReplicaPlan<'_> {
@@ -214,12 +215,12 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, St
             mkdirs.push(dir);
         }
     }
-    let identity = plan.switch_user.then(|| {
-        let mut groups: Vec<libc::gid_t> = spec.user.groups.clone();
-        if !groups.contains(&spec.user.gid) {
-            groups.push(spec.user.gid);
+    let identity = plan.run_as.map(|who| {
+        let mut groups: Vec<libc::gid_t> = who.groups.clone();
+        if !groups.contains(&who.gid) {
+            groups.push(who.gid);
         }
-        (spec.user.uid, spec.user.gid, groups)
+        (who.uid, who.gid, groups)
     });
     let args = ["/bin/sh".to_string(), "-c".to_string(), spec.command.clone()];
     let mut strings = args.into_iter().map(|a| c_string("command", a)).collect::<Result<Vec<_>, _>>()?;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// What the daemon tells a supervisor.
@@ -30,9 +31,19 @@ use std::path::{Path, PathBuf};
 pub struct StepSpec {
     pub job: Job,
     pub node: NodeId,
-    /// Switch to the job's user (the daemon runs as root).
-    pub switch_user: bool,
+    /// Whom to run the replicas as, when not as the daemon's own user (a root daemon runs them
+    /// as the job's user, with the groups this node's account database gives that user).
+    #[serde(default)]
+    pub run_as: Option<RunAs>,
     pub kill_grace_ms: u64,
+}
+
+/// A user's identity on this node: uid, primary gid and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 /// What a step file holds.
@@ -60,7 +71,15 @@ pub fn run_of(file_name: &str) -> Option<JobRun> {
 /// Writes a new step file holding `spec` (replacing any file of that name).
 pub fn create(path: &Path, spec: &StepSpec) -> anyhow::Result<()> {
     let bytes = rmp_serde::to_vec_named(spec)?;
-    std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    // 0600: it holds the job's environment.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(&bytes));
+    written.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// Reads a step file; `Ok(None)` if it does not exist. A part that does not decode (cut short by
@@ -175,7 +194,7 @@ mod tests {
         StepSpec {
             job: Job::new(JobId(7), JobSpec::example(), Timestamp(1), "t".into()),
             node: NodeId::new("c1"),
-            switch_user: false,
+            run_as: None,
             kill_grace_ms: 500,
         }
     }

@@ -6,6 +6,7 @@
 //! in their process groups is killed. Stopping (a kill order or the time limit) sends SIGTERM to
 //! every replica's process group and SIGKILL after the grace period.
 
+use crate::record::RunAs;
 use crate::launch::{spawn_replica, ReplicaPlan, CHILD_STACK};
 use cm_common::job::{ExitStatus, Job, NodeEnd, NodeEndCause, ReplicaExit};
 use cm_common::{NodeId, Timestamp};
@@ -37,7 +38,7 @@ pub struct Replicas {
 impl Replicas {
     /// Starts this node's replicas of `job`. If any cannot start, those already started are
     /// killed and the reason returned.
-    pub fn start(job: &Job, node: &NodeId, switch_user: bool, kill_grace: Duration) -> Result<Replicas, String> {
+    pub fn start(job: &Job, node: &NodeId, run_as: Option<&RunAs>, kill_grace: Duration) -> Result<Replicas, String> {
         let node_rank = job
             .nodes
             .iter()
@@ -46,7 +47,7 @@ impl Replicas {
         let mut replicas: Vec<Replica> = Vec::new();
         let mut stack = vec![0u8; CHILD_STACK];
         for local_rank in 0..job.spec.procs_per_node {
-            let plan = ReplicaPlan { job, node, node_rank, local_rank, switch_user };
+            let plan = ReplicaPlan { job, node, node_rank, local_rank, run_as };
             match spawn_replica(&plan, &mut stack) {
                 Ok(pid) => replicas.push(Replica { rank: plan.rank(), pid, exit: None }),
                 Err(e) => {

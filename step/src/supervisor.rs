@@ -96,7 +96,7 @@ impl Supervisor {
         let job = spec.job.id;
         tracing::info!(job = %spec.job.job_run(), "supervising");
         let kill_grace = Duration::from_millis(spec.kill_grace_ms);
-        let mut replicas = match Replicas::start(&spec.job, &spec.node, spec.switch_user, kill_grace) {
+        let mut replicas = match Replicas::start(&spec.job, &spec.node, spec.run_as.as_ref(), kill_grace) {
             Ok(replicas) => replicas,
             Err(reason) => {
                 tracing::warn!(%reason, "cannot start the job");

@@ -5,7 +5,7 @@
 
 use cm_common::job::{ExitStatus, Job, JobNode, JobRun, JobSpec, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Timestamp};
-use cm_step::record::{self, StepSpec};
+use cm_step::record::{self, RunAs, StepSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -46,7 +46,10 @@ impl Fixture {
         let mut job = Job::new(JobId(id), spec, Timestamp::now(), "token".into());
         job.nodes = vec![JobNode { node: NodeId::new("n1"), started_at: None, end: None }];
         let path = record::path(self.dir.path(), JobRun { job: job.id, run: 0 });
-        let step = StepSpec { job, node: NodeId::new("n1"), switch_user, kill_grace_ms: 300 };
+        // The test's users have a group of the same number and no other.
+        let uid = job.spec.user.uid;
+        let run_as = switch_user.then(|| RunAs { uid, gid: uid, groups: vec![] });
+        let step = StepSpec { job, node: NodeId::new("n1"), run_as, kill_grace_ms: 300 };
         record::create(&path, &step).expect("step file");
         path
     }
@@ -127,8 +130,6 @@ fn a_replica_runs_as_the_job_user_and_reaches_files_with_the_users_permissions_o
         let path = f.write_step(id, command, 1, true, |spec| {
             spec.workdir = home.to_str().expect("utf-8").into();
             spec.user.uid = nobody;
-            spec.user.gid = nobody;
-            spec.user.groups = vec![];
             spec.stdout = stdout.map(|p| p.to_str().expect("utf-8").into());
         });
         let child = Command::new(env!("CARGO_BIN_EXE_cmstep")).arg(&path).spawn().expect("cmstep");

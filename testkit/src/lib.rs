@@ -160,8 +160,10 @@ pub struct Cluster {
     pub head_endpoint: String,
     /// `ipc://DIR/head.sock`: the head's Unix socket, which it listens on as well.
     pub head_socket: String,
-    /// Where the tools reach the head: `head_endpoint` unless [`Cluster::tools_over_socket`].
+    /// Where the tools reach the head: `head_socket` unless [`Cluster::tools_over_tcp`].
     tools_head: String,
+    /// The cluster key every daemon of this cluster holds (the head makes it).
+    pub cluster_key: PathBuf,
     pub config: PathBuf,
     /// Where tools run (the job's working directory).
     pub workdir: PathBuf,
@@ -195,6 +197,7 @@ impl Cluster {
         std::fs::create_dir_all(&workdir).expect("workdir");
         let head_state = dir.path().join("head");
         let socket = dir.path().join("head.sock");
+        let cluster_key = dir.path().join("cm.key");
         let mut args = strings(&[
             "--role",
             "head",
@@ -208,6 +211,8 @@ impl Cluster {
             config.to_str().expect("utf8"),
             "--socket",
             socket.to_str().expect("utf8"),
+            "--cluster-key",
+            cluster_key.to_str().expect("utf8"),
         ]);
         if let StoreKind::Mongo(uri) = store {
             args.extend(strings(&["--store", uri]));
@@ -218,9 +223,18 @@ impl Cluster {
         assert!(started, "the head did not start; its log:\n{}", head.log_tail(30));
         let head_endpoint = std::fs::read_to_string(&endpoint_file).expect("endpoint");
         let head_socket = format!("ipc://{}", socket.display());
-        let tools_head = head_endpoint.clone();
-        let mut cluster =
-            Cluster { dir, head, computes: vec![], head_endpoint, head_socket, tools_head, config, workdir };
+        let tools_head = head_socket.clone();
+        let mut cluster = Cluster {
+            dir,
+            head,
+            computes: vec![],
+            head_endpoint,
+            head_socket,
+            tools_head,
+            cluster_key,
+            config,
+            workdir,
+        };
         for i in 1..=computes {
             cluster.add_compute(&format!("c{i}"), cpus, memory_mb);
         }
@@ -247,6 +261,8 @@ impl Cluster {
             &cpus.to_string(),
             "--memory-mb",
             &memory_mb.to_string(),
+            "--cluster-key",
+            self.cluster_key.to_str().expect("utf8"),
         ]);
         let filter = self.head.filter.clone();
         self.computes.push(Daemon::spawn(name, args, self.dir.path().join(format!("{name}.log")), &filter));
@@ -270,10 +286,21 @@ impl Cluster {
         self.head.start();
     }
 
-    /// From now on the tools reach the head over its Unix socket, as tools on the head's host do
-    /// when configured so; compute nodes keep TCP.
+    /// From now on the tools reach the head over its Unix socket (the default), as tools on the
+    /// head's host do; the kernel tells the head who runs them.
     pub fn tools_over_socket(&mut self) {
         self.tools_head = self.head_socket.clone();
+    }
+
+    /// From now on the tools reach the head over TCP, as tools on another host do: each request
+    /// carries a MUNGE credential, so the host's `munged` must run.
+    pub fn tools_over_tcp(&mut self) {
+        self.tools_head = self.head_endpoint.clone();
+    }
+
+    /// The cluster key, as the daemons hold it: for tests that speak for a daemon.
+    pub fn key(&self) -> std::sync::Arc<cm_auth::ClusterKey> {
+        std::sync::Arc::new(cm_auth::ClusterKey::load(&self.cluster_key).expect("the cluster key"))
     }
 
     /// Runs a tool (cmrun, cminfo, cmkill) against this cluster from the work directory.

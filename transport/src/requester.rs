@@ -26,7 +26,9 @@
 
 use crate::zmtp::{self, COMMAND, GREETING, MORE};
 use crate::{tcp_endpoint, RetryPolicy};
-use cm_common::protocol::{self, Credential, Envelope, Reply};
+use cm_auth::credentials::Opened;
+use cm_auth::Credentials;
+use cm_common::protocol::{self, ErrorCode, ErrorReply, Reply};
 use cm_common::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -51,7 +53,7 @@ pub struct Requester {
     connection: Option<Connection>,
     policy: RetryPolicy,
     sender: String,
-    credential: Credential,
+    credentials: Credentials,
 }
 
 /// Where the peer listens.
@@ -78,7 +80,7 @@ impl From<io::Error> for Failure {
 impl Requester {
     /// A requester for `address`: `tcp://HOST:PORT`, `ipc://PATH`, or `HOST:PORT`. It connects on
     /// its first request.
-    pub fn new(address: &str, policy: RetryPolicy, sender: &str, credential: Credential) -> Result<Self> {
+    pub fn new(address: &str, policy: RetryPolicy, sender: &str, credentials: Credentials) -> Result<Self> {
         let endpoint = tcp_endpoint(address);
         let peer = if let Some(host_port) = endpoint.strip_prefix("tcp://") {
             Peer::Tcp(host_port.to_string())
@@ -89,31 +91,56 @@ impl Requester {
                 "cannot reach {endpoint}: use HOST:PORT, tcp://HOST:PORT or ipc://PATH"
             )));
         };
-        Ok(Requester { endpoint, peer, connection: None, policy, sender: sender.to_string(), credential })
+        Ok(Requester { endpoint, peer, connection: None, policy, sender: sender.to_string(), credentials })
+    }
+
+    /// Speaks as `sender` from now on: a load generator that plays many nodes on one connection.
+    pub fn set_sender(&mut self, sender: &str) {
+        self.sender = sender.to_string();
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
-    /// Sends `body` and decodes the reply; transport and decoding failures are the outer error,
-    /// the peer's error reply the inner one.
+    /// Sends `body` with this requester's credentials and decodes the reply; transport, decoding
+    /// and authentication failures are the outer error, the peer's error reply the inner one.
     pub fn call<Req: Serialize, Resp: DeserializeOwned>(&mut self, body: &Req) -> Result<Reply<Resp>> {
-        let request = protocol::encode(&self.sender, self.credential, body)?;
-        let envelope: Envelope<Reply<Resp>> = protocol::decode(&self.request_bytes(&request)?)?;
-        Ok(envelope.body)
+        let body = protocol::encode_body(body)?;
+        let credentials = self.credentials.clone();
+        let sender = self.sender.clone();
+        // Each attempt is a new message with a credential of its own, so none is a replay.
+        let (reply, check) = self.exchange(|| credentials.request(&sender, &body).map_err(|e| Error::Auth(e.to_string())))?;
+        let envelope = protocol::decode_envelope(&reply)?;
+        match check.open(envelope).map_err(|e| Error::Auth(format!("{}: {e}", self.endpoint)))? {
+            Opened::Trusted(body) => protocol::decode_body(&body),
+            Opened::ErrorOnly(body) => match protocol::decode_body::<Reply<Resp>>(&body)? {
+                Err(error) => Ok(Err(error)),
+                Ok(_) => Ok(Err(ErrorReply::new(
+                    ErrorCode::Unauthenticated,
+                    format!("{} answered without the cluster key's seal; is another program on its port?", self.endpoint),
+                ))),
+            },
+        }
     }
 
-    /// Sends raw bytes and returns the raw reply, trying again on fresh connections: at most
-    /// `1 + policy.retries` attempts, each with the policy's deadline, pausing between them (the
-    /// pause doubles each time).
+    /// Sends raw bytes and returns the raw reply; see [`Requester::exchange`].
     pub fn request_bytes(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        self.exchange(|| Ok((request.to_vec(), ()))).map(|(reply, ())| reply)
+    }
+
+    /// Sends the bytes `make` gives and returns the raw reply (with what `make` gave beside the
+    /// bytes for that attempt), trying again on fresh connections: at most `1 + policy.retries`
+    /// attempts, each with the policy's deadline, pausing between them (the pause doubles each
+    /// time).
+    fn exchange<T>(&mut self, mut make: impl FnMut() -> Result<(Vec<u8>, T)>) -> Result<(Vec<u8>, T)> {
         let mut backoff = self.policy.backoff;
         let attempts = self.policy.retries.saturating_add(1);
         for number in 1..=attempts {
+            let (request, extra) = make()?;
             let deadline = Instant::now() + self.policy.timeout;
-            let failure = match self.attempt(request, deadline) {
-                Ok(reply) => return Ok(reply),
+            let failure = match self.attempt(&request, deadline) {
+                Ok(reply) => return Ok((reply, extra)),
                 Err(failure) => failure,
             };
             // A REQ peer that sent and heard nothing cannot send again on this connection.
@@ -356,7 +383,7 @@ mod tests {
     fn client(endpoint: &str, timeout_ms: u64, retries: u32) -> Requester {
         let policy =
             RetryPolicy { timeout: Duration::from_millis(timeout_ms), retries, backoff: Duration::from_millis(10) };
-        Requester::new(endpoint, policy, "t", Credential { uid: 0 }).expect("a valid endpoint")
+        Requester::new(endpoint, policy, "t", Credentials::None).expect("a valid endpoint")
     }
 
     #[test]
@@ -524,10 +551,10 @@ mod tests {
     #[test]
     fn endpoints_other_than_tcp_and_ipc_are_refused() {
         let policy = RetryPolicy::new(Duration::from_secs(1), 0);
-        let err = Requester::new("udp://10.0.0.1:5", policy, "t", Credential { uid: 0 })
+        let err = Requester::new("udp://10.0.0.1:5", policy, "t", Credentials::None)
             .err()
             .expect("udp is no endpoint here");
         assert!(err.to_string().contains("ipc://PATH"), "{err}");
-        assert!(Requester::new("head:5001", policy, "t", Credential { uid: 0 }).is_ok());
+        assert!(Requester::new("head:5001", policy, "t", Credentials::None).is_ok());
     }
 }

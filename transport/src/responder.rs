@@ -21,7 +21,9 @@ use crate::zmtp::{self, GREETING, MORE};
 use cm_common::{Error, Result};
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::unix::SourceFd;
+use cm_auth::Origin;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::ToSocketAddrs;
@@ -149,6 +151,8 @@ struct Peer {
     replies_unsent: usize,
     /// It is in `unread`: its socket has more than its last turn read.
     unread: bool,
+    /// Who the kernel says the peer is (a Unix socket's `SO_PEERCRED`); TCP peers are unknown.
+    origin: Origin,
 }
 
 impl Responder {
@@ -348,6 +352,13 @@ impl Responder {
         Ok(Some(request.incoming))
     }
 
+    /// Who sent the request taken last, as far as the kernel can tell: the uid of a Unix socket's
+    /// peer, or [`Origin::Network`] (also for a peer that has gone).
+    pub fn origin(&self) -> Origin {
+        let peer = self.answering.as_ref().and_then(|(token, _)| self.peers.get(token));
+        peer.map_or(Origin::Network, |peer| peer.origin)
+    }
+
     /// Answers the request taken last. A requester that has gone away is not an error here: its
     /// retry, on a fresh connection, will be answered then.
     pub fn send(&mut self, reply: &[u8]) {
@@ -424,6 +435,17 @@ impl Responder {
     }
 
     fn greet(&mut self, mut stream: Stream) {
+        // The peer's credentials as of its connect; a Unix peer whose cannot be read is refused.
+        let origin = match &stream {
+            Stream::Tcp(_) => Origin::Network,
+            Stream::Unix(unix) => match getsockopt(unix, PeerCredentials) {
+                Ok(cred) => Origin::Local { uid: cred.uid() },
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot read a local peer's credentials");
+                    return;
+                }
+            },
+        };
         let token = Token(self.next_token);
         self.next_token += 1;
         let registered = self.poll.registry().register(stream.io(), token, Interest::READABLE | Interest::WRITABLE);
@@ -444,6 +466,7 @@ impl Responder {
             waiting: 0,
             replies_unsent: 0,
             unread: false,
+            origin,
         };
         self.peers.insert(token, peer);
         self.handshakes.push_back((Instant::now() + HANDSHAKE_TIME, token));
@@ -686,7 +709,7 @@ mod tests {
     use super::*;
     use crate::test_support::echo;
     use crate::{Requester, RetryPolicy};
-    use cm_common::protocol::Credential;
+    use cm_auth::Credentials;
     use std::net::TcpStream as RawStream;
     use std::sync::Arc;
 
@@ -774,7 +797,7 @@ mod tests {
             .map(|c| {
                 let endpoint = endpoint.clone();
                 std::thread::spawn(move || {
-                    let mut client = Requester::new(&endpoint, policy(), "t", Credential { uid: 0 }).expect("endpoint");
+                    let mut client = Requester::new(&endpoint, policy(), "t", Credentials::None).expect("endpoint");
                     for i in 0..50 {
                         let request = format!("{c}/{i}");
                         let reply = client.request_bytes(request.as_bytes()).expect("reply");
@@ -804,7 +827,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&error).contains("over the limit"), "{error:?}");
         let (mut greedy, _) = raw_peer(&endpoint, "REQ");
         send_frames(&mut greedy, &[b"", &vec![1u8; 24 << 20]]);
-        let mut client = Requester::new(&endpoint, policy(), "t", Credential { uid: 0 }).expect("endpoint");
+        let mut client = Requester::new(&endpoint, policy(), "t", Credentials::None).expect("endpoint");
         for i in 0..20 {
             let request = format!("still here {i}");
             assert_eq!(client.request_bytes(request.as_bytes()).expect("reply"), format!("echo:{request}").as_bytes());
@@ -842,7 +865,7 @@ mod tests {
                 assert!(sent < 20_000, "a peer that reads nothing was taken {sent} requests");
             }
         });
-        let mut client = Requester::new(&endpoint, policy(), "t", Credential { uid: 0 }).expect("endpoint");
+        let mut client = Requester::new(&endpoint, policy(), "t", Credentials::None).expect("endpoint");
         while !flood.is_finished() {
             assert_eq!(client.request_bytes(b"meanwhile").expect("reply"), b"echo:meanwhile");
         }
@@ -892,7 +915,7 @@ mod tests {
     fn requests_are_answered_and_the_server_stops_on_shutdown() {
         let (endpoint, stop) = echo_server(1 << 20);
         let mut client =
-            Requester::new(&endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credential { uid: 0 })
+            Requester::new(&endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credentials::None)
                 .expect("endpoint");
         assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi");
         assert_eq!(client.request_bytes(b"again").expect("reply"), b"echo:again");
@@ -911,8 +934,8 @@ mod tests {
         let tcp = server.endpoint().to_string();
         let stop = echo(server);
         let policy = RetryPolicy::new(Duration::from_secs(2), 1);
-        let mut over_unix = Requester::new(&unix, policy, "t", Credential { uid: 0 }).expect("endpoint");
-        let mut over_tcp = Requester::new(&tcp, policy, "t", Credential { uid: 0 }).expect("endpoint");
+        let mut over_unix = Requester::new(&unix, policy, "t", Credentials::None).expect("endpoint");
+        let mut over_tcp = Requester::new(&tcp, policy, "t", Credentials::None).expect("endpoint");
         assert_eq!(over_unix.request_bytes(b"a").expect("reply"), b"echo:a");
         assert_eq!(over_tcp.request_bytes(b"b").expect("reply"), b"echo:b");
         stop();
@@ -944,7 +967,7 @@ mod tests {
         // The first still has its clients.
         let stop = echo(first);
         let policy = RetryPolicy::new(Duration::from_secs(2), 1);
-        let mut client = Requester::new(&unix, policy, "t", Credential { uid: 0 }).expect("endpoint");
+        let mut client = Requester::new(&unix, policy, "t", Credentials::None).expect("endpoint");
         assert_eq!(client.request_bytes(b"a").expect("reply"), b"echo:a");
         stop();
         // A socket file nobody listens on is stale: the second takes its place.

@@ -4,7 +4,7 @@
 //! ZeroMQ can talk to. Needs `python3` with pyzmq (`.ci/run` installs it); without it the tests
 //! skip with a printed reason, except under CI (`CI` set), where that fails.
 
-use cm_common::protocol::Credential;
+use cm_auth::Credentials;
 use cm_transport::{Incoming, Requester, Responder, RetryPolicy};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -102,7 +102,7 @@ fn a_libzmq_rep_socket_answers_cms_requester_over_tcp_and_a_unix_socket() {
         let endpoint = endpoint.trim();
         assert!(!endpoint.is_empty(), "the libzmq {version} REP did not start");
         let policy = RetryPolicy::new(Duration::from_secs(10), 0);
-        let mut client = Requester::new(endpoint, policy, "t", Credential { uid: 0 }).expect("endpoint");
+        let mut client = Requester::new(endpoint, policy, "t", Credentials::None).expect("endpoint");
         assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi", "libzmq {version} at {endpoint}");
         let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         let reply = client.request_bytes(&big).expect("reply");

@@ -5,7 +5,7 @@
 //! what a process start plus one ZeroMQ round trip cost on this machine, before any cm work.
 #![cfg_attr(not(test), no_main)]
 
-use cm_common::protocol::Credential;
+use cm_auth::Credentials;
 use cm_transport::{Requester, RetryPolicy};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ fn main() {
         std::process::exit(2);
     };
     let policy = RetryPolicy::new(Duration::from_secs(5), 0);
-    let result = Requester::new(endpoint, policy, "cmbench-floor", Credential { uid: 0 })
+    let result = Requester::new(endpoint, policy, "cmbench-floor", Credentials::None)
         .and_then(|mut requester| requester.request_bytes(&vec![0u8; size]));
     if let Err(e) = result {
         eprintln!("cmbench-floor: {e}");

@@ -13,6 +13,7 @@ use crate::service::EventSender;
 use cm_common::job::JobRun;
 use cm_common::protocol::*;
 use cm_common::{NodeId, Resources};
+use cm_auth::Credentials;
 use cm_transport::{Requester, RetryPolicy};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,8 @@ pub struct LinkConfig {
     pub address: String,
     pub capacity: Resources,
     pub only_uid: Option<u32>,
+    /// Every request to the head is sealed with it.
+    pub key: std::sync::Arc<cm_auth::ClusterKey>,
     pub heartbeat_interval: Duration,
     pub register_retries: u32,
     pub register_retry_wait: Duration,
@@ -62,8 +65,8 @@ impl HeadLink {
         shutdown: Arc<AtomicBool>,
     ) -> anyhow::Result<HeadLink> {
         let (reports, inbox) = channel::<JobReport>();
-        let requester =
-            Requester::new(&config.head_address, config.policy, config.node.as_str(), Credential { uid: 0 })?;
+        let sealed = Credentials::Sealed { key: config.key.clone(), recipient: cm_auth::credentials::HEAD.into() };
+        let requester = Requester::new(&config.head_address, config.policy, config.node.as_str(), sealed)?;
         let mut link = Link { config, requester, running, events, shutdown, queue: VecDeque::new(), held_since: None };
         std::thread::Builder::new().name("head-link".into()).spawn(move || {
             if !link.register() {

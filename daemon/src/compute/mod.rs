@@ -8,11 +8,14 @@
 //! `cm-step`), which starts the replicas and enforces the time limit, so jobs keep running, and
 //! are reported, across a restart of this daemon.
 
+pub mod accounts;
 pub mod head_link;
 pub mod launcher;
 pub mod steps;
 
-use crate::service::{reply_bytes, EventSender, Inbox, Next};
+use crate::service::{EventSender, Inbox, Next};
+use accounts::Accounts;
+use cm_auth::{ClusterKey, Gate};
 use crate::settings::ComputeConfig;
 use anyhow::{anyhow, Context};
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
@@ -56,6 +59,8 @@ struct Compute {
     is_root: bool,
     my_uid: u32,
     steps: Steps,
+    /// The groups of the users whose jobs run here.
+    accounts: Accounts,
     link: HeadLink,
     events: EventSender<Event>,
     /// Runs to start once an earlier run of the same job has stopped here, by job. The head
@@ -65,7 +70,12 @@ struct Compute {
 }
 
 /// Runs the compute daemon until `shutdown` is set. `bound` receives the endpoint listened on.
-pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&str)) -> anyhow::Result<()> {
+pub fn run(
+    config: ComputeConfig,
+    key: Arc<ClusterKey>,
+    shutdown: Arc<AtomicBool>,
+    bound: impl FnOnce(&str),
+) -> anyhow::Result<()> {
     let capacity = config.resources;
     let responder = Responder::bind(&config.listen, config.max_message_size)
         .with_context(|| format!("the compute daemon cannot listen on {}", config.listen))?;
@@ -76,7 +86,8 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
 
     let my_uid = nix::unistd::getuid().as_raw();
     let is_root = my_uid == 0;
-    let (mut inbox, events) = Inbox::<NodeRequest, Event>::new(responder, config.node_id.to_string())?;
+    let gate = Gate::node(key.clone(), config.node_id.as_str());
+    let (mut inbox, events) = Inbox::<NodeRequest, Event>::new(responder, config.node_id.to_string(), gate)?;
     let mut steps = Steps::new(&config.state_dir, config.node_id.clone(), config.kill_grace)
         .with_context(|| format!("cannot use the state directory {}", config.state_dir.display()))?;
     let ended_meanwhile = steps.adopt();
@@ -89,6 +100,7 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
             address,
             capacity,
             only_uid: (!is_root).then_some(my_uid),
+            key,
             heartbeat_interval: config.heartbeat_interval,
             register_retries: config.register_retries,
             register_retry_wait: config.register_retry_wait,
@@ -98,7 +110,17 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
         events.clone(),
         shutdown.clone(),
     )?;
-    let mut compute = Compute { config, capacity, is_root, my_uid, steps, link, events, waiting: BTreeMap::new() };
+    let mut compute = Compute {
+        config,
+        capacity,
+        is_root,
+        my_uid,
+        steps,
+        accounts: Accounts::default(),
+        link,
+        events,
+        waiting: BTreeMap::new(),
+    };
     for (run, end) in ended_meanwhile {
         compute.report_end(run, end);
     }
@@ -107,9 +129,10 @@ pub fn run(config: ComputeConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(
     let mut next_poll = Instant::now() + compute.config.status_interval;
     while !shutdown.load(Ordering::Relaxed) {
         match inbox.next(next_poll.saturating_duration_since(Instant::now()).min(MAX_WAIT)) {
-            Ok(Some(Next::Request(envelope))) => {
-                let reply = compute.handle(envelope.body);
-                inbox.reply(&reply_bytes(compute.config.node_id.as_str(), &reply));
+            Ok(Some(Next::Request(request))) => {
+                // Only the cluster's daemons get here: the node's gate takes nothing else.
+                let reply = compute.handle(request.body);
+                inbox.reply(&reply);
             }
             Ok(Some(Next::Event(Event::StepEnded(run)))) => compute.step_ended(run),
             Ok(Some(Next::Event(Event::EndAcked(run)))) => compute.steps.acknowledged(run),
@@ -207,11 +230,17 @@ impl Compute {
     /// Starts this node's share of `job` and reports the start to the head.
     fn start(&mut self, job: &Job) -> Reply<()> {
         let events = self.events.clone();
-        let switch_user = self.is_root && job.spec.user.uid != self.my_uid;
+        let uid = job.spec.user.uid;
+        let run_as = if self.is_root && uid != self.my_uid {
+            let who = self.accounts.run_as(uid, self.config.node_id.as_str());
+            Some(who.map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))?)
+        } else {
+            None
+        };
         let on_end = move |run| {
             events.send(Event::StepEnded(run));
         };
-        self.steps.start(job, switch_user, on_end).map_err(|e| {
+        self.steps.start(job, run_as, on_end).map_err(|e| {
             tracing::warn!(job = %job.id, error = %e, "cannot start job");
             ErrorReply::new(ErrorCode::Internal, e)
         })?;

@@ -11,7 +11,7 @@
 use super::launcher::Launcher;
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
-use cm_step::record::{self, StepSpec};
+use cm_step::record::{self, RunAs, StepSpec};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -50,8 +50,9 @@ pub struct Steps {
 impl Steps {
     pub fn new(state_dir: &Path, node: NodeId, kill_grace: Duration) -> std::io::Result<Steps> {
         let root = state_dir.join("jobs");
-        std::fs::create_dir_all(&root)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join("cmstep.log"))?;
+        crate::private::create_dir(state_dir)?;
+        crate::private::create_dir(&root)?;
+        let log = crate::private::append(&state_dir.join("cmstep.log"))?;
         // The supervisor binary is installed beside cmd.
         let exe = std::env::current_exe()?.with_file_name("cmstep");
         Ok(Steps {
@@ -95,7 +96,7 @@ impl Steps {
     pub fn start(
         &mut self,
         job: &Job,
-        switch_user: bool,
+        run_as: Option<RunAs>,
         on_end: impl FnOnce(JobRun) + Send + 'static,
     ) -> Result<(), String> {
         let run = job.job_run();
@@ -103,7 +104,7 @@ impl Steps {
         let node = self.node.clone();
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("cannot {what} for job {run} on {node}: {e}");
         let kill_grace_ms = u64::try_from(self.kill_grace.as_millis()).unwrap_or(u64::MAX);
-        let spec = StepSpec { job: job.clone(), node: self.node.clone(), switch_user, kill_grace_ms };
+        let spec = StepSpec { job: job.clone(), node: self.node.clone(), run_as, kill_grace_ms };
         record::create(&path, &spec).map_err(|e| fail("write the step file", &e))?;
         let pid = match self.launcher().and_then(|l| l.launch(&path, Box::new(move || on_end(run)))) {
             Ok(pid) => pid,
@@ -291,7 +292,7 @@ mod tests {
         // Readable now, with an end, and held by no one: the run ended while nobody could tell.
         std::fs::remove_file(&path).expect("remove");
         let job = Job::new(run.job, JobSpec::example(), Timestamp(1), "t".into());
-        let spec = StepSpec { job, node: NodeId::new("c1"), switch_user: false, kill_grace_ms: 1000 };
+        let spec = StepSpec { job, node: NodeId::new("c1"), run_as: None, kill_grace_ms: 1000 };
         record::create(&path, &spec).expect("create");
         let end = NodeEnd {
             ended_at: Timestamp(5),

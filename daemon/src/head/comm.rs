@@ -6,7 +6,9 @@
 //! node refuses comes back to the loop as a [`DeliveryFailure`]. Tests use [`RecordingComm`].
 
 use cm_common::node::Node;
-use cm_common::protocol::{Credential, NodeRequest, NodeResponse};
+use cm_auth::credentials::node_recipient;
+use cm_auth::{ClusterKey, Credentials};
+use cm_common::protocol::{NodeRequest, NodeResponse};
 use cm_common::NodeId;
 use cm_transport::{Requester, RetryPolicy};
 use std::collections::HashMap;
@@ -38,21 +40,27 @@ pub type FailureSink = Arc<dyn Fn(DeliveryFailure) + Send + Sync>;
 /// [`NodeComm`] over ZeroMQ: one worker thread and socket per node.
 pub struct ZmqComm {
     policy: RetryPolicy,
+    /// Every request to a node is sealed with it, for that node.
+    key: Arc<ClusterKey>,
     me: String,
     failures: FailureSink,
     workers: HashMap<NodeId, Worker>,
 }
 
 impl ZmqComm {
-    pub fn new(policy: RetryPolicy, me: String, failures: FailureSink) -> Self {
-        ZmqComm { policy, me, failures, workers: HashMap::new() }
+    pub fn new(policy: RetryPolicy, key: Arc<ClusterKey>, me: String, failures: FailureSink) -> Self {
+        ZmqComm { policy, key, me, failures, workers: HashMap::new() }
+    }
+
+    fn sealed_for(&self, node: &Node) -> Credentials {
+        Credentials::Sealed { key: self.key.clone(), recipient: node_recipient(node.id.as_str()) }
     }
 
     fn spawn_worker(&self, node: &Node) -> Worker {
         let (queue, requests) = channel::<NodeRequest>();
         // A node address the transport cannot use fails each request, as an unreachable node's would.
         let mut requester =
-            Requester::new(&node.address, self.policy, &self.me, Credential { uid: 0 }).map_err(|e| e.to_string());
+            Requester::new(&node.address, self.policy, &self.me, self.sealed_for(node)).map_err(|e| e.to_string());
         let node_id = node.id.clone();
         let failures = self.failures.clone();
         let spawned = std::thread::Builder::new().name(format!("comm-{}", node.id)).spawn(move || {

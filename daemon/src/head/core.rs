@@ -19,6 +19,7 @@ use crate::store::{Store, StoreError};
 use cm_common::job::{Job, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::protocol::*;
+use cm_auth::Identity;
 use cm_common::{JobId, NodeId, Timestamp};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,6 +29,12 @@ use std::time::Duration;
 pub struct HeadSettings {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// Users (names or uids) who, besides root, may see and kill any job.
+    pub operators: Vec<String>,
+    /// Users see only their own jobs (SLURM's `PrivateData=jobs`).
+    pub private_data: bool,
+    /// Requests over TCP without a credential may list nodes and jobs.
+    pub anonymous_listing: bool,
 }
 
 /// The head's state and decisions.
@@ -231,42 +238,98 @@ impl HeadCore {
         }
     }
 
+    // ------------------------------------------------------------------ who may do what
+
+    /// Answers a request from `identity`, as proven by the inbox: user tools ask as users,
+    /// daemons of the cluster as daemons; nothing else is taken.
+    pub fn handle(&mut self, identity: &Identity, request: HeadRequest, now: Timestamp) -> HeadReply {
+        match (identity, request) {
+            (Identity::User(uid), HeadRequest::Client(req)) => HeadReply::Client(self.handle_client(*uid, req, now)),
+            (Identity::Anonymous, HeadRequest::Client(req)) => HeadReply::Client(self.handle_anonymous(req)),
+            (Identity::Daemon(sender), HeadRequest::Compute(req)) => {
+                HeadReply::Compute(self.handle_compute(&NodeId::new(sender.as_str()), req, now))
+            }
+            (Identity::Daemon(_), HeadRequest::Client(_)) => HeadReply::Client(Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                "user requests must come from a user's tool, not from a daemon",
+            ))),
+            (_, HeadRequest::Compute(_)) => HeadReply::Compute(Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "only the cluster's daemons may register nodes or report jobs: seal requests with the cluster key",
+            ))),
+        }
+    }
+
+    /// A request over TCP with no credential: listings if the operator allows them, else nothing.
+    fn handle_anonymous(&mut self, request: ClientRequest) -> Reply<ClientResponse> {
+        let listing = matches!(request, ClientRequest::FetchNodes(_) | ClientRequest::FetchJobs(_));
+        if listing && self.settings.anonymous_listing && !self.settings.private_data {
+            return self.handle_client(ANONYMOUS, request, Timestamp(0));
+        }
+        Err(ErrorReply::new(
+            ErrorCode::Unauthenticated,
+            "the head takes requests over TCP only with a MUNGE credential: run munged on this host \
+             (with the cluster's munge.key), or use the tools on the head's host, over its Unix socket",
+        ))
+    }
+
+    /// Root, or a user named in `operators` (by name or uid).
+    fn is_operator(&mut self, uid: u32) -> bool {
+        if uid == 0 {
+            return true;
+        }
+        if uid == ANONYMOUS || self.settings.operators.is_empty() {
+            return false;
+        }
+        let name = self.user_names.name(uid, "");
+        self.settings.operators.iter().any(|op| *op == name || *op == uid.to_string())
+    }
+
     // ------------------------------------------------------------------ clients
 
-    pub fn handle_client(
-        &mut self,
-        credential: Credential,
-        request: ClientRequest,
-        now: Timestamp,
-    ) -> Reply<ClientResponse> {
+    /// A user's request; `uid` is proven (the kernel or MUNGE said so).
+    pub fn handle_client(&mut self, uid: u32, request: ClientRequest, now: Timestamp) -> Reply<ClientResponse> {
         match request {
             ClientRequest::FetchNodes(_) => {
                 let mut nodes = vec![self.me.clone()];
                 nodes.extend(self.nodes.values().cloned());
                 Ok(ClientResponse::Nodes(NodesReply { nodes }))
             }
-            ClientRequest::FetchJobs(req) => self.fetch_jobs(req),
+            ClientRequest::FetchJobs(req) => {
+                let only = (self.settings.private_data && !self.is_operator(uid)).then_some(uid);
+                self.fetch_jobs(req, only)
+            }
             ClientRequest::GetJob(GetJob { id }) => {
-                let job = match self.jobs.get(&id) {
+                let mut job = match self.jobs.get(&id) {
                     Some(job) => job.clone(),
                     None => self.store.job(id).map_err(unavailable)?.ok_or_else(|| not_found(id))?,
                 };
+                if job.spec.user.uid != uid && !self.is_operator(uid) {
+                    if self.settings.private_data {
+                        return Err(not_found(id));
+                    }
+                    // Another user's environment holds their secrets.
+                    job.spec.env.clear();
+                }
                 Ok(ClientResponse::Job(JobReply { job }))
             }
-            ClientRequest::AssignJobId(req) => self.submit(credential, req, now),
-            ClientRequest::KillJob(KillJob { id }) => self.kill(credential, id, now),
+            ClientRequest::AssignJobId(req) => self.submit(uid, req, now),
+            ClientRequest::KillJob(KillJob { id }) => self.kill(uid, id, now),
         }
     }
 
-    fn fetch_jobs(&self, req: FetchJobs) -> Reply<ClientResponse> {
+    /// Pending and running jobs (and finished ones if asked), of user `only` if given.
+    fn fetch_jobs(&self, req: FetchJobs, only: Option<u32>) -> Reply<ClientResponse> {
         let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        let visible = |job: &Job| only.is_none_or(|uid| job.spec.user.uid == uid);
         let mut jobs: Vec<Job> = Vec::new();
         if req.include_finished {
             jobs = self.store.finished_jobs(limit).map_err(unavailable)?;
+            jobs.retain(visible);
             jobs.iter_mut().for_each(|j| j.spec.env.clear());
         }
         // Running jobs first, then the oldest pending ones: what a user looks for in a long queue.
-        let active = || self.jobs.values().filter(|j| !j.state.is_terminal());
+        let active = || self.jobs.values().filter(|j| !j.state.is_terminal() && visible(j));
         let running = active().filter(|j| j.state != JobState::Pending);
         let pending = active().filter(|j| j.state == JobState::Pending);
         let listed: Vec<Job> = running.chain(pending).take(limit).map(Job::summary).collect();
@@ -276,16 +339,17 @@ impl HeadCore {
         Ok(ClientResponse::Jobs(JobsReply { jobs, left_out }))
     }
 
-    fn submit(&mut self, credential: Credential, req: AssignJobId, now: Timestamp) -> Reply<ClientResponse> {
+    fn submit(&mut self, uid: u32, req: AssignJobId, now: Timestamp) -> Reply<ClientResponse> {
         if let Some(id) = self.tokens.get(&req.token) {
             return Ok(ClientResponse::JobAccepted(JobAccepted { id })); // a retry of a submit we already took
         }
         let mut spec = req.spec;
         spec.validate().map_err(invalid)?;
-        if credential.uid != 0 && credential.uid != spec.user.uid {
+        // Root may submit for anyone (as SLURM's `sbatch --uid`); everyone else as themselves.
+        if uid != 0 && uid != spec.user.uid {
             return Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
-                format!("uid {} cannot submit a job that runs as uid {}", credential.uid, spec.user.uid),
+                format!("uid {uid} cannot submit a job that runs as uid {}", spec.user.uid),
             ));
         }
         spec.user.name = self.user_names.name(spec.user.uid, &spec.user.name);
@@ -332,7 +396,7 @@ impl HeadCore {
         Err(invalid(message))
     }
 
-    fn kill(&mut self, credential: Credential, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
+    fn kill(&mut self, uid: u32, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
         let mut job = match self.jobs.get(&id) {
             Some(job) => job.clone(),
             None => match self.store.job(id).map_err(unavailable)? {
@@ -343,22 +407,22 @@ impl HeadCore {
         if job.state.is_terminal() {
             return Err(invalid(format!("job {id} has already ended ({})", job.state.name())));
         }
-        if credential.uid != 0 && credential.uid != job.spec.user.uid {
+        if uid != job.spec.user.uid && !self.is_operator(uid) {
             return Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
                 format!(
-                    "job {id} belongs to {} (uid {}); only its owner or root may kill it",
+                    "job {id} belongs to {} (uid {}); only its owner, root or an operator may kill it",
                     job.spec.user.name, job.spec.user.uid
                 ),
             ));
         }
         let previous_state = job.state.name().to_string();
-        job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: credential.uid };
+        job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: uid };
         let still_running: Vec<NodeId> = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
         let run = job.job_run();
         self.commit_now(vec![job], vec![]).map_err(unavailable)?;
         self.send_free(run, &still_running);
-        tracing::info!(job = %id, by = credential.uid, "job killed");
+        tracing::info!(job = %id, by = uid, "job killed");
         Ok(ClientResponse::JobKilled(JobKilled { id, previous_state }))
     }
 
@@ -375,11 +439,26 @@ impl HeadCore {
 
     // ------------------------------------------------------------------ compute nodes
 
-    pub fn handle_compute(&mut self, request: ComputeRequest, now: Timestamp) -> Reply<ComputeResponse> {
+    /// A compute daemon's request; `sender` is the node it sealed its message as, which is the
+    /// only node it may speak for.
+    pub fn handle_compute(&mut self, sender: &NodeId, request: ComputeRequest, now: Timestamp) -> Reply<ComputeResponse> {
+        let speaks_for = |node: &NodeId| {
+            if node == sender {
+                Ok(())
+            } else {
+                Err(ErrorReply::new(ErrorCode::PermissionDenied, format!("{sender} cannot speak for node {node}")))
+            }
+        };
         match request {
-            ComputeRequest::RegisterNode(req) => self.register(req, now),
-            ComputeRequest::Heartbeat(req) => self.heartbeat(req, now),
+            ComputeRequest::RegisterNode(req) => speaks_for(&req.node).and_then(|()| self.register(req, now)),
+            ComputeRequest::Heartbeat(req) => speaks_for(&req.node).and_then(|()| self.heartbeat(req, now)),
             ComputeRequest::ReportJobs(ReportJobs { reports }) => {
+                for report in &reports {
+                    match report {
+                        JobReport::Start(r) => speaks_for(&r.node)?,
+                        JobReport::End(r) => speaks_for(&r.node)?,
+                    }
+                }
                 // All or nothing for the node: on an error it sends the batch again, and what was
                 // applied already is recognised and left alone.
                 for report in reports {
@@ -397,6 +476,19 @@ impl HeadCore {
     }
 
     fn register(&mut self, req: RegisterNode, now: Timestamp) -> Reply<ComputeResponse> {
+        // A live node keeps its host: a daemon elsewhere cannot take over its id (and its jobs)
+        // until it has been silent for heartbeat_timeout. A restart on the same host may rejoin.
+        if let Some(live) = self.nodes.get(&req.node).filter(|n| n.is_up()) {
+            if host_of(&live.address) != host_of(&req.address) {
+                return Err(ErrorReply::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "node {} is registered and alive at {}; another node cannot take its id from {} (pick another --node-id, or stop the first and wait {:?})",
+                        req.node, live.address, req.address, self.settings.heartbeat_timeout
+                    ),
+                ));
+            }
+        }
         let mut node = self.nodes.get(&req.node).cloned().unwrap_or_else(|| Node {
             id: req.node.clone(),
             role: Role::Compute,
@@ -656,6 +748,21 @@ impl HeadCore {
     }
 }
 
+/// The uid that anonymous listings are made as: no job is theirs, and no operator has it.
+const ANONYMOUS: u32 = u32::MAX;
+
+/// What the head answers a request with.
+pub enum HeadReply {
+    Client(Reply<ClientResponse>),
+    Compute(Reply<ComputeResponse>),
+}
+
+/// The host of `tcp://HOST:PORT` or `HOST:PORT`.
+fn host_of(address: &str) -> &str {
+    let address = address.strip_prefix("tcp://").unwrap_or(address);
+    address.rsplit_once(':').map_or(address, |(host, _)| host)
+}
+
 fn not_found(id: JobId) -> ErrorReply {
     ErrorReply::new(ErrorCode::NotFound, format!("job {id} does not exist"))
 }
@@ -671,8 +778,22 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    const ALICE: Credential = Credential { uid: 1000 };
-    const BOB: Credential = Credential { uid: 2000 };
+    const ALICE: u32 = 1000;
+    const BOB: u32 = 2000;
+
+    /// A compute request as the node it names sends it (sealed with the cluster key).
+    fn from_node(core: &mut HeadCore, request: ComputeRequest, now: Timestamp) -> Reply<ComputeResponse> {
+        let node = match &request {
+            ComputeRequest::RegisterNode(r) => r.node.clone(),
+            ComputeRequest::Heartbeat(h) => h.node.clone(),
+            ComputeRequest::ReportJobs(r) => match r.reports.first() {
+                Some(JobReport::Start(s)) => s.node.clone(),
+                Some(JobReport::End(e)) => e.node.clone(),
+                None => NodeId::new("c1"),
+            },
+        };
+        core.handle_compute(&node, request, now)
+    }
 
     struct Fixture {
         core: HeadCore,
@@ -731,7 +852,13 @@ mod tests {
             let sent = RecordingComm::default();
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
             let settings =
-                HeadSettings { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(5) };
+                HeadSettings {
+                    heartbeat_interval: Duration::from_secs(1),
+                    heartbeat_timeout: Duration::from_secs(5),
+                    operators: vec![],
+                    private_data: false,
+                    anonymous_listing: false,
+                };
             let mut core =
                 HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings, Timestamp(0)).expect("open");
             for id in ids {
@@ -743,7 +870,7 @@ mod tests {
                     only_uid: None,
                     running: vec![],
                 };
-                core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
+                from_node(&mut core, ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
             }
             Fixture { core, sent, failing_sync, _dir: dir }
         }
@@ -788,7 +915,7 @@ mod tests {
             let run = self.core.job(job).map_or(0, |j| j.run);
             let report = ReportJobEnd { node: NodeId::new(node), job, run, end, started_at: None };
             let reports = ReportJobs { reports: vec![JobReport::End(report)] };
-            self.core.handle_compute(ComputeRequest::ReportJobs(reports), Timestamp(50)).expect("report");
+            from_node(&mut self.core, ComputeRequest::ReportJobs(reports), Timestamp(50)).expect("report");
         }
 
         fn state(&self, id: JobId) -> JobState {
@@ -903,7 +1030,7 @@ mod tests {
         let mut f = Fixture::new(&["a"]);
         let mut spec = JobBuilder::new(0).uid(0).spec();
         spec.user.name = "mallory".into();
-        let root = Credential { uid: 0 };
+        let root = 0;
         let id = match f.core.handle_client(
             root,
             ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }),
@@ -949,7 +1076,7 @@ mod tests {
             }),
             JobReport::End(ReportJobEnd { node, job: two, run: 0, end: exited, started_at: Some(Timestamp(99)) }),
         ];
-        f.core.handle_compute(ComputeRequest::ReportJobs(ReportJobs { reports }), Timestamp(30)).expect("reports");
+        from_node(&mut f.core, ComputeRequest::ReportJobs(ReportJobs { reports }), Timestamp(30)).expect("reports");
         let started = |f: &Fixture, id| f.core.stored_job(id).nodes[0].started_at;
         assert_eq!((started(&f, one), started(&f, two)), (Some(Timestamp(13)), Some(Timestamp(12))));
         assert!(
@@ -1070,7 +1197,7 @@ mod tests {
         f.core.schedule_if_needed(Timestamp(11));
         f.take_sent();
         let beat = Heartbeat { node: NodeId::new("b"), running: vec![JobRun { job: id, run: 0 }] };
-        f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
+        from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
         f.core.tick(Timestamp(6_000));
         assert!(!f.core.node(&NodeId::new("a")).expect("a").is_up(), "a missed its heartbeats");
         assert!(f.core.node(&NodeId::new("b")).expect("b").is_up());
@@ -1081,7 +1208,7 @@ mod tests {
         // Back from the dead: it heartbeats again, and learns to kill what it still runs.
         let stale = JobRun { job: id, run: 0 };
         let beat = Heartbeat { node: NodeId::new("a"), running: vec![stale] };
-        match f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(7_000)) {
+        match from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(7_000)) {
             Ok(ComputeResponse::HeartbeatAck(ack)) => assert_eq!(ack.kill, vec![stale]),
             other => panic!("{other:?}"),
         }
@@ -1099,7 +1226,7 @@ mod tests {
         // Only b and c heartbeat: a goes down.
         for node in ["b", "c"] {
             let beat = Heartbeat { node: NodeId::new(node), running: vec![] };
-            f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
+            from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
         }
         f.core.tick(Timestamp(6_000));
         assert_eq!(f.take_sent(), vec![pair("b", "free 1")]);
@@ -1120,7 +1247,7 @@ mod tests {
             started_at: None,
         };
         let reports = ReportJobs { reports: vec![JobReport::End(late)] };
-        f.core.handle_compute(ComputeRequest::ReportJobs(reports), Timestamp(6_003)).expect("late report");
+        from_node(&mut f.core, ComputeRequest::ReportJobs(reports), Timestamp(6_003)).expect("late report");
         assert!(matches!(f.state(id), JobState::Running { .. }));
         assert_eq!(f.free_cpus("b"), 1, "the second run still holds b");
         f.end(id, "b", &[(0, 0)], NodeEndCause::Exited);
@@ -1140,7 +1267,7 @@ mod tests {
             only_uid: None,
             running: vec![],
         };
-        f.core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(20)).expect("register");
+        from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(20)).expect("register");
         assert!(matches!(f.state(id), JobState::NodeFail { ref reason, .. } if reason.contains("restarted")));
         assert_eq!(f.free_cpus("a"), 2);
     }
@@ -1149,7 +1276,7 @@ mod tests {
     fn a_heartbeat_from_an_unknown_node_asks_it_to_register() {
         let mut f = Fixture::new(&[]);
         let beat = Heartbeat { node: NodeId::new("ghost"), running: vec![] };
-        let err = f.core.handle_compute(ComputeRequest::Heartbeat(beat), Timestamp(1)).unwrap_err();
+        let err = from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(1)).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownNode);
         let err = f.submit(JobBuilder::new(0), "t").unwrap_err();
         assert!(err.message.contains("no compute node has registered"), "{}", err.message);
@@ -1162,7 +1289,13 @@ mod tests {
             let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
             let settings =
-                HeadSettings { heartbeat_interval: Duration::from_secs(1), heartbeat_timeout: Duration::from_secs(5) };
+                HeadSettings {
+                    heartbeat_interval: Duration::from_secs(1),
+                    heartbeat_timeout: Duration::from_secs(5),
+                    operators: vec![],
+                    private_data: false,
+                    anonymous_listing: false,
+                };
             HeadCore::open(Box::new(store), Box::new(comm), me, settings, Timestamp(1)).expect("open")
         };
         {
@@ -1175,7 +1308,7 @@ mod tests {
                 only_uid: None,
                 running: vec![],
             };
-            core.handle_compute(ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
+            from_node(&mut core, ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
             for token in ["1", "2"] {
                 let req = AssignJobId { spec: JobBuilder::new(0).spec(), token: token.into() };
                 core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(1)).expect("submit");

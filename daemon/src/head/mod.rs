@@ -16,18 +16,19 @@ pub mod core;
 pub mod tokens;
 pub mod user_names;
 
-use crate::service::{error_bytes, reply_bytes, Inbox, Next};
+use crate::service::{body_bytes, Inbox, Next};
 use crate::settings::HeadConfig;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
 use anyhow::Context;
+use cm_auth::{ClusterKey, Gate};
 use cm_common::node::{Node, NodeHealth, Role};
-use cm_common::protocol::{ErrorCode, ErrorReply, HeadRequest};
+use cm_common::protocol::{ErrorCode, ErrorReply, HeadRequest, Reply};
 use cm_common::Timestamp;
 use cm_transport::{Responder, RetryPolicy};
 use comm::{DeliveryFailure, ZmqComm};
-use core::{HeadCore, HeadSettings};
+use core::{HeadCore, HeadReply, HeadSettings};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,10 +48,11 @@ fn redacted(uri: &str) -> String {
 /// with its database, as in docker-compose, must wait for it); `None` if shut down meanwhile.
 fn open_store(config: &HeadConfig, shutdown: &AtomicBool) -> anyhow::Result<Option<Box<dyn Store>>> {
     let Some(uri) = &config.store else {
-        std::fs::create_dir_all(&config.state_dir)
+        crate::private::create_dir(&config.state_dir)
             .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
         let path = config.state_dir.join("cm.redb");
         let store = EmbeddedStore::open(&path)?;
+        crate::private::tighten(&path).with_context(|| format!("cannot make {} private", path.display()))?;
         tracing::info!(store = %path.display(), "embedded store opened");
         return Ok(Some(Box::new(store)));
     };
@@ -78,25 +80,31 @@ fn open_store(config: &HeadConfig, shutdown: &AtomicBool) -> anyhow::Result<Opti
 }
 
 /// Runs the head until `shutdown` is set. `bound` receives the endpoint actually listened on.
-pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&str)) -> anyhow::Result<()> {
+pub fn run(
+    config: HeadConfig,
+    key: Arc<ClusterKey>,
+    shutdown: Arc<AtomicBool>,
+    bound: impl FnOnce(&str),
+) -> anyhow::Result<()> {
     let Some(store) = open_store(&config, &shutdown)? else { return Ok(()) };
 
     let mut responder = Responder::bind(&config.listen, config.max_message_size)
         .with_context(|| format!("the head cannot listen on {}", config.listen))?;
     let endpoint = responder.endpoint().to_string();
     tracing::info!(%endpoint, node = %config.node_id, "head listening");
-    if let Some(path) = &config.socket {
-        let socket = responder
-            .listen_on_unix_socket(path)
-            .with_context(|| format!("the head cannot listen on the Unix socket {}", path.display()))?;
-        tracing::info!(endpoint = %socket, "head listening for local tools");
-    }
+    let path = &config.socket;
+    let socket = responder
+        .listen_on_unix_socket(path)
+        .with_context(|| format!("the head cannot listen on the Unix socket {}", path.display()))?;
+    tracing::info!(endpoint = %socket, "head listening for local tools");
     bound(&endpoint);
 
     let me = config.node_id.to_string();
-    let (mut inbox, failures) = Inbox::<HeadRequest, DeliveryFailure>::new(responder, me.clone())?;
+    let (mut inbox, failures) =
+        Inbox::<HeadRequest, DeliveryFailure>::new(responder, me.clone(), Gate::head(key.clone()))?;
     let comm = ZmqComm::new(
         RetryPolicy::new(config.request_timeout, config.request_retries),
+        key,
         me.clone(),
         Arc::new(move |failure| {
             failures.send(failure);
@@ -114,8 +122,13 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
         registered_at: now,
         last_heartbeat: now,
     };
-    let settings =
-        HeadSettings { heartbeat_interval: config.heartbeat_interval, heartbeat_timeout: config.heartbeat_timeout };
+    let settings = HeadSettings {
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
+        operators: config.operators.clone(),
+        private_data: config.private_data,
+        anonymous_listing: config.anonymous_listing,
+    };
     let mut core = HeadCore::open(store, Box::new(comm), me_node, settings, now)?;
 
     let mut next_tick = Instant::now() + config.scheduler_interval;
@@ -123,11 +136,10 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
         let wait = next_tick.saturating_duration_since(Instant::now()).min(MAX_WAIT);
         let mut reply = None;
         match inbox.next(wait) {
-            Ok(Some(Next::Request(envelope))) => {
-                let now = Timestamp::now();
-                reply = Some(match envelope.body {
-                    HeadRequest::Client(req) => reply_bytes(&me, &core.handle_client(envelope.credential, req, now)),
-                    HeadRequest::Compute(req) => reply_bytes(&me, &core.handle_compute(req, now)),
+            Ok(Some(Next::Request(request))) => {
+                reply = Some(match core.handle(&request.identity, request.body, Timestamp::now()) {
+                    HeadReply::Client(reply) => body_bytes(&reply),
+                    HeadReply::Compute(reply) => body_bytes(&reply),
                 });
             }
             Ok(Some(Next::Event(failure))) => core.delivery_failed(failure, Timestamp::now()),
@@ -140,10 +152,11 @@ pub fn run(config: HeadConfig, shutdown: Arc<AtomicBool>, bound: impl FnOnce(&st
         }
         if let Err(e) = core.sync() {
             tracing::error!(error = %e, "cannot sync the job store; replies are errors until it can");
-            reply = reply.map(|_| error_bytes(&me, ErrorReply::new(ErrorCode::Unavailable, e.to_string())));
+            let unavailable: Reply<()> = Err(ErrorReply::new(ErrorCode::Unavailable, e.to_string()));
+            reply = reply.map(|_| body_bytes(&unavailable));
         }
-        if let Some(bytes) = reply {
-            inbox.reply(&bytes);
+        if let Some(body) = reply {
+            inbox.reply_body(&body);
         }
         // After the reply, so a submission is acknowledged before its job is placed.
         core.schedule_if_needed(Timestamp::now());

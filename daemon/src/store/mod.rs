@@ -69,7 +69,7 @@ pub mod contract_tests {
     pub fn job(id: JobId) -> Job {
         let spec = JobSpec {
             name: format!("job{id}"),
-            user: UserIdentity { uid: 1000, gid: 1000, groups: vec![27], name: "alice".into() },
+            user: UserIdentity { uid: 1000, name: "alice".into() },
             command: "echo hi".into(),
             workdir: "/home/alice".into(),
             env: [("PATH".to_string(), "/bin".to_string())].into(),
