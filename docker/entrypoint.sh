@@ -12,11 +12,25 @@ if [ "${CM_ROLE:-}" = compute ] && [ -z "${CM_ADVERTISE:-}" ]; then
     CM_ADVERTISE="$(hostname -i | cut -d' ' -f1):${CM_COMPUTE_PORT:-5002}"
     export CM_ADVERTISE
 fi
-if [ "${CM_ROLE:-}" = head ] && [ ! -e /etc/cm/config.yaml ]; then
-    # The head node's tools (users' shells, the healthcheck) reach the head over its Unix socket,
-    # which spares each tool run TCP's connection costs; compute nodes keep TCP (CM_HEAD).
-    printf 'head_socket: /run/cm/head.sock\nhead_address: ipc:///run/cm/head.sock\n' > /etc/cm/config.yaml
+# The cluster's two keys, made once by whichever node starts first, on a volume every node
+# mounts and only root can read: the cluster key that the daemons seal their messages with, and
+# the MUNGE key with which each node's munged vouches for the users of tools over TCP. Each is
+# written aside and linked into place, so nodes starting together all end up with the same one.
+keys=/etc/cm/keys
+mkdir -p "$keys" && chmod 700 "$keys"
+cmd keygen "$keys/cm.key" >/dev/null
+export CM_CLUSTER_KEY="$keys/cm.key"
+if [ ! -e "$keys/munge.key" ]; then
+    mungekey --create --keyfile="$keys/munge.key.$$"
+    ln "$keys/munge.key.$$" "$keys/munge.key" 2>/dev/null || true
+    rm -f "$keys/munge.key.$$"
 fi
+install -m 600 -o munge -g munge "$keys/munge.key" /etc/munge/munge.key
+mkdir -p /run/munge && chown munge:munge /run/munge
+# munged detaches; the compose init reaps it.
+runuser -u munge -- /usr/sbin/munged
+# On the head node the tools reach the head over its Unix socket (/run/cm/head.sock, where they
+# look first); elsewhere over TCP (CM_HEAD) with a MUNGE credential.
 if [ "$#" -gt 0 ]; then
     exec "$@"
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares every image the simulated cluster needs on a machine with a Docker engine but no
 # image registry, from Debian's packages, PyPI and this repository:
-#   cm-base:bookworm       Debian bookworm from debootstrap, imported into Docker (built once)
+#   cm-base:bookworm-munge Debian bookworm with MUNGE, from debootstrap, imported into Docker
+#                          (built once)
 #   cm-secantusdb:local    a MongoDB-compatible database (SecantusDB) on that base (built once)
 #   cm-node:latest         the cm node image around binaries built on this host (rebuilt each run)
 # Usage: docker/prepare-local.sh [BIN_DIR]
@@ -10,15 +11,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-base=cm-base:bookworm
+base=cm-base:bookworm-munge
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
     }
     rootfs="$(mktemp -d)"
+    # The image's / (mktemp makes it 0700): package scripts that run as other users cross it.
+    chmod 755 "$rootfs"
     trap 'rm -rf "$rootfs"' EXIT
     echo "building $base with debootstrap (about a minute)..."
-    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    # MUNGE: each node runs munged, so that users' tools anywhere in the cluster prove who runs them.
+    debootstrap --variant=minbase --include=munge bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
     # Runtime only: no documentation, manuals, translations or package lists.
     rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
         "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*

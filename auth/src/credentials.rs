@@ -44,7 +44,9 @@ pub fn body_digest(body: &[u8]) -> Vec<u8> {
 impl Credentials {
     /// The wire bytes of a request from `sender` with `body`, and how to check its reply.
     pub fn request(&self, sender: &str, body: &[u8]) -> Result<(Vec<u8>, ReplyCheck), AuthError> {
-        let encode = |auth: &Auth, body: &[u8]| encode_envelope(sender, auth, body).map_err(|e| AuthError::Refused(e.to_string()));
+        let encode = |auth: &Auth, body: &[u8]| {
+            encode_envelope(sender, auth, body).map_err(|e| AuthError::Refused(e.to_string()))
+        };
         match self {
             Credentials::None => Ok((encode(&Auth::None, body)?, ReplyCheck::Plain)),
             Credentials::Munge => {

@@ -36,7 +36,12 @@ pub enum Origin {
 pub enum ReplySeal {
     Plain,
     /// Sealed as `me` (the name the request was sealed for) for `recipient` (its sender).
-    Sealed { key: Arc<ClusterKey>, me: String, recipient: String, nonce: Vec<u8> },
+    Sealed {
+        key: Arc<ClusterKey>,
+        me: String,
+        recipient: String,
+        nonce: Vec<u8>,
+    },
 }
 
 /// A request let in, with its body opened.
@@ -72,31 +77,34 @@ impl Gate {
     /// its seal does not open, it is stale or replayed, or its MUNGE credential is refused.
     pub fn admit(&mut self, envelope: Envelope, origin: Origin) -> Result<Admitted, AuthError> {
         let Envelope { sender, auth, body, .. } = envelope;
-        match auth {
-            Auth::Sealed { at_ms, nonce } => {
+        match (auth, origin) {
+            (Auth::Sealed { at_ms, nonce }, _) => {
                 let now = now_ms();
                 self.guard.check_date(at_ms, now)?;
                 let aad = associated_data("request", &sender, &self.me, at_ms, &[]);
                 let body = self.key.open(&aad, &nonce, &body)?;
                 self.guard.record(&nonce, now)?;
-                let reply = ReplySeal::Sealed { key: self.key.clone(), me: self.me.clone(), recipient: sender.clone(), nonce };
+                let reply =
+                    ReplySeal::Sealed { key: self.key.clone(), me: self.me.clone(), recipient: sender.clone(), nonce };
                 Ok(Admitted { identity: Identity::Daemon(sender.clone()), sender, body, reply })
             }
             _ if !self.users => Err(AuthError::Refused(
                 "this daemon takes requests only from the cluster's daemons (sealed with its cluster key)".into(),
             )),
-            _ if matches!(origin, Origin::Local { .. }) => {
-                let Origin::Local { uid } = origin else { unreachable!("matched above") };
+            // The kernel's word beats any credential.
+            (_, Origin::Local { uid }) => {
                 Ok(Admitted { identity: Identity::User(uid), sender, body, reply: ReplySeal::Plain })
             }
-            Auth::Munge { credential } => {
+            (Auth::Munge { credential }, Origin::Network) => {
                 let decoded = munge::decode(&credential)?;
                 if decoded.payload != body_digest(&body) {
                     return Err(AuthError::Refused("the MUNGE credential was made for another message".into()));
                 }
                 Ok(Admitted { identity: Identity::User(decoded.uid), sender, body, reply: ReplySeal::Plain })
             }
-            Auth::None => Ok(Admitted { identity: Identity::Anonymous, sender, body, reply: ReplySeal::Plain }),
+            (Auth::None, Origin::Network) => {
+                Ok(Admitted { identity: Identity::Anonymous, sender, body, reply: ReplySeal::Plain })
+            }
         }
     }
 
@@ -116,7 +124,9 @@ impl ReplySeal {
             ReplySeal::Sealed { key, me, recipient, nonce } => {
                 let at_ms = now_ms();
                 let aad = associated_data("reply", me, recipient, at_ms, nonce);
-                key.seal(&aad, body).ok().map(|(reply_nonce, sealed)| (Auth::Sealed { at_ms, nonce: reply_nonce.to_vec() }, sealed))
+                key.seal(&aad, body)
+                    .ok()
+                    .map(|(reply_nonce, sealed)| (Auth::Sealed { at_ms, nonce: reply_nonce.to_vec() }, sealed))
             }
         };
         let encoded = match &sealed {

@@ -37,7 +37,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
@@ -71,14 +71,19 @@ impl ClusterKey {
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| fail("make the directory of", e))?;
-        let aside = dir.join(format!(".{}.{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("key"), hex(&random::<8>()?)));
+        let aside = dir.join(format!(
+            ".{}.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
+            hex(&random::<8>()?)
+        ));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&aside)
             .map_err(|e| fail("write", e))?;
-        let written = file.write_all(format!("{}\n", hex(&random::<KEY_LEN>()?)).as_bytes()).and_then(|()| file.sync_all());
+        let written =
+            file.write_all(format!("{}\n", hex(&random::<KEY_LEN>()?)).as_bytes()).and_then(|()| file.sync_all());
         let linked = written.and_then(|()| std::fs::hard_link(&aside, path));
         let _ = std::fs::remove_file(&aside);
         match linked {
@@ -107,9 +112,13 @@ impl ClusterKey {
         }
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me && me != 0 {
-            return Err(AuthError::Key(format!("the cluster key {shown} belongs to uid {}, not to this daemon's uid {me}", meta.uid())));
+            return Err(AuthError::Key(format!(
+                "the cluster key {shown} belongs to uid {}, not to this daemon's uid {me}",
+                meta.uid()
+            )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| AuthError::Key(format!("cannot read the cluster key {shown}: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AuthError::Key(format!("cannot read the cluster key {shown}: {e}")))?;
         match unhex(&text) {
             Some(bytes) if bytes.len() == KEY_LEN => Ok(ClusterKey::from_bytes(&bytes)),
             _ => Err(AuthError::Key(format!(

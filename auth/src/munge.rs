@@ -68,7 +68,8 @@ pub fn encode(payload: &[u8]) -> Result<String, AuthError> {
 
 /// Checks `credential` with the local `munged`: who made it, and its payload.
 pub fn decode(credential: &str) -> Result<Decoded, AuthError> {
-    let cred = CString::new(credential).map_err(|_| AuthError::Munge("the MUNGE credential holds a NUL byte".into()))?;
+    let cred =
+        CString::new(credential).map_err(|_| AuthError::Munge("the MUNGE credential holds a NUL byte".into()))?;
     let mut buf: *mut c_void = std::ptr::null_mut();
     let mut len: c_int = 0;
     let (mut uid, mut gid): (libc::uid_t, libc::gid_t) = (0, 0);

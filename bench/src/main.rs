@@ -21,8 +21,8 @@ mod stats;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use cm_cli::submit::{build_spec, current_user, submit_token, Request};
 use cm_auth::Credentials;
+use cm_cli::submit::{build_spec, current_user, submit_token, Request};
 use cm_common::config::JobDefaults;
 use cm_common::job::{Job, JobSpec, JobState};
 use cm_common::protocol::*;

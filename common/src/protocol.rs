@@ -489,8 +489,8 @@ mod tests {
         enum NewerHead {
             Client(NewerClient),
         }
-        let bytes =
-            encode("t", &NewerHead::Client(NewerClient::KillJob(NewerKill { id: JobId(4), reason: "x" }))).expect("encode");
+        let bytes = encode("t", &NewerHead::Client(NewerClient::KillJob(NewerKill { id: JobId(4), reason: "x" })))
+            .expect("encode");
         let (_, back): (Envelope, HeadRequest) = decode(&bytes).expect("decode");
         assert_eq!(back, HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(4) })));
     }

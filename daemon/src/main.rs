@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use cm_common::config::Config;
 use cm_auth::key::{ClusterKey, Created};
+use cm_common::config::Config;
 use cm_daemon::settings::{Args, Command, RoleArg, Settings};
 use cm_daemon::{compute, head};
 use std::path::Path;
@@ -47,7 +47,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(Command::Keygen { path }) = &args.command {
         let path = path.clone().unwrap_or(settings.head.cluster_key);
         match ClusterKey::create(&path)? {
-            Created::New => println!("made the cluster key {}; copy it to every node of the cluster (mode 0600)", path.display()),
+            Created::New => {
+                println!("made the cluster key {}; copy it to every node of the cluster (mode 0600)", path.display())
+            }
             Created::Existing => println!("{} is there already; left as it is", path.display()),
         }
         return Ok(());
@@ -87,8 +89,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let mut compute_settings = settings.compute;
             compute_settings.head_address = endpoint;
             let dir = compute_settings.state_dir.clone();
-            let result =
-                compute::run(compute_settings, key, shutdown.clone(), |e| record_endpoint(&dir, "compute", e));
+            let result = compute::run(compute_settings, key, shutdown.clone(), |e| record_endpoint(&dir, "compute", e));
             shutdown.store(true, Ordering::Relaxed);
             let head_result = head.join().map_err(|_| anyhow::anyhow!("the head thread panicked"))?;
             result.and(head_result)

@@ -149,7 +149,8 @@ impl Settings {
     pub fn resolve(args: &Args, config: &Config) -> Settings {
         let role = args.role.unwrap_or(RoleArg::Standalone);
         let node_id = NodeId::new(args.node_id.clone().unwrap_or_else(hostname));
-        let state_dir = args.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(config::default_state_dir);
+        let state_dir =
+            args.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(config::default_state_dir);
         let cluster_key =
             args.cluster_key.clone().or_else(|| config.cluster_key.clone()).unwrap_or_else(config::default_cluster_key);
         let resources =
@@ -169,7 +170,11 @@ impl Settings {
         let head = HeadConfig {
             node_id: node_id.clone(),
             listen: head_listen,
-            socket: args.socket.clone().or_else(|| config.head_socket.clone()).unwrap_or_else(config::default_head_socket),
+            socket: args
+                .socket
+                .clone()
+                .or_else(|| config.head_socket.clone())
+                .unwrap_or_else(config::default_head_socket),
             cluster_key: cluster_key.clone(),
             operators: config.operators.clone(),
             private_data: config.private_data,

@@ -271,19 +271,24 @@ fn replicas_run_as_the_submitting_user(store: StoreKind) {
     let roots = cluster.submit(&["sleep 300"]);
     let out = output_when_not_busy(as_nobody("cmkill", &[&roots.to_string()]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only its owner or root"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only its owner, root or an operator"));
     assert_eq!(cluster.job_status(roots), "Running");
 }
 
 fn tools_say_in_one_line_when_the_head_is_unreachable(store: StoreKind) {
     let mut cluster = Cluster::start_on(&store, 1, 1, 512);
     cluster.head.kill9();
-    for (tool, args) in [("cminfo", &[][..]), ("cmrun", &["true"]), ("cmkill", &["1"])] {
-        let out = cluster.tool(tool, args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{tool}: {err}");
-        assert!(err.contains("cannot reach the head"), "{tool}: {err}");
-        assert_eq!(err.matches("tcp://").count(), 1, "{tool} names the head's address once: {err}");
+    for over_tcp in [false, true] {
+        if over_tcp {
+            cluster.tools_over_tcp();
+        }
+        for (tool, args) in [("cminfo", &[][..]), ("cmrun", &["true"]), ("cmkill", &["1"])] {
+            let out = cluster.tool(tool, args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{tool}: {err}");
+            assert!(err.contains("cannot reach the head"), "{tool}: {err}");
+            assert_eq!(err.matches("://").count(), 1, "{tool} names the head's address once: {err}");
+        }
     }
 }
 
@@ -300,7 +305,8 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     let policy = RetryPolicy::new(Duration::from_secs(2), 0);
     let key = cluster.key();
     let sealed_for = |recipient: &str| Credentials::Sealed { key: key.clone(), recipient: recipient.to_string() };
-    let connect = |endpoint: &str, credentials| Requester::new(endpoint, policy, "test", credentials).expect("endpoint");
+    let connect =
+        |endpoint: &str, credentials| Requester::new(endpoint, policy, "test", credentials).expect("endpoint");
 
     // Head -> compute requests, straight to the compute daemon, sealed as the head seals them.
     let mut node = connect(&compute, sealed_for(&node_recipient("c1")));
@@ -321,7 +327,9 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
 
     // Garbage, a foreign version, and an unknown action (sealed, so that it reaches the decoder):
     // error replies.
-    for (endpoint, recipient) in [(cluster.head_endpoint.clone(), HEAD.to_string()), (compute.clone(), node_recipient("c1"))] {
+    for (endpoint, recipient) in
+        [(cluster.head_endpoint.clone(), HEAD.to_string()), (compute.clone(), node_recipient("c1"))]
+    {
         let mut peer = connect(&endpoint, Credentials::None);
         let code = |peer: &mut Requester, bytes: &[u8]| {
             let reply = peer.request_bytes(bytes).expect("an error reply, not silence");

@@ -143,10 +143,17 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
         assert_eq!(node["capacity"]["memory_mb"], 512, "{node}");
     }
 
-    // The head node's tools reach the head over its Unix socket (the entrypoint's config), which
-    // a user other than root may open; every tool run below goes that way.
-    let out = compose.head("alice", "test -S /run/cm/head.sock && grep -x 'head_address: ipc:///run/cm/head.sock' /etc/cm/config.yaml && cminfo --head ipc:///run/cm/head.sock");
+    // The head node's tools reach the head over its Unix socket, where they look first, and which
+    // a user other than root may open; every tool run below on the head goes that way.
+    let out = compose.head("alice", "test -S /run/cm/head.sock && cminfo");
     assert!(out.status.success(), "{}", text(&out));
+    // A tool on a compute node (here, inside alice's job) reaches the head over TCP, vouched for
+    // by MUNGE: each container runs munged with the key made at first start.
+    let out = compose
+        .head("alice", "cmrun --wait -o munge.out 'cminfo --head head:5001 --json | grep -q Compute && echo ok'");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = compose.head("alice", "cat munge.out");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{}", text(&out));
 
     // As alice, a 2-node x 2-process job: four outputs in her home, on two different computes.
     let out = compose.head("alice", "cmrun --wait -n 2 -p 2 -c 1 'echo $CM_PROC_RANK $(hostname) $(id -un)'");

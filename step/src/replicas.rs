@@ -6,8 +6,8 @@
 //! in their process groups is killed. Stopping (a kill order or the time limit) sends SIGTERM to
 //! every replica's process group and SIGKILL after the grace period.
 
-use crate::record::RunAs;
 use crate::launch::{spawn_replica, ReplicaPlan, CHILD_STACK};
+use crate::record::RunAs;
 use cm_common::job::{ExitStatus, Job, NodeEnd, NodeEndCause, ReplicaExit};
 use cm_common::{NodeId, Timestamp};
 use nix::sys::signal::{killpg, Signal};

@@ -110,7 +110,8 @@ impl Requester {
         let credentials = self.credentials.clone();
         let sender = self.sender.clone();
         // Each attempt is a new message with a credential of its own, so none is a replay.
-        let (reply, check) = self.exchange(|| credentials.request(&sender, &body).map_err(|e| Error::Auth(e.to_string())))?;
+        let (reply, check) =
+            self.exchange(|| credentials.request(&sender, &body).map_err(|e| Error::Auth(e.to_string())))?;
         let envelope = protocol::decode_envelope(&reply)?;
         match check.open(envelope).map_err(|e| Error::Auth(format!("{}: {e}", self.endpoint)))? {
             Opened::Trusted(body) => protocol::decode_body(&body),
@@ -118,7 +119,10 @@ impl Requester {
                 Err(error) => Ok(Err(error)),
                 Ok(_) => Ok(Err(ErrorReply::new(
                     ErrorCode::Unauthenticated,
-                    format!("{} answered without the cluster key's seal; is another program on its port?", self.endpoint),
+                    format!(
+                        "{} answered without the cluster key's seal; is another program on its port?",
+                        self.endpoint
+                    ),
                 ))),
             },
         }
@@ -551,9 +555,8 @@ mod tests {
     #[test]
     fn endpoints_other_than_tcp_and_ipc_are_refused() {
         let policy = RetryPolicy::new(Duration::from_secs(1), 0);
-        let err = Requester::new("udp://10.0.0.1:5", policy, "t", Credentials::None)
-            .err()
-            .expect("udp is no endpoint here");
+        let err =
+            Requester::new("udp://10.0.0.1:5", policy, "t", Credentials::None).err().expect("udp is no endpoint here");
         assert!(err.to_string().contains("ipc://PATH"), "{err}");
         assert!(Requester::new("head:5001", policy, "t", Credentials::None).is_ok());
     }

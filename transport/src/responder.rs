@@ -18,10 +18,10 @@
 
 use crate::tcp_endpoint;
 use crate::zmtp::{self, GREETING, MORE};
+use cm_auth::Origin;
 use cm_common::{Error, Result};
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::unix::SourceFd;
-use cm_auth::Origin;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::collections::{HashMap, VecDeque};
@@ -914,9 +914,8 @@ mod tests {
     #[test]
     fn requests_are_answered_and_the_server_stops_on_shutdown() {
         let (endpoint, stop) = echo_server(1 << 20);
-        let mut client =
-            Requester::new(&endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credentials::None)
-                .expect("endpoint");
+        let mut client = Requester::new(&endpoint, RetryPolicy::new(Duration::from_secs(2), 1), "t", Credentials::None)
+            .expect("endpoint");
         assert_eq!(client.request_bytes(b"hi").expect("reply"), b"echo:hi");
         assert_eq!(client.request_bytes(b"again").expect("reply"), b"echo:again");
         stop();

@@ -35,11 +35,15 @@ impl Accounts {
 fn look_up(uid: u32, node: &str) -> Result<RunAs, String> {
     let user = match User::from_uid(Uid::from_raw(uid)) {
         Ok(Some(user)) => user,
-        Ok(None) => return Err(format!("uid {uid} has no account on {node}; add the user there (same uid on every node)")),
+        Ok(None) => {
+            return Err(format!("uid {uid} has no account on {node}; add the user there (same uid on every node)"))
+        }
         Err(e) => return Err(format!("cannot look up uid {uid} on {node}: {e}")),
     };
-    let name = CString::new(user.name.as_bytes()).map_err(|_| format!("the account name of uid {uid} holds a NUL byte"))?;
-    let groups = getgrouplist(&name, user.gid).map_err(|e| format!("cannot list the groups of {} on {node}: {e}", user.name))?;
+    let name =
+        CString::new(user.name.as_bytes()).map_err(|_| format!("the account name of uid {uid} holds a NUL byte"))?;
+    let groups =
+        getgrouplist(&name, user.gid).map_err(|e| format!("cannot list the groups of {} on {node}: {e}", user.name))?;
     Ok(RunAs { uid, gid: user.gid.as_raw(), groups: groups.into_iter().map(Gid::as_raw).collect() })
 }
 

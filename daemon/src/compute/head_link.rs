@@ -10,10 +10,10 @@
 
 use super::Event;
 use crate::service::EventSender;
+use cm_auth::Credentials;
 use cm_common::job::JobRun;
 use cm_common::protocol::*;
 use cm_common::{NodeId, Resources};
-use cm_auth::Credentials;
 use cm_transport::{Requester, RetryPolicy};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

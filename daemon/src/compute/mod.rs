@@ -14,10 +14,10 @@ pub mod launcher;
 pub mod steps;
 
 use crate::service::{EventSender, Inbox, Next};
-use accounts::Accounts;
-use cm_auth::{ClusterKey, Gate};
 use crate::settings::ComputeConfig;
+use accounts::Accounts;
 use anyhow::{anyhow, Context};
+use cm_auth::{ClusterKey, Gate};
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::protocol::*;
 use cm_common::{JobId, Resources, Timestamp};

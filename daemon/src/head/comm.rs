@@ -5,9 +5,9 @@
 //! own messages; a message that cannot be delivered (after the transport's retries) or that the
 //! node refuses comes back to the loop as a [`DeliveryFailure`]. Tests use [`RecordingComm`].
 
-use cm_common::node::Node;
 use cm_auth::credentials::node_recipient;
 use cm_auth::{ClusterKey, Credentials};
+use cm_common::node::Node;
 use cm_common::protocol::{NodeRequest, NodeResponse};
 use cm_common::NodeId;
 use cm_transport::{Requester, RetryPolicy};

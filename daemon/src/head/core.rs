@@ -16,10 +16,10 @@ use super::tokens::RecentTokens;
 use super::user_names::UserNames;
 use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
+use cm_auth::Identity;
 use cm_common::job::{Job, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::protocol::*;
-use cm_auth::Identity;
 use cm_common::{JobId, NodeId, Timestamp};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -441,7 +441,12 @@ impl HeadCore {
 
     /// A compute daemon's request; `sender` is the node it sealed its message as, which is the
     /// only node it may speak for.
-    pub fn handle_compute(&mut self, sender: &NodeId, request: ComputeRequest, now: Timestamp) -> Reply<ComputeResponse> {
+    pub fn handle_compute(
+        &mut self,
+        sender: &NodeId,
+        request: ComputeRequest,
+        now: Timestamp,
+    ) -> Reply<ComputeResponse> {
         let speaks_for = |node: &NodeId| {
             if node == sender {
                 Ok(())
@@ -851,14 +856,13 @@ mod tests {
             let store = FlakyStore { inner, failing_sync: failing_sync.clone() };
             let sent = RecordingComm::default();
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
-            let settings =
-                HeadSettings {
-                    heartbeat_interval: Duration::from_secs(1),
-                    heartbeat_timeout: Duration::from_secs(5),
-                    operators: vec![],
-                    private_data: false,
-                    anonymous_listing: false,
-                };
+            let settings = HeadSettings {
+                heartbeat_interval: Duration::from_secs(1),
+                heartbeat_timeout: Duration::from_secs(5),
+                operators: vec![],
+                private_data: false,
+                anonymous_listing: false,
+            };
             let mut core =
                 HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings, Timestamp(0)).expect("open");
             for id in ids {
@@ -991,6 +995,124 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The job alice submitted, as `uid` gets it, or the refusal.
+    fn get_as(f: &mut Fixture, uid: u32, id: JobId) -> Reply<Job> {
+        match f.core.handle_client(uid, ClientRequest::GetJob(GetJob { id }), Timestamp(20)) {
+            Ok(ClientResponse::Job(reply)) => Ok(reply.job),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn listed_for(f: &mut Fixture, identity: &Identity) -> Reply<Vec<JobId>> {
+        let request = HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: None }));
+        match f.core.handle(identity, request, Timestamp(20)) {
+            HeadReply::Client(Ok(ClientResponse::Jobs(reply))) => Ok(reply.jobs.iter().map(|j| j.id).collect()),
+            HeadReply::Client(Err(e)) => Err(e),
+            HeadReply::Client(Ok(other)) => panic!("{other:?}"),
+            HeadReply::Compute(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_owner_root_and_operators_see_a_jobs_environment_or_kill_it() {
+        let mut f = Fixture::new(&["a"]);
+        let id = f.submit_ok(JobBuilder::new(0).env("API_TOKEN", "s3cret"), "t");
+        assert!(get_as(&mut f, ALICE, id).expect("owner").spec.env.contains_key("API_TOKEN"));
+        assert!(get_as(&mut f, 0, id).expect("root").spec.env.contains_key("API_TOKEN"));
+        let bobs_view = get_as(&mut f, BOB, id).expect("bob sees the job");
+        assert!(bobs_view.spec.env.is_empty(), "but not its environment");
+        let err = f.core.handle_client(BOB, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PermissionDenied);
+
+        f.core.settings.operators = vec![BOB.to_string()];
+        assert!(get_as(&mut f, BOB, id).expect("operator").spec.env.contains_key("API_TOKEN"));
+        f.core.handle_client(BOB, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).expect("an operator kills");
+        assert!(matches!(f.state(id), JobState::Killed { by_uid: BOB, .. }));
+    }
+
+    #[test]
+    fn private_data_hides_other_users_jobs_from_everyone_but_operators() {
+        let mut f = Fixture::new(&["a"]);
+        let alices = f.submit_ok(JobBuilder::new(0), "a");
+        let req = AssignJobId { spec: JobBuilder::new(0).uid(BOB).spec(), token: "b".into() };
+        f.core.handle_client(BOB, ClientRequest::AssignJobId(req), Timestamp(10)).expect("bob submits");
+        f.core.settings.private_data = true;
+        assert_eq!(listed_for(&mut f, &Identity::User(ALICE)), Ok(vec![alices]));
+        assert_eq!(listed_for(&mut f, &Identity::User(0)).map(|ids| ids.len()), Ok(2));
+        assert_eq!(get_as(&mut f, BOB, alices).unwrap_err().code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn anonymous_requests_get_listings_only_where_allowed_and_daemons_no_user_requests() {
+        let mut f = Fixture::new(&["a"]);
+        f.submit_ok(JobBuilder::new(0), "a");
+        assert_eq!(listed_for(&mut f, &Identity::Anonymous).unwrap_err().code, ErrorCode::Unauthenticated);
+        f.core.settings.anonymous_listing = true;
+        assert_eq!(listed_for(&mut f, &Identity::Anonymous).map(|ids| ids.len()), Ok(1));
+        let kill = HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(1) }));
+        assert!(matches!(
+            f.core.handle(&Identity::Anonymous, kill.clone(), Timestamp(20)),
+            HeadReply::Client(Err(ErrorReply { code: ErrorCode::Unauthenticated, .. }))
+        ));
+        assert!(matches!(
+            f.core.handle(&Identity::Daemon("a".into()), kill, Timestamp(20)),
+            HeadReply::Client(Err(ErrorReply { code: ErrorCode::PermissionDenied, .. }))
+        ));
+        assert_eq!(listed_for(&mut f, &Identity::User(ALICE)).map(|ids| ids.len()), Ok(1));
+    }
+
+    #[test]
+    fn node_requests_need_a_daemon_speaking_for_its_own_node_and_a_live_node_keeps_its_host() {
+        let mut f = Fixture::new(&["a"]);
+        let beat =
+            || HeadRequest::Compute(ComputeRequest::Heartbeat(Heartbeat { node: NodeId::new("a"), running: vec![] }));
+        for user in [Identity::User(0), Identity::Anonymous] {
+            assert!(matches!(
+                f.core.handle(&user, beat(), Timestamp(1)),
+                HeadReply::Compute(Err(ErrorReply { code: ErrorCode::Unauthenticated, .. }))
+            ));
+        }
+        assert!(matches!(
+            f.core.handle(&Identity::Daemon("b".into()), beat(), Timestamp(1)),
+            HeadReply::Compute(Err(ErrorReply { code: ErrorCode::PermissionDenied, .. }))
+        ));
+        assert!(matches!(
+            f.core.handle(&Identity::Daemon("a".into()), beat(), Timestamp(1)),
+            HeadReply::Compute(Ok(_))
+        ));
+        let address = f.core.node(&NodeId::new("a")).expect("a").address.clone();
+        let register = |address: &str| RegisterNode {
+            node: NodeId::new("a"),
+            address: address.into(),
+            capacity: Resources::new(2, 512),
+            only_uid: None,
+            running: vec![],
+        };
+        let moved = f.core.handle_compute(
+            &NodeId::new("a"),
+            ComputeRequest::RegisterNode(register("tcp://elsewhere:5002")),
+            Timestamp(2),
+        );
+        assert_eq!(moved.unwrap_err().code, ErrorCode::PermissionDenied);
+        assert_eq!(f.core.node(&NodeId::new("a")).expect("a").address, address, "a live node keeps its address");
+        // The same host on another port: a restarted daemon, which may rejoin at once.
+        let same_host = address.rsplit_once(':').map(|(host, _)| format!("{host}:6000")).expect("host:port");
+        f.core
+            .handle_compute(&NodeId::new("a"), ComputeRequest::RegisterNode(register(&same_host)), Timestamp(3))
+            .expect("rejoin");
+        // Once it has gone Down, a daemon elsewhere may take the id.
+        f.core.tick(Timestamp(10_000));
+        assert!(!f.core.node(&NodeId::new("a")).expect("a").is_up());
+        f.core
+            .handle_compute(
+                &NodeId::new("a"),
+                ComputeRequest::RegisterNode(register("tcp://elsewhere:5002")),
+                Timestamp(10_001),
+            )
+            .expect("take over a dead node");
     }
 
     #[test]
@@ -1288,14 +1410,13 @@ mod tests {
         let open = |comm: RecordingComm| {
             let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
-            let settings =
-                HeadSettings {
-                    heartbeat_interval: Duration::from_secs(1),
-                    heartbeat_timeout: Duration::from_secs(5),
-                    operators: vec![],
-                    private_data: false,
-                    anonymous_listing: false,
-                };
+            let settings = HeadSettings {
+                heartbeat_interval: Duration::from_secs(1),
+                heartbeat_timeout: Duration::from_secs(5),
+                operators: vec![],
+                private_data: false,
+                anonymous_listing: false,
+            };
             HeadCore::open(Box::new(store), Box::new(comm), me, settings, Timestamp(1)).expect("open")
         };
         {
