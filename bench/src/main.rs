@@ -409,7 +409,7 @@ fn submit_to_start(store: &StoreKind, n: usize, options: JobOptions, later: &mut
 }
 
 fn cminfo_latency(pending: usize, nodes: usize, later: &mut Leftovers) -> anyhow::Result<Value> {
-    let cluster = later.keep(Cluster::start_with(
+    let mut cluster = later.keep(Cluster::start_with(
         &StoreKind::Embedded,
         1,
         1,
@@ -429,6 +429,8 @@ fn cminfo_latency(pending: usize, nodes: usize, later: &mut Leftovers) -> anyhow
         submit(&mut h, &job)?;
     }
     println!("4. queued {pending} pending jobs behind a running one in {:.2?}", started.elapsed());
+    // As from another host: over TCP, with a MUNGE credential.
+    cluster.tools_over_tcp();
     let mut samples = Samples::default();
     for _ in 0..30 {
         let t = Instant::now();

@@ -5,8 +5,11 @@
 //! wake-up on both sides: about a quarter of the head's CPU at 1,000 heartbeating nodes here).
 //! Events from the role's other threads (supervisor exits, the head link, failed deliveries)
 //! come through an [`EventSender`]: a channel whose every send also rings an eventfd that the same
-//! wait watches. Bytes that are not a valid message are answered right here with an error reply,
-//! so the loop only ever sees well-formed requests, and a REQ peer always gets exactly one reply.
+//! wait watches. Each request passes the role's [`Gate`], which decides who sent it (the cluster
+//! key, MUNGE, or the kernel's word on a Unix socket's peer); bytes that are not a valid message
+//! or whose seal or credential fails are answered right here with an error reply, so the loop only
+//! ever sees well-formed requests from a proven (or plainly anonymous) sender, and a REQ peer
+//! always gets exactly one reply, sealed as its request was.
 
 use cm_auth::{Gate, Identity, ReplySeal};
 use cm_common::protocol::{self, ErrorCode, ErrorReply, Reply};

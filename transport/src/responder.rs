@@ -941,6 +941,35 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_names_a_unix_socket_peer_and_nobody_over_tcp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let unix = server.listen_on_unix_socket(&dir.path().join("head.sock")).expect("unix socket");
+        let tcp = server.endpoint().to_string();
+        let policy = RetryPolicy::new(Duration::from_secs(5), 0);
+        for (endpoint, expected) in
+            [(unix, Origin::Local { uid: nix::unistd::getuid().as_raw() }), (tcp, Origin::Network)]
+        {
+            let client = std::thread::spawn(move || {
+                let mut client = Requester::new(&endpoint, policy, "t", Credentials::None).expect("endpoint");
+                client.request_bytes(b"who").expect("reply")
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let incoming = loop {
+                server.wait(None, Duration::from_millis(100)).expect("wait");
+                if let Some(incoming) = server.try_recv().expect("recv") {
+                    break incoming;
+                }
+                assert!(Instant::now() < deadline, "no request came");
+            };
+            assert!(matches!(incoming, Incoming::Message(ref m) if m == b"who"));
+            assert_eq!(server.origin(), expected);
+            server.send(b"you");
+            assert_eq!(client.join().expect("join"), b"you");
+        }
+    }
+
+    #[test]
     fn a_unix_socket_that_cannot_be_made_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("a-file");
