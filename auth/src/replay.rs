@@ -2,6 +2,7 @@
 //! random nonce; a receiver takes a date within [`MAX_SKEW_MS`] of its clock and each nonce once,
 //! remembering nonces for as long as their date would still pass.
 
+use crate::key::NONCE_LEN;
 use crate::AuthError;
 use std::collections::{HashSet, VecDeque};
 
@@ -11,9 +12,9 @@ pub const MAX_SKEW_MS: u64 = 60_000;
 /// The nonces of the messages taken recently.
 #[derive(Default)]
 pub struct ReplayGuard {
-    seen: HashSet<Vec<u8>>,
+    seen: HashSet<[u8; NONCE_LEN]>,
     /// When each nonce may be forgotten, in the order they came.
-    expiry: VecDeque<(u64, Vec<u8>)>,
+    expiry: VecDeque<(u64, [u8; NONCE_LEN])>,
 }
 
 impl ReplayGuard {
@@ -33,11 +34,12 @@ impl ReplayGuard {
                 self.seen.remove(&old);
             }
         }
-        if !self.seen.insert(nonce.to_vec()) {
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| AuthError::BadSeal)?;
+        if !self.seen.insert(nonce) {
             return Err(AuthError::Replayed);
         }
         // A date taken now is at most MAX_SKEW_MS ahead, so it passes for 2 × MAX_SKEW_MS more.
-        self.expiry.push_back((now_ms + 2 * MAX_SKEW_MS, nonce.to_vec()));
+        self.expiry.push_back((now_ms + 2 * MAX_SKEW_MS, nonce));
         Ok(())
     }
 
@@ -58,11 +60,12 @@ mod tests {
     #[test]
     fn a_nonce_is_taken_once_and_forgotten_when_its_date_could_no_longer_pass() {
         let mut guard = ReplayGuard::default();
-        guard.record(b"a", 1_000).expect("first");
-        assert!(matches!(guard.record(b"a", 2_000), Err(AuthError::Replayed)));
-        guard.record(b"b", 2_000).expect("another");
-        guard.record(b"c", 1_000 + 2 * MAX_SKEW_MS).expect("later");
-        assert_eq!(guard.len(), 2, "a's time is up");
+        guard.record(&[1; NONCE_LEN], 1_000).expect("first");
+        assert!(matches!(guard.record(&[1; NONCE_LEN], 2_000), Err(AuthError::Replayed)));
+        guard.record(&[2; NONCE_LEN], 2_000).expect("another");
+        guard.record(&[3; NONCE_LEN], 1_000 + 2 * MAX_SKEW_MS).expect("later");
+        assert_eq!(guard.len(), 2, "the first one's time is up");
+        assert!(matches!(guard.record(b"short", 3_000), Err(AuthError::BadSeal)));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!    of any such tool here: N runs of `cmbench-floor`, one ZeroMQ request to an echo server;
 //!    over TCP, then again over the head's Unix socket;
 //! 2. short-job throughput: N `true` jobs on 4 computes x 32 CPUs, submitted back to back over
-//!    the protocol, from first submission to last completion;
+//!    the protocol, from first submission to last completion; over TCP (a MUNGE credential per
+//!    submission), then again over the head's Unix socket;
 //! 3. submit-to-start latency on an idle cluster, from the job's own start time;
 //! 4. `cminfo` latency with 10,000 pending jobs and 256 registered computes;
 //! 5. head CPU and memory with 1,000 heartbeating computes (a load generator that speaks the
@@ -66,7 +67,7 @@ struct Args {
 }
 
 /// The figures the goals are about, by their path in a run's JSON, for the medians.
-const HEADLINES: [&str; 13] = [
+const HEADLINES: [&str; 14] = [
     "serial_cli.per_second",
     "serial_cli.jobs_held.per_second",
     "serial_cli.floor.per_second",
@@ -74,6 +75,7 @@ const HEADLINES: [&str; 13] = [
     "serial_cli.unix_socket.jobs_held.per_second",
     "serial_cli.unix_socket.floor.per_second",
     "throughput.jobs_per_second",
+    "throughput.unix_socket.jobs_per_second",
     "submit_to_start.p50_ms",
     "submit_to_start.p99_ms",
     "cminfo.latency.p50_ms",
@@ -361,9 +363,28 @@ fn client_floor(n: usize, size: usize, unix: Option<&std::path::Path>) -> anyhow
     )
 }
 
+/// Scenario 2 over TCP, as from another host (MUNGE), then over the head's Unix socket.
 fn throughput(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
+    let mut result = throughput_over(store, n, options, later, false)?;
+    result["unix_socket"] = throughput_over(store, n, options, later, true)?;
+    Ok(result)
+}
+
+fn throughput_over(
+    store: &StoreKind,
+    n: usize,
+    options: JobOptions,
+    later: &mut Leftovers,
+    over_socket: bool,
+) -> anyhow::Result<Value> {
     let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
-    let mut h = head(&cluster)?;
+    let mut h = if over_socket {
+        let policy = RetryPolicy::new(Duration::from_secs(30), 0);
+        Requester::new(&cluster.head_socket, policy, "cmbench", Credentials::None)?
+    } else {
+        head(&cluster)?
+    };
+    let how = if over_socket { "the head's Unix socket" } else { "TCP" };
     let job = spec(&cluster.workdir, "true", options)?;
     let first = cm_common::Timestamp::now();
     let started = Instant::now();
@@ -377,7 +398,7 @@ fn throughput(store: &StoreKind, n: usize, options: JobOptions, later: &mut Left
     let ended = get(&mut h, last)?.state.ended_at().context("last job ended")?;
     let makespan = ended.since(first).max(Duration::from_millis(1));
     let rate = n as f64 / makespan.as_secs_f64();
-    println!("2. throughput: {n} jobs of `true` on 4 x 32 CPUs: submitted in {submitted:.2?}, makespan {makespan:.2?}: {rate:.0} jobs/s (all done after {wall:.2?})");
+    println!("2. throughput: {n} jobs of `true` on 4 x 32 CPUs over {how}: submitted in {submitted:.2?}, makespan {makespan:.2?}: {rate:.0} jobs/s (all done after {wall:.2?})");
     Ok(
         json!({ "jobs": n, "submit_seconds": submitted.as_secs_f64(), "makespan_seconds": makespan.as_secs_f64(), "jobs_per_second": rate }),
     )

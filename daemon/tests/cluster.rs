@@ -239,6 +239,7 @@ fn replicas_run_as_the_submitting_user(store: StoreKind) {
         return;
     }
     let cluster = Cluster::start_on(&store, 1, 2, 512);
+    // nobody's tools go over TCP: MUNGE vouches for nobody.
     let nobody = 65534;
     let home = cluster.workdir.join("nobody");
     std::fs::create_dir(&home).expect("dir");
