@@ -107,11 +107,6 @@ impl Gate {
             }
         }
     }
-
-    /// How many nonces the replay guard holds.
-    pub fn remembered(&self) -> usize {
-        self.guard.len()
-    }
 }
 
 impl ReplySeal {

@@ -786,6 +786,17 @@ mod tests {
     const ALICE: u32 = 1000;
     const BOB: u32 = 2000;
 
+    /// A head with 1 s heartbeats, 5 s timeout, no operators, nothing private or anonymous.
+    fn settings() -> HeadSettings {
+        HeadSettings {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            operators: vec![],
+            private_data: false,
+            anonymous_listing: false,
+        }
+    }
+
     /// A compute request as the node it names sends it (sealed with the cluster key).
     fn from_node(core: &mut HeadCore, request: ComputeRequest, now: Timestamp) -> Reply<ComputeResponse> {
         let node = match &request {
@@ -856,13 +867,7 @@ mod tests {
             let store = FlakyStore { inner, failing_sync: failing_sync.clone() };
             let sent = RecordingComm::default();
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
-            let settings = HeadSettings {
-                heartbeat_interval: Duration::from_secs(1),
-                heartbeat_timeout: Duration::from_secs(5),
-                operators: vec![],
-                private_data: false,
-                anonymous_listing: false,
-            };
+            let settings = settings();
             let mut core =
                 HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings, Timestamp(0)).expect("open");
             for id in ids {
@@ -1410,13 +1415,7 @@ mod tests {
         let open = |comm: RecordingComm| {
             let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
             let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
-            let settings = HeadSettings {
-                heartbeat_interval: Duration::from_secs(1),
-                heartbeat_timeout: Duration::from_secs(5),
-                operators: vec![],
-                private_data: false,
-                anonymous_listing: false,
-            };
+            let settings = settings();
             HeadCore::open(Box::new(store), Box::new(comm), me, settings, Timestamp(1)).expect("open")
         };
         {
