@@ -1,7 +1,9 @@
 //! Everything the tools print: node and job tables, one job in full, and the JSON forms.
-//! Column headers are part of cm's interface; scripts should prefer `--json`.
+//! Column headers are part of cm's interface; scripts should prefer `--json`. What users wrote
+//! (commands, names, paths, reasons) is shown with control and text-direction characters escaped,
+//! so that a job cannot drive the terminal of whoever lists it, nor make a listing lie.
 
-use cm_common::job::{Job, JobState};
+use cm_common::job::{is_bidi_control, Job, JobState};
 use cm_common::node::{Node, NodeHealth, Role};
 use cm_common::timelimit::format_time_limit;
 use comfy_table::{presets, ContentArrangement, Table};
@@ -10,6 +12,36 @@ use comfy_table::{presets, ContentArrangement, Table};
 pub const NODE_COLUMNS: [&str; 6] = ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)"];
 /// Headers of the job table.
 pub const JOB_COLUMNS: [&str; 6] = ["ID", "Name", "User", "Status", "Command", "Nodes"];
+
+/// Whether `c` must not reach a terminal as it is.
+fn unsafe_to_show(c: char) -> bool {
+    c.is_control() || is_bidi_control(c)
+}
+
+/// `text` with control and text-direction characters escaped (`\n`, `\u{1b}`, `\u{202e}`).
+pub fn shown(text: &str) -> String {
+    if !text.chars().any(unsafe_to_show) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if unsafe_to_show(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// JSON text with what JSON leaves raw escaped as `\uXXXX`: C1 controls, DEL and text-direction
+/// characters (the encoder escapes the C0 controls already). It is the same JSON document; only
+/// its spelling changes, so a script reads the very strings that were submitted.
+pub fn json_shown(json: &str) -> String {
+    if !json.chars().any(|c| unsafe_to_show(c) && c != '\n') {
+        return json.to_string();
+    }
+    json.chars()
+        .map(|c| if unsafe_to_show(c) && c != '\n' { format!("\\u{:04x}", u32::from(c)) } else { c.to_string() })
+        .collect()
+}
+
+/// Adds a row whose cells are shown escaped.
+fn add_row(table: &mut Table, cells: Vec<String>) {
+    table.add_row(cells.iter().map(|cell| shown(cell)).collect::<Vec<_>>());
+}
 
 fn table(headers: &[&str]) -> Table {
     let mut table = Table::new();
@@ -26,14 +58,17 @@ fn node_table(nodes: &[&Node]) -> Table {
             NodeHealth::Down { since, reason } => format!("Down since {since}: {reason}"),
             NodeHealth::Up => node.status().to_string(),
         };
-        t.add_row(vec![
-            node.id.to_string(),
-            status,
-            node.capacity.cpus.to_string(),
-            node.capacity.memory_mb.to_string(),
-            free.cpus.to_string(),
-            free.memory_mb.to_string(),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                node.id.to_string(),
+                status,
+                node.capacity.cpus.to_string(),
+                node.capacity.memory_mb.to_string(),
+                free.cpus.to_string(),
+                free.memory_mb.to_string(),
+            ],
+        );
     }
     t
 }
@@ -58,14 +93,17 @@ pub fn jobs_table(jobs: &[Job], left_out: u64) -> String {
     let mut t = table(&JOB_COLUMNS);
     for job in jobs {
         let nodes: Vec<&str> = job.nodes.iter().map(|n| n.node.as_str()).collect();
-        t.add_row(vec![
-            job.id.to_string(),
-            job.spec.name.clone(),
-            job.spec.user.name.clone(),
-            job.state.name().to_string(),
-            shorten(&job.spec.command, 40),
-            nodes.join(", "),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                job.id.to_string(),
+                job.spec.name.clone(),
+                job.spec.user.name.clone(),
+                job.state.name().to_string(),
+                shorten(&shown(&job.spec.command), 40),
+                nodes.join(", "),
+            ],
+        );
     }
     let mut text = format!("Jobs\n{t}\n");
     if left_out > 0 {
@@ -80,9 +118,7 @@ pub fn job_detail(job: &Job) -> String {
     let time = |t: Option<cm_common::Timestamp>| t.map_or_else(|| "-".to_string(), |t| t.to_string());
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
-    let mut row = |k: &str, v: String| {
-        t.add_row(vec![k.to_string(), v]);
-    };
+    let mut row = |k: &str, v: String| add_row(&mut t, vec![k.to_string(), v]);
     row("Job", job.id.to_string());
     row("Name", spec.name.clone());
     row("User", format!("{} (uid {})", spec.user.name, spec.user.uid));
@@ -135,7 +171,7 @@ pub fn job_detail(job: &Job) -> String {
                     end.replicas.iter().map(|r| format!("{}: {}", r.rank, r.status)).collect::<Vec<_>>().join(", "),
                 ),
             };
-            per_node.add_row(vec![n.node.to_string(), time(n.started_at), ended, how, codes]);
+            add_row(&mut per_node, vec![n.node.to_string(), time(n.started_at), ended, how, codes]);
         }
         out.push_str(&format!("{per_node}\n"));
     }
@@ -180,5 +216,25 @@ mod tests {
         assert!(!text.contains("more pending"), "{text}");
         assert!(jobs_table(std::slice::from_ref(&job), 9_999).contains("... and 9999 more pending or running jobs"));
         assert!(job_detail(&job).contains("/home/louie/cmlogs/%j/%n.%r.out"));
+    }
+
+    #[test]
+    fn what_users_wrote_cannot_drive_the_terminal_in_tables_or_json() {
+        let spec = JobSpec {
+            name: "evil\u{202e}gpj.exe".into(),
+            command: "echo \u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\nnext".into(),
+            workdir: "/tmp/\u{1b}[1m".into(),
+            ..JobSpec::example()
+        };
+        let job = Job::new(JobId(1), spec, Timestamp(0), String::new());
+        for text in [jobs_table(std::slice::from_ref(&job), 0), job_detail(&job)] {
+            assert!(!text.chars().any(|c| (c.is_control() && c != '\n') || is_bidi_control(c)), "{text:?}");
+            assert!(text.contains("\\u{1b}") && text.contains("\\u{202e}"), "{text}");
+        }
+        let json = json_shown(&serde_json::to_string_pretty(&job).expect("json"));
+        assert!(!json.chars().any(|c| (c.is_control() && c != '\n') || is_bidi_control(c)), "{json:?}");
+        let back: Job = serde_json::from_str(&json).expect("still JSON");
+        assert_eq!(back.spec.command, job.spec.command, "the same strings, spelled safely");
+        assert_eq!(back.spec.name, job.spec.name);
     }
 }

@@ -12,6 +12,43 @@ use std::time::Duration;
 /// Where the configuration is looked for when no path is given.
 pub const SYSTEM_CONFIG: &str = "/etc/cm/config.yaml";
 
+/// The longest any interval or timeout may be set to.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest `max_message_size`.
+const MAX_MESSAGE_SIZE: u64 = 1 << 30;
+
+/// The largest configuration file read, and how deeply its YAML may nest: a real one is a few
+/// kilobytes and a few levels, and a parser given a huge or deeply nested file spins for long.
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+const MAX_NESTING: usize = 32;
+
+/// Refuses a file too large or too deeply nested to be a configuration, before YAML parses it.
+/// Flow brackets outside quotes count as nesting (block nesting takes indentation, which the
+/// size bounds).
+fn check_shape(text: &str) -> std::result::Result<(), String> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(format!("the file is {} bytes; a configuration is at most {MAX_CONFIG_BYTES}", text.len()));
+    }
+    let (mut depth, mut quote) = (0usize, None);
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!("brackets nest deeper than {MAX_NESTING} levels"));
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Where compute daemons, and tools that find no head socket, reach the head by default.
 pub const DEFAULT_HEAD_ADDRESS: &str = "127.0.0.1:5001";
 
@@ -130,6 +167,70 @@ pub struct Config {
     pub node: NodeResources,
     /// What `cmrun` asks for when the user does not say.
     pub defaults: JobDefaults,
+    /// What the head takes: job sizes and queue lengths.
+    pub limits: JobLimits,
+}
+
+/// The most a job may ask for, and the most jobs the queue holds (SLURM's `max_script_size`,
+/// `max_env_size`, `MaxTasksPerNode`, `MaxJobCount`, `MaxSubmitJobs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobLimits {
+    /// The command line, in bytes.
+    pub max_command_bytes: usize,
+    /// The job name, in bytes.
+    pub max_name_bytes: usize,
+    /// The working directory and each output pattern, in bytes.
+    pub max_path_bytes: usize,
+    /// The environment, names and values together, in bytes.
+    pub max_env_bytes: usize,
+    /// Processes per node, per CPU of the node that runs them.
+    pub max_procs_per_cpu: u32,
+    /// Pending and running jobs, all users together.
+    pub max_jobs: usize,
+    /// Pending and running jobs of one user (root included).
+    pub max_jobs_per_user: usize,
+}
+
+impl JobLimits {
+    fn validate(&self, max_message_size: u64) -> std::result::Result<(), String> {
+        let sizes = [
+            ("max_command_bytes", self.max_command_bytes),
+            ("max_name_bytes", self.max_name_bytes),
+            ("max_path_bytes", self.max_path_bytes),
+            ("max_env_bytes", self.max_env_bytes),
+            ("max_jobs", self.max_jobs),
+            ("max_jobs_per_user", self.max_jobs_per_user),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, size)| *size == 0) {
+            return Err(format!("limits.{name} must be more than zero"));
+        }
+        if self.max_procs_per_cpu == 0 || self.max_procs_per_cpu > 4096 {
+            return Err("limits.max_procs_per_cpu must be between 1 and 4096".into());
+        }
+        // A job at every limit must still fit in one message, with room for the rest of it.
+        let job = self.max_command_bytes + self.max_env_bytes + self.max_name_bytes + 3 * self.max_path_bytes;
+        if u64::try_from(job).unwrap_or(u64::MAX).saturating_add(64 * 1024) > max_message_size {
+            return Err(format!(
+                "limits.max_command_bytes, max_env_bytes, max_name_bytes and 3 × max_path_bytes add up to {job} bytes, which with 64 KiB for the rest of a job is over max_message_size ({max_message_size}): a job at the limits could not be sent"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_command_bytes: 256 * 1024,
+            max_name_bytes: 256,
+            max_path_bytes: 4096,
+            max_env_bytes: 1024 * 1024,
+            max_procs_per_cpu: 64,
+            max_jobs: 100_000,
+            max_jobs_per_user: 20_000,
+        }
+    }
 }
 
 /// Overrides of a node's detected resources, to simulate small nodes.
@@ -191,6 +292,7 @@ impl Default for Config {
             max_message_size: 16 * 1024 * 1024,
             node: NodeResources::default(),
             defaults: JobDefaults::default(),
+            limits: JobLimits::default(),
         }
     }
 }
@@ -203,7 +305,13 @@ impl Config {
             None if Path::new(SYSTEM_CONFIG).exists() => PathBuf::from(SYSTEM_CONFIG),
             None => return Ok(Config::default()),
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::ConfigRead { path: path.clone(), source })?;
+        let read = |source| Error::ConfigRead { path: path.clone(), source };
+        let size = std::fs::metadata(&path).map_err(read)?.len();
+        if size > MAX_CONFIG_BYTES as u64 {
+            let message = format!("the file is {size} bytes; a configuration is at most {MAX_CONFIG_BYTES}");
+            return Err(Error::ConfigParse { path, message });
+        }
+        let text = std::fs::read_to_string(&path).map_err(read)?;
         Config::parse(&text).map_err(|message| Error::ConfigParse { path, message })
     }
 
@@ -212,12 +320,36 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
+        check_shape(text)?;
         let config: Config = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        let durations = [
+            ("store_timeout", self.store_timeout),
+            ("scheduler_interval", self.scheduler_interval),
+            ("status_interval", self.status_interval),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("register_retry_wait", self.register_retry_wait),
+            ("request_timeout", self.request_timeout),
+            ("kill_grace", self.kill_grace),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| *d > MAX_DURATION) {
+            return Err(format!("{name} must be at most {}", humantime::format_duration(MAX_DURATION)));
+        }
+        if self.request_retries > 100 {
+            return Err("request_retries must be at most 100".into());
+        }
+        if self.max_message_size > MAX_MESSAGE_SIZE {
+            return Err(format!("max_message_size must be at most {MAX_MESSAGE_SIZE} bytes (1 GiB)"));
+        }
+        if self.node.cpus == Some(0) || self.node.memory_mb == Some(0) {
+            return Err("node.cpus and node.memory_mb must be more than zero (or null, to detect them)".into());
+        }
+        self.limits.validate(self.max_message_size)?;
         if self.request_timeout.is_zero() {
             return Err("request_timeout must be more than zero".into());
         }
@@ -273,6 +405,23 @@ mod tests {
         assert!(Config::parse("hearbeat_interval: 1s").unwrap_err().contains("hearbeat_interval"));
         assert!(Config::parse("request_timeout: 0s").is_err());
         assert!(Config::parse("defaults:\n  time_limit: soon\n").is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_and_files_no_configuration_could_be_are_refused() {
+        let err = Config::parse("max_message_size: 18446744073709551615").unwrap_err();
+        assert!(err.contains("max_message_size must be at most"), "{err}");
+        assert!(Config::parse("heartbeat_timeout: 1000d").unwrap_err().contains("heartbeat_timeout"));
+        assert!(Config::parse("node:\n  cpus: 0\n").unwrap_err().contains("node.cpus"));
+        assert!(Config::parse("limits:\n  max_jobs: 0\n").unwrap_err().contains("limits.max_jobs"));
+        let err = Config::parse("limits:\n  max_env_bytes: 100000000\n").unwrap_err();
+        assert!(err.contains("could not be sent"), "{err}");
+        let deep = format!("operators: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let started = std::time::Instant::now();
+        assert!(Config::parse(&deep).unwrap_err().contains("nest deeper"));
+        assert!(started.elapsed() < Duration::from_secs(1), "refused before parsing");
+        assert!(Config::parse(&"# padding\n".repeat(200_000)).unwrap_err().contains("at most"));
+        assert!(Config::parse("operators: [\"[[[[\", alice]\n").is_ok(), "brackets in quotes are text");
     }
 
     #[test]

@@ -53,6 +53,12 @@ pub struct JobSpec {
     pub requeue: bool,
 }
 
+/// Characters that reorder how text is shown (Unicode bidirectional controls): in a name they
+/// can make a listing lie about what it shows.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Where a replica's output goes unless the user says otherwise (relative to the working directory).
 pub const DEFAULT_STDOUT: &str = "cmlogs/%j/%n.%r.out";
 pub const DEFAULT_STDERR: &str = "cmlogs/%j/%n.%r.err";
@@ -103,8 +109,17 @@ impl JobSpec {
         if !Path::new(&self.workdir).is_absolute() {
             return Err(format!("the working directory {:?} is not an absolute path", self.workdir));
         }
-        if self.name.chars().any(char::is_control) {
-            return Err("the job name contains control characters".into());
+        if self.name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+            return Err("the job name contains control or text-direction characters; name it with -a NAME".into());
+        }
+        if self.command.contains('\0') || self.workdir.contains('\0') {
+            return Err("the command or the working directory contains a NUL byte".into());
+        }
+        if let Some(name) = self.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+            return Err(format!("the environment variable name {name:?} is empty or contains '=' or a NUL byte"));
+        }
+        if let Some(name) = self.env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
+            return Err(format!("the environment variable {name} contains a NUL byte"));
         }
         for pattern in [&self.stdout, &self.stderr].into_iter().flatten() {
             if pattern.is_empty() || pattern.contains('\0') {
@@ -112,6 +127,36 @@ impl JobSpec {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a job larger than `limits` allow, saying which limit and how to stay within it.
+    pub fn check_limits(&self, limits: &crate::config::JobLimits) -> Result<(), String> {
+        let over = |what: &str, size: usize, max: usize, setting: &str| {
+            (size > max).then(|| {
+                format!("the {what} is {size} bytes, over the limit of {max} ({setting} in the head's config.yaml)")
+            })
+        };
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let longest_path = [Some(&self.workdir), self.stdout.as_ref(), self.stderr.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(String::len)
+            .max();
+        let refusal = over("command", self.command.len(), limits.max_command_bytes, "limits.max_command_bytes")
+            .or_else(|| over("job name", self.name.len(), limits.max_name_bytes, "limits.max_name_bytes"))
+            .or_else(|| over("environment", env_bytes, limits.max_env_bytes, "limits.max_env_bytes"))
+            .or_else(|| {
+                over(
+                    "working directory or output pattern",
+                    longest_path.unwrap_or(0),
+                    limits.max_path_bytes,
+                    "limits.max_path_bytes",
+                )
+            });
+        match refusal {
+            Some(message) => Err(message),
+            None => Ok(()),
+        }
     }
 
     /// The stdout and stderr files of the replica with global `rank` on `node`.

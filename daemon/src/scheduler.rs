@@ -2,7 +2,9 @@
 //!
 //! Policy: strict FIFO by job id, greedy, all-or-nothing. The oldest pending job gets the first
 //! nodes (in the order given) with enough free CPUs and memory that may run its user's jobs; a job
-//! that cannot get every node it asks for reserves nothing, and no younger job may pass it.
+//! that cannot get every node it asks for reserves nothing, and no younger job may pass it. A job
+//! that the given (live) nodes could not hold even if they were idle waits without holding up the
+//! queue: it would block every job behind it until a node came back.
 //! There is no I/O and no clock here, so the policy is tested with tables of cases. (A policy
 //! that needs time, such as backfill, takes `now` as a parameter.)
 
@@ -13,9 +15,20 @@ use cm_common::{JobId, NodeId, Resources};
 #[derive(Debug, Clone)]
 pub struct NodeView {
     pub id: NodeId,
+    pub capacity: Resources,
     pub free: Resources,
     /// See `Node::only_uid`.
     pub only_uid: Option<u32>,
+    /// The most processes one job may start here (`limits.max_procs_per_cpu` × its CPUs).
+    pub max_procs: u64,
+}
+
+impl NodeView {
+    /// Whether `job` may ever run here, resources aside.
+    fn admits(&self, job: &Job) -> bool {
+        self.only_uid.is_none_or(|only| only == job.spec.user.uid)
+            && u64::from(job.spec.procs_per_node) <= self.max_procs
+    }
 }
 
 /// A decision: start `job` on `nodes` (in node-rank order).
@@ -32,12 +45,13 @@ pub fn schedule<'a>(pending: impl IntoIterator<Item = &'a Job>, nodes: &[NodeVie
     let mut placements = Vec::new();
     for job in pending {
         let need = job.spec.per_node;
-        let uid = job.spec.user.uid;
         let wanted = usize::try_from(job.spec.nodes).unwrap_or(usize::MAX);
-        let chosen: Vec<usize> = (0..nodes.len())
-            .filter(|&i| free[i].contains(&need) && nodes[i].only_uid.is_none_or(|only| only == uid))
-            .take(wanted)
-            .collect();
+        let could_ever = nodes.iter().filter(|n| n.admits(job) && n.capacity.contains(&need)).count();
+        if could_ever < wanted {
+            continue; // Only nodes that are down now could hold it: it must not block the queue.
+        }
+        let chosen: Vec<usize> =
+            (0..nodes.len()).filter(|&i| free[i].contains(&need) && nodes[i].admits(job)).take(wanted).collect();
         if chosen.len() < wanted {
             break; // Strict FIFO: nothing younger may start ahead of this job.
         }
@@ -55,7 +69,13 @@ mod tests {
     use crate::testing::JobBuilder;
 
     fn node(id: &str, cpus: u32, memory_mb: u64) -> NodeView {
-        NodeView { id: NodeId::new(id), free: Resources::new(cpus, memory_mb), only_uid: None }
+        let size = Resources::new(cpus, memory_mb);
+        NodeView { id: NodeId::new(id), capacity: size, free: size, only_uid: None, max_procs: 64 * u64::from(cpus) }
+    }
+
+    /// A node of `cpus` CPUs (512 MB) with `free` of them free.
+    fn busy(id: &str, cpus: u32, free: u32) -> NodeView {
+        NodeView { free: Resources::new(free, 512), ..node(id, cpus, 512) }
     }
 
     fn placed(p: &[Placement]) -> Vec<(u64, Vec<&str>)> {
@@ -92,9 +112,25 @@ mod tests {
             },
             Case {
                 name: "strict FIFO: a blocked job blocks younger ones that would fit",
-                jobs: vec![JobBuilder::new(1).nodes(3).build(), JobBuilder::new(2).nodes(1).build()],
-                nodes: vec![node("a", 2, 512), node("b", 2, 512)],
+                jobs: vec![JobBuilder::new(1).cpus(2).build(), JobBuilder::new(2).cpus(1).build()],
+                nodes: vec![busy("a", 2, 1), busy("b", 2, 1)],
                 want: vec![],
+            },
+            Case {
+                name: "a job that the live nodes could not hold even idle does not block the queue",
+                jobs: vec![
+                    JobBuilder::new(1).nodes(3).build(),
+                    JobBuilder::new(2).cpus(4).build(),
+                    JobBuilder::new(3).build(),
+                ],
+                nodes: vec![node("a", 2, 512), node("b", 2, 512)],
+                want: vec![(3, vec!["a"])],
+            },
+            Case {
+                name: "a node takes no job with more processes than its limit allows",
+                jobs: vec![JobBuilder::new(1).procs(200).build(), JobBuilder::new(2).procs(100).build()],
+                nodes: vec![node("a", 2, 512)],
+                want: vec![(2, vec!["a"])],
             },
             Case {
                 name: "jobs fill nodes in order and share a node while resources last",

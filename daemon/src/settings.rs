@@ -90,6 +90,7 @@ pub struct HeadConfig {
     pub operators: Vec<String>,
     pub private_data: bool,
     pub anonymous_listing: bool,
+    pub limits: cm_common::config::JobLimits,
     pub state_dir: PathBuf,
     /// MongoDB URI; `None` means the embedded store.
     pub store: Option<String>,
@@ -179,6 +180,7 @@ impl Settings {
             operators: config.operators.clone(),
             private_data: config.private_data,
             anonymous_listing: config.anonymous_listing,
+            limits: config.limits.clone(),
             state_dir: state_dir.clone(),
             store: args.store.clone().or_else(|| config.store.clone()),
             store_timeout: config.store_timeout,

@@ -350,8 +350,8 @@ fn daemons_answer_direct_requests_and_survive_bad_input(store: StoreKind) {
     let mut head = connect(&cluster.head_endpoint, sealed_for(HEAD));
     assert_eq!(head.call::<_, Ack>(&misdirected).expect("reply").expect_err("error").code, ErrorCode::BadRequest);
 
-    // Larger than max_message_size (1 MiB here): the head refuses it and hangs up, no reply comes.
-    let oversized = vec![0x90u8; 2 << 20];
+    // Larger than max_message_size (2 MiB here): the head refuses it and hangs up, no reply comes.
+    let oversized = vec![0x90u8; 4 << 20];
     let quick = RetryPolicy::new(Duration::from_millis(500), 0);
     let mut big = Requester::new(&cluster.head_endpoint, quick, "test", Credentials::None).expect("endpoint");
     assert!(big.request_bytes(&oversized).is_err(), "an oversized message must not be served");

@@ -24,7 +24,7 @@ request_timeout: 1s
 request_retries: 2
 kill_grace: 1s
 store_timeout: 300ms
-max_message_size: 1048576
+max_message_size: 2097152
 ";
 
 /// The directory cargo put the binaries in: the running executable's, or its parent for tests

@@ -44,7 +44,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             bail!("unexpected reply from the head");
         };
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&reply.job)?);
+            println!("{}", output::json_shown(&serde_json::to_string_pretty(&reply.job)?));
         } else {
             print!("{}", output::job_detail(&reply.job));
         }
@@ -59,7 +59,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.json {
         let all = serde_json::json!({ "nodes": nodes.nodes, "jobs": jobs.jobs, "jobs_left_out": jobs.left_out });
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        println!("{}", output::json_shown(&serde_json::to_string_pretty(&all)?));
     } else {
         print!("{}\n{}", output::nodes_tables(&nodes.nodes), output::jobs_table(&jobs.jobs, jobs.left_out));
     }

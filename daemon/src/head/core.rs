@@ -17,6 +17,7 @@ use super::user_names::UserNames;
 use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
 use cm_auth::Identity;
+use cm_common::config::JobLimits;
 use cm_common::job::{Job, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::protocol::*;
@@ -35,6 +36,8 @@ pub struct HeadSettings {
     pub private_data: bool,
     /// Requests over TCP without a credential may list nodes and jobs.
     pub anonymous_listing: bool,
+    /// Job sizes and queue lengths.
+    pub limits: JobLimits,
 }
 
 /// The head's state and decisions.
@@ -345,6 +348,7 @@ impl HeadCore {
         }
         let mut spec = req.spec;
         spec.validate().map_err(invalid)?;
+        spec.check_limits(&self.settings.limits).map_err(invalid)?;
         // Root may submit for anyone (as SLURM's `sbatch --uid`); everyone else as themselves.
         if uid != 0 && uid != spec.user.uid {
             return Err(ErrorReply::new(
@@ -353,6 +357,7 @@ impl HeadCore {
             ));
         }
         spec.user.name = self.user_names.name(spec.user.uid, &spec.user.name);
+        self.check_queue_has_room(spec.user.uid)?;
         self.check_cluster_can_fit(&spec)?;
         let id = JobId(self.last_job_id.0 + 1);
         let job = Job::new(id, spec, now, req.token);
@@ -363,7 +368,27 @@ impl HeadCore {
         Ok(ClientResponse::JobAccepted(JobAccepted { id }))
     }
 
-    /// Refuses at once a job that could never run on the registered nodes, however long it waited.
+    /// Refuses a job beyond the queue's limits: all users' pending and running jobs together, and
+    /// the submitting user's.
+    fn check_queue_has_room(&self, uid: u32) -> Result<(), ErrorReply> {
+        let limits = &self.settings.limits;
+        let queued = self.jobs.values().filter(|j| !j.state.is_terminal());
+        let (all, mine) = queued.fold((0, 0), |(all, mine), j| (all + 1, mine + usize::from(j.spec.user.uid == uid)));
+        let full = |what: String| Err(ErrorReply::new(ErrorCode::Unavailable, what));
+        if all >= limits.max_jobs {
+            return full(format!(
+                "the queue is full: {all} jobs are pending or running, the limit (limits.max_jobs); submit again when some have ended"
+            ));
+        }
+        if mine >= limits.max_jobs_per_user {
+            return full(format!(
+                "you have {mine} jobs pending or running, the limit per user (limits.max_jobs_per_user); submit again when some have ended"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses at once a job that the nodes that are up could never run, however long it waited.
     fn check_cluster_can_fit(&self, spec: &JobSpec) -> Result<(), ErrorReply> {
         let computes: Vec<&Node> = self.nodes.values().filter(|n| n.role == Role::Compute).collect();
         if computes.is_empty() {
@@ -371,29 +396,46 @@ impl HeadCore {
                 "no compute node has registered with the head yet; start compute daemons (cmd --role compute) and submit again",
             ));
         }
-        let big_enough = computes.iter().filter(|n| n.capacity.contains(&spec.per_node)).count();
-        let usable =
-            computes.iter().filter(|n| n.capacity.contains(&spec.per_node) && n.can_run_as(spec.user.uid)).count();
+        let up: Vec<&Node> = computes.iter().copied().filter(|n| n.is_up()).collect();
+        let big_enough: Vec<&Node> = up.iter().copied().filter(|n| n.capacity.contains(&spec.per_node)).collect();
+        let allowed: Vec<&Node> = big_enough.iter().copied().filter(|n| n.can_run_as(spec.user.uid)).collect();
+        let usable = allowed.iter().filter(|n| u64::from(spec.procs_per_node) <= self.max_procs(n)).count();
         let wanted = usize::try_from(spec.nodes).unwrap_or(usize::MAX);
         if usable >= wanted {
             return Ok(());
         }
+        let down = computes.len() - up.len();
         let mut message = format!(
-            "the job asks for {} node(s) with {} CPU(s) and {} MB each, but the cluster has {} compute node(s) and only {} that large",
+            "the job asks for {} node(s) with {} CPU(s) and {} MB each, but the cluster has {} compute node(s) up{} and only {} that large",
             spec.nodes,
             spec.per_node.cpus,
             spec.per_node.memory_mb,
-            computes.len(),
-            big_enough
+            up.len(),
+            if down > 0 { format!(" ({down} down)") } else { String::new() },
+            big_enough.len()
         );
-        if usable < big_enough {
+        if allowed.len() < big_enough.len() {
             message.push_str(&format!(
-                ", of which {usable} may run jobs of uid {} (the others' daemons do not run as root)",
+                ", of which {} may run jobs of uid {} (the others' daemons do not run as root)",
+                allowed.len(),
                 spec.user.uid
             ));
         }
-        message.push_str("; ask for fewer nodes or less per node");
+        if usable < allowed.len() {
+            message.push_str(&format!(
+                ", and {} process(es) per node is more than {} per CPU (limits.max_procs_per_cpu) of {} of them",
+                spec.procs_per_node,
+                self.settings.limits.max_procs_per_cpu,
+                allowed.len() - usable
+            ));
+        }
+        message.push_str("; ask for fewer nodes, processes or resources per node");
         Err(invalid(message))
+    }
+
+    /// The most processes one job may start on `node`.
+    fn max_procs(&self, node: &Node) -> u64 {
+        u64::from(self.settings.limits.max_procs_per_cpu) * u64::from(node.capacity.cpus)
     }
 
     fn kill(&mut self, uid: u32, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
@@ -711,7 +753,13 @@ impl HeadCore {
             .nodes
             .values()
             .filter(|n| n.role == Role::Compute && n.is_up())
-            .map(|n| NodeView { id: n.id.clone(), free: n.free(), only_uid: n.only_uid })
+            .map(|n| NodeView {
+                id: n.id.clone(),
+                capacity: n.capacity,
+                free: n.free(),
+                only_uid: n.only_uid,
+                max_procs: self.max_procs(n),
+            })
             .collect();
         // Jobs in id order; the scheduler stops at the first pending one that does not fit.
         let pending = self.jobs.values().filter(|j| j.state == JobState::Pending);
@@ -794,6 +842,7 @@ mod tests {
             operators: vec![],
             private_data: false,
             anonymous_listing: false,
+            limits: JobLimits::default(),
         }
     }
 
@@ -1118,6 +1167,81 @@ mod tests {
                 Timestamp(10_001),
             )
             .expect("take over a dead node");
+    }
+
+    #[test]
+    fn jobs_over_a_size_limit_are_refused_naming_the_limit() {
+        let mut f = Fixture::new(&["a"]);
+        f.core.settings.limits = JobLimits {
+            max_command_bytes: 10,
+            max_env_bytes: 20,
+            max_name_bytes: 8,
+            max_path_bytes: 30,
+            ..JobLimits::default()
+        };
+        let refused = |f: &mut Fixture, edit: &dyn Fn(&mut JobSpec)| {
+            let mut spec = JobBuilder::new(0).spec();
+            edit(&mut spec);
+            let req = AssignJobId { spec, token: "t".into() };
+            let err = f.core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(10)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::Invalid, "{}", err.message);
+            err.message
+        };
+        assert!(refused(&mut f, &|s| s.command = "x".repeat(11)).contains("limits.max_command_bytes"));
+        assert!(refused(&mut f, &|s| s.name = "n".repeat(9)).contains("limits.max_name_bytes"));
+        assert!(refused(&mut f, &|s| {
+            s.env.insert("K".into(), "v".repeat(20));
+        })
+        .contains("limits.max_env_bytes"));
+        assert!(refused(&mut f, &|s| s.stdout = Some(format!("/{}", "o".repeat(30)))).contains("limits.max_path_bytes"));
+        assert!(refused(&mut f, &|s| s.name = "a\u{202e}b".into()).contains("text-direction"));
+        assert!(refused(&mut f, &|s| s.procs_per_node = 129).contains("limits.max_procs_per_cpu"));
+        assert_eq!(f.submit_ok(JobBuilder::new(0).procs(128), "ok"), JobId(1), "64 per CPU of a 2-CPU node");
+    }
+
+    #[test]
+    fn the_queue_takes_no_more_than_its_limits_in_all_and_per_user() {
+        let mut f = Fixture::new(&["a"]);
+        f.core.settings.limits = JobLimits { max_jobs: 3, max_jobs_per_user: 2, ..JobLimits::default() };
+        f.submit_ok(JobBuilder::new(0), "1");
+        f.submit_ok(JobBuilder::new(0), "2");
+        let err = f.submit(JobBuilder::new(0), "3").unwrap_err();
+        assert!(err.message.contains("limits.max_jobs_per_user"), "{}", err.message);
+        let bobs = |token: &str| AssignJobId { spec: JobBuilder::new(0).uid(BOB).spec(), token: token.into() };
+        f.core.handle_client(BOB, ClientRequest::AssignJobId(bobs("b1")), Timestamp(10)).expect("bob has room");
+        let err = f.core.handle_client(BOB, ClientRequest::AssignJobId(bobs("b2")), Timestamp(10)).unwrap_err();
+        assert!(err.message.contains("limits.max_jobs)"), "{}", err.message);
+        // An ended job makes room again.
+        f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id: JobId(1) }), Timestamp(11)).expect("kill");
+        f.submit_ok(JobBuilder::new(0), "4");
+    }
+
+    #[test]
+    fn a_job_only_a_down_node_could_hold_is_refused_and_one_already_queued_blocks_nobody() {
+        let mut f = Fixture::new(&["small", "big"]);
+        let beat = |f: &mut Fixture, node: &str, at| {
+            let beat = Heartbeat { node: NodeId::new(node), running: vec![] };
+            from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(at)).expect("beat");
+        };
+        // A 2-CPU "big" was registered; make it bigger, then let it go silent.
+        let register = RegisterNode {
+            node: NodeId::new("big"),
+            address: "tcp://big:5002".into(),
+            capacity: Resources::new(8, 4096),
+            only_uid: None,
+            running: vec![],
+        };
+        from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(1)).expect("register");
+        let waiting = f.submit_ok(JobBuilder::new(0).cpus(8), "needs-big");
+        beat(&mut f, "small", 6_000);
+        f.core.tick(Timestamp(6_001));
+        assert!(!f.core.node(&NodeId::new("big")).expect("big").is_up());
+        let err = f.submit(JobBuilder::new(0).cpus(8), "after").unwrap_err();
+        assert!(err.message.contains("1 compute node(s) up (1 down)"), "{}", err.message);
+        let small = f.submit_ok(JobBuilder::new(0).cpus(1), "small");
+        f.core.schedule_if_needed(Timestamp(6_002));
+        assert_eq!(f.state(waiting), JobState::Pending);
+        assert!(matches!(f.state(small), JobState::Running { .. }), "it passed the job no live node could hold");
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub fn run(
         operators: config.operators.clone(),
         private_data: config.private_data,
         anonymous_listing: config.anonymous_listing,
+        limits: config.limits.clone(),
     };
     let mut core = HeadCore::open(store, Box::new(comm), me_node, settings, now)?;
 

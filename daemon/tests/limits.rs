@@ -1,0 +1,92 @@
+//! Limits against real daemons: jobs too large for the configured limits are refused at
+//! submission with the limit named, the queue takes no more than its limits, a job that only a
+//! lost node could hold does not hold up the queue, and `cminfo` shows what users wrote without
+//! letting it drive the terminal. The head keeps serving throughout.
+
+use cm_testkit::{wait_until, Cluster, StoreKind, TEST_CONFIG};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn refused(cluster: &Cluster, args: &[&str], env: &[(&str, String)]) -> String {
+    let mut command = cluster.tool_command("cmrun", args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().expect("cmrun");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "cmrun {args:?} was taken: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn jobs_over_a_limit_are_refused_at_submission_naming_it() {
+    let cluster = Cluster::start(1, 2, 512);
+    let err = refused(&cluster, &["-p", "100000", "true"], &[]);
+    assert!(err.contains("limits.max_procs_per_cpu"), "{err}");
+    // One argument or variable may hold at most 128 KiB (the kernel's MAX_ARG_STRLEN): several.
+    let word = "x".repeat(100 * 1024);
+    let err = refused(&cluster, &[&word, &word, &word], &[]);
+    assert!(err.contains("limits.max_command_bytes"), "{err}");
+    let big: Vec<(String, String)> = (0..10).map(|i| (format!("BIG{i}"), "v".repeat(110 * 1024))).collect();
+    let big: Vec<(&str, String)> = big.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let err = refused(&cluster, &["true"], &big);
+    assert!(err.contains("limits.max_env_bytes"), "{err}");
+    let err = refused(&cluster, &["-a", &"n".repeat(300), "true"], &[]);
+    assert!(err.contains("limits.max_name_bytes"), "{err}");
+    let err = refused(&cluster, &["-a", "evil\u{202e}txt", "true"], &[]);
+    assert!(err.contains("text-direction"), "{err}");
+    let info = cluster.info().expect("cminfo answers");
+    assert_eq!(info["jobs"].as_array().map_or(0, Vec::len), 0, "nothing was queued");
+    let id = cluster.submit(&["-p", "128", "true"]);
+    cluster.wait_status(id, "Completed", LONG);
+}
+
+#[test]
+fn the_queue_takes_no_more_than_a_users_limit() {
+    let config = format!("{TEST_CONFIG}limits:\n  max_jobs_per_user: 3\n");
+    let cluster = Cluster::start_with(&StoreKind::Embedded, 1, 1, 512, &config, "info");
+    let jobs: Vec<u64> = (0..3).map(|_| cluster.submit(&["sleep 30"])).collect();
+    let err = refused(&cluster, &["true"], &[]);
+    assert!(err.contains("limits.max_jobs_per_user"), "{err}");
+    let out = cluster.tool("cmkill", &[&jobs[2].to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.submit(&["true"]);
+}
+
+#[test]
+fn a_job_that_only_a_lost_node_could_hold_does_not_hold_up_the_queue() {
+    let mut cluster = Cluster::start(0, 1, 512);
+    cluster.add_compute("small", 1, 512);
+    cluster.add_compute("big", 4, 512);
+    cluster.wait_for_nodes(2);
+    let running = cluster.submit(&["-c", "4", "sleep 60"]);
+    cluster.wait_status(running, "Running", LONG);
+    let waiting = cluster.submit(&["-c", "4", "true"]);
+    // The big node is lost: the waiting job has no live node that could ever hold it.
+    let big = cluster.computes.iter_mut().find(|d| d.name == "big").expect("big");
+    big.kill9();
+    cluster.wait_status(running, "NodeFail", LONG);
+    let small = cluster.submit(&["-c", "1", "true"]);
+    cluster.wait_status(small, "Completed", LONG);
+    assert_eq!(cluster.job_status(waiting), "Pending");
+    let err = refused(&cluster, &["-c", "4", "true"], &[]);
+    assert!(err.contains("(1 down)"), "{err}");
+}
+
+#[test]
+fn cminfo_shows_what_users_wrote_without_letting_it_drive_the_terminal() {
+    let cluster = Cluster::start(1, 2, 512);
+    let id = cluster.submit(&["-a", "title", "true # \u{1b}]0;pwned\u{7}\u{1b}[2J \u{9b}31m"]);
+    cluster.wait_status(id, "Completed", LONG);
+    let id_text = id.to_string();
+    for args in [vec!["--all"], vec![id_text.as_str()], vec!["--json", "--all"]] {
+        let out = cluster.tool("cminfo", &args);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let raw = text.chars().find(|&c| c.is_control() && c != '\n');
+        assert_eq!(raw, None, "cminfo {args:?} printed a raw control character: {text}");
+    }
+    assert!(wait_until(LONG, || cluster.info().is_some()));
+}
