@@ -175,11 +175,18 @@ impl ChildSetup {
                 check(Step::OutputFiles, null.into())?;
                 check(Step::OutputFiles, libc::dup2(null, 0).into())?;
                 check(Step::OutputFiles, libc::close(null).into())?;
+                // Opened without blocking: a FIFO with no reader (or a device that would wait)
+                // fails the job now, instead of holding the supervisor past every stop order.
+                // The job itself then writes as usual, blocking.
                 for (path, fd) in [(&self.stdout, 1), (&self.stderr, 2)] {
-                    let file = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NONBLOCK | libc::O_CLOEXEC;
+                    let file = libc::open(path.as_ptr(), flags, 0o644);
                     check(Step::OutputFiles, file.into())?;
                     check(Step::OutputFiles, libc::dup2(file, fd).into())?;
                     check(Step::OutputFiles, libc::close(file).into())?;
+                    let status = libc::fcntl(fd, libc::F_GETFL);
+                    check(Step::OutputFiles, status.into())?;
+                    check(Step::OutputFiles, libc::fcntl(fd, libc::F_SETFL, status & !libc::O_NONBLOCK).into())?;
                 }
                 // What the job inherits: SIGPIPE as the default (Rust ignores it), and no blocked
                 // signal (the supervisor blocks those it reads from its signalfd). The handler

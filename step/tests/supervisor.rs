@@ -158,6 +158,28 @@ fn a_command_with_a_nul_byte_is_a_launch_failure() {
 }
 
 #[test]
+fn a_fifo_with_no_reader_as_output_fails_the_job_at_once_and_one_being_read_works() {
+    let f = Fixture::new();
+    let fifo = f.dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let pattern = fifo.to_str().expect("utf-8").to_string();
+    let started = Instant::now();
+    let (path, child) = f.start("echo never", 1, |spec| spec.stdout = Some(pattern.clone()));
+    let NodeEndCause::LaunchFailed { reason } = &end_of(&path, child).cause else { panic!("no launch failure") };
+    assert!(reason.contains("cannot open the output files"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the supervisor waited {:?}", started.elapsed());
+    // With a reader, the job writes to it as to any file, its writes blocking as usual.
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::read_to_string(fifo).expect("read the fifo")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (path, child) = f.start("echo through", 1, |spec| spec.stdout = Some(pattern));
+    assert_eq!(end_of(&path, child).cause, NodeEndCause::Exited);
+    assert_eq!(reader.join().expect("join"), "through\n");
+}
+
+#[test]
 fn sigterm_stops_the_replicas_and_records_a_kill() {
     let f = Fixture::new();
     let (path, child) = f.start("sleep 30", 2, |_| {});
