@@ -41,6 +41,20 @@ fn cluster_key(path: &Path, make: bool) -> anyhow::Result<Arc<ClusterKey>> {
     Ok(Arc::new(ClusterKey::load(path)?))
 }
 
+/// Lets the head use as many descriptors as the system allows it (the soft limit is often
+/// 1,024, the hard one far more): every connection takes one. Not for a role that runs jobs,
+/// which would inherit the raised limit.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+            }
+        }
+    }
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let settings = Settings::resolve(args, &config);
@@ -60,6 +74,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     match settings.role {
         RoleArg::Head => {
+            raise_descriptor_limit();
             let key = cluster_key(&settings.head.cluster_key, true)?;
             let dir = settings.head.state_dir.clone();
             head::run(settings.head, key, shutdown, |e| record_endpoint(&dir, "head", e))

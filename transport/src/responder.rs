@@ -57,6 +57,24 @@ const READ_BUDGET: usize = 256 * 1024;
 /// a peer over either is flooding, and is disconnected, so that it cannot fill the daemon's memory.
 const MAX_WAITING: usize = 1000;
 
+/// What connections may hold of messages still arriving or not handed out yet, all together, in
+/// `max_message_size`s. Past it, a connection holding more than [`FREE_PER_PEER`] is dropped: a
+/// few peers sending huge messages slowly cannot fill the daemon's memory, and small requests,
+/// which fit in the allowance, are still served.
+const BUDGET_IN_MESSAGES: u64 = 4;
+
+/// What each connection may hold regardless of the budget: any everyday request.
+const FREE_PER_PEER: usize = 64 * 1024;
+
+/// The most a connection may owe itself in replies it has not read, once it has several:
+/// a peer that sends requests and never reads their replies cannot make the daemon keep them.
+const MAX_OWED: usize = 16 << 20;
+
+/// How long an open connection may stay silent, with nothing in flight, before it is closed:
+/// clients reconnect on their next request (cm's requesters and libzmq do), and idle ones
+/// cannot hold the daemon's descriptors for ever.
+const IDLE_TIME: Duration = Duration::from_secs(600);
+
 /// A REP server socket, owned by the loop that answers it.
 pub struct Responder {
     poll: Poll,
@@ -85,6 +103,13 @@ pub struct Responder {
     unread: VecDeque<Token>,
     /// Scratch space for the poll's events, kept to spare an allocation per wait.
     ready: Vec<(Token, bool, bool)>,
+    /// Bytes all connections hold of messages arriving or waiting to be handed out, and the most
+    /// they may (see [`BUDGET_IN_MESSAGES`]).
+    held: usize,
+    budget: usize,
+    /// See [`IDLE_TIME`]; and when idle connections are looked for next.
+    idle_time: Duration,
+    next_idle_sweep: Instant,
 }
 
 /// A request as it came off the socket: one frame, or why it was refused.
@@ -149,6 +174,10 @@ struct Peer {
     waiting: usize,
     /// Its replies not yet taken whole by its socket.
     replies_unsent: usize,
+    /// Bytes of its requests read and not handed out yet.
+    waiting_bytes: usize,
+    /// When it last sent or took anything.
+    last_active: Instant,
     /// It is in `unread`: its socket has more than its last turn read.
     unread: bool,
     /// Who the kernel says the peer is (a Unix socket's `SO_PEERCRED`); TCP peers are unknown.
@@ -204,7 +233,17 @@ impl Responder {
             accept_failing: false,
             unread: VecDeque::new(),
             ready: Vec::new(),
+            held: 0,
+            budget: usize::try_from(max_message_size.saturating_mul(BUDGET_IN_MESSAGES)).unwrap_or(usize::MAX),
+            idle_time: IDLE_TIME,
+            next_idle_sweep: Instant::now() + IDLE_TIME / 4,
         })
+    }
+
+    /// Closes connections silent for `idle` (default 10 minutes) with nothing in flight.
+    pub fn set_idle_time(&mut self, idle: Duration) {
+        self.idle_time = idle;
+        self.next_idle_sweep = Instant::now() + idle / 4;
     }
 
     /// The endpoint actually bound (with the real port when 0 was asked for).
@@ -273,7 +312,12 @@ impl Responder {
             }
             let now = Instant::now();
             self.end_slow_handshakes(now);
-            let mut wait = deadline.saturating_duration_since(now);
+            if now >= self.next_idle_sweep {
+                self.end_idle_connections(now);
+                self.next_idle_sweep = now + (self.idle_time / 4).min(Duration::from_secs(10));
+            }
+            let mut wait =
+                deadline.saturating_duration_since(now).min(self.next_idle_sweep.saturating_duration_since(now));
             if let Some(&(by, _)) = self.handshakes.front() {
                 wait = wait.min(by.saturating_duration_since(now));
             }
@@ -343,6 +387,9 @@ impl Responder {
     pub fn try_recv(&mut self) -> Result<Option<Incoming>> {
         let Some((token, request)) = self.requests.pop_front() else { return Ok(None) };
         if let Some(peer) = self.peers.get_mut(&token) {
+            let bytes = request.bytes();
+            peer.waiting_bytes -= bytes;
+            self.held -= bytes;
             peer.waiting -= 1;
         }
         if self.answering.is_some() {
@@ -376,8 +423,12 @@ impl Responder {
         zmtp::push_frame(&mut peer.unsent, MORE, &[]);
         zmtp::push_frame(&mut peer.unsent, 0, reply);
         peer.replies_unsent += 1;
+        peer.last_active = Instant::now();
+        let owed = peer.unsent.len() - peer.sent;
         if peer.replies_unsent > MAX_WAITING {
             self.disconnect(token, &format!("over {MAX_WAITING} replies it does not read"));
+        } else if peer.replies_unsent > 1 && owed > MAX_OWED {
+            self.disconnect(token, &format!("{owed} bytes of replies it does not read"));
         } else if let Err(e) = peer.flush() {
             self.disconnect(token, &format!("cannot send the reply: {e}"));
         }
@@ -465,6 +516,8 @@ impl Responder {
             size: 0,
             waiting: 0,
             replies_unsent: 0,
+            waiting_bytes: 0,
+            last_active: Instant::now(),
             unread: false,
             origin,
         };
@@ -476,6 +529,7 @@ impl Responder {
     /// Reads what a connection sent and queues its whole requests; sends what it is owed.
     fn serve_peer(&mut self, token: Token, readable: bool, writable: bool) {
         let Some(peer) = self.peers.get_mut(&token) else { return };
+        let held_before = peer.held();
         let outcome = (|| {
             if writable {
                 peer.flush().map_err(|e| format!("cannot send: {e}"))?;
@@ -493,6 +547,15 @@ impl Responder {
             peer.flush().map_err(|e| format!("cannot send: {e}"))?;
             Ok::<bool, String>(open)
         })();
+        let held = peer.held();
+        self.held = (self.held + held).saturating_sub(held_before);
+        let outcome = match outcome {
+            Ok(true) if self.held > self.budget && held > FREE_PER_PEER => Err(format!(
+                "over the budget for messages being received: all connections hold {} bytes, this one {held}",
+                self.held
+            )),
+            other => other,
+        };
         match outcome {
             Ok(true) => {}
             Ok(false) => self.disconnect(token, "closed by the peer"),
@@ -503,9 +566,34 @@ impl Responder {
     /// Forgets a connection and its requests that were not handed out yet: no reply could reach it.
     fn disconnect(&mut self, token: Token, why: &str) {
         let Some(mut peer) = self.peers.remove(&token) else { return };
-        tracing::debug!(endpoint = %self.endpoint, %why, "connection ended");
+        self.held = self.held.saturating_sub(peer.held());
+        if why.starts_with("over the budget") || why.contains("does not read") {
+            tracing::warn!(endpoint = %self.endpoint, %why, "a connection was dropped");
+        } else {
+            tracing::debug!(endpoint = %self.endpoint, %why, "connection ended");
+        }
         let _ = self.poll.registry().deregister(peer.stream.io());
         self.requests.retain(|(from, _)| *from != token);
+    }
+
+    /// Closes the open connections that have been silent for the idle time with nothing in flight.
+    fn end_idle_connections(&mut self, now: Instant) {
+        let answering = self.answering.as_ref().map(|(token, _)| *token);
+        let idle: Vec<Token> = self
+            .peers
+            .iter()
+            .filter(|(token, peer)| {
+                Some(**token) != answering
+                    && peer.stage == Stage::Open
+                    && peer.held() == 0
+                    && peer.sent == peer.unsent.len()
+                    && now.saturating_duration_since(peer.last_active) >= self.idle_time
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        for token in idle {
+            self.disconnect(token, "idle");
+        }
     }
 
     /// Drops the connections whose handshake is overdue, and forgets the deadlines of those that
@@ -546,7 +634,23 @@ fn shrink(buffer: &mut Vec<u8>) {
     }
 }
 
+impl Request {
+    /// What it holds in memory, about.
+    fn bytes(&self) -> usize {
+        let body = match &self.incoming {
+            Incoming::Message(bytes) => bytes.len(),
+            Incoming::Malformed(why) => why.len(),
+        };
+        body + self.envelope.iter().map(Vec::len).sum::<usize>()
+    }
+}
+
 impl Peer {
+    /// What it holds of messages arriving or not handed out yet.
+    fn held(&self) -> usize {
+        self.received.len() + usize::try_from(self.size).unwrap_or(usize::MAX) + self.waiting_bytes
+    }
+
     /// Writes what is owed until the socket takes no more.
     fn flush(&mut self) -> io::Result<()> {
         while self.sent < self.unsent.len() {
@@ -577,6 +681,7 @@ impl Peer {
                 Ok(0) => return Ok((false, true)),
                 Ok(n) => {
                     self.received.extend_from_slice(&chunk[..n]);
+                    self.last_active = Instant::now();
                     budget = budget.saturating_sub(n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok((true, true)),
@@ -699,7 +804,9 @@ impl Peer {
             return Err(format!("over {MAX_WAITING} requests sent without waiting for replies"));
         }
         self.waiting += 1;
-        requests.push_back((token, Request { envelope: frames, incoming }));
+        let request = Request { envelope: frames, incoming };
+        self.waiting_bytes += request.bytes();
+        requests.push_back((token, request));
         Ok(())
     }
 }
@@ -760,6 +867,87 @@ mod tests {
             zmtp::push_frame(&mut bytes, if i + 1 < frames.len() { MORE } else { 0 }, frame);
         }
         stream.write_all(&bytes).expect("send");
+    }
+
+    /// Whether the daemon dropped `stream`: it reads the end of the stream, past whatever the
+    /// daemon had sent, within a second.
+    fn dropped(stream: &mut RawStream) -> bool {
+        stream.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn huge_messages_sent_slowly_cannot_fill_memory_and_small_requests_are_still_served() {
+        // 1 MiB messages: the connections together may hold 4 MiB of them.
+        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
+        let mut frames = Vec::new();
+        zmtp::push_frame(&mut frames, MORE, &[]);
+        zmtp::push_frame(&mut frames, 0, &vec![7u8; (1 << 20) - 100]);
+        let mut slow: Vec<RawStream> = (0..10)
+            .map(|_| {
+                let (mut stream, _) = raw_peer(&endpoint, "REQ");
+                stream.write_all(&frames[..900_000]).expect("most of a message");
+                stream
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let dropped = slow.iter_mut().map(dropped).filter(|gone| *gone).count();
+        assert!((6..=10).contains(&dropped), "{dropped} of 10 dropped: the budget holds four");
+        let policy = RetryPolicy::new(Duration::from_secs(5), 0);
+        let mut client = Requester::new(&endpoint, policy, "t", Credentials::None).expect("endpoint");
+        assert_eq!(client.request_bytes(b"small").expect("served"), b"echo:small");
+        stop();
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_its_replies_is_dropped_once_they_pile_up() {
+        let server = Responder::bind("127.0.0.1:0", 32 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
+        let (mut stream, _) = raw_peer(&endpoint, "DEALER");
+        // Each 4 MiB request gets a 4 MiB echo: more than the socket buffers once a few pile up.
+        let request = vec![1u8; 4 << 20];
+        let mut sent = 0;
+        while sent < 20 {
+            let mut bytes = Vec::new();
+            zmtp::push_frame(&mut bytes, MORE, &[]);
+            zmtp::push_frame(&mut bytes, 0, &request);
+            if stream.write_all(&bytes).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        assert!(sent < 20 || dropped(&mut stream), "20 requests sent and the connection still open");
+        let policy = RetryPolicy::new(Duration::from_secs(5), 0);
+        let mut client = Requester::new(&endpoint, policy, "t", Credentials::None).expect("endpoint");
+        assert_eq!(client.request_bytes(b"next").expect("served"), b"echo:next");
+        stop();
+    }
+
+    #[test]
+    fn idle_connections_are_closed_and_their_clients_reconnect() {
+        let mut server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        server.set_idle_time(Duration::from_millis(300));
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
+        let (mut idle, _) = raw_peer(&endpoint, "REQ");
+        let policy = RetryPolicy::new(Duration::from_secs(5), 2);
+        let mut client = Requester::new(&endpoint, policy, "t", Credentials::None).expect("endpoint");
+        assert_eq!(client.request_bytes(b"a").expect("reply"), b"echo:a");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(dropped(&mut idle), "an idle connection stays open");
+        assert_eq!(client.request_bytes(b"b").expect("reply after reconnecting"), b"echo:b");
+        stop();
     }
 
     /// A connection done with its handshake, or gone, does not keep its 30 s deadline queued: at
