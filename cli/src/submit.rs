@@ -67,9 +67,16 @@ pub fn build_spec(
         stdout: request.stdout.clone(),
         stderr: request.stderr.clone(),
         requeue: request.requeue,
+        max_user_processes: max_user_processes(),
     };
     spec.validate()?;
     Ok(spec)
+}
+
+/// This process's limit on the user's processes (`ulimit -u`), which the job runs under.
+fn max_user_processes() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    getrlimit(Resource::RLIMIT_NPROC).ok().map(|(soft, _)| soft).filter(|&soft| soft != RLIM_INFINITY)
 }
 
 /// A token unique to this submission, so a retried request is not taken twice.

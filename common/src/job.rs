@@ -51,6 +51,10 @@ pub struct JobSpec {
     /// NodeFail (`cmrun --requeue`).
     #[serde(default)]
     pub requeue: bool,
+    /// The submitter's limit on processes (`ulimit -u`), which the job's replicas run under, as
+    /// SLURM propagates resource limits; `None`: unlimited (the node's own limit applies).
+    #[serde(default)]
+    pub max_user_processes: Option<u64>,
 }
 
 /// Characters that reorder how text is shown (Unicode bidirectional controls): in a name they
@@ -81,6 +85,7 @@ impl JobSpec {
             stdout: None,
             stderr: None,
             requeue: false,
+            max_user_processes: None,
         }
     }
 

@@ -20,6 +20,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
         stdout: Some("out-%j".into()),
         stderr: None,
         requeue: true,
+        max_user_processes: None,
     };
     let job = Job::new(JobId(7), spec.clone(), Timestamp(1), "token".into());
     let submit = HeadRequest::Client(ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }));

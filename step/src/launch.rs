@@ -84,6 +84,7 @@ enum Step {
     WorkingDirectory,
     OutputDirectory,
     OutputFiles,
+    ProcessLimit,
     Identity,
     Exec,
 }
@@ -96,6 +97,7 @@ impl Step {
             Step::WorkingDirectory => "cannot enter the working directory",
             Step::OutputDirectory => "cannot create the output directory",
             Step::OutputFiles => "cannot open the output files",
+            Step::ProcessLimit => "cannot set the user's process limit",
             Step::Identity => "cannot take the job's uid and gid",
             Step::Exec => "cannot execute /bin/sh",
         }
@@ -106,6 +108,8 @@ impl Step {
 /// allocates nothing.
 struct ChildSetup {
     identity: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    /// The user's limit on processes (`RLIMIT_NPROC`), set before taking the user's ids.
+    max_processes: Option<libc::rlimit>,
     workdir: CString,
     /// Directories to create (in order) below the working directory for the output files.
     mkdirs: Vec<CString>,
@@ -195,6 +199,11 @@ impl ChildSetup {
                 let mut none: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut none);
                 libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                // The kernel counts the user's processes against this at the exec below and at
+                // every fork of the job: a job cannot start more than its user may have.
+                if let Some(limit) = &self.max_processes {
+                    check(Step::ProcessLimit, libc::setrlimit(libc::RLIMIT_NPROC, limit).into())?;
+                }
                 if let Some((uid, gid, _)) = &self.identity {
                     check(Step::Identity, libc::syscall(libc::SYS_setresgid, long(*gid), long(*gid), long(*gid)))?;
                     check(Step::Identity, libc::syscall(libc::SYS_setresuid, long(*uid), long(*uid), long(*uid)))?;
@@ -246,8 +255,16 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, St
     }
     let argv = pointers(&strings[..argc]);
     let envp = pointers(&strings[argc..]);
+    let max_processes = identity.as_ref().and(spec.max_user_processes).map(|wanted| {
+        // Never above the supervisor's own limit.
+        let own =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC).map_or(wanted, |(soft, _)| soft);
+        let limit = wanted.min(own);
+        libc::rlimit { rlim_cur: limit, rlim_max: limit }
+    });
     let setup = ChildSetup {
         identity,
+        max_processes,
         workdir: c_path(workdir)?,
         mkdirs: mkdirs.iter().map(|d| c_path(d)).collect::<Result<_, _>>()?,
         stdout: c_path(&stdout)?,
@@ -294,6 +311,10 @@ fn spawn(setup: &ChildSetup, stack: &mut [u8]) -> Result<Pid, String> {
     let Some((step, errno)) = failure.get() else { return Ok(pid) };
     // The child has exited: collect it here, so the supervisor never sees it as a replica.
     let _ = waitpid(pid, None);
+    if let (Step::Exec, Errno::EAGAIN, Some(limit)) = (step, errno, &setup.max_processes) {
+        // What the kernel says when the user already runs as many processes as they may.
+        return Err(format!("the user already has {} processes, their limit (ulimit -u)", limit.rlim_cur));
+    }
     Err(format!("{}: {}", step.reason(), std::io::Error::from(errno)))
 }
 

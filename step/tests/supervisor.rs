@@ -180,6 +180,34 @@ fn a_fifo_with_no_reader_as_output_fails_the_job_at_once_and_one_being_read_work
 }
 
 #[test]
+fn replicas_run_under_the_users_process_limit_and_a_job_over_it_fails_whole() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("SKIPPED: switching users needs root");
+        return;
+    }
+    let f = Fixture::new();
+    std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let started = Instant::now();
+    let path = f.write_step(5, "sleep 20", 12, true, |spec| {
+        spec.user.uid = 65534;
+        spec.max_user_processes = Some(4);
+    });
+    let child = Command::new(env!("CARGO_BIN_EXE_cmstep")).arg(&path).spawn().expect("cmstep");
+    let NodeEndCause::LaunchFailed { reason } = &end_of(&path, child).cause else { panic!("no launch failure") };
+    assert!(reason.contains("their limit (ulimit -u)"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    // And the limit holds for what the job itself forks.
+    let path = f.write_step(6, "grep 'Max processes' /proc/self/limits | tr -s ' ' | cut -d' ' -f3", 1, true, |spec| {
+        spec.user.uid = 65534;
+        spec.max_user_processes = Some(50);
+    });
+    let child = Command::new(env!("CARGO_BIN_EXE_cmstep")).arg(&path).spawn().expect("cmstep");
+    assert_eq!(end_of(&path, child).cause, NodeEndCause::Exited);
+    let out = std::fs::read_to_string(f.dir.path().join("cmlogs/6/n1.0.out")).expect("stdout");
+    assert_eq!(out.trim(), "50");
+}
+
+#[test]
 fn sigterm_stops_the_replicas_and_records_a_kill() {
     let f = Fixture::new();
     let (path, child) = f.start("sleep 30", 2, |_| {});

@@ -75,6 +75,19 @@ const MAX_OWED: usize = 16 << 20;
 /// cannot hold the daemon's descriptors for ever.
 const IDLE_TIME: Duration = Duration::from_secs(600);
 
+/// How many connections one peer may hold open at once: one host (by address) over TCP, one user
+/// over the Unix socket. A cluster's daemons and tools need a handful each; a peer that opens
+/// hundreds and leaves them idle could otherwise take every descriptor the daemon has.
+const MAX_PER_PEER: usize = 256;
+
+/// Who a connection comes from, for [`MAX_PER_PEER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PeerKey {
+    Host(std::net::IpAddr),
+    User(u32),
+    Unknown,
+}
+
 /// A REP server socket, owned by the loop that answers it.
 pub struct Responder {
     poll: Poll,
@@ -110,6 +123,8 @@ pub struct Responder {
     /// See [`IDLE_TIME`]; and when idle connections are looked for next.
     idle_time: Duration,
     next_idle_sweep: Instant,
+    /// Open connections by who they come from.
+    per_peer: HashMap<PeerKey, usize>,
 }
 
 /// A request as it came off the socket: one frame, or why it was refused.
@@ -182,6 +197,7 @@ struct Peer {
     unread: bool,
     /// Who the kernel says the peer is (a Unix socket's `SO_PEERCRED`); TCP peers are unknown.
     origin: Origin,
+    key: PeerKey,
 }
 
 impl Responder {
@@ -237,6 +253,7 @@ impl Responder {
             budget: usize::try_from(max_message_size.saturating_mul(BUDGET_IN_MESSAGES)).unwrap_or(usize::MAX),
             idle_time: IDLE_TIME,
             next_idle_sweep: Instant::now() + IDLE_TIME / 4,
+            per_peer: HashMap::new(),
         })
     }
 
@@ -487,6 +504,10 @@ impl Responder {
 
     fn greet(&mut self, mut stream: Stream) {
         // The peer's credentials as of its connect; a Unix peer whose cannot be read is refused.
+        let key = match &stream {
+            Stream::Tcp(tcp) => tcp.peer_addr().map_or(PeerKey::Unknown, |address| PeerKey::Host(address.ip())),
+            Stream::Unix(_) => PeerKey::Unknown,
+        };
         let origin = match &stream {
             Stream::Tcp(_) => Origin::Network,
             Stream::Unix(unix) => match getsockopt(unix, PeerCredentials) {
@@ -497,11 +518,22 @@ impl Responder {
                 }
             },
         };
+        let key = match origin {
+            Origin::Local { uid } => PeerKey::User(uid),
+            Origin::Network => key,
+        };
+        let open = self.per_peer.entry(key).or_insert(0);
+        if *open >= MAX_PER_PEER {
+            tracing::warn!(endpoint = %self.endpoint, peer = ?key, "refused a connection: the peer has {MAX_PER_PEER} open already");
+            return;
+        }
+        *open += 1;
         let token = Token(self.next_token);
         self.next_token += 1;
         let registered = self.poll.registry().register(stream.io(), token, Interest::READABLE | Interest::WRITABLE);
         if let Err(e) = registered {
             tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot watch a new connection");
+            self.forget_peer(key);
             return;
         }
         let mut unsent = zmtp::greeting().to_vec();
@@ -520,6 +552,7 @@ impl Responder {
             last_active: Instant::now(),
             unread: false,
             origin,
+            key,
         };
         self.peers.insert(token, peer);
         self.handshakes.push_back((Instant::now() + HANDSHAKE_TIME, token));
@@ -567,6 +600,7 @@ impl Responder {
     fn disconnect(&mut self, token: Token, why: &str) {
         let Some(mut peer) = self.peers.remove(&token) else { return };
         self.held = self.held.saturating_sub(peer.held());
+        self.forget_peer(peer.key);
         if why.starts_with("over the budget") || why.contains("does not read") {
             tracing::warn!(endpoint = %self.endpoint, %why, "a connection was dropped");
         } else {
@@ -574,6 +608,16 @@ impl Responder {
         }
         let _ = self.poll.registry().deregister(peer.stream.io());
         self.requests.retain(|(from, _)| *from != token);
+    }
+
+    /// One connection fewer from `key`.
+    fn forget_peer(&mut self, key: PeerKey) {
+        if let Some(open) = self.per_peer.get_mut(&key) {
+            *open -= 1;
+            if *open == 0 {
+                self.per_peer.remove(&key);
+            }
+        }
     }
 
     /// Closes the open connections that have been silent for the idle time with nothing in flight.
@@ -931,6 +975,26 @@ mod tests {
         let policy = RetryPolicy::new(Duration::from_secs(5), 0);
         let mut client = Requester::new(&endpoint, policy, "t", Credentials::None).expect("endpoint");
         assert_eq!(client.request_bytes(b"next").expect("served"), b"echo:next");
+        stop();
+    }
+
+    #[test]
+    fn one_host_may_hold_only_so_many_connections_and_others_are_still_served() {
+        let server = Responder::bind("127.0.0.1:0", 1 << 20).expect("bind");
+        let endpoint = server.endpoint().to_string();
+        let stop = echo(server);
+        let address = endpoint.trim_start_matches("tcp://");
+        let mut held: Vec<RawStream> =
+            (0..MAX_PER_PEER).map(|_| RawStream::connect(address).expect("connect")).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut one_more = RawStream::connect(address).expect("the kernel accepts it");
+        assert!(dropped(&mut one_more), "connection {} was kept", MAX_PER_PEER + 1);
+        // Once the host closes some, it is served again.
+        let other = RetryPolicy::new(Duration::from_secs(5), 0);
+        held.truncate(10);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut client = Requester::new(&endpoint, other, "t", Credentials::None).expect("endpoint");
+        assert_eq!(client.request_bytes(b"b").expect("served again"), b"echo:b");
         stop();
     }
 

@@ -80,6 +80,7 @@ pub mod contract_tests {
             stdout: None,
             stderr: Some("err-%j".into()),
             requeue: true,
+            max_user_processes: Some(4096),
         };
         Job::new(id, spec, Timestamp(1000 + id.0), format!("token-{id}"))
     }
