@@ -90,3 +90,48 @@ fn cminfo_shows_what_users_wrote_without_letting_it_drive_the_terminal() {
     }
     assert!(wait_until(LONG, || cluster.info().is_some()));
 }
+
+/// A raw ZeroMQ peer on the head's TCP port that greets as REQ and sends `bytes`.
+fn raw_peer(cluster: &Cluster, bytes: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(cluster.head_endpoint.trim_start_matches("tcp://")).expect("connect");
+    let mut hello = cm_transport::zmtp::greeting().to_vec();
+    cm_transport::zmtp::push_ready(&mut hello, "REQ");
+    hello.extend_from_slice(bytes);
+    let _ = stream.write_all(&hello);
+    stream
+}
+
+/// Whether the head closed `stream` (it reads the end within a second, past the head's greeting).
+fn closed(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn peers_cannot_fill_the_heads_memory_or_descriptors_and_the_head_serves_on() {
+    // max_message_size is 2 MiB here: connections together may hold 8 MiB of arriving messages.
+    let cluster = Cluster::start(1, 1, 512);
+    let mut frames = Vec::new();
+    cm_transport::zmtp::push_frame(&mut frames, cm_transport::zmtp::MORE, &[]);
+    cm_transport::zmtp::push_frame(&mut frames, 0, &vec![7u8; (2 << 20) - 100]);
+    let mut slow: Vec<_> = (0..10).map(|_| raw_peer(&cluster, &frames[..(2 << 20) - 4096])).collect();
+    assert!(cluster.info().is_some(), "cminfo answers while they send");
+    let dropped = slow.iter_mut().map(closed).filter(|gone| *gone).count();
+    assert!(dropped >= 5, "only {dropped} of 10 huge partial messages were refused");
+    // Hundreds of idle connections from one host: the head keeps 256 and serves on.
+    let idle: Vec<_> = (0..300).map(|_| raw_peer(&cluster, &[])).collect();
+    assert!(cluster.info().is_some(), "cminfo answers with 300 idle connections open");
+    let id = cluster.submit(&["true"]);
+    cluster.wait_status(id, "Completed", LONG);
+    drop(idle);
+}
