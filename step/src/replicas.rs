@@ -37,7 +37,8 @@ pub struct Replicas {
 
 impl Replicas {
     /// Starts this node's replicas of `job`. If any cannot start, those already started are
-    /// killed and the reason returned.
+    /// killed and collected, and the reason returned. How many there may be is bounded by the
+    /// head (`limits.max_procs_per_cpu`) and by the user's process limit, so the loop is short.
     pub fn start(job: &Job, node: &NodeId, run_as: Option<&RunAs>, kill_grace: Duration) -> Result<Replicas, String> {
         let node_rank = job
             .nodes
@@ -51,8 +52,12 @@ impl Replicas {
             match spawn_replica(&plan, &mut stack) {
                 Ok(pid) => replicas.push(Replica { rank: plan.rank(), pid, exit: None }),
                 Err(e) => {
+                    // Killed and collected here: no zombie outlives a start that failed.
                     for started in &replicas {
                         let _ = killpg(started.pid, Signal::SIGKILL);
+                    }
+                    for started in &replicas {
+                        let _ = nix::sys::wait::waitpid(started.pid, None);
                     }
                     return Err(e);
                 }

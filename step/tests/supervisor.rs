@@ -188,7 +188,7 @@ fn replicas_run_under_the_users_process_limit_and_a_job_over_it_fails_whole() {
     let f = Fixture::new();
     std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
     let started = Instant::now();
-    let path = f.write_step(5, "sleep 20", 12, true, |spec| {
+    let path = f.write_step(5, "sleep 21", 12, true, |spec| {
         spec.user.uid = 65534;
         spec.max_user_processes = Some(4);
     });
@@ -196,6 +196,8 @@ fn replicas_run_under_the_users_process_limit_and_a_job_over_it_fails_whole() {
     let NodeEndCause::LaunchFailed { reason } = &end_of(&path, child).cause else { panic!("no launch failure") };
     assert!(reason.contains("their limit (ulimit -u)"), "{reason}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let sleepers = std::process::Command::new("pgrep").args(["-u", "65534", "-f", "sleep 21"]).output().expect("pgrep");
+    assert!(String::from_utf8_lossy(&sleepers.stdout).trim().is_empty(), "replicas of the failed start live on");
     // And the limit holds for what the job itself forks.
     let path = f.write_step(6, "grep 'Max processes' /proc/self/limits | tr -s ' ' | cut -d' ' -f3", 1, true, |spec| {
         spec.user.uid = 65534;
