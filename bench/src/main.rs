@@ -1,6 +1,6 @@
 //! `cmbench`: measures cm on a local cluster of real `cmd` daemons and prints each figure, then
 //! all of them as JSON. Run from a release build: `cargo build --release --workspace &&
-//! target/release/cmbench` (see the README). Scenarios:
+//! target/release/cmbench` (see docs/benchmarks.md). Scenarios:
 //! 1. serial CLI submission: N x `cmrun true` as separate processes, and beside it the floor
 //!    of any such tool here: N runs of `cmbench-floor`, one ZeroMQ request to an echo server;
 //!    over TCP, then again over the head's Unix socket;

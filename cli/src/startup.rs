@@ -1,5 +1,5 @@
 //! How a tool process starts: lean, because a tool is one process per request and its start-up
-//! is most of its cost (`cmrun` runs once per job; see the README's Benchmarks).
+//! is most of its cost (`cmrun` runs once per job; see docs/benchmarks.md).
 //!
 //! Each tool's binary is `#![no_main]` (except under `cargo test`) and declares its C `main` with
 //! [`tool_main!`], which calls [`run`]. That skips Rust's runtime set-up, whose dearest step on

@@ -6,7 +6,7 @@
 //! Why not libzmq: a libzmq socket hands every message between its I/O thread and the thread
 //! that reads it, a wake-up on each side, and each connection's handshake and teardown run there
 //! too. That thread was the largest transport cost left on the head (0.24 ms of CPU per short
-//! job, README Benchmarks). Here the loop that answers requests also does their I/O: one
+//! job, docs/benchmarks.md). Here the loop that answers requests also does their I/O: one
 //! `epoll` (through `mio`) watches the listeners, every connection and the loop's own wake-up
 //! descriptor, and a request is read, handled and answered in the same thread.
 //!

@@ -9,9 +9,8 @@
 //! of jobs not yet settled), `nodes` (id -> node). (A `meta` table left by earlier releases,
 //! which kept a job id counter, is unused.)
 //!
-//! Until session 12 each `save` was a transaction of its own (without a disk sync), about a
-//! twentieth of the head's CPU per job in redb's commit path for nothing the next sync did not
-//! also do.
+//! Saves are kept in memory until the next sync: a transaction per save would cost about a
+//! twentieth of the head's CPU per job in redb's commit path, for nothing the sync does not do.
 
 use super::{Store, StoreError, StoreResult};
 use cm_common::job::Job;
