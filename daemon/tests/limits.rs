@@ -62,7 +62,9 @@ fn a_job_that_only_a_lost_node_could_hold_does_not_hold_up_the_queue() {
     cluster.add_compute("big", 4, 512);
     cluster.wait_for_nodes(2);
     let running = cluster.submit(&["-c", "4", "sleep 60"]);
-    cluster.wait_status(running, "Running", LONG);
+    // Started on big for real (its start reported), not only placed there.
+    let started = wait_until(LONG, || !cluster.job(running)["nodes"][0]["started_at"].is_null());
+    assert!(started, "job {running} did not start on big");
     let waiting = cluster.submit(&["-c", "4", "true"]);
     // The big node is lost: the waiting job has no live node that could ever hold it.
     let big = cluster.computes.iter_mut().find(|d| d.name == "big").expect("big");
