@@ -1,0 +1,239 @@
+//! The users' side of the head: who may do what (from the identity the inbox proved), and the
+//! tools' requests: listings, one job, submissions (checked against the limits and the nodes
+//! that are up) and kills.
+
+use super::*;
+
+/// The uid that anonymous listings are made as: no job is theirs, and no operator has it.
+const ANONYMOUS: u32 = u32::MAX;
+
+/// What the head answers a request with.
+pub enum HeadReply {
+    Client(Reply<ClientResponse>),
+    Compute(Reply<ComputeResponse>),
+}
+
+impl HeadCore {
+    /// Answers a request from `identity`, as proven by the inbox: user tools ask as users,
+    /// daemons of the cluster as daemons; nothing else is taken.
+    pub fn handle(&mut self, identity: &Identity, request: HeadRequest, now: Timestamp) -> HeadReply {
+        match (identity, request) {
+            (Identity::User(uid), HeadRequest::Client(req)) => HeadReply::Client(self.handle_client(*uid, req, now)),
+            (Identity::Anonymous, HeadRequest::Client(req)) => HeadReply::Client(self.handle_anonymous(req)),
+            (Identity::Daemon(sender), HeadRequest::Compute(req)) => {
+                HeadReply::Compute(self.handle_compute(&NodeId::new(sender.as_str()), req, now))
+            }
+            (Identity::Daemon(_), HeadRequest::Client(_)) => HeadReply::Client(Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                "user requests must come from a user's tool, not from a daemon",
+            ))),
+            (_, HeadRequest::Compute(_)) => HeadReply::Compute(Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "only the cluster's daemons may register nodes or report jobs: seal requests with the cluster key",
+            ))),
+        }
+    }
+
+    /// A request over TCP with no credential: listings if the operator allows them, else nothing.
+    fn handle_anonymous(&mut self, request: ClientRequest) -> Reply<ClientResponse> {
+        let listing = matches!(request, ClientRequest::FetchNodes(_) | ClientRequest::FetchJobs(_));
+        if listing && self.settings.anonymous_listing && !self.settings.private_data {
+            return self.handle_client(ANONYMOUS, request, Timestamp(0));
+        }
+        Err(ErrorReply::new(
+            ErrorCode::Unauthenticated,
+            "the head takes requests over TCP only with a MUNGE credential: run munged on this host \
+             (with the cluster's munge.key), or use the tools on the head's host, over its Unix socket",
+        ))
+    }
+
+    /// Root, or a user named in `operators` (by name or uid).
+    fn is_operator(&mut self, uid: u32) -> bool {
+        if uid == 0 {
+            return true;
+        }
+        if uid == ANONYMOUS || self.settings.operators.is_empty() {
+            return false;
+        }
+        let name = self.user_names.name(uid, "");
+        self.settings.operators.iter().any(|op| *op == name || *op == uid.to_string())
+    }
+
+    /// A user's request; `uid` is proven (the kernel or MUNGE said so).
+    pub fn handle_client(&mut self, uid: u32, request: ClientRequest, now: Timestamp) -> Reply<ClientResponse> {
+        match request {
+            ClientRequest::FetchNodes(_) => {
+                let mut nodes = vec![self.me.clone()];
+                nodes.extend(self.nodes.values().cloned());
+                Ok(ClientResponse::Nodes(NodesReply { nodes }))
+            }
+            ClientRequest::FetchJobs(req) => {
+                let only = (self.settings.private_data && !self.is_operator(uid)).then_some(uid);
+                self.fetch_jobs(req, only)
+            }
+            ClientRequest::GetJob(GetJob { id }) => {
+                let mut job = match self.jobs.get(&id) {
+                    Some(job) => job.clone(),
+                    None => self.store.job(id).map_err(unavailable)?.ok_or_else(|| not_found(id))?,
+                };
+                if job.spec.user.uid != uid && !self.is_operator(uid) {
+                    if self.settings.private_data {
+                        return Err(not_found(id));
+                    }
+                    // Another user's environment holds their secrets.
+                    job.spec.env.clear();
+                }
+                Ok(ClientResponse::Job(JobReply { job }))
+            }
+            ClientRequest::AssignJobId(req) => self.submit(uid, req, now),
+            ClientRequest::KillJob(KillJob { id }) => self.kill(uid, id, now),
+        }
+    }
+
+    /// Pending and running jobs (and finished ones if asked), of user `only` if given.
+    fn fetch_jobs(&self, req: FetchJobs, only: Option<u32>) -> Reply<ClientResponse> {
+        let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        let visible = |job: &Job| only.is_none_or(|uid| job.spec.user.uid == uid);
+        let mut jobs: Vec<Job> = Vec::new();
+        if req.include_finished {
+            jobs = self.store.finished_jobs(limit).map_err(unavailable)?;
+            jobs.retain(visible);
+            jobs.iter_mut().for_each(|j| j.spec.env.clear());
+        }
+        // Running jobs first, then the oldest pending ones: what a user looks for in a long queue.
+        let active = || self.jobs.values().filter(|j| !j.state.is_terminal() && visible(j));
+        let running = active().filter(|j| j.state != JobState::Pending);
+        let pending = active().filter(|j| j.state == JobState::Pending);
+        let listed: Vec<Job> = running.chain(pending).take(limit).map(Job::summary).collect();
+        let left_out = (active().count() - listed.len()) as u64;
+        jobs.extend(listed);
+        jobs.sort_by_key(|j| j.id);
+        Ok(ClientResponse::Jobs(JobsReply { jobs, left_out }))
+    }
+
+    fn submit(&mut self, uid: u32, req: AssignJobId, now: Timestamp) -> Reply<ClientResponse> {
+        if let Some(id) = self.tokens.get(&req.token) {
+            return Ok(ClientResponse::JobAccepted(JobAccepted { id })); // a retry of a submit we already took
+        }
+        let mut spec = req.spec;
+        spec.validate().map_err(invalid)?;
+        spec.check_limits(&self.settings.limits).map_err(invalid)?;
+        // Root may submit for anyone (as SLURM's `sbatch --uid`); everyone else as themselves.
+        if uid != 0 && uid != spec.user.uid {
+            return Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!("uid {uid} cannot submit a job that runs as uid {}", spec.user.uid),
+            ));
+        }
+        spec.user.name = self.user_names.name(spec.user.uid, &spec.user.name);
+        self.check_queue_has_room(spec.user.uid)?;
+        self.check_cluster_can_fit(&spec)?;
+        let id = JobId(self.last_job_id.0 + 1);
+        let job = Job::new(id, spec, now, req.token);
+        self.commit_now(vec![job], vec![]).map_err(unavailable)?;
+        self.last_job_id = id;
+        self.wants_schedule = true;
+        tracing::info!(job = %id, "job submitted");
+        Ok(ClientResponse::JobAccepted(JobAccepted { id }))
+    }
+
+    /// Refuses a job beyond the queue's limits: all users' pending and running jobs together, and
+    /// the submitting user's.
+    fn check_queue_has_room(&self, uid: u32) -> Result<(), ErrorReply> {
+        let limits = &self.settings.limits;
+        let queued = self.jobs.values().filter(|j| !j.state.is_terminal());
+        let (all, mine) = queued.fold((0, 0), |(all, mine), j| (all + 1, mine + usize::from(j.spec.user.uid == uid)));
+        let full = |what: String| Err(ErrorReply::new(ErrorCode::Unavailable, what));
+        if all >= limits.max_jobs {
+            return full(format!(
+                "the queue is full: {all} jobs are pending or running, the limit (limits.max_jobs); submit again when some have ended"
+            ));
+        }
+        if mine >= limits.max_jobs_per_user {
+            return full(format!(
+                "you have {mine} jobs pending or running, the limit per user (limits.max_jobs_per_user); submit again when some have ended"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses at once a job that the nodes that are up could never run, however long it waited.
+    fn check_cluster_can_fit(&self, spec: &JobSpec) -> Result<(), ErrorReply> {
+        let computes: Vec<&Node> = self.nodes.values().filter(|n| n.role == Role::Compute).collect();
+        if computes.is_empty() {
+            return Err(invalid(
+                "no compute node has registered with the head yet; start compute daemons (cmd --role compute) and submit again",
+            ));
+        }
+        let up: Vec<&Node> = computes.iter().copied().filter(|n| n.is_up()).collect();
+        let big_enough: Vec<&Node> = up.iter().copied().filter(|n| n.capacity.contains(&spec.per_node)).collect();
+        let allowed: Vec<&Node> = big_enough.iter().copied().filter(|n| n.can_run_as(spec.user.uid)).collect();
+        let usable = allowed.iter().filter(|n| u64::from(spec.procs_per_node) <= self.max_procs(n)).count();
+        let wanted = usize::try_from(spec.nodes).unwrap_or(usize::MAX);
+        if usable >= wanted {
+            return Ok(());
+        }
+        let down = computes.len() - up.len();
+        let mut message = format!(
+            "the job asks for {} node(s) with {} CPU(s) and {} MB each, but the cluster has {} compute node(s) up{} and only {} that large",
+            spec.nodes,
+            spec.per_node.cpus,
+            spec.per_node.memory_mb,
+            up.len(),
+            if down > 0 { format!(" ({down} down)") } else { String::new() },
+            big_enough.len()
+        );
+        if allowed.len() < big_enough.len() {
+            message.push_str(&format!(
+                ", of which {} may run jobs of uid {} (the others' daemons do not run as root)",
+                allowed.len(),
+                spec.user.uid
+            ));
+        }
+        if usable < allowed.len() {
+            message.push_str(&format!(
+                ", and {} process(es) per node is more than {} per CPU (limits.max_procs_per_cpu) of {} of them",
+                spec.procs_per_node,
+                self.settings.limits.max_procs_per_cpu,
+                allowed.len() - usable
+            ));
+        }
+        message.push_str("; ask for fewer nodes, processes or resources per node");
+        Err(invalid(message))
+    }
+
+    /// The most processes one job may start on `node`.
+    pub(super) fn max_procs(&self, node: &Node) -> u64 {
+        u64::from(self.settings.limits.max_procs_per_cpu) * u64::from(node.capacity.cpus)
+    }
+
+    fn kill(&mut self, uid: u32, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
+        let mut job = match self.jobs.get(&id) {
+            Some(job) => job.clone(),
+            None => match self.store.job(id).map_err(unavailable)? {
+                Some(job) => return Err(invalid(format!("job {id} has already ended ({})", job.state.name()))),
+                None => return Err(not_found(id)),
+            },
+        };
+        if job.state.is_terminal() {
+            return Err(invalid(format!("job {id} has already ended ({})", job.state.name())));
+        }
+        if uid != job.spec.user.uid && !self.is_operator(uid) {
+            return Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "job {id} belongs to {} (uid {}); only its owner, root or an operator may kill it",
+                    job.spec.user.name, job.spec.user.uid
+                ),
+            ));
+        }
+        let previous_state = job.state.name().to_string();
+        job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: uid };
+        let still_running: Vec<NodeId> = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
+        let run = job.job_run();
+        self.commit_now(vec![job], vec![]).map_err(unavailable)?;
+        self.send_free(run, &still_running);
+        tracing::info!(job = %id, by = uid, "job killed");
+        Ok(ClientResponse::JobKilled(JobKilled { id, previous_state }))
+    }
+}

@@ -1,0 +1,764 @@
+//! The head's state machine, driven through every path with a recording comm and a store
+//! whose sync can be made to fail.
+
+use super::*;
+use crate::head::comm::RecordingComm;
+use crate::store::embedded::EmbeddedStore;
+use crate::testing::{JobBuilder, NodeBuilder};
+use cm_common::job::{ExitStatus, ReplicaExit};
+use cm_common::Resources;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const ALICE: u32 = 1000;
+const BOB: u32 = 2000;
+
+/// A head with 1 s heartbeats, 5 s timeout, no operators, nothing private or anonymous.
+fn settings() -> HeadSettings {
+    HeadSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(5),
+        operators: vec![],
+        private_data: false,
+        anonymous_listing: false,
+        limits: JobLimits::default(),
+    }
+}
+
+/// A compute request as the node it names sends it (sealed with the cluster key).
+fn from_node(core: &mut HeadCore, request: ComputeRequest, now: Timestamp) -> Reply<ComputeResponse> {
+    let node = match &request {
+        ComputeRequest::RegisterNode(r) => r.node.clone(),
+        ComputeRequest::Heartbeat(h) => h.node.clone(),
+        ComputeRequest::ReportJobs(r) => match r.reports.first() {
+            Some(JobReport::Start(s)) => s.node.clone(),
+            Some(JobReport::End(e)) => e.node.clone(),
+            None => NodeId::new("c1"),
+        },
+    };
+    core.handle_compute(&node, request, now)
+}
+
+struct Fixture {
+    core: HeadCore,
+    sent: RecordingComm,
+    /// Makes the store's syncs fail while set.
+    failing_sync: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+/// The embedded store, with syncs that fail on demand.
+struct FlakyStore {
+    inner: EmbeddedStore,
+    failing_sync: Arc<AtomicBool>,
+}
+
+impl Store for FlakyStore {
+    fn last_job_id(&self) -> Result<JobId, StoreError> {
+        self.inner.last_job_id()
+    }
+    fn save(&mut self, jobs: &[&Job], nodes: &[&Node]) -> Result<(), StoreError> {
+        self.inner.save(jobs, nodes)
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if self.failing_sync.load(Ordering::Relaxed) {
+            return Err(StoreError::Backend("disk sync failed (test)".into()));
+        }
+        self.inner.sync()
+    }
+    fn save_now(&mut self, jobs: &[&Job], nodes: &[&Node]) -> Result<(), StoreError> {
+        if self.failing_sync.load(Ordering::Relaxed) {
+            return Err(StoreError::Backend("disk sync failed (test)".into()));
+        }
+        self.inner.save_now(jobs, nodes)
+    }
+    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.job(id)
+    }
+    fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.inner.active_jobs()
+    }
+    fn finished_jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.inner.finished_jobs(limit)
+    }
+    fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.inner.nodes()
+    }
+}
+
+impl Fixture {
+    /// A head with compute nodes `ids` (2 CPUs, 512 MB each) registered.
+    fn new(ids: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
+        let failing_sync = Arc::new(AtomicBool::new(false));
+        let store = FlakyStore { inner, failing_sync: failing_sync.clone() };
+        let sent = RecordingComm::default();
+        let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
+        let settings = settings();
+        let mut core =
+            HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings, Timestamp(0)).expect("open");
+        for id in ids {
+            let node = NodeBuilder::new(id).build();
+            let register = RegisterNode {
+                node: node.id.clone(),
+                address: node.address,
+                capacity: node.capacity,
+                only_uid: None,
+                running: vec![],
+            };
+            from_node(&mut core, ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
+        }
+        Fixture { core, sent, failing_sync, _dir: dir }
+    }
+
+    fn submit(&mut self, builder: JobBuilder, token: &str) -> Reply<ClientResponse> {
+        let req = AssignJobId { spec: builder.spec(), token: token.into() };
+        self.core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(10))
+    }
+
+    fn submit_ok(&mut self, builder: JobBuilder, token: &str) -> JobId {
+        match self.submit(builder, token) {
+            Ok(ClientResponse::JobAccepted(a)) => a.id,
+            other => panic!("submit failed: {other:?}"),
+        }
+    }
+
+    /// What the head has sent to nodes, after the loop's end-of-turn sync.
+    fn take_sent(&mut self) -> Vec<(String, String)> {
+        self.core.sync().expect("sync");
+        let mut sent = self.sent.sent.lock().expect("lock");
+        sent.drain(..)
+            .map(|(node, req)| {
+                let what = match req {
+                    NodeRequest::StartJob(s) => format!("start {}", s.job.id),
+                    NodeRequest::FreeResources(f) => format!("free {}", f.job),
+                    other => format!("{other:?}"),
+                };
+                (node.to_string(), what)
+            })
+            .collect()
+    }
+
+    fn end(&mut self, job: JobId, node: &str, codes: &[(u64, i32)], cause: NodeEndCause) {
+        let end = NodeEnd {
+            ended_at: Timestamp(50),
+            cause,
+            replicas: codes
+                .iter()
+                .map(|&(rank, code)| ReplicaExit { rank, status: ExitStatus::Exited { code } })
+                .collect(),
+        };
+        let run = self.core.job(job).map_or(0, |j| j.run);
+        let report = ReportJobEnd { node: NodeId::new(node), job, run, end, started_at: None };
+        let reports = ReportJobs { reports: vec![JobReport::End(report)] };
+        from_node(&mut self.core, ComputeRequest::ReportJobs(reports), Timestamp(50)).expect("report");
+    }
+
+    fn state(&self, id: JobId) -> JobState {
+        let reply = self.core.stored_job(id);
+        reply.state
+    }
+
+    fn free_cpus(&self, node: &str) -> u32 {
+        self.core.node(&NodeId::new(node)).expect("node").free().cpus
+    }
+}
+
+impl HeadCore {
+    fn stored_job(&self, id: JobId) -> Job {
+        self.jobs.get(&id).cloned().or_else(|| self.store.job(id).ok().flatten()).expect("job exists")
+    }
+}
+
+fn pair(node: &str, what: &str) -> (String, String) {
+    (node.to_string(), what.to_string())
+}
+
+#[test]
+fn a_submitted_job_is_placed_and_started_on_every_node() {
+    let mut f = Fixture::new(&["a", "b", "c"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t1");
+    assert_eq!(id, JobId(1));
+    assert!(f.take_sent().is_empty(), "nothing is sent before the scheduling pass");
+    f.core.schedule_if_needed(Timestamp(11));
+    assert_eq!(f.take_sent(), vec![pair("a", "start 1"), pair("b", "start 1")]);
+    assert_eq!(f.state(id), JobState::Running { started_at: Timestamp(11) });
+    assert_eq!((f.free_cpus("a"), f.free_cpus("c")), (1, 2));
+}
+
+#[test]
+fn a_limited_listing_shows_running_jobs_then_the_oldest_pending_and_counts_the_rest() {
+    let mut f = Fixture::new(&["a"]); // 2 CPUs: two 1-CPU jobs run, the rest wait
+    let ids: Vec<JobId> = (0..6).map(|i| f.submit_ok(JobBuilder::new(0).cpus(1), &format!("t{i}"))).collect();
+    f.core.schedule_if_needed(Timestamp(11));
+    let list = |f: &mut Fixture, limit| match f.core.handle_client(
+        ALICE,
+        ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit }),
+        Timestamp(20),
+    ) {
+        Ok(ClientResponse::Jobs(reply)) => (reply.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), reply.left_out),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(list(&mut f, Some(3)), (ids[..3].to_vec(), 3));
+    assert_eq!(list(&mut f, Some(1)), (vec![ids[0]], 5));
+    assert_eq!(list(&mut f, None), (ids.clone(), 0));
+    assert_eq!(list(&mut f, Some(0)), (vec![], 6));
+}
+
+#[test]
+fn listings_leave_out_the_environment_and_get_job_keeps_it() {
+    let mut f = Fixture::new(&["a"]);
+    let mut builder = JobBuilder::new(0);
+    builder = builder.env("SECRET_LOOKING", "value");
+    let id = f.submit_ok(builder, "t");
+    let listed = match f.core.handle_client(
+        ALICE,
+        ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: None }),
+        Timestamp(20),
+    ) {
+        Ok(ClientResponse::Jobs(reply)) => reply.jobs,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].spec.env.is_empty());
+    match f.core.handle_client(ALICE, ClientRequest::GetJob(GetJob { id }), Timestamp(20)) {
+        Ok(ClientResponse::Job(reply)) => {
+            assert_eq!(reply.job.spec.env.get("SECRET_LOOKING").map(String::as_str), Some("value"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The job alice submitted, as `uid` gets it, or the refusal.
+fn get_as(f: &mut Fixture, uid: u32, id: JobId) -> Reply<Job> {
+    match f.core.handle_client(uid, ClientRequest::GetJob(GetJob { id }), Timestamp(20)) {
+        Ok(ClientResponse::Job(reply)) => Ok(reply.job),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+fn listed_for(f: &mut Fixture, identity: &Identity) -> Reply<Vec<JobId>> {
+    let request = HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: None }));
+    match f.core.handle(identity, request, Timestamp(20)) {
+        HeadReply::Client(Ok(ClientResponse::Jobs(reply))) => Ok(reply.jobs.iter().map(|j| j.id).collect()),
+        HeadReply::Client(Err(e)) => Err(e),
+        HeadReply::Client(Ok(other)) => panic!("{other:?}"),
+        HeadReply::Compute(other) => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn only_the_owner_root_and_operators_see_a_jobs_environment_or_kill_it() {
+    let mut f = Fixture::new(&["a"]);
+    let id = f.submit_ok(JobBuilder::new(0).env("API_TOKEN", "s3cret"), "t");
+    assert!(get_as(&mut f, ALICE, id).expect("owner").spec.env.contains_key("API_TOKEN"));
+    assert!(get_as(&mut f, 0, id).expect("root").spec.env.contains_key("API_TOKEN"));
+    let bobs_view = get_as(&mut f, BOB, id).expect("bob sees the job");
+    assert!(bobs_view.spec.env.is_empty(), "but not its environment");
+    let err = f.core.handle_client(BOB, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::PermissionDenied);
+
+    f.core.settings.operators = vec![BOB.to_string()];
+    assert!(get_as(&mut f, BOB, id).expect("operator").spec.env.contains_key("API_TOKEN"));
+    f.core.handle_client(BOB, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).expect("an operator kills");
+    assert!(matches!(f.state(id), JobState::Killed { by_uid: BOB, .. }));
+}
+
+#[test]
+fn private_data_hides_other_users_jobs_from_everyone_but_operators() {
+    let mut f = Fixture::new(&["a"]);
+    let alices = f.submit_ok(JobBuilder::new(0), "a");
+    let req = AssignJobId { spec: JobBuilder::new(0).uid(BOB).spec(), token: "b".into() };
+    f.core.handle_client(BOB, ClientRequest::AssignJobId(req), Timestamp(10)).expect("bob submits");
+    f.core.settings.private_data = true;
+    assert_eq!(listed_for(&mut f, &Identity::User(ALICE)), Ok(vec![alices]));
+    assert_eq!(listed_for(&mut f, &Identity::User(0)).map(|ids| ids.len()), Ok(2));
+    assert_eq!(get_as(&mut f, BOB, alices).unwrap_err().code, ErrorCode::NotFound);
+}
+
+#[test]
+fn anonymous_requests_get_listings_only_where_allowed_and_daemons_no_user_requests() {
+    let mut f = Fixture::new(&["a"]);
+    f.submit_ok(JobBuilder::new(0), "a");
+    assert_eq!(listed_for(&mut f, &Identity::Anonymous).unwrap_err().code, ErrorCode::Unauthenticated);
+    f.core.settings.anonymous_listing = true;
+    assert_eq!(listed_for(&mut f, &Identity::Anonymous).map(|ids| ids.len()), Ok(1));
+    let kill = HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(1) }));
+    assert!(matches!(
+        f.core.handle(&Identity::Anonymous, kill.clone(), Timestamp(20)),
+        HeadReply::Client(Err(ErrorReply { code: ErrorCode::Unauthenticated, .. }))
+    ));
+    assert!(matches!(
+        f.core.handle(&Identity::Daemon("a".into()), kill, Timestamp(20)),
+        HeadReply::Client(Err(ErrorReply { code: ErrorCode::PermissionDenied, .. }))
+    ));
+    assert_eq!(listed_for(&mut f, &Identity::User(ALICE)).map(|ids| ids.len()), Ok(1));
+}
+
+#[test]
+fn node_requests_need_a_daemon_speaking_for_its_own_node_and_a_live_node_keeps_its_host() {
+    let mut f = Fixture::new(&["a"]);
+    let beat =
+        || HeadRequest::Compute(ComputeRequest::Heartbeat(Heartbeat { node: NodeId::new("a"), running: vec![] }));
+    for user in [Identity::User(0), Identity::Anonymous] {
+        assert!(matches!(
+            f.core.handle(&user, beat(), Timestamp(1)),
+            HeadReply::Compute(Err(ErrorReply { code: ErrorCode::Unauthenticated, .. }))
+        ));
+    }
+    assert!(matches!(
+        f.core.handle(&Identity::Daemon("b".into()), beat(), Timestamp(1)),
+        HeadReply::Compute(Err(ErrorReply { code: ErrorCode::PermissionDenied, .. }))
+    ));
+    assert!(matches!(f.core.handle(&Identity::Daemon("a".into()), beat(), Timestamp(1)), HeadReply::Compute(Ok(_))));
+    let address = f.core.node(&NodeId::new("a")).expect("a").address.clone();
+    let register = |address: &str| RegisterNode {
+        node: NodeId::new("a"),
+        address: address.into(),
+        capacity: Resources::new(2, 512),
+        only_uid: None,
+        running: vec![],
+    };
+    let moved = f.core.handle_compute(
+        &NodeId::new("a"),
+        ComputeRequest::RegisterNode(register("tcp://elsewhere:5002")),
+        Timestamp(2),
+    );
+    assert_eq!(moved.unwrap_err().code, ErrorCode::PermissionDenied);
+    assert_eq!(f.core.node(&NodeId::new("a")).expect("a").address, address, "a live node keeps its address");
+    // The same host on another port: a restarted daemon, which may rejoin at once.
+    let same_host = address.rsplit_once(':').map(|(host, _)| format!("{host}:6000")).expect("host:port");
+    f.core
+        .handle_compute(&NodeId::new("a"), ComputeRequest::RegisterNode(register(&same_host)), Timestamp(3))
+        .expect("rejoin");
+    // Once it has gone Down, a daemon elsewhere may take the id.
+    f.core.tick(Timestamp(10_000));
+    assert!(!f.core.node(&NodeId::new("a")).expect("a").is_up());
+    f.core
+        .handle_compute(
+            &NodeId::new("a"),
+            ComputeRequest::RegisterNode(register("tcp://elsewhere:5002")),
+            Timestamp(10_001),
+        )
+        .expect("take over a dead node");
+}
+
+#[test]
+fn jobs_over_a_size_limit_are_refused_naming_the_limit() {
+    let mut f = Fixture::new(&["a"]);
+    f.core.settings.limits = JobLimits {
+        max_command_bytes: 10,
+        max_env_bytes: 20,
+        max_name_bytes: 8,
+        max_path_bytes: 30,
+        ..JobLimits::default()
+    };
+    let refused = |f: &mut Fixture, edit: &dyn Fn(&mut JobSpec)| {
+        let mut spec = JobBuilder::new(0).spec();
+        edit(&mut spec);
+        let req = AssignJobId { spec, token: "t".into() };
+        let err = f.core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(10)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid, "{}", err.message);
+        err.message
+    };
+    assert!(refused(&mut f, &|s| s.command = "x".repeat(11)).contains("limits.max_command_bytes"));
+    assert!(refused(&mut f, &|s| s.name = "n".repeat(9)).contains("limits.max_name_bytes"));
+    assert!(refused(&mut f, &|s| {
+        s.env.insert("K".into(), "v".repeat(20));
+    })
+    .contains("limits.max_env_bytes"));
+    assert!(refused(&mut f, &|s| s.stdout = Some(format!("/{}", "o".repeat(30)))).contains("limits.max_path_bytes"));
+    assert!(refused(&mut f, &|s| s.name = "a\u{202e}b".into()).contains("text-direction"));
+    assert!(refused(&mut f, &|s| s.procs_per_node = 129).contains("limits.max_procs_per_cpu"));
+    assert_eq!(f.submit_ok(JobBuilder::new(0).procs(128), "ok"), JobId(1), "64 per CPU of a 2-CPU node");
+}
+
+#[test]
+fn the_queue_takes_no_more_than_its_limits_in_all_and_per_user() {
+    let mut f = Fixture::new(&["a"]);
+    f.core.settings.limits = JobLimits { max_jobs: 3, max_jobs_per_user: 2, ..JobLimits::default() };
+    f.submit_ok(JobBuilder::new(0), "1");
+    f.submit_ok(JobBuilder::new(0), "2");
+    let err = f.submit(JobBuilder::new(0), "3").unwrap_err();
+    assert!(err.message.contains("limits.max_jobs_per_user"), "{}", err.message);
+    let bobs = |token: &str| AssignJobId { spec: JobBuilder::new(0).uid(BOB).spec(), token: token.into() };
+    f.core.handle_client(BOB, ClientRequest::AssignJobId(bobs("b1")), Timestamp(10)).expect("bob has room");
+    let err = f.core.handle_client(BOB, ClientRequest::AssignJobId(bobs("b2")), Timestamp(10)).unwrap_err();
+    assert!(err.message.contains("limits.max_jobs)"), "{}", err.message);
+    // An ended job makes room again.
+    f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id: JobId(1) }), Timestamp(11)).expect("kill");
+    f.submit_ok(JobBuilder::new(0), "4");
+}
+
+#[test]
+fn a_job_only_a_down_node_could_hold_is_refused_and_one_already_queued_blocks_nobody() {
+    let mut f = Fixture::new(&["small", "big"]);
+    let beat = |f: &mut Fixture, node: &str, at| {
+        let beat = Heartbeat { node: NodeId::new(node), running: vec![] };
+        from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(at)).expect("beat");
+    };
+    // A 2-CPU "big" was registered; make it bigger, then let it go silent.
+    let register = RegisterNode {
+        node: NodeId::new("big"),
+        address: "tcp://big:5002".into(),
+        capacity: Resources::new(8, 4096),
+        only_uid: None,
+        running: vec![],
+    };
+    from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(1)).expect("register");
+    let waiting = f.submit_ok(JobBuilder::new(0).cpus(8), "needs-big");
+    beat(&mut f, "small", 6_000);
+    f.core.tick(Timestamp(6_001));
+    assert!(!f.core.node(&NodeId::new("big")).expect("big").is_up());
+    let err = f.submit(JobBuilder::new(0).cpus(8), "after").unwrap_err();
+    assert!(err.message.contains("1 compute node(s) up (1 down)"), "{}", err.message);
+    let small = f.submit_ok(JobBuilder::new(0).cpus(1), "small");
+    f.core.schedule_if_needed(Timestamp(6_002));
+    assert_eq!(f.state(waiting), JobState::Pending);
+    assert!(matches!(f.state(small), JobState::Running { .. }), "it passed the job no live node could hold");
+}
+
+#[test]
+fn a_retried_submit_gets_the_same_id_and_ids_are_sequential() {
+    let mut f = Fixture::new(&["a"]);
+    let first = f.submit_ok(JobBuilder::new(0), "same");
+    assert_eq!(f.submit_ok(JobBuilder::new(0), "same"), first);
+    assert_eq!(f.submit_ok(JobBuilder::new(0), "other"), JobId(first.0 + 1));
+}
+
+#[test]
+fn a_submit_retried_after_its_job_finished_is_not_run_again() {
+    let mut f = Fixture::new(&["a"]);
+    let id = f.submit_ok(JobBuilder::new(0), "lost-reply");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.end(id, "a", &[(0, 0)], NodeEndCause::Exited);
+    assert!(matches!(f.state(id), JobState::Completed { .. }));
+    assert_eq!(f.submit_ok(JobBuilder::new(0), "lost-reply"), id);
+}
+
+#[test]
+fn impossible_or_forged_submissions_are_refused_and_store_nothing() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let err = f.submit(JobBuilder::new(0).nodes(3), "t").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid);
+    assert!(err.message.contains("3 node(s)") && err.message.contains("2 compute node(s)"), "{}", err.message);
+    let err = f.submit(JobBuilder::new(0).cpus(4), "t").unwrap_err();
+    assert!(err.message.contains("only 0 that large"), "{}", err.message);
+    let forged = AssignJobId { spec: JobBuilder::new(0).uid(0).spec(), token: "x".into() };
+    let err = f.core.handle_client(ALICE, ClientRequest::AssignJobId(forged), Timestamp(1)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::PermissionDenied);
+    assert_eq!(f.submit_ok(JobBuilder::new(0), "ok"), JobId(1), "refusals used no ids");
+}
+
+#[test]
+fn a_job_shows_the_account_name_of_its_uid_not_the_name_the_tool_sent() {
+    let mut f = Fixture::new(&["a"]);
+    let mut spec = JobBuilder::new(0).uid(0).spec();
+    spec.user.name = "mallory".into();
+    let root = 0;
+    let id = match f.core.handle_client(
+        root,
+        ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }),
+        Timestamp(1),
+    ) {
+        Ok(ClientResponse::JobAccepted(accepted)) => accepted.id,
+        other => panic!("submit failed: {other:?}"),
+    };
+    assert_eq!(f.core.job(id).expect("job").spec.user.name, "root");
+}
+
+#[test]
+fn a_job_completes_when_every_node_reports_and_its_resources_return() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2).procs(2), "t");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.end(id, "a", &[(0, 0), (1, 0)], NodeEndCause::Exited);
+    assert!(matches!(f.state(id), JobState::Running { .. }), "one node still runs it");
+    assert_eq!((f.free_cpus("a"), f.free_cpus("b")), (2, 1));
+    f.end(id, "b", &[(2, 0), (3, 0)], NodeEndCause::Exited);
+    assert_eq!(f.state(id), JobState::Completed { started_at: Timestamp(11), ended_at: Timestamp(50) });
+    assert_eq!(f.free_cpus("b"), 2);
+    // A duplicate report changes nothing.
+    f.end(id, "b", &[(2, 9)], NodeEndCause::Exited);
+    assert!(matches!(f.state(id), JobState::Completed { .. }));
+}
+
+#[test]
+fn a_batch_of_reports_is_applied_in_order_and_a_start_riding_in_an_end_is_kept() {
+    let mut f = Fixture::new(&["a"]);
+    let (one, two) = (f.submit_ok(JobBuilder::new(0), "t1"), f.submit_ok(JobBuilder::new(0), "t2"));
+    f.core.schedule_if_needed(Timestamp(11));
+    let exited = NodeEnd { ended_at: Timestamp(30), cause: NodeEndCause::Exited, replicas: vec![] };
+    let node = NodeId::new("a");
+    let reports = vec![
+        JobReport::Start(ReportJobStart { node: node.clone(), job: two, run: 0, started_at: Timestamp(12) }),
+        JobReport::End(ReportJobEnd {
+            node: node.clone(),
+            job: one,
+            run: 0,
+            end: exited.clone(),
+            started_at: Some(Timestamp(13)),
+        }),
+        JobReport::End(ReportJobEnd { node, job: two, run: 0, end: exited, started_at: Some(Timestamp(99)) }),
+    ];
+    from_node(&mut f.core, ComputeRequest::ReportJobs(ReportJobs { reports }), Timestamp(30)).expect("reports");
+    let started = |f: &Fixture, id| f.core.stored_job(id).nodes[0].started_at;
+    assert_eq!((started(&f, one), started(&f, two)), (Some(Timestamp(13)), Some(Timestamp(12))));
+    assert!(matches!(f.state(one), JobState::Completed { .. }) && matches!(f.state(two), JobState::Completed { .. }));
+    assert_eq!(f.free_cpus("a"), 2);
+}
+
+#[test]
+fn nothing_reaches_a_node_or_a_client_before_the_store_has_synced() {
+    let mut f = Fixture::new(&["a"]);
+    let fail = f.failing_sync.clone();
+    let id = f.submit_ok(JobBuilder::new(0), "t");
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    f.core.schedule_if_needed(Timestamp(11));
+    assert!(f.core.sync().is_err());
+    assert!(f.sent.sent.lock().expect("lock").is_empty(), "a start must wait for its placement to be durable");
+    fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(f.take_sent(), vec![pair("a", format!("start {id}").as_str())], "it goes with the next sync");
+}
+
+#[test]
+fn a_submission_or_kill_the_store_cannot_take_is_refused_and_never_happens() {
+    let mut f = Fixture::new(&["a"]);
+    let fail = f.failing_sync.clone();
+    let running = f.submit_ok(JobBuilder::new(0), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    assert_eq!(f.take_sent(), vec![pair("a", format!("start {running}").as_str())]);
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = f.submit(JobBuilder::new(0), "t2").expect_err("the store is down");
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(err.message.contains("not carried out"), "{}", err.message);
+    let kill = ClientRequest::KillJob(KillJob { id: running });
+    let err = f.core.handle_client(ALICE, kill.clone(), Timestamp(12)).expect_err("the store is down");
+    assert!(err.message.contains("not carried out"), "{}", err.message);
+    fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    f.core.schedule_if_needed(Timestamp(13));
+    assert_eq!(f.take_sent(), vec![], "neither the refused job's start nor the refused kill goes out");
+    assert!(matches!(f.state(running), JobState::Running { .. }));
+    // The refused submission left nothing: the next one takes the id it would have had.
+    assert_eq!(f.submit_ok(JobBuilder::new(0), "t3"), JobId(running.0 + 1));
+    f.core.handle_client(ALICE, kill, Timestamp(14)).expect("kill");
+    assert_eq!(f.take_sent(), vec![pair("a", format!("free {running}").as_str())]);
+}
+
+#[test]
+fn a_non_zero_exit_fails_the_job_naming_the_rank() {
+    let mut f = Fixture::new(&["a"]);
+    let id = f.submit_ok(JobBuilder::new(0).procs(2), "t");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.end(id, "a", &[(0, 0), (1, 3)], NodeEndCause::Exited);
+    match f.state(id) {
+        JobState::Failed { reason, .. } => assert_eq!(reason, "rank 1 on a: exit 3"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn killing_a_running_job_frees_nodes_only_when_they_confirm() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.take_sent();
+    let err = f.core.handle_client(BOB, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::PermissionDenied, "bob may not kill alice's job");
+    f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id }), Timestamp(20)).expect("kill");
+    assert_eq!(f.take_sent(), vec![pair("a", "free 1"), pair("b", "free 1")]);
+    assert!(matches!(f.state(id), JobState::Killed { by_uid: 1000, .. }));
+    assert_eq!(f.free_cpus("a"), 1, "held until the node confirms the processes are gone");
+    f.end(id, "a", &[(0, 143)], NodeEndCause::Killed);
+    f.end(id, "b", &[(1, 143)], NodeEndCause::Killed);
+    assert_eq!((f.free_cpus("a"), f.free_cpus("b")), (2, 2));
+    assert!(matches!(f.state(id), JobState::Killed { .. }), "stays Killed");
+    let again = f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id }), Timestamp(60)).unwrap_err();
+    assert!(again.message.contains("already ended"));
+}
+
+#[test]
+fn killing_a_pending_job_removes_it_from_the_queue() {
+    let mut f = Fixture::new(&["a"]);
+    let blocker = f.submit_ok(JobBuilder::new(0).cpus(2), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    let waiting = f.submit_ok(JobBuilder::new(0), "t2");
+    f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id: waiting }), Timestamp(12)).expect("kill");
+    f.end(blocker, "a", &[(0, 0)], NodeEndCause::Exited);
+    f.take_sent();
+    f.core.schedule_if_needed(Timestamp(60));
+    assert!(f.take_sent().is_empty(), "the killed job never starts");
+    assert_eq!(f.state(waiting), JobState::Killed { started_at: None, ended_at: Timestamp(12), by_uid: 1000 });
+}
+
+#[test]
+fn a_start_that_cannot_be_delivered_fails_the_job_and_stops_the_other_nodes() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t");
+    f.core.schedule_if_needed(Timestamp(11));
+    let job = f.core.job(id).expect("job").clone();
+    f.take_sent();
+    let failure = DeliveryFailure {
+        node: NodeId::new("b"),
+        request: NodeRequest::StartJob(StartJob { job }),
+        error: "no reply".into(),
+    };
+    f.core.delivery_failed(failure, Timestamp(12));
+    assert_eq!(f.take_sent(), vec![pair("a", "free 1")]);
+    assert_eq!(f.free_cpus("b"), 2);
+    f.end(id, "a", &[(0, 143)], NodeEndCause::Killed);
+    match f.state(id) {
+        JobState::Failed { reason, .. } => assert_eq!(reason, "could not start on b: no reply"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_silent_node_goes_down_and_its_jobs_fail_and_free() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.take_sent();
+    let beat = Heartbeat { node: NodeId::new("b"), running: vec![JobRun { job: id, run: 0 }] };
+    from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
+    f.core.tick(Timestamp(6_000));
+    assert!(!f.core.node(&NodeId::new("a")).expect("a").is_up(), "a missed its heartbeats");
+    assert!(f.core.node(&NodeId::new("b")).expect("b").is_up());
+    assert_eq!(f.take_sent(), vec![pair("b", "free 1")], "the surviving node stops its share");
+    assert_eq!(f.free_cpus("a"), 2);
+    f.end(id, "b", &[], NodeEndCause::Killed);
+    assert!(matches!(f.state(id), JobState::NodeFail { ref reason, .. } if reason.contains("went down")));
+    // Back from the dead: it heartbeats again, and learns to kill what it still runs.
+    let stale = JobRun { job: id, run: 0 };
+    let beat = Heartbeat { node: NodeId::new("a"), running: vec![stale] };
+    match from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(7_000)) {
+        Ok(ComputeResponse::HeartbeatAck(ack)) => assert_eq!(ack.kill, vec![stale]),
+        other => panic!("{other:?}"),
+    }
+    assert!(f.core.node(&NodeId::new("a")).expect("a").is_up());
+}
+
+#[test]
+fn a_requeue_job_that_loses_a_node_runs_again_elsewhere_once_the_rest_has_stopped() {
+    let mut f = Fixture::new(&["a", "b", "c"]);
+    let mut builder = JobBuilder::new(0).nodes(2);
+    builder = builder.requeue();
+    let id = f.submit_ok(builder, "t");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.take_sent();
+    // Only b and c heartbeat: a goes down.
+    for node in ["b", "c"] {
+        let beat = Heartbeat { node: NodeId::new(node), running: vec![] };
+        from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(6_000)).expect("heartbeat");
+    }
+    f.core.tick(Timestamp(6_000));
+    assert_eq!(f.take_sent(), vec![pair("b", "free 1")]);
+    assert!(matches!(f.state(id), JobState::Running { .. }), "not requeued while b may still run it");
+    f.core.schedule_if_needed(Timestamp(6_001));
+    assert!(f.take_sent().is_empty(), "it must not run twice at once");
+    f.end(id, "b", &[(1, 143)], NodeEndCause::Killed);
+    let job = f.core.job(id).expect("job").clone();
+    assert_eq!((job.state.clone(), job.run, job.nodes.len()), (JobState::Pending, 1, 0), "requeued, same id");
+    f.core.schedule_if_needed(Timestamp(6_002));
+    assert_eq!(f.take_sent(), vec![pair("b", "start 1"), pair("c", "start 1")]);
+    // A late report from the first run changes nothing.
+    let late = ReportJobEnd {
+        node: NodeId::new("b"),
+        job: id,
+        run: 0,
+        end: NodeEnd { ended_at: Timestamp(6_003), cause: NodeEndCause::Exited, replicas: vec![] },
+        started_at: None,
+    };
+    let reports = ReportJobs { reports: vec![JobReport::End(late)] };
+    from_node(&mut f.core, ComputeRequest::ReportJobs(reports), Timestamp(6_003)).expect("late report");
+    assert!(matches!(f.state(id), JobState::Running { .. }));
+    assert_eq!(f.free_cpus("b"), 1, "the second run still holds b");
+    f.end(id, "b", &[(0, 0)], NodeEndCause::Exited);
+    f.end(id, "c", &[(1, 0)], NodeEndCause::Exited);
+    assert!(matches!(f.state(id), JobState::Completed { .. }));
+}
+
+#[test]
+fn a_restarted_compute_that_lost_its_jobs_fails_them() {
+    let mut f = Fixture::new(&["a"]);
+    let id = f.submit_ok(JobBuilder::new(0), "t");
+    f.core.schedule_if_needed(Timestamp(11));
+    let register = RegisterNode {
+        node: NodeId::new("a"),
+        address: "tcp://a:5002".into(),
+        capacity: Resources::new(2, 512),
+        only_uid: None,
+        running: vec![],
+    };
+    from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(20)).expect("register");
+    assert!(matches!(f.state(id), JobState::NodeFail { ref reason, .. } if reason.contains("restarted")));
+    assert_eq!(f.free_cpus("a"), 2);
+}
+
+#[test]
+fn a_heartbeat_from_an_unknown_node_asks_it_to_register() {
+    let mut f = Fixture::new(&[]);
+    let beat = Heartbeat { node: NodeId::new("ghost"), running: vec![] };
+    let err = from_node(&mut f.core, ComputeRequest::Heartbeat(beat), Timestamp(1)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownNode);
+    let err = f.submit(JobBuilder::new(0), "t").unwrap_err();
+    assert!(err.message.contains("no compute node has registered"), "{}", err.message);
+}
+
+#[test]
+fn a_reopened_head_resumes_pending_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |comm: RecordingComm| {
+        let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
+        let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
+        let settings = settings();
+        HeadCore::open(Box::new(store), Box::new(comm), me, settings, Timestamp(1)).expect("open")
+    };
+    {
+        let mut core = open(RecordingComm::default());
+        let node = NodeBuilder::new("a").cpus(1).build();
+        let register = RegisterNode {
+            node: node.id,
+            address: node.address,
+            capacity: node.capacity,
+            only_uid: None,
+            running: vec![],
+        };
+        from_node(&mut core, ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
+        for token in ["1", "2"] {
+            let req = AssignJobId { spec: JobBuilder::new(0).spec(), token: token.into() };
+            core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(1)).expect("submit");
+        }
+        core.schedule(Timestamp(2));
+        core.sync().expect("sync");
+    }
+    let comm = RecordingComm::default();
+    let mut core = open(comm.clone());
+    // Job 1's node never confirmed its start: the new head tells it again.
+    {
+        let mut sent = comm.sent.lock().expect("lock");
+        assert!(matches!(&sent[..], [(_, NodeRequest::StartJob(s))] if s.job.id == JobId(1)));
+        sent.clear();
+    }
+    // Reopened long after the last persisted heartbeat: the node still gets its full timeout.
+    core.tick(Timestamp(3));
+    assert!(core.node(&NodeId::new("a")).expect("a").is_up());
+    assert!(matches!(core.job(JobId(1)).expect("1").state, JobState::Running { .. }));
+    assert_eq!(core.job(JobId(2)).expect("2").state, JobState::Pending);
+    let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![] };
+    core.record_node_end(JobRun { job: JobId(1), run: 0 }, &NodeId::new("a"), end, None, Timestamp(3)).expect("end");
+    core.schedule_if_needed(Timestamp(4));
+    core.sync().expect("sync");
+    {
+        let sent = comm.sent.lock().expect("lock");
+        assert!(matches!(&sent[..], [(_, NodeRequest::StartJob(s))] if s.job.id == JobId(2)));
+    }
+    // A submit retried across the restart gets its original id back.
+    let retry = AssignJobId { spec: JobBuilder::new(0).spec(), token: "1".into() };
+    match core.handle_client(ALICE, ClientRequest::AssignJobId(retry), Timestamp(5)) {
+        Ok(ClientResponse::JobAccepted(accepted)) => assert_eq!(accepted.id, JobId(1)),
+        other => panic!("{other:?}"),
+    }
+}
