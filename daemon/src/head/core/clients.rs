@@ -141,8 +141,7 @@ impl HeadCore {
     /// the submitting user's.
     fn check_queue_has_room(&self, uid: u32) -> Result<(), ErrorReply> {
         let limits = &self.settings.limits;
-        let queued = self.jobs.values().filter(|j| !j.state.is_terminal());
-        let (all, mine) = queued.fold((0, 0), |(all, mine), j| (all + 1, mine + usize::from(j.spec.user.uid == uid)));
+        let (all, mine) = (self.queued.all, self.queued.of_user(uid));
         let full = |what: String| Err(ErrorReply::new(ErrorCode::Unavailable, what));
         if all >= limits.max_jobs {
             return full(format!(

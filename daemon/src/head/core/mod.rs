@@ -13,6 +13,7 @@
 //! [`clients`]; the tests in `tests.rs`.
 
 mod clients;
+mod queued;
 
 pub use clients::HeadReply;
 
@@ -55,6 +56,8 @@ pub struct HeadCore {
     nodes: BTreeMap<NodeId, Node>,
     /// Jobs not yet settled (see `Job::is_settled`).
     jobs: BTreeMap<JobId, Job>,
+    /// How many of them are pending or running, in all and per user.
+    queued: queued::Queued,
     /// Recent submission tokens, so a retried submit returns the same id.
     tokens: RecentTokens,
     /// The names jobs show for their uids.
@@ -153,6 +156,7 @@ impl HeadCore {
             settings,
             me,
             nodes,
+            queued: queued::Queued::of(jobs.values()),
             jobs,
             tokens,
             user_names: UserNames::default(),
@@ -238,6 +242,7 @@ impl HeadCore {
         }
         for job in jobs {
             self.tokens.insert(job.submit_token.clone(), job.id);
+            self.queued.change(self.jobs.get(&job.id), Some(&job));
             if job.is_settled() {
                 self.jobs.remove(&job.id);
             } else {

@@ -390,6 +390,10 @@ fn the_queue_takes_no_more_than_its_limits_in_all_and_per_user() {
     // An ended job makes room again.
     f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id: JobId(1) }), Timestamp(11)).expect("kill");
     f.submit_ok(JobBuilder::new(0), "4");
+    f.core.schedule_if_needed(Timestamp(12));
+    f.end(JobId(2), "a", &[(0, 0)], NodeEndCause::Exited);
+    assert_eq!(f.core.queued, queued::Queued::of(f.core.jobs.values()), "the counts follow every change");
+    assert_eq!((f.core.queued.all, f.core.queued.of_user(ALICE)), (2, 1));
 }
 
 #[test]
