@@ -10,6 +10,12 @@ use crate::replay::ReplayGuard;
 use crate::{associated_data, munge, now_ms, AuthError};
 use cm_common::protocol::{encode_envelope, Auth, Envelope};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the gate stops asking a `munged` it could not reach. libmunge retries a socket that
+/// refuses connections for about two seconds, which would stall the daemon's loop on every
+/// request over TCP while `munged` is down; one request in this long pays for finding out.
+const MUNGED_DOWN_PAUSE: Duration = Duration::from_secs(10);
 
 /// Who sent a request, as proven.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,17 +66,25 @@ pub struct Gate {
     /// Whether MUNGE credentials are taken (the head: users' tools over TCP).
     users: bool,
     guard: ReplayGuard,
+    /// Until when `munged` is taken to be down, after it could not be reached.
+    munged_down_until: Option<Instant>,
 }
 
 impl Gate {
     /// The head's gate: daemons and users.
     pub fn head(key: Arc<ClusterKey>) -> Gate {
-        Gate { key, me: HEAD.to_string(), users: true, guard: ReplayGuard::default() }
+        Gate { key, me: HEAD.to_string(), users: true, guard: ReplayGuard::default(), munged_down_until: None }
     }
 
     /// A compute node's gate: the head only.
     pub fn node(key: Arc<ClusterKey>, node: &str) -> Gate {
-        Gate { key, me: crate::credentials::node_recipient(node), users: false, guard: ReplayGuard::default() }
+        Gate {
+            key,
+            me: crate::credentials::node_recipient(node),
+            users: false,
+            guard: ReplayGuard::default(),
+            munged_down_until: None,
+        }
     }
 
     /// Decides who sent `envelope`, which arrived from `origin`. An error is a request refused:
@@ -96,7 +110,7 @@ impl Gate {
                 Ok(Admitted { identity: Identity::User(uid), sender, body, reply: ReplySeal::Plain })
             }
             (Auth::Munge { credential }, Origin::Network) => {
-                let decoded = munge::decode(&credential)?;
+                let decoded = self.check_munge(&credential, Instant::now(), munge::decode)?;
                 if decoded.payload != body_digest(&body) {
                     return Err(AuthError::Refused("the MUNGE credential was made for another message".into()));
                 }
@@ -106,6 +120,29 @@ impl Gate {
                 Ok(Admitted { identity: Identity::Anonymous, sender, body, reply: ReplySeal::Plain })
             }
         }
+    }
+}
+
+impl Gate {
+    /// `decode(credential)`, unless `munged` was found unreachable less than
+    /// [`MUNGED_DOWN_PAUSE`] ago: then the request is refused at once.
+    fn check_munge(
+        &mut self,
+        credential: &str,
+        now: Instant,
+        decode: impl FnOnce(&str) -> Result<munge::Decoded, AuthError>,
+    ) -> Result<munge::Decoded, AuthError> {
+        if self.munged_down_until.is_some_and(|until| now < until) {
+            return Err(AuthError::MungedUnreachable(
+                "the head cannot check MUNGE credentials now: its munged is not answering".into(),
+            ));
+        }
+        let decoded = decode(credential);
+        self.munged_down_until = match &decoded {
+            Err(AuthError::MungedUnreachable(_)) => Some(now + MUNGED_DOWN_PAUSE),
+            _ => None,
+        };
+        decoded
     }
 }
 
@@ -195,6 +232,25 @@ mod tests {
         assert_eq!(local.identity, Identity::User(1000));
         let remote = head.admit(decode_envelope(&bytes).expect("e"), Origin::Network).expect("remote");
         assert_eq!(remote.identity, Identity::Anonymous);
+    }
+
+    #[test]
+    fn an_unreachable_munged_is_asked_again_only_after_a_pause() {
+        let mut head = Gate::head(key());
+        let t0 = Instant::now();
+        let mut asked = 0;
+        let mut down = |_: &str| {
+            asked += 1;
+            Err(AuthError::MungedUnreachable("refused".into()))
+        };
+        assert!(head.check_munge("c", t0, &mut down).is_err());
+        assert!(head.check_munge("c", t0 + Duration::from_secs(5), &mut down).is_err());
+        assert_eq!(asked, 1, "not asked again within the pause");
+        let up = |_: &str| Ok(munge::Decoded { uid: 7, gid: 7, payload: vec![] });
+        assert_eq!(head.check_munge("c", t0 + MUNGED_DOWN_PAUSE, up).expect("asked again").uid, 7);
+        let refused = |_: &str| Err(AuthError::Munge("replayed".into()));
+        assert!(head.check_munge("c", t0 + MUNGED_DOWN_PAUSE, refused).is_err());
+        assert!(head.check_munge("c", t0 + MUNGED_DOWN_PAUSE, up).is_ok(), "a refused credential pauses nothing");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum AuthError {
     /// A MUNGE credential could not be made or was refused.
     #[error("{0}")]
     Munge(String),
+    /// The local `munged` could not be reached.
+    #[error("{0}")]
+    MungedUnreachable(String),
     /// A sealed message did not open with our key: another cluster's, or tampered with.
     #[error("the message is not sealed with this cluster's key (another cluster's key, or altered on the way)")]
     BadSeal,

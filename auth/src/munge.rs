@@ -43,8 +43,10 @@ fn error_text(code: c_int) -> String {
 }
 
 fn failure(what: &str, code: c_int) -> AuthError {
-    let hint = if code == EMUNGE_SOCKET { " (is munged running on this host?)" } else { "" };
-    AuthError::Munge(format!("{what}: {}{hint}", error_text(code)))
+    if code == EMUNGE_SOCKET {
+        return AuthError::MungedUnreachable(format!("{what}: {} (is munged running on this host?)", error_text(code)));
+    }
+    AuthError::Munge(format!("{what}: {}", error_text(code)))
 }
 
 /// A credential for the calling process's uid and gid, carrying `payload`.

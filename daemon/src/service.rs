@@ -11,7 +11,7 @@
 //! ever sees well-formed requests from a proven (or plainly anonymous) sender, and a REQ peer
 //! always gets exactly one reply, sealed as its request was.
 
-use cm_auth::{Gate, Identity, ReplySeal};
+use cm_auth::{AuthError, Gate, Identity, ReplySeal};
 use cm_common::protocol::{self, ErrorCode, ErrorReply, Reply};
 use cm_transport::{Incoming, Responder};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -194,7 +194,11 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
             Ok(admitted) => admitted,
             Err(e) => {
                 tracing::warn!(error = %e, ?origin, "refused an unauthenticated request");
-                return self.refuse(ErrorReply::new(ErrorCode::Unauthenticated, e.to_string()));
+                let code = match e {
+                    AuthError::MungedUnreachable(_) => ErrorCode::Unavailable,
+                    _ => ErrorCode::Unauthenticated,
+                };
+                return self.refuse(ErrorReply::new(code, e.to_string()));
             }
         };
         self.owes_reply = Some(admitted.reply);
