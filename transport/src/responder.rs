@@ -405,8 +405,8 @@ impl Responder {
         let Some((token, request)) = self.requests.pop_front() else { return Ok(None) };
         if let Some(peer) = self.peers.get_mut(&token) {
             let bytes = request.bytes();
-            peer.waiting_bytes -= bytes;
-            self.held -= bytes;
+            peer.waiting_bytes = peer.waiting_bytes.saturating_sub(bytes);
+            self.held = self.held.saturating_sub(bytes);
             peer.waiting -= 1;
         }
         if self.answering.is_some() {
