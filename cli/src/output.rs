@@ -9,7 +9,8 @@ use cm_common::timelimit::format_time_limit;
 use comfy_table::{presets, ContentArrangement, Table};
 
 /// Headers of the node tables.
-pub const NODE_COLUMNS: [&str; 6] = ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)"];
+pub const NODE_COLUMNS: [&str; 8] =
+    ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)", "GPUs", "Free GPUs"];
 /// Headers of the job table.
 pub const JOB_COLUMNS: [&str; 6] = ["ID", "Name", "User", "Status", "Command", "Nodes"];
 
@@ -67,6 +68,8 @@ fn node_table(nodes: &[&Node]) -> Table {
                 node.capacity.memory_mb.to_string(),
                 free.cpus.to_string(),
                 free.memory_mb.to_string(),
+                node.capacity.gpus.to_string(),
+                free.gpus.to_string(),
             ],
         );
     }
@@ -140,6 +143,9 @@ pub fn job_detail(job: &Job) -> String {
     row("Processes/node", spec.procs_per_node.to_string());
     row("CPUs/node", spec.per_node.cpus.to_string());
     row("Memory/node", format!("{} MB", spec.per_node.memory_mb));
+    if spec.per_node.gpus > 0 {
+        row("GPUs/node", spec.per_node.gpus.to_string());
+    }
     row("Time limit", format_time_limit(spec.time_limit()));
     row("Requeue", if spec.requeue { format!("on node loss (requeued {} times)", job.run) } else { "no".to_string() });
     row("Submitted", job.submitted_at.to_string());

@@ -13,6 +13,7 @@ pub struct Request {
     pub processes: Option<u32>,
     pub cpus_per_node: Option<u32>,
     pub mem_per_node_mb: Option<u64>,
+    pub gpus_per_node: u32,
     pub time_limit: Option<String>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
@@ -62,7 +63,8 @@ pub fn build_spec(
         per_node: Resources::new(
             request.cpus_per_node.unwrap_or(defaults.cpus_per_node),
             request.mem_per_node_mb.unwrap_or(defaults.memory_per_node_mb),
-        ),
+        )
+        .with_gpus(request.gpus_per_node),
         time_limit_secs,
         stdout: request.stdout.clone(),
         stderr: request.stderr.clone(),

@@ -239,6 +239,8 @@ impl Default for JobLimits {
 pub struct NodeResources {
     pub cpus: Option<u32>,
     pub memory_mb: Option<u64>,
+    /// GPUs this node offers (indices 0..N); null: as many as `nvidia-smi` lists, or none.
+    pub gpus: Option<u32>,
 }
 
 /// Job defaults, from the original design.

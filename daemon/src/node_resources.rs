@@ -1,14 +1,16 @@
-//! What a node offers: CPUs and memory detected from the OS, unless configured.
+//! What a node offers: CPUs, memory and GPUs detected from the OS, unless configured.
 //!
 //! CPUs come from `available_parallelism`, which honours the cgroup CPU quota and the affinity
 //! mask (a container limited to 2 CPUs reports 2). Memory is the smaller of the machine's total
-//! and the cgroup memory limit, as sysinfo reports them.
+//! and the cgroup memory limit, as sysinfo reports them. GPUs are the NVIDIA devices that
+//! `nvidia-smi` lists; a machine without it (or without GPUs) has none, which is no error.
 
 use cm_common::Resources;
+use std::path::Path;
 use sysinfo::System;
 
 /// Detected resources with the configured overrides applied.
-pub fn detect(cpus: Option<u32>, memory_mb: Option<u64>) -> Resources {
+pub fn detect(cpus: Option<u32>, memory_mb: Option<u64>, gpus: Option<u32>) -> Resources {
     let cpus = cpus.unwrap_or_else(|| {
         std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1)
     });
@@ -23,17 +25,50 @@ pub fn detect(cpus: Option<u32>, memory_mb: Option<u64>) -> Resources {
         }
         bytes / (1024 * 1024)
     });
-    Resources { cpus, memory_mb }
+    let gpus = gpus.unwrap_or_else(|| nvidia_gpus(Path::new("nvidia-smi")));
+    Resources::new(cpus, memory_mb).with_gpus(gpus)
+}
+
+/// How many GPUs `program` (nvidia-smi) lists; 0 if it is missing or fails.
+pub fn nvidia_gpus(program: &Path) -> u32 {
+    let listed = std::process::Command::new(program)
+        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match listed {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let count = text.lines().filter(|line| line.trim().parse::<u32>().is_ok()).count();
+            u32::try_from(count).unwrap_or(u32::MAX)
+        }
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn overrides_win_and_detection_finds_something() {
-        assert_eq!(detect(Some(3), Some(700)), Resources::new(3, 700));
-        let found = detect(None, None);
+        assert_eq!(detect(Some(3), Some(700), Some(2)), Resources::new(3, 700).with_gpus(2));
+        let found = detect(None, None, Some(0));
         assert!(found.cpus >= 1 && found.memory_mb >= 64, "{found:?}");
+    }
+
+    #[test]
+    fn gpus_are_what_nvidia_smi_lists_and_none_without_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let stub = dir.path().join("nvidia-smi");
+        std::fs::write(&stub, "#!/bin/sh\n[ \"$1\" = --query-gpu=index ] || exit 9\nprintf '0\\n1\\n2\\n3\\n'\n")
+            .expect("stub");
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(nvidia_gpus(&stub), 4);
+        let failing = dir.path().join("broken");
+        std::fs::write(&failing, "#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n").expect("stub");
+        std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(nvidia_gpus(&failing), 0);
+        assert_eq!(nvidia_gpus(&dir.path().join("missing")), 0);
     }
 }

@@ -65,6 +65,9 @@ pub struct Args {
     /// Memory in MB this node offers, instead of the detected amount.
     #[arg(long, env = "CM_MEMORY_MB")]
     pub memory_mb: Option<u64>,
+    /// GPUs this node offers (indices 0..N), instead of those nvidia-smi lists.
+    #[arg(long, env = "CM_GPUS")]
+    pub gpus: Option<u32>,
 }
 
 /// What `cmd` can do besides running a role.
@@ -154,8 +157,11 @@ impl Settings {
             args.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(config::default_state_dir);
         let cluster_key =
             args.cluster_key.clone().or_else(|| config.cluster_key.clone()).unwrap_or_else(config::default_cluster_key);
-        let resources =
-            node_resources::detect(args.cpus.or(config.node.cpus), args.memory_mb.or(config.node.memory_mb));
+        let resources = node_resources::detect(
+            args.cpus.or(config.node.cpus),
+            args.memory_mb.or(config.node.memory_mb),
+            args.gpus.or(config.node.gpus),
+        );
         let standalone = role == RoleArg::Standalone;
         // Standalone is for one machine: it listens on loopback unless told otherwise.
         let head_listen = match (&args.listen, standalone) {

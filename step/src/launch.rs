@@ -29,6 +29,8 @@ pub struct ReplicaPlan<'a> {
     pub local_rank: u32,
     /// Switch to this uid, gid and groups (the daemon runs as root).
     pub run_as: Option<&'a RunAs>,
+    /// The GPUs the run may use, on a node that has any.
+    pub gpus: Option<&'a [u32]>,
 }
 
 impl ReplicaPlan<'_> {
@@ -40,7 +42,7 @@ impl ReplicaPlan<'_> {
     pub fn cm_env(&self) -> Vec<(String, String)> {
         let spec = &self.job.spec;
         let nodelist: Vec<&str> = self.job.nodes.iter().map(|n| n.node.as_str()).collect();
-        vec![
+        let mut env: Vec<(String, String)> = vec![
             ("CM_JOB_ID".into(), self.job.id.to_string()),
             ("CM_JOB_NAME".into(), spec.name.clone()),
             ("CM_NNODES".into(), spec.nodes.to_string()),
@@ -53,7 +55,14 @@ impl ReplicaPlan<'_> {
             ("CM_NODELIST".into(), nodelist.join(",")),
             ("CM_SUBMIT_DIR".into(), spec.workdir.clone()),
             ("CM_RESTART_COUNT".into(), self.job.run.to_string()),
-        ]
+        ];
+        if let Some(gpus) = self.gpus {
+            // Empty when the job reserved none: it must not use the node's others.
+            let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+            env.push(("CUDA_VISIBLE_DEVICES".into(), list.join(",")));
+            env.push(("CM_JOB_GPUS".into(), list.join(",")));
+        }
+        env
     }
 }
 

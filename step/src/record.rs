@@ -35,6 +35,10 @@ pub struct StepSpec {
     /// as the job's user, with the groups this node's account database gives that user).
     #[serde(default)]
     pub run_as: Option<RunAs>,
+    /// The GPUs (indices) this run may use, on a node that has any: the replicas see them, and
+    /// only them, in `CUDA_VISIBLE_DEVICES`. `None`: the node has no GPU.
+    #[serde(default)]
+    pub gpus: Option<Vec<u32>>,
     pub kill_grace_ms: u64,
 }
 
@@ -195,6 +199,7 @@ mod tests {
             job: Job::new(JobId(7), JobSpec::example(), Timestamp(1), "t".into()),
             node: NodeId::new("c1"),
             run_as: None,
+            gpus: None,
             kill_grace_ms: 500,
         }
     }

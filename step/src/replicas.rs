@@ -39,7 +39,13 @@ impl Replicas {
     /// Starts this node's replicas of `job`. If any cannot start, those already started are
     /// killed and collected, and the reason returned. How many there may be is bounded by the
     /// head (`limits.max_procs_per_cpu`) and by the user's process limit, so the loop is short.
-    pub fn start(job: &Job, node: &NodeId, run_as: Option<&RunAs>, kill_grace: Duration) -> Result<Replicas, String> {
+    pub fn start(
+        job: &Job,
+        node: &NodeId,
+        run_as: Option<&RunAs>,
+        gpus: Option<&[u32]>,
+        kill_grace: Duration,
+    ) -> Result<Replicas, String> {
         let node_rank = job
             .nodes
             .iter()
@@ -48,7 +54,7 @@ impl Replicas {
         let mut replicas: Vec<Replica> = Vec::new();
         let mut stack = vec![0u8; CHILD_STACK];
         for local_rank in 0..job.spec.procs_per_node {
-            let plan = ReplicaPlan { job, node, node_rank, local_rank, run_as };
+            let plan = ReplicaPlan { job, node, node_rank, local_rank, run_as, gpus };
             match spawn_replica(&plan, &mut stack) {
                 Ok(pid) => replicas.push(Replica { rank: plan.rank(), pid, exit: None }),
                 Err(e) => {

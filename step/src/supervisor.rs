@@ -96,18 +96,19 @@ impl Supervisor {
         let job = spec.job.id;
         tracing::info!(job = %spec.job.job_run(), "supervising");
         let kill_grace = Duration::from_millis(spec.kill_grace_ms);
-        let mut replicas = match Replicas::start(&spec.job, &spec.node, spec.run_as.as_ref(), kill_grace) {
-            Ok(replicas) => replicas,
-            Err(reason) => {
-                tracing::warn!(%reason, "cannot start the job");
-                let end = NodeEnd {
-                    ended_at: Timestamp::now(),
-                    cause: NodeEndCause::LaunchFailed { reason },
-                    replicas: vec![],
-                };
-                return step.append_end(&end);
-            }
-        };
+        let mut replicas =
+            match Replicas::start(&spec.job, &spec.node, spec.run_as.as_ref(), spec.gpus.as_deref(), kill_grace) {
+                Ok(replicas) => replicas,
+                Err(reason) => {
+                    tracing::warn!(%reason, "cannot start the job");
+                    let end = NodeEnd {
+                        ended_at: Timestamp::now(),
+                        cause: NodeEndCause::LaunchFailed { reason },
+                        replicas: vec![],
+                    };
+                    return step.append_end(&end);
+                }
+            };
         loop {
             reap(Some(&mut replicas))?;
             if replicas.all_exited() {

@@ -49,7 +49,7 @@ impl Fixture {
         // The test's users have a group of the same number and no other.
         let uid = job.spec.user.uid;
         let run_as = switch_user.then(|| RunAs { uid, gid: uid, groups: vec![] });
-        let step = StepSpec { job, node: NodeId::new("n1"), run_as, kill_grace_ms: 300 };
+        let step = StepSpec { job, node: NodeId::new("n1"), run_as, gpus: None, kill_grace_ms: 300 };
         record::create(&path, &step).expect("step file");
         path
     }

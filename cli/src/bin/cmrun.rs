@@ -31,6 +31,9 @@ struct Args {
     /// Memory reserved per node, in MB.
     #[arg(long = "mem-per-node")]
     mem_per_node: Option<u64>,
+    /// GPUs reserved per node; the job sees them, and only them, in CUDA_VISIBLE_DEVICES.
+    #[arg(long = "gpus-per-node", default_value_t = 0)]
+    gpus_per_node: u32,
     /// Time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (0: none).
     #[arg(short = 't', long = "time-limit")]
     time_limit: Option<String>,
@@ -72,6 +75,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         processes: args.processes,
         cpus_per_node: args.cpus_per_node,
         mem_per_node_mb: args.mem_per_node,
+        gpus_per_node: args.gpus_per_node,
         time_limit: args.time_limit,
         stdout: args.output,
         stderr: args.error,

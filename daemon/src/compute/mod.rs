@@ -237,10 +237,21 @@ impl Compute {
         } else {
             None
         };
+        // On a node with GPUs every run gets its list, empty if it reserved none.
+        let gpus = match self.capacity.gpus {
+            0 => None,
+            all => match self.steps.free_gpus(all, job.spec.per_node.gpus) {
+                Some(free) => Some(free),
+                None => {
+                    let why = format!("{} has not {} GPU(s) free", self.config.node_id, job.spec.per_node.gpus);
+                    return Err(ErrorReply::new(ErrorCode::Unavailable, why));
+                }
+            },
+        };
         let on_end = move |run| {
             events.send(Event::StepEnded(run));
         };
-        self.steps.start(job, run_as, on_end).map_err(|e| {
+        self.steps.start(job, run_as, gpus, on_end).map_err(|e| {
             tracing::warn!(job = %job.id, error = %e, "cannot start job");
             ErrorReply::new(ErrorCode::Internal, e)
         })?;

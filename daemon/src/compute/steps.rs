@@ -27,6 +27,8 @@ struct Step {
     pid: Option<i32>,
     /// What the run holds here; nothing while its step file could not be read.
     per_node: Resources,
+    /// The GPUs (indices) it holds here.
+    gpus: Vec<u32>,
     /// Started by an earlier daemon or by a launcher that has died since: nobody reports its
     /// end, so it is noticed by polling its step file's lock.
     adopted: bool,
@@ -91,12 +93,21 @@ impl Steps {
         self.steps.values().fold(Resources::default(), |sum, s| sum.saturating_add(&s.per_node))
     }
 
+    /// The lowest `count` of the node's `gpus` that no running job holds; `None` if too few are
+    /// free (a run adopted while its step file could not be read holds what it held unknown).
+    pub fn free_gpus(&self, gpus: u32, count: u32) -> Option<Vec<u32>> {
+        let held: HashSet<u32> = self.steps.values().flat_map(|s| s.gpus.iter().copied()).collect();
+        let free: Vec<u32> = (0..gpus).filter(|g| !held.contains(g)).take(count as usize).collect();
+        (free.len() == count as usize).then_some(free)
+    }
+
     /// Has a supervisor run this node's share of `job`; `on_end` is called when the supervisor is
     /// done with it.
     pub fn start(
         &mut self,
         job: &Job,
         run_as: Option<RunAs>,
+        gpus: Option<Vec<u32>>,
         on_end: impl FnOnce(JobRun) + Send + 'static,
     ) -> Result<(), String> {
         let run = job.job_run();
@@ -104,7 +115,8 @@ impl Steps {
         let node = self.node.clone();
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("cannot {what} for job {run} on {node}: {e}");
         let kill_grace_ms = u64::try_from(self.kill_grace.as_millis()).unwrap_or(u64::MAX);
-        let spec = StepSpec { job: job.clone(), node: self.node.clone(), run_as, kill_grace_ms };
+        let held = gpus.clone().unwrap_or_default();
+        let spec = StepSpec { job: job.clone(), node: self.node.clone(), run_as, gpus, kill_grace_ms };
         record::create(&path, &spec).map_err(|e| fail("write the step file", &e))?;
         let pid = match self.launcher().and_then(|l| l.launch(&path, Box::new(move || on_end(run)))) {
             Ok(pid) => pid,
@@ -113,7 +125,10 @@ impl Steps {
                 return Err(fail("start the job supervisor", &e));
             }
         };
-        self.steps.insert(job.id, Step { run: run.run, pid: Some(pid), per_node: job.spec.per_node, adopted: false });
+        self.steps.insert(
+            job.id,
+            Step { run: run.run, pid: Some(pid), per_node: job.spec.per_node, gpus: held, adopted: false },
+        );
         Ok(())
     }
 
@@ -208,7 +223,13 @@ impl Steps {
             match (record::read(&path), record::supervisor_of(&path)) {
                 (Ok(Some(record::StepRecord { spec: Some(spec), .. })), Ok(Some(pid))) => {
                     tracing::info!(job = %run, pid, "adopted a running job");
-                    let step = Step { run: run.run, pid: Some(pid), per_node: spec.job.spec.per_node, adopted: true };
+                    let step = Step {
+                        run: run.run,
+                        pid: Some(pid),
+                        per_node: spec.job.spec.per_node,
+                        gpus: spec.gpus.unwrap_or_default(),
+                        adopted: true,
+                    };
                     self.steps.insert(run.job, step);
                 }
                 (Err(e), _) => self.adopt_unsure(run, &e.to_string()),
@@ -224,7 +245,8 @@ impl Steps {
 
     fn adopt_unsure(&mut self, run: JobRun, error: &str) {
         tracing::warn!(job = %run, %error, "cannot tell whether a job still runs here; asking again at each poll");
-        self.steps.insert(run.job, Step { run: run.run, pid: None, per_node: Resources::default(), adopted: true });
+        let step = Step { run: run.run, pid: None, per_node: Resources::default(), gpus: vec![], adopted: true };
+        self.steps.insert(run.job, step);
     }
 
     /// Adopted runs whose supervisor is done since: their step files are no longer locked.
@@ -246,6 +268,7 @@ impl Steps {
                             tracing::info!(job = %run, pid, "adopted a running job");
                             step.pid = Some(pid);
                             step.per_node = spec.job.spec.per_node;
+                            step.gpus = spec.gpus.unwrap_or_default();
                         }
                         _ => tracing::warn!(job = %run, "cannot read a running job's step file"),
                     }
@@ -292,7 +315,7 @@ mod tests {
         // Readable now, with an end, and held by no one: the run ended while nobody could tell.
         std::fs::remove_file(&path).expect("remove");
         let job = Job::new(run.job, JobSpec::example(), Timestamp(1), "t".into());
-        let spec = StepSpec { job, node: NodeId::new("c1"), run_as: None, kill_grace_ms: 1000 };
+        let spec = StepSpec { job, node: NodeId::new("c1"), run_as: None, gpus: None, kill_grace_ms: 1000 };
         record::create(&path, &spec).expect("create");
         let end = NodeEnd {
             ended_at: Timestamp(5),
@@ -311,7 +334,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut steps = Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1)).expect("steps");
         let run = JobRun { job: JobId(1), run: 0 };
-        steps.steps.insert(run.job, Step { run: run.run, pid: Some(1), per_node: Resources::default(), adopted: true });
+        steps.steps.insert(
+            run.job,
+            Step { run: run.run, pid: Some(1), per_node: Resources::default(), gpus: vec![], adopted: true },
+        );
         // A link to itself: opening it fails with ELOOP, an error other than "not found".
         let path = steps.path(run);
         std::os::unix::fs::symlink(&path, &path).expect("symlink");

@@ -173,8 +173,12 @@ impl HeadCore {
             return Ok(());
         }
         let down = computes.len() - up.len();
+        let gpus = match spec.per_node.gpus {
+            0 => String::new(),
+            n => format!(" and {n} GPU(s)"),
+        };
         let mut message = format!(
-            "the job asks for {} node(s) with {} CPU(s) and {} MB each, but the cluster has {} compute node(s) up{} and only {} that large",
+            "the job asks for {} node(s) with {} CPU(s), {} MB{gpus} each, but the cluster has {} compute node(s) up{} and only {} that large",
             spec.nodes,
             spec.per_node.cpus,
             spec.per_node.memory_mb,
