@@ -35,8 +35,6 @@ pub fn body_bytes<T: serde::Serialize>(reply: &Reply<T>) -> Vec<u8> {
 /// A request let in, with who proved to send it.
 pub struct Request<Req> {
     pub identity: Identity,
-    /// The name the sender gave (sealed, for a daemon): for logs.
-    pub sender: String,
     pub body: Req,
 }
 
@@ -203,7 +201,7 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
         };
         self.owes_reply = Some(admitted.reply);
         match protocol::decode_body::<Req>(&admitted.body) {
-            Ok(body) => Some(Request { identity: admitted.identity, sender: admitted.sender, body }),
+            Ok(body) => Some(Request { identity: admitted.identity, body }),
             Err(e) => {
                 tracing::warn!(error = %e, sender = %admitted.sender, "refused an undecodable request");
                 let refusal: Reply<()> = Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string()));

@@ -8,8 +8,9 @@
 //! thread, a wake-up on each side of each crossing, and a tool that makes a request or two and
 //! exits also pays for starting and stopping those threads. On the 2-core benchmark machine, a
 //! process that sent one request to an echo server through libzmq took 1.04–1.22 ms of CPU and 8
-//! context switches; through this client, 0.74–0.84 ms and 3–4 (`cmbench-floor`). The native Rust implementation of ZeroMQ (the `zeromq` crate) runs a reactor
-//! thread too: 0.99–1.04 ms and 8. The daemons' senders already run in threads of their own that
+//! context switches; through this client, 0.74–0.84 ms and 3–4 (`cmbench-floor`). The native
+//! Rust implementation of ZeroMQ (the `zeromq` crate) runs a reactor thread too: 0.99–1.04 ms
+//! and 8. The daemons' senders already run in threads of their own that
 //! wait for each reply, so they lose nothing by blocking; moving them off libzmq took a short job
 //! about 0.09 ms less of the daemons' CPU and raised `cmbench` scenario 2 by 5–12 %. The daemons
 //! answer on [`crate::Responder`], which speaks the same protocol without libzmq too; the tests in

@@ -238,15 +238,12 @@ impl Compute {
             None
         };
         // On a node with GPUs every run gets its list, empty if it reserved none.
+        let wanted = job.spec.per_node.gpus;
         let gpus = match self.capacity.gpus {
             0 => None,
-            all => match self.steps.free_gpus(all, job.spec.per_node.gpus) {
-                Some(free) => Some(free),
-                None => {
-                    let why = format!("{} has not {} GPU(s) free", self.config.node_id, job.spec.per_node.gpus);
-                    return Err(ErrorReply::new(ErrorCode::Unavailable, why));
-                }
-            },
+            all => Some(self.steps.free_gpus(all, wanted).ok_or_else(|| {
+                ErrorReply::new(ErrorCode::Unavailable, format!("{} has not {wanted} GPU(s) free", self.config.node_id))
+            })?),
         };
         let on_end = move |run| {
             events.send(Event::StepEnded(run));
