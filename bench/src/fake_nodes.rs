@@ -29,6 +29,7 @@ pub fn register(head: &str, key: &Arc<ClusterKey>, count: usize) -> anyhow::Resu
             capacity: Resources::new(32, 65536),
             only_uid: Some(NOBODYS_UID),
             running: vec![],
+            containment: String::new(),
         }));
         head.call::<_, ComputeResponse>(&request)?.map_err(|e| anyhow::anyhow!(e))?;
     }

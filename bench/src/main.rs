@@ -141,7 +141,10 @@ fn get(head: &mut Requester, id: JobId) -> anyhow::Result<Job> {
 }
 
 fn active_jobs(head: &mut Requester) -> anyhow::Result<usize> {
-    match call(head, ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit: Some(0) }))? {
+    match call(
+        head,
+        ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit: Some(0), filter: Default::default() }),
+    )? {
         ClientResponse::Jobs(reply) => Ok(reply.jobs.len() + usize::try_from(reply.left_out)?),
         other => bail!("unexpected reply {other:?}"),
     }

@@ -1,10 +1,12 @@
-//! cm-cli: the user tools `cmrun`, `cminfo` and `cmkill`, thin over one small library.
+//! cm-cli: the user tools `cmrun`, `cminfo`, `cmkill` and `cmacct`, thin over one small library.
 //!
 //! - [`client`]: finds the head (`--head`, `CM_HEAD`, the config) and sends it requests.
 //! - [`output`]: every table and the `--json` forms; column headers are stable.
+//! - [`accounting`]: `cmacct`'s fields and filters.
 //! - [`submit`]: turns `cmrun`'s arguments and the caller's process into a `JobSpec`.
 //! - [`startup`]: how a tool process starts ([`tool_main!`]): lean, as it runs once per request.
 
+pub mod accounting;
 pub mod client;
 pub mod output;
 pub mod startup;

@@ -9,8 +9,8 @@ use cm_common::timelimit::format_time_limit;
 use comfy_table::{presets, ContentArrangement, Table};
 
 /// Headers of the node tables.
-pub const NODE_COLUMNS: [&str; 8] =
-    ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)", "GPUs", "Free GPUs"];
+pub const NODE_COLUMNS: [&str; 9] =
+    ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)", "GPUs", "Free GPUs", "Containment"];
 /// Headers of the job table.
 pub const JOB_COLUMNS: [&str; 6] = ["ID", "Name", "User", "Status", "Command", "Nodes"];
 
@@ -70,6 +70,7 @@ fn node_table(nodes: &[&Node]) -> Table {
                 free.memory_mb.to_string(),
                 node.capacity.gpus.to_string(),
                 free.gpus.to_string(),
+                node.containment.split(':').next().unwrap_or_default().to_string(),
             ],
         );
     }
@@ -115,6 +116,25 @@ pub fn jobs_table(jobs: &[Job], left_out: u64) -> String {
     text
 }
 
+/// CPU time as `[D-]HH:MM:SS.mmm`, as sacct shows TotalCPU; `-` if not measured.
+pub fn cpu_time(ms: Option<u64>) -> String {
+    let Some(ms) = ms else { return "-".to_string() };
+    let (secs, ms) = (ms / 1000, ms % 1000);
+    let (days, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let days = if days > 0 { format!("{days}-") } else { String::new() };
+    format!("{days}{h:02}:{m:02}:{s:02}.{ms:03}")
+}
+
+/// Bytes in the largest whole unit: `512K`, `64.0M`, `1.5G`; `-` if not measured.
+pub fn memory(bytes: Option<u64>) -> String {
+    let Some(bytes) = bytes else { return "-".to_string() };
+    let units = [("G", 1u64 << 30), ("M", 1 << 20)];
+    match units.iter().find(|(_, size)| bytes >= *size) {
+        Some((unit, size)) => format!("{:.1}{unit}", bytes as f64 / *size as f64),
+        None => format!("{}K", bytes.div_ceil(1024)),
+    }
+}
+
 /// One job with every field, for `cminfo JOBID`.
 pub fn job_detail(job: &Job) -> String {
     let spec = &job.spec;
@@ -126,10 +146,11 @@ pub fn job_detail(job: &Job) -> String {
     row("Name", spec.name.clone());
     row("User", format!("{} (uid {})", spec.user.name, spec.user.uid));
     row("Status", job.state.name().to_string());
-    match &job.state {
-        JobState::Failed { reason, .. } | JobState::NodeFail { reason, .. } => row("Reason", reason.clone()),
-        JobState::Killed { by_uid, .. } => row("Killed by", format!("uid {by_uid}")),
-        _ => {}
+    if let Some(reason) = job.state.reason() {
+        row("Reason", reason.to_string());
+    }
+    if let JobState::Killed { by_uid, .. } = &job.state {
+        row("Killed by", format!("uid {by_uid}"));
     }
     if let Some(code) = job.exit_code() {
         row("Exit code", code.to_string());
@@ -157,6 +178,13 @@ pub fn job_detail(job: &Job) -> String {
             humantime::format_duration(std::time::Duration::from_secs(end.since(start).as_secs())).to_string(),
         );
     }
+    if let Some(usage) = job.usage() {
+        row("CPU time", cpu_time(usage.cpu_time_ms));
+        row("Peak memory", memory(usage.peak_memory_bytes));
+        if usage.oom_kills > 0 {
+            row("OOM kills", usage.oom_kills.to_string());
+        }
+    }
     row(
         "Stdout",
         spec.stdout.clone().unwrap_or_else(|| format!("{}/{}", spec.workdir, cm_common::job::DEFAULT_STDOUT)),
@@ -167,7 +195,7 @@ pub fn job_detail(job: &Job) -> String {
     );
     let mut out = format!("{t}\n");
     if !job.nodes.is_empty() {
-        let mut per_node = table(&["Node", "Started", "Ended", "How", "Exit codes by rank"]);
+        let mut per_node = table(&["Node", "Started", "Ended", "How", "Exit codes by rank", "CPU time", "Peak memory"]);
         for n in &job.nodes {
             let (ended, how, codes) = match &n.end {
                 None => ("-".to_string(), "-".to_string(), String::new()),
@@ -177,7 +205,12 @@ pub fn job_detail(job: &Job) -> String {
                     end.replicas.iter().map(|r| format!("{}: {}", r.rank, r.status)).collect::<Vec<_>>().join(", "),
                 ),
             };
-            add_row(&mut per_node, vec![n.node.to_string(), time(n.started_at), ended, how, codes]);
+            let usage = n.end.as_ref().and_then(|e| e.usage).unwrap_or_default();
+            let (cpu, peak) = match n.end.as_ref().and_then(|e| e.usage) {
+                Some(_) => (cpu_time(usage.cpu_time_ms), memory(usage.peak_memory_bytes)),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            add_row(&mut per_node, vec![n.node.to_string(), time(n.started_at), ended, how, codes, cpu, peak]);
         }
         out.push_str(&format!("{per_node}\n"));
     }
@@ -191,6 +224,17 @@ mod tests {
     use cm_common::{JobId, NodeId, Resources, Timestamp};
 
     #[test]
+    fn cpu_time_and_memory_read_as_sacct_shows_them() {
+        assert_eq!(cpu_time(Some(3_723_004)), "01:02:03.004");
+        assert_eq!(cpu_time(Some(86_400_000 + 5)), "1-00:00:00.005");
+        assert_eq!(cpu_time(None), "-");
+        assert_eq!(memory(Some(67_108_864)), "64.0M");
+        assert_eq!(memory(Some(3 << 29)), "1.5G");
+        assert_eq!(memory(Some(1000)), "1K");
+        assert_eq!(memory(None), "-");
+    }
+
+    #[test]
     fn tables_have_the_stable_headers_and_values() {
         let node = Node {
             id: NodeId::new("c1"),
@@ -200,6 +244,7 @@ mod tests {
             allocations: vec![cm_common::node::Allocation { job: JobId(1), resources: Resources::new(1, 128) }],
             health: NodeHealth::Up,
             only_uid: None,
+            containment: String::new(),
             registered_at: Timestamp(0),
             last_heartbeat: Timestamp(0),
         };

@@ -52,6 +52,7 @@ pub fn build_spec(
     let command = command_line(&request.command);
     let time_limit = request.time_limit.as_deref().unwrap_or(&defaults.time_limit);
     let time_limit_secs = parse_time_limit(time_limit).map_err(|e| e.to_string())?.map(|d| d.as_secs());
+    let procs_per_node = request.processes.unwrap_or(defaults.processes_per_node);
     let spec = JobSpec {
         name: request.alias.clone().unwrap_or_else(|| default_job_name(&command)),
         user,
@@ -59,9 +60,10 @@ pub fn build_spec(
         workdir,
         env,
         nodes: request.nodes.unwrap_or(defaults.nodes),
-        procs_per_node: request.processes.unwrap_or(defaults.processes_per_node),
+        procs_per_node,
+        // One CPU per process unless -c says otherwise, as SLURM gives one per task.
         per_node: Resources::new(
-            request.cpus_per_node.unwrap_or(defaults.cpus_per_node),
+            request.cpus_per_node.unwrap_or(defaults.cpus_per_node.max(procs_per_node)),
             request.mem_per_node_mb.unwrap_or(defaults.memory_per_node_mb),
         )
         .with_gpus(request.gpus_per_node),
@@ -116,6 +118,14 @@ mod tests {
         assert_eq!((spec.nodes, spec.procs_per_node, spec.per_node), (2, 1, Resources::new(1, 100)));
         assert_eq!(spec.time_limit_secs, Some(60));
         assert_eq!(spec.name, "hostname");
+        let four = Request { processes: Some(4), ..request.clone() };
+        let spec =
+            build_spec(&four, &JobDefaults::default(), spec.user, "/tmp".into(), Default::default()).expect("spec");
+        assert_eq!(spec.per_node.cpus, 4, "one CPU per process unless -c says otherwise");
+        let told = Request { cpus_per_node: Some(2), ..four };
+        let spec =
+            build_spec(&told, &JobDefaults::default(), spec.user, "/tmp".into(), Default::default()).expect("spec");
+        assert_eq!(spec.per_node.cpus, 2);
     }
 
     #[test]

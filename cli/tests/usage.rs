@@ -7,6 +7,7 @@ fn tool(name: &str, args: &[&str]) -> std::process::Output {
     let path = match name {
         "cmrun" => env!("CARGO_BIN_EXE_cmrun"),
         "cminfo" => env!("CARGO_BIN_EXE_cminfo"),
+        "cmacct" => env!("CARGO_BIN_EXE_cmacct"),
         _ => env!("CARGO_BIN_EXE_cmkill"),
     };
     // Nothing listens on port 9: anything that tried to reach a head would fail differently.
@@ -45,4 +46,21 @@ fn cmrun_passes_options_after_the_command_to_the_command() {
     let out = tool("cmrun", &["--help"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--time-limit"));
+}
+
+#[test]
+fn cmacct_names_an_unknown_field_state_time_or_user_before_sending() {
+    for (args, said) in [
+        (&["--format", "jobid,wattage"][..], "unknown field \"wattage\""),
+        (&["--state", "done"][..], "unknown state \"done\""),
+        (&["--starttime", "yesterday"][..], "cannot read the time \"yesterday\""),
+        (&["--user", "no-such-user-here"][..], "no user named \"no-such-user-here\""),
+    ] {
+        let out = tool("cmacct", args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.starts_with("cmacct: ") && err.contains(said) && err.lines().count() == 1, "{args:?}: {err}");
+    }
+    let out = tool("cmacct", &["--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MaxRSS"), "the fields are listed in --help");
 }

@@ -169,6 +169,26 @@ pub struct Config {
     pub defaults: JobDefaults,
     /// What the head takes: job sizes and queue lengths.
     pub limits: JobLimits,
+    /// How compute nodes contain their jobs.
+    pub cgroups: CgroupSettings,
+}
+
+/// Containment of jobs in cgroups on compute nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupSettings {
+    /// Run each job in a cgroup of its own where the host allows (cgroup v2 or v1): bound to
+    /// its CPUs, capped in memory and processes, killed as a whole. Off: jobs are bound to their
+    /// CPUs by affinity only, and nothing else is enforced.
+    pub enabled: bool,
+    /// The most processes and threads one job may have on one node at once.
+    pub max_pids_per_job: u64,
+}
+
+impl Default for CgroupSettings {
+    fn default() -> Self {
+        CgroupSettings { enabled: true, max_pids_per_job: 4096 }
+    }
 }
 
 /// The most a job may ask for, and the most jobs the queue holds (SLURM's `max_script_size`,
@@ -249,6 +269,7 @@ pub struct NodeResources {
 pub struct JobDefaults {
     pub nodes: u32,
     pub processes_per_node: u32,
+    /// CPUs per node when `cmrun -c` is not given; a job gets at least one per process.
     pub cpus_per_node: u32,
     pub memory_per_node_mb: u64,
     /// Minutes or `[D-]HH:MM:SS`; "0" means no limit.
@@ -295,6 +316,7 @@ impl Default for Config {
             node: NodeResources::default(),
             defaults: JobDefaults::default(),
             limits: JobLimits::default(),
+            cgroups: CgroupSettings::default(),
         }
     }
 }
@@ -352,6 +374,9 @@ impl Config {
             return Err("node.cpus and node.memory_mb must be more than zero (or null, to detect them)".into());
         }
         self.limits.validate(self.max_message_size)?;
+        if self.cgroups.max_pids_per_job < 8 {
+            return Err("cgroups.max_pids_per_job must be at least 8 (a job's shell and its commands)".into());
+        }
         if self.request_timeout.is_zero() {
             return Err("request_timeout must be more than zero".into());
         }

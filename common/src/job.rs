@@ -252,6 +252,21 @@ pub enum NodeEndCause {
     Lost { reason: String },
 }
 
+/// What a job's processes used on one node, read from its cgroup when it ended there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// CPU time, user and system, of every process of the job there; `None`: not measured.
+    #[serde(default)]
+    pub cpu_time_ms: Option<u64>,
+    /// The most memory the job's processes held there at once (the cgroup's peak, page cache
+    /// included, as the limit counts it); `None`: not measured.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+    /// Processes of the job the kernel killed there for going over its memory.
+    #[serde(default)]
+    pub oom_kills: u64,
+}
+
 /// A node's report that its share of a job is over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeEnd {
@@ -260,6 +275,9 @@ pub struct NodeEnd {
     /// Every replica that ran on the node, by rank.
     #[serde(default)]
     pub replicas: Vec<ReplicaExit>,
+    /// What the job used there; `None` where nothing ran or nothing was measured.
+    #[serde(default)]
+    pub usage: Option<NodeUsage>,
 }
 
 /// One of a running job's nodes, in node-rank order, with what that node has reported.
@@ -292,9 +310,15 @@ pub enum JobState {
     TimedOut { started_at: Timestamp, ended_at: Timestamp },
     /// A node of the job was lost (went down, or its daemon restarted without the job).
     NodeFail { started_at: Timestamp, ended_at: Timestamp, reason: String },
+    /// The kernel killed a process of the job for going over the job's memory on a node.
+    OutOfMemory { started_at: Timestamp, ended_at: Timestamp, reason: String },
 }
 
 impl JobState {
+    /// Every state's name, as [`JobState::name`] gives it.
+    pub const NAMES: [&'static str; 8] =
+        ["Pending", "Running", "Completed", "Failed", "Killed", "TimedOut", "NodeFail", "OutOfMemory"];
+
     /// The name shown in tables and accepted by filters.
     pub fn name(&self) -> &'static str {
         match self {
@@ -305,6 +329,17 @@ impl JobState {
             JobState::Killed { .. } => "Killed",
             JobState::TimedOut { .. } => "TimedOut",
             JobState::NodeFail { .. } => "NodeFail",
+            JobState::OutOfMemory { .. } => "OutOfMemory",
+        }
+    }
+
+    /// Why the job ended as it did, for the states that carry a reason.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            JobState::Failed { reason, .. }
+            | JobState::NodeFail { reason, .. }
+            | JobState::OutOfMemory { reason, .. } => Some(reason),
+            _ => None,
         }
     }
 
@@ -319,7 +354,8 @@ impl JobState {
             | JobState::Completed { started_at, .. }
             | JobState::Failed { started_at, .. }
             | JobState::TimedOut { started_at, .. }
-            | JobState::NodeFail { started_at, .. } => Some(*started_at),
+            | JobState::NodeFail { started_at, .. }
+            | JobState::OutOfMemory { started_at, .. } => Some(*started_at),
             JobState::Killed { started_at, .. } => *started_at,
         }
     }
@@ -331,8 +367,39 @@ impl JobState {
             | JobState::Failed { ended_at, .. }
             | JobState::Killed { ended_at, .. }
             | JobState::TimedOut { ended_at, .. }
-            | JobState::NodeFail { ended_at, .. } => Some(*ended_at),
+            | JobState::NodeFail { ended_at, .. }
+            | JobState::OutOfMemory { ended_at, .. } => Some(*ended_at),
         }
+    }
+}
+
+/// Which jobs a listing wants (`cmacct`'s filters); the default wants every job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFilter {
+    /// Jobs of these users (uids); empty: any user.
+    #[serde(default)]
+    pub users: Vec<u32>,
+    /// Jobs in these states (names, as [`JobState::name`]); empty: any state.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// These jobs; empty: any job.
+    #[serde(default)]
+    pub jobs: Vec<JobId>,
+    /// Jobs not ended before this time (still running ones too).
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+    /// Jobs submitted before this time.
+    #[serde(default)]
+    pub until: Option<Timestamp>,
+}
+
+impl JobFilter {
+    pub fn matches(&self, job: &Job) -> bool {
+        (self.users.is_empty() || self.users.contains(&job.spec.user.uid))
+            && (self.states.is_empty() || self.states.iter().any(|s| s == job.state.name()))
+            && (self.jobs.is_empty() || self.jobs.contains(&job.id))
+            && self.since.is_none_or(|since| job.state.ended_at().is_none_or(|ended| ended >= since))
+            && self.until.is_none_or(|until| job.submitted_at < until)
     }
 }
 
@@ -410,6 +477,21 @@ impl Job {
         self.nodes.iter().map(|n| &n.node)
     }
 
+    /// What the job used on all its nodes together: CPU time summed, the highest peak memory of
+    /// any one node, OOM kills summed; `None` if no node measured anything.
+    pub fn usage(&self) -> Option<NodeUsage> {
+        let measured: Vec<NodeUsage> = self.nodes.iter().filter_map(|n| n.end.as_ref()?.usage).collect();
+        if measured.is_empty() {
+            return None;
+        }
+        let sum = |f: fn(&NodeUsage) -> Option<u64>| measured.iter().filter_map(f).reduce(u64::saturating_add);
+        Some(NodeUsage {
+            cpu_time_ms: sum(|u| u.cpu_time_ms),
+            peak_memory_bytes: measured.iter().filter_map(|u| u.peak_memory_bytes).max(),
+            oom_kills: measured.iter().map(|u| u.oom_kills).sum(),
+        })
+    }
+
     /// Every replica exit reported so far, by rank.
     pub fn replica_exits(&self) -> Vec<ReplicaExit> {
         let mut all: Vec<ReplicaExit> =
@@ -420,13 +502,18 @@ impl Job {
 
     /// The exit code `cmrun --wait` returns: 0 for Completed, the first failing replica's
     /// shell code for Failed (1 if none ran), 124 for TimedOut (as timeout(1)), 143 for Killed
-    /// (128 + SIGTERM), 1 for NodeFail; `None` while the job has not ended.
+    /// (128 + SIGTERM), 1 for NodeFail, the first failing replica's code for OutOfMemory (137 if
+    /// none failed); `None` while the job has not ended.
     pub fn exit_code(&self) -> Option<i32> {
         match &self.state {
             JobState::Pending | JobState::Running { .. } => None,
             JobState::Completed { .. } => Some(0),
             JobState::Failed { .. } => {
                 Some(self.replica_exits().iter().map(|r| r.status.shell_code()).find(|&c| c != 0).unwrap_or(1))
+            }
+            // What a shell reports for a process killed by SIGKILL, the OOM killer's signal.
+            JobState::OutOfMemory { .. } => {
+                Some(self.replica_exits().iter().map(|r| r.status.shell_code()).find(|&c| c != 0).unwrap_or(137))
             }
             JobState::TimedOut { .. } => Some(124),
             JobState::Killed { .. } => Some(143),
@@ -492,12 +579,53 @@ mod tests {
                     ReplicaExit { rank: 1, status: ExitStatus::Signaled { signal: 9 } },
                     ReplicaExit { rank: 0, status: ExitStatus::Exited { code: 3 } },
                 ],
+                usage: None,
             }),
         }];
         job.state = JobState::Failed { started_at: Timestamp(1), ended_at: Timestamp(2), reason: String::new() };
         assert_eq!(job.exit_code(), Some(3));
         job.state = JobState::Completed { started_at: Timestamp(1), ended_at: Timestamp(2) };
         assert_eq!(job.exit_code(), Some(0));
+    }
+
+    #[test]
+    fn filters_select_by_user_state_id_and_time() {
+        let mut job = Job::new(JobId(4), spec(), Timestamp(100), String::new());
+        job.state = JobState::Completed { started_at: Timestamp(150), ended_at: Timestamp(200) };
+        assert!(JobFilter::default().matches(&job));
+        assert!(JobFilter { users: vec![1000, 7], ..Default::default() }.matches(&job));
+        assert!(!JobFilter { users: vec![7], ..Default::default() }.matches(&job));
+        assert!(JobFilter { states: vec!["Completed".into()], ..Default::default() }.matches(&job));
+        assert!(!JobFilter { states: vec!["Failed".into()], ..Default::default() }.matches(&job));
+        assert!(!JobFilter { jobs: vec![JobId(5)], ..Default::default() }.matches(&job));
+        assert!(
+            JobFilter { since: Some(Timestamp(200)), until: Some(Timestamp(101)), ..Default::default() }.matches(&job)
+        );
+        assert!(!JobFilter { since: Some(Timestamp(201)), ..Default::default() }.matches(&job));
+        assert!(!JobFilter { until: Some(Timestamp(100)), ..Default::default() }.matches(&job));
+        job.state = JobState::Running { started_at: Timestamp(150) };
+        assert!(JobFilter { since: Some(Timestamp(9999)), ..Default::default() }.matches(&job), "still running");
+        for name in JobState::NAMES {
+            assert!(JobState::NAMES.iter().filter(|n| **n == name).count() == 1);
+        }
+    }
+
+    #[test]
+    fn usage_adds_cpu_time_and_takes_the_highest_peak() {
+        let mut job = Job::new(JobId(1), spec(), Timestamp(0), String::new());
+        assert_eq!(job.usage(), None);
+        let end = |cpu, peak, oom| NodeEnd {
+            ended_at: Timestamp(2),
+            cause: NodeEndCause::Exited,
+            replicas: vec![],
+            usage: Some(NodeUsage { cpu_time_ms: cpu, peak_memory_bytes: peak, oom_kills: oom }),
+        };
+        job.nodes = vec![
+            JobNode { node: NodeId::new("a"), started_at: None, end: Some(end(Some(100), Some(5), 0)) },
+            JobNode { node: NodeId::new("b"), started_at: None, end: Some(end(Some(250), Some(9), 1)) },
+            JobNode { node: NodeId::new("c"), started_at: None, end: None },
+        ];
+        assert_eq!(job.usage(), Some(NodeUsage { cpu_time_ms: Some(350), peak_memory_bytes: Some(9), oom_kills: 1 }));
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct Node {
     /// `Some(uid)`: it runs as that ordinary user and can run only that user's jobs.
     #[serde(default)]
     pub only_uid: Option<u32>,
+    /// How the node contains its jobs: `cgroup v2`, `cgroup v1`, or `none: WHY`; empty when the
+    /// node did not say.
+    #[serde(default)]
+    pub containment: String,
     pub registered_at: Timestamp,
     pub last_heartbeat: Timestamp,
 }

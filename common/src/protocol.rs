@@ -15,7 +15,7 @@
 //! The version is checked before anything else is decoded, so a peer from another release gets a
 //! clear [`ErrorCode::VersionMismatch`] instead of a decoding failure.
 
-use crate::job::{Job, JobRun, JobSpec, NodeEnd};
+use crate::job::{Job, JobFilter, JobRun, JobSpec, NodeEnd};
 use crate::node::Node;
 use crate::{Error, JobId, NodeId, Resources, Result, Timestamp};
 use serde::de::DeserializeOwned;
@@ -185,6 +185,9 @@ pub struct FetchJobs {
     /// listed in a fraction of the time its whole table would take to send and print.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Only jobs this filter matches (`cmacct`); the default matches all.
+    #[serde(default)]
+    pub filter: JobFilter,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +270,9 @@ pub struct RegisterNode {
     /// Job runs the node has right now (after a daemon restart, for reconciliation).
     #[serde(default)]
     pub running: Vec<JobRun>,
+    /// How the node contains its jobs: see [`Node::containment`].
+    #[serde(default)]
+    pub containment: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -433,7 +439,11 @@ mod tests {
     #[test]
     fn every_direction_round_trips() {
         round_trip(HeadRequest::Client(ClientRequest::KillJob(KillJob { id: JobId(3) })));
-        round_trip(HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: Some(5) })));
+        round_trip(HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs {
+            include_finished: true,
+            limit: Some(5),
+            filter: JobFilter::default(),
+        })));
         round_trip(HeadRequest::Compute(ComputeRequest::Heartbeat(Heartbeat {
             node: NodeId::new("c1"),
             running: vec![JobRun { job: JobId(1), run: 0 }, JobRun { job: JobId(2), run: 3 }],

@@ -1,8 +1,9 @@
 //! What a node offers: CPUs, memory and GPUs detected from the OS, unless configured.
 //!
 //! CPUs come from `available_parallelism`, which honours the cgroup CPU quota and the affinity
-//! mask (a container limited to 2 CPUs reports 2). Memory is the smaller of the machine's total
-//! and the cgroup memory limit, as sysinfo reports them. GPUs are the NVIDIA devices that
+//! mask (a container limited to 2 CPUs reports 2). Memory is the smallest of the machine's
+//! total and the memory limits of the daemon's cgroup and its ancestors (read from the cgroup the
+//! daemon is in: a container given the host's cgroup file system sees the host's root there). GPUs are the NVIDIA devices that
 //! `nvidia-smi` lists; a machine without it (or without GPUs) has none, which is no error.
 
 use cm_common::Resources;
@@ -22,6 +23,9 @@ pub fn detect(cpus: Option<u32>, memory_mb: Option<u64>, gpus: Option<u32>) -> R
             if limits.total_memory > 0 {
                 bytes = bytes.min(limits.total_memory);
             }
+        }
+        if let Some(limit) = cm_step::cgroup::detect::Host::read().ok().and_then(|host| host.memory_limit()) {
+            bytes = bytes.min(limit);
         }
         bytes / (1024 * 1024)
     });

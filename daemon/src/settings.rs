@@ -126,6 +126,7 @@ pub struct ComputeConfig {
     pub request_retries: u32,
     pub kill_grace: Duration,
     pub max_message_size: u64,
+    pub cgroups: cm_common::config::CgroupSettings,
 }
 
 /// The settings of one `cmd` process.
@@ -218,6 +219,7 @@ impl Settings {
             request_retries: config.request_retries,
             kill_grace: config.kill_grace,
             max_message_size: config.max_message_size,
+            cgroups: config.cgroups.clone(),
         };
         Settings { role, head, compute }
     }

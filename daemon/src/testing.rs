@@ -66,6 +66,7 @@ impl NodeBuilder {
                 allocations: vec![],
                 health: NodeHealth::Up,
                 only_uid: None,
+                containment: String::new(),
                 registered_at: Timestamp(0),
                 last_heartbeat: Timestamp(0),
             },

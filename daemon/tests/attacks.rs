@@ -207,6 +207,7 @@ fn nobody_cannot_submit_as_root_or_as_another_user_over_the_socket_or_tcp() {
         let other = encode_body(&HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs {
             include_finished: true,
             limit: None,
+            filter: Default::default(),
         })))
         .expect("body");
         let moved = encode_envelope("attacker", &Auth::Munge { credential: credential.clone() }, &other).expect("e");
@@ -314,6 +315,7 @@ fn a_stranger_cannot_register_a_node_nor_take_over_a_live_one() {
             capacity: Resources::new(64, 65536),
             only_uid: None,
             running: vec![],
+            containment: String::new(),
         }))
     };
     for node in ["evil", "c1"] {
@@ -353,7 +355,7 @@ fn forged_reports_and_kills_change_nothing() {
     let cluster = Cluster::start(1, 4, 1024);
     let attacker = Attacker::new(&cluster);
     let victim = victim(&cluster);
-    let end = NodeEnd { ended_at: Timestamp::now(), cause: NodeEndCause::Exited, replicas: vec![] };
+    let end = NodeEnd { ended_at: Timestamp::now(), cause: NodeEndCause::Exited, replicas: vec![], usage: None };
     let report = HeadRequest::Compute(ComputeRequest::ReportJobs(ReportJobs {
         reports: vec![JobReport::End(ReportJobEnd {
             node: NodeId::new("c1"),

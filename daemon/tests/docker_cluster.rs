@@ -180,6 +180,18 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
     let table = String::from_utf8_lossy(&compose.head("alice", "cminfo --all").stdout).to_string();
     assert!(table.contains("alice") && table.contains("Completed"), "{table}");
 
+    // Containment: each compute container puts its jobs in cgroups, so a job over its memory
+    // ends OutOfMemory there too, with its peak recorded.
+    for node in info["nodes"].as_array().expect("nodes").iter().filter(|n| n["role"] == "Compute") {
+        assert!(node["containment"].as_str().is_some_and(|c| c.starts_with("cgroup v")), "{node}");
+    }
+    let out = compose.head("alice", r#"cmrun --wait --mem-per-node 32 "perl -e '\$x = q(x) x (128 << 20)'""#);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out));
+    assert!(text(&out).contains("OutOfMemory"), "{}", text(&out));
+    let hog: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
+    let peak = compose.job(hog)["nodes"][0]["end"]["usage"]["peak_memory_bytes"].as_u64().expect("peak");
+    assert!(peak <= 34 << 20, "peak {peak} over a 32 MB limit");
+
     // Kill a running job.
     let out = compose.head("bob", "cmrun -n 2 sleep 300");
     assert!(out.status.success(), "{}", text(&out));

@@ -23,7 +23,7 @@ fn refused(cluster: &Cluster, args: &[&str], env: &[(&str, String)]) -> String {
 #[test]
 fn jobs_over_a_limit_are_refused_at_submission_naming_it() {
     let cluster = Cluster::start(1, 2, 512);
-    let err = refused(&cluster, &["-p", "100000", "true"], &[]);
+    let err = refused(&cluster, &["-p", "100000", "-c", "1", "true"], &[]);
     assert!(err.contains("limits.max_procs_per_cpu"), "{err}");
     // One argument or variable may hold at most 128 KiB (the kernel's MAX_ARG_STRLEN): several.
     let word = "x".repeat(100 * 1024);
@@ -39,7 +39,7 @@ fn jobs_over_a_limit_are_refused_at_submission_naming_it() {
     assert!(err.contains("text-direction"), "{err}");
     let info = cluster.info().expect("cminfo answers");
     assert_eq!(info["jobs"].as_array().map_or(0, Vec::len), 0, "nothing was queued");
-    let id = cluster.submit(&["-p", "128", "true"]);
+    let id = cluster.submit(&["-p", "128", "-c", "1", "true"]);
     cluster.wait_status(id, "Completed", LONG);
 }
 

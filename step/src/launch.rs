@@ -31,6 +31,12 @@ pub struct ReplicaPlan<'a> {
     pub run_as: Option<&'a RunAs>,
     /// The GPUs the run may use, on a node that has any.
     pub gpus: Option<&'a [u32]>,
+    /// The host CPUs the run may use (empty: not chosen by the node).
+    pub cpus: &'a [u32],
+    /// The `cgroup.procs` files of the run's cgroup, which the replica joins before it executes
+    /// the job; empty: no containment. Without a cgroup the replica is bound to `cpus` by its
+    /// affinity instead.
+    pub cgroup_procs: &'a [PathBuf],
 }
 
 impl ReplicaPlan<'_> {
@@ -55,7 +61,11 @@ impl ReplicaPlan<'_> {
             ("CM_NODELIST".into(), nodelist.join(",")),
             ("CM_SUBMIT_DIR".into(), spec.workdir.clone()),
             ("CM_RESTART_COUNT".into(), self.job.run.to_string()),
+            ("CM_CPUS".into(), self.job.spec.per_node.cpus.to_string()),
         ];
+        if !self.cpus.is_empty() {
+            env.push(("CM_JOB_CPUS".into(), crate::cgroup::cpu_list(self.cpus)));
+        }
         if let Some(gpus) = self.gpus {
             // Empty when the job reserved none: it must not use the node's others.
             let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
@@ -88,6 +98,8 @@ fn dirs_below(workdir: &Path, file: &Path) -> Vec<PathBuf> {
 /// The steps of [`ChildSetup::enter`] that can fail, each with the job's failure reason.
 #[derive(Clone, Copy, Debug)]
 enum Step {
+    Cgroup,
+    Affinity,
     ProcessGroup,
     Groups,
     WorkingDirectory,
@@ -101,6 +113,8 @@ enum Step {
 impl Step {
     fn reason(self) -> &'static str {
         match self {
+            Step::Cgroup => "cannot join the job's cgroup",
+            Step::Affinity => "cannot bind to the job's CPUs",
             Step::ProcessGroup => "cannot start a process group",
             Step::Groups => "cannot take the job's groups",
             Step::WorkingDirectory => "cannot enter the working directory",
@@ -116,6 +130,10 @@ impl Step {
 /// Everything the child does between clone and exec, prepared before the clone so that the child
 /// allocates nothing.
 struct ChildSetup {
+    /// `cgroup.procs` files to write `0` to (the writer joins), before anything else.
+    cgroups: Vec<CString>,
+    /// The CPUs to bind to when there is no cgroup to do it.
+    affinity: Option<libc::cpu_set_t>,
     identity: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     /// The user's limit on processes (`RLIMIT_NPROC`), set before taking the user's ids.
     max_processes: Option<libc::rlimit>,
@@ -163,6 +181,21 @@ impl ChildSetup {
             // multi-threaded process, and this child is not one of them.
             #[allow(unsafe_code)]
             unsafe {
+                // Into the job's cgroup first: everything the job starts is then counted,
+                // capped and killed with it.
+                for procs in &self.cgroups {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    check(Step::Cgroup, fd.into())?;
+                    let written = libc::write(fd, c"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    check(Step::Cgroup, written as libc::c_long)?;
+                }
+                if let Some(set) = &self.affinity {
+                    check(
+                        Step::Affinity,
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set).into(),
+                    )?;
+                }
                 // The process group of its own, which the supervisor signals as a whole.
                 check(Step::ProcessGroup, libc::setpgid(0, 0).into())?;
                 // The files are reached as the user (the file-system ids and groups are what the
@@ -271,7 +304,10 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, St
         let limit = wanted.min(own);
         libc::rlimit { rlim_cur: limit, rlim_max: limit }
     });
+    let affinity = (plan.cgroup_procs.is_empty() && !plan.cpus.is_empty()).then(|| cpu_set(plan.cpus));
     let setup = ChildSetup {
+        cgroups: plan.cgroup_procs.iter().map(|p| c_path(p)).collect::<Result<_, _>>()?,
+        affinity,
         identity,
         max_processes,
         workdir: c_path(workdir)?,
@@ -291,6 +327,22 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, St
             stdout.display()
         )
     })
+}
+
+/// The affinity mask of `cpus` (those beyond what a mask holds are left out).
+fn cpu_set(cpus: &[u32]) -> libc::cpu_set_t {
+    // SAFETY: `cpu_set_t` is a plain bit array, for which all zeroes is the empty set; CPU_SET
+    // only sets a bit within it.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            if (cpu as usize) < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu as usize, &mut set);
+            }
+        }
+        set
+    }
 }
 
 /// The size of the stack the child runs on until its exec. Its frames are a few small ones; the

@@ -15,6 +15,7 @@
 //! creating and deleting inodes is most of what a short job costs a node's file system (ext4
 //! without a journal, for one, scans past every recently deleted inode on each allocation).
 
+use crate::cgroup::{Hierarchy, Limits};
 use cm_common::job::{Job, JobRun, NodeEnd};
 use cm_common::{JobId, NodeId};
 use nix::fcntl::{fcntl, FcntlArg};
@@ -40,6 +41,24 @@ pub struct StepSpec {
     #[serde(default)]
     pub gpus: Option<Vec<u32>>,
     pub kill_grace_ms: u64,
+    /// The node's CPUs (indices below its CPU count) this run holds; `limits` has the host CPUs
+    /// they stand for.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
+    /// Where the run's cgroup goes; `None`: the node runs jobs without containment.
+    #[serde(default)]
+    pub cgroup: Option<Hierarchy>,
+    /// What the run may use here: its CPUs (the replicas are bound to them, by the cgroup or,
+    /// without one, by their affinity), memory and processes.
+    #[serde(default)]
+    pub limits: Option<Limits>,
+}
+
+impl StepSpec {
+    /// A run of `job` on `node` as the daemon's own user, with no GPU, CPU choice or cgroup.
+    pub fn new(job: Job, node: NodeId, kill_grace_ms: u64) -> StepSpec {
+        StepSpec { job, node, run_as: None, gpus: None, kill_grace_ms, cpus: vec![], cgroup: None, limits: None }
+    }
 }
 
 /// A user's identity on this node: uid, primary gid and supplementary groups.
@@ -195,13 +214,7 @@ mod tests {
     use cm_common::Timestamp;
 
     fn spec() -> StepSpec {
-        StepSpec {
-            job: Job::new(JobId(7), JobSpec::example(), Timestamp(1), "t".into()),
-            node: NodeId::new("c1"),
-            run_as: None,
-            gpus: None,
-            kill_grace_ms: 500,
-        }
+        StepSpec::new(Job::new(JobId(7), JobSpec::example(), Timestamp(1), "t".into()), NodeId::new("c1"), 500)
     }
 
     #[test]
@@ -226,6 +239,7 @@ mod tests {
             ended_at: Timestamp(9),
             cause: NodeEndCause::Exited,
             replicas: vec![ReplicaExit { rank: 0, status: ExitStatus::Exited { code: 3 } }],
+            usage: None,
         };
         assert_eq!(supervisor_of(&p).expect("no lock"), None);
         let (mut locked, record) = LockedStep::lock(&p).expect("lock");

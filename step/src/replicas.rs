@@ -3,13 +3,16 @@
 //!
 //! The supervisor reaps its children itself and hands each exit to [`Replicas::exited`]. The
 //! job's share on this node ends when every replica has exited; then whatever they left running
-//! in their process groups is killed. Stopping (a kill order or the time limit) sends SIGTERM to
-//! every replica's process group and SIGKILL after the grace period.
+//! is killed: everything in the run's cgroup, or without one, in the replicas' process groups.
+//! Stopping (a kill order or the time limit) sends SIGTERM to every replica's process group and
+//! every process of the cgroup, and SIGKILL after the grace period.
 
+use crate::cgroup::JobCgroup;
 use crate::launch::{spawn_replica, ReplicaPlan, CHILD_STACK};
-use crate::record::RunAs;
-use cm_common::job::{ExitStatus, Job, NodeEnd, NodeEndCause, ReplicaExit};
-use cm_common::{NodeId, Timestamp};
+use crate::record::StepSpec;
+use cm_common::job::{ExitStatus, NodeEnd, NodeEndCause, NodeUsage, ReplicaExit};
+use cm_common::Timestamp;
+use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
@@ -33,19 +36,29 @@ pub struct Replicas {
     kill_grace: Duration,
     deadline: Option<Instant>,
     stopping: Option<Stopping>,
+    cgroup: Option<JobCgroup>,
+    /// The CPU time of the supervisor's collected children before the run, for the run's CPU
+    /// time where no cgroup counts it.
+    children_cpu_before: Duration,
+}
+
+/// The CPU time, user and system, of every child the supervisor has collected so far (and of
+/// their collected children).
+fn children_cpu() -> Duration {
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(Duration::ZERO, |usage| {
+        let time = |t: nix::sys::time::TimeVal| {
+            Duration::new(u64::try_from(t.tv_sec()).unwrap_or(0), u32::try_from(t.tv_usec()).unwrap_or(0) * 1000)
+        };
+        time(usage.user_time()) + time(usage.system_time())
+    })
 }
 
 impl Replicas {
     /// Starts this node's replicas of `job`. If any cannot start, those already started are
     /// killed and collected, and the reason returned. How many there may be is bounded by the
     /// head (`limits.max_procs_per_cpu`) and by the user's process limit, so the loop is short.
-    pub fn start(
-        job: &Job,
-        node: &NodeId,
-        run_as: Option<&RunAs>,
-        gpus: Option<&[u32]>,
-        kill_grace: Duration,
-    ) -> Result<Replicas, String> {
+    pub fn start(spec: &StepSpec, mut cgroup: Option<JobCgroup>) -> Result<Replicas, String> {
+        let (job, node) = (&spec.job, &spec.node);
         let node_rank = job
             .nodes
             .iter()
@@ -53,8 +66,20 @@ impl Replicas {
             .ok_or_else(|| format!("job {} is not placed on node {node}", job.id))?;
         let mut replicas: Vec<Replica> = Vec::new();
         let mut stack = vec![0u8; CHILD_STACK];
+        let cgroup_procs = cgroup.as_ref().map(JobCgroup::procs_files).unwrap_or_default();
+        let cpus = spec.limits.as_ref().map_or(&[][..], |l| &l.cpus[..]);
+        let children_cpu_before = children_cpu();
         for local_rank in 0..job.spec.procs_per_node {
-            let plan = ReplicaPlan { job, node, node_rank, local_rank, run_as, gpus };
+            let plan = ReplicaPlan {
+                job,
+                node,
+                node_rank,
+                local_rank,
+                run_as: spec.run_as.as_ref(),
+                gpus: spec.gpus.as_deref(),
+                cpus,
+                cgroup_procs: &cgroup_procs,
+            };
             match spawn_replica(&plan, &mut stack) {
                 Ok(pid) => replicas.push(Replica { rank: plan.rank(), pid, exit: None }),
                 Err(e) => {
@@ -62,15 +87,22 @@ impl Replicas {
                     for started in &replicas {
                         let _ = killpg(started.pid, Signal::SIGKILL);
                     }
+                    if let Some(cgroup) = &cgroup {
+                        cgroup.kill_all();
+                    }
                     for started in &replicas {
                         let _ = nix::sys::wait::waitpid(started.pid, None);
+                    }
+                    if let Some(cgroup) = &mut cgroup {
+                        cgroup.remove();
                     }
                     return Err(e);
                 }
             }
         }
         let deadline = job.spec.time_limit().map(|limit| Instant::now() + limit);
-        Ok(Replicas { replicas, kill_grace, deadline, stopping: None })
+        let kill_grace = Duration::from_millis(spec.kill_grace_ms);
+        Ok(Replicas { replicas, kill_grace, deadline, stopping: None, cgroup, children_cpu_before })
     }
 
     /// Records the exit of child `pid`; false if it is not one of the replicas.
@@ -89,19 +121,42 @@ impl Replicas {
     }
 
     /// The node's end of the run, once every replica has exited. Whatever the replicas started in
-    /// the background ends with the job.
-    pub fn end(&self) -> NodeEnd {
-        self.signal_groups(Signal::SIGKILL, true);
+    /// the background ends with the job; then the cgroup says what the run used, and goes.
+    pub fn end(&mut self) -> NodeEnd {
+        self.signal_all(Signal::SIGKILL, true);
         let replicas =
             self.replicas.iter().filter_map(|r| r.exit.map(|status| ReplicaExit { rank: r.rank, status })).collect();
         let cause = self.stopping.as_ref().map_or(NodeEndCause::Exited, |s| s.cause.clone());
-        NodeEnd { ended_at: Timestamp::now(), cause, replicas }
+        let usage = match &mut self.cgroup {
+            Some(cgroup) => {
+                cgroup.kill_all();
+                let usage = cgroup.usage();
+                cgroup.remove();
+                usage
+            }
+            None => NodeUsage::default(),
+        };
+        // Without a cgroup (or its CPU accounting), the replicas' own times, with their children's.
+        let cpu_time_ms = usage.cpu_time_ms.or_else(|| {
+            let spent = children_cpu().saturating_sub(self.children_cpu_before);
+            Some(u64::try_from(spent.as_millis()).unwrap_or(u64::MAX))
+        });
+        NodeEnd { ended_at: Timestamp::now(), cause, replicas, usage: Some(NodeUsage { cpu_time_ms, ..usage }) }
     }
 
-    fn signal_groups(&self, signal: Signal, include_exited: bool) {
+    /// Signals the replicas' process groups (`include_exited`: those of exited ones too) and
+    /// every process in the run's cgroup.
+    fn signal_all(&self, signal: Signal, include_exited: bool) {
         for replica in self.replicas.iter().filter(|r| include_exited || r.exit.is_none()) {
             // ESRCH just means the group is already gone.
             let _ = killpg(replica.pid, signal);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            if signal == Signal::SIGKILL {
+                cgroup.kill_all();
+            } else {
+                cgroup.signal_all(signal);
+            }
         }
     }
 
@@ -111,7 +166,7 @@ impl Replicas {
             return;
         }
         tracing::info!(?cause, "stopping the job");
-        self.signal_groups(Signal::SIGTERM, false);
+        self.signal_all(Signal::SIGTERM, false);
         self.stopping = Some(Stopping { cause, sigkill_at: Instant::now() + self.kill_grace, sigkilled: false });
     }
 
@@ -123,7 +178,7 @@ impl Replicas {
         let due = self.stopping.as_ref().is_some_and(|s| !s.sigkilled && s.sigkill_at <= now);
         if due {
             tracing::info!("grace period over, sending SIGKILL");
-            self.signal_groups(Signal::SIGKILL, false);
+            self.signal_all(Signal::SIGKILL, false);
             if let Some(stopping) = &mut self.stopping {
                 stopping.sigkilled = true;
             }

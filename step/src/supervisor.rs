@@ -13,6 +13,7 @@
 //! at a time, so a job costs no process of its own beyond its replicas. It exits when the
 //! launcher closes its orders (the launcher retires idle supervisors, and exits with the daemon).
 
+use crate::cgroup::JobCgroup;
 use crate::launcher::{say, Lines};
 use crate::record::{LockedStep, StepSpec};
 use crate::replicas::Replicas;
@@ -27,7 +28,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, Pid};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A supervisor that holds its step file and has not started the job yet.
 pub struct Supervisor {
@@ -95,20 +96,25 @@ impl Supervisor {
         let Supervisor { mut step, spec } = self;
         let job = spec.job.id;
         tracing::info!(job = %spec.job.job_run(), "supervising");
-        let kill_grace = Duration::from_millis(spec.kill_grace_ms);
-        let mut replicas =
-            match Replicas::start(&spec.job, &spec.node, spec.run_as.as_ref(), spec.gpus.as_deref(), kill_grace) {
-                Ok(replicas) => replicas,
-                Err(reason) => {
-                    tracing::warn!(%reason, "cannot start the job");
-                    let end = NodeEnd {
-                        ended_at: Timestamp::now(),
-                        cause: NodeEndCause::LaunchFailed { reason },
-                        replicas: vec![],
-                    };
-                    return step.append_end(&end);
-                }
-            };
+        let cgroup = match (&spec.cgroup, &spec.limits) {
+            (Some(hierarchy), Some(limits)) => {
+                JobCgroup::create(hierarchy, &format!("job.{}", spec.job.job_run()), limits).map(Some)
+            }
+            _ => Ok(None),
+        };
+        let mut replicas = match cgroup.and_then(|cgroup| Replicas::start(&spec, cgroup)) {
+            Ok(replicas) => replicas,
+            Err(reason) => {
+                tracing::warn!(%reason, "cannot start the job");
+                let end = NodeEnd {
+                    ended_at: Timestamp::now(),
+                    cause: NodeEndCause::LaunchFailed { reason },
+                    replicas: vec![],
+                    usage: None,
+                };
+                return step.append_end(&end);
+            }
+        };
         loop {
             reap(Some(&mut replicas))?;
             if replicas.all_exited() {

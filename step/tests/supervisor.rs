@@ -49,7 +49,7 @@ impl Fixture {
         // The test's users have a group of the same number and no other.
         let uid = job.spec.user.uid;
         let run_as = switch_user.then(|| RunAs { uid, gid: uid, groups: vec![] });
-        let step = StepSpec { job, node: NodeId::new("n1"), run_as, gpus: None, kill_grace_ms: 300 };
+        let step = StepSpec { run_as, ..StepSpec::new(job, NodeId::new("n1"), 300) };
         record::create(&path, &step).expect("step file");
         path
     }
@@ -106,7 +106,7 @@ fn a_replica_gets_the_job_environment_its_cm_variables_null_stdin_default_sigpip
     // The shell itself adds PWD.
     assert_eq!(
         lines[1],
-        "CM_JOB_ID CM_JOB_NAME CM_LOCAL_RANK CM_NNODES CM_NODELIST CM_NODENAME CM_NODE_RANK CM_NPROCS \
+        "CM_CPUS CM_JOB_ID CM_JOB_NAME CM_LOCAL_RANK CM_NNODES CM_NODELIST CM_NODENAME CM_NODE_RANK CM_NPROCS \
          CM_NPROCS_PER_NODE CM_PROC_RANK CM_RESTART_COUNT CM_SUBMIT_DIR GREETING PATH PWD "
     );
 }

@@ -53,7 +53,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let ClientResponse::Nodes(nodes) = client.call(ClientRequest::FetchNodes(FetchNodes {}))? else {
         bail!("unexpected reply from the head");
     };
-    let request = FetchJobs { include_finished: args.all, limit: (args.limit > 0).then_some(args.limit) };
+    let request = FetchJobs {
+        include_finished: args.all,
+        limit: (args.limit > 0).then_some(args.limit),
+        filter: Default::default(),
+    };
     let ClientResponse::Jobs(jobs) = client.call(ClientRequest::FetchJobs(request))? else {
         bail!("unexpected reply from the head");
     };

@@ -106,14 +106,8 @@ fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
         };
         if let Some(code) = job.exit_code() {
             if code != 0 {
-                let reason = match &job.state {
-                    cm_common::job::JobState::Failed { reason, .. }
-                    | cm_common::job::JobState::NodeFail { reason, .. } => {
-                        format!(": {reason}")
-                    }
-                    _ => String::new(),
-                };
-                eprintln!("cmrun: job {id} ended {}{reason}", job.state.name());
+                let reason = job.state.reason().map(|r| format!(": {r}")).unwrap_or_default();
+                eprintln!("cmrun: job {id} ended {}{}", job.state.name(), cm_cli::output::shown(&reason));
             }
             return Ok(code);
         }

@@ -28,6 +28,8 @@ pub struct LinkConfig {
     pub address: String,
     pub capacity: Resources,
     pub only_uid: Option<u32>,
+    /// How the node contains its jobs, for `cminfo`.
+    pub containment: String,
     /// Every request to the head is sealed with it.
     pub key: std::sync::Arc<cm_auth::ClusterKey>,
     pub heartbeat_interval: Duration,
@@ -137,6 +139,7 @@ impl Link {
                 capacity: self.config.capacity,
                 only_uid: self.config.only_uid,
                 running: self.running(),
+                containment: self.config.containment.clone(),
             });
             let problem = match self.call(&request) {
                 Ok(Ok(ComputeResponse::Registered(registered))) => {
@@ -272,7 +275,7 @@ mod tests {
     }
 
     fn end(job: u64) -> JobReport {
-        let end = NodeEnd { ended_at: Timestamp(99), cause: NodeEndCause::Exited, replicas: vec![] };
+        let end = NodeEnd { ended_at: Timestamp(99), cause: NodeEndCause::Exited, replicas: vec![], usage: None };
         JobReport::End(ReportJobEnd { node: NodeId::new("n"), job: JobId(job), run: 0, end, started_at: None })
     }
 

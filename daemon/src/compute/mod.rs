@@ -21,13 +21,14 @@ use cm_auth::{ClusterKey, Gate};
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::protocol::*;
 use cm_common::{JobId, Resources, Timestamp};
+use cm_step::cgroup;
 use cm_transport::{Responder, RetryPolicy};
 use head_link::{HeadLink, LinkConfig};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use steps::Steps;
+use steps::{Containment, Steps};
 
 /// What the compute loop hears from its other threads.
 pub enum Event {
@@ -69,6 +70,39 @@ struct Compute {
     waiting: BTreeMap<JobId, Job>,
 }
 
+/// How this node contains its jobs: in cgroups where the host allows and the configuration does
+/// not forbid it (said once, in the log, when it cannot), and on the CPUs the daemon may use.
+/// Also returns how, for `cminfo`: `cgroup v1`, `cgroup v2` or `none: WHY`.
+fn containment(config: &ComputeConfig) -> (Containment, String) {
+    let host_cpus: Vec<u32> = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count() as u32).filter(|&c| set.is_set(c as usize).unwrap_or(false)).collect()
+        })
+        .unwrap_or_default();
+    let found = if config.cgroups.enabled {
+        cgroup::detect::Host::read().and_then(|host| host.prepare(config.node_id.as_str(), &config.state_dir))
+    } else {
+        Err("cgroups.enabled is false".to_string())
+    };
+    let described = match &found {
+        Ok(hierarchy) => {
+            tracing::info!(containment = %hierarchy.describe(), "jobs run in cgroups of their own");
+            hierarchy.describe()
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "jobs run without cgroups: their memory and processes are not capped, and a process that leaves its job's process group is not killed with it");
+            format!("none: {reason}")
+        }
+    };
+    let containment = Containment {
+        cgroup: found.ok(),
+        host_cpus,
+        gpus: config.resources.gpus,
+        max_pids: config.cgroups.max_pids_per_job,
+    };
+    (containment, described)
+}
+
 /// Runs the compute daemon until `shutdown` is set. `bound` receives the endpoint listened on.
 pub fn run(
     config: ComputeConfig,
@@ -88,9 +122,13 @@ pub fn run(
     let is_root = my_uid == 0;
     let gate = Gate::node(key.clone(), config.node_id.as_str());
     let (mut inbox, events) = Inbox::<NodeRequest, Event>::new(responder, config.node_id.to_string(), gate)?;
-    let mut steps = Steps::new(&config.state_dir, config.node_id.clone(), config.kill_grace)
+    let (containment, described) = containment(&config);
+    let mut steps = Steps::new(&config.state_dir, config.node_id.clone(), config.kill_grace, containment.clone())
         .with_context(|| format!("cannot use the state directory {}", config.state_dir.display()))?;
     let ended_meanwhile = steps.adopt();
+    if let Some(hierarchy) = &containment.cgroup {
+        hierarchy.remove_empty(); // left by supervisors that died; those of adopted runs are in use
+    }
     // Registration tells the head what still runs here.
     let running = Arc::new(Mutex::new(steps.runs()));
     let link = HeadLink::spawn(
@@ -100,6 +138,7 @@ pub fn run(
             address,
             capacity,
             only_uid: (!is_root).then_some(my_uid),
+            containment: described,
             key,
             heartbeat_interval: config.heartbeat_interval,
             register_retries: config.register_retries,
@@ -164,6 +203,9 @@ pub fn run(
         }
     }
     tracing::info!("compute daemon shutting down; its jobs keep running under their supervisors");
+    if let Some(hierarchy) = &containment.cgroup {
+        hierarchy.remove_if_unused(); // a node that ran its last job here leaves nothing behind
+    }
     shutdown.store(true, Ordering::Relaxed);
     result
 }
@@ -245,10 +287,11 @@ impl Compute {
                 ErrorReply::new(ErrorCode::Unavailable, format!("{} has not {wanted} GPU(s) free", self.config.node_id))
             })?),
         };
+        let cpus = self.steps.free_cpus(self.capacity.cpus, job.spec.per_node.cpus);
         let on_end = move |run| {
             events.send(Event::StepEnded(run));
         };
-        self.steps.start(job, run_as, gpus, on_end).map_err(|e| {
+        self.steps.start(job, run_as, gpus, cpus, on_end).map_err(|e| {
             tracing::warn!(job = %job.id, error = %e, "cannot start job");
             ErrorReply::new(ErrorCode::Internal, e)
         })?;
@@ -291,7 +334,7 @@ impl Compute {
     /// Ends a run that never started here (it waited for an earlier one to stop).
     fn end_unstarted(&mut self, run: JobRun, cause: NodeEndCause) {
         self.steps.remember_end(run);
-        self.report_end(run, NodeEnd { ended_at: Timestamp::now(), cause, replicas: vec![] });
+        self.report_end(run, NodeEnd { ended_at: Timestamp::now(), cause, replicas: vec![], usage: None });
     }
 
     fn report_end(&self, run: JobRun, end: NodeEnd) {

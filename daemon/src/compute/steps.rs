@@ -11,6 +11,7 @@
 use super::launcher::Launcher;
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
+use cm_step::cgroup::{Hierarchy, Limits};
 use cm_step::record::{self, RunAs, StepSpec};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
@@ -29,9 +30,51 @@ struct Step {
     per_node: Resources,
     /// The GPUs (indices) it holds here.
     gpus: Vec<u32>,
+    /// The node's CPUs (indices) it holds here.
+    cpus: Vec<u32>,
     /// Started by an earlier daemon or by a launcher that has died since: nobody reports its
     /// end, so it is noticed by polling its step file's lock.
     adopted: bool,
+}
+
+/// How this node contains its jobs.
+#[derive(Debug, Clone, Default)]
+pub struct Containment {
+    /// Where job cgroups go; `None`: no cgroups (the replicas are bound to their CPUs only).
+    pub cgroup: Option<Hierarchy>,
+    /// The host CPUs the daemon may use; the node's CPUs (its configured count) map onto them in
+    /// turn.
+    pub host_cpus: Vec<u32>,
+    /// The node's GPUs.
+    pub gpus: u32,
+    pub max_pids: u64,
+}
+
+impl Containment {
+    /// What a run holding the node's `cpus` and `gpus` (indices) may use.
+    fn limits(&self, job: &Job, cpus: &[u32], gpus: &[u32]) -> Limits {
+        let host = |slot: &u32| match self.host_cpus.len() {
+            0 => *slot,
+            n => self.host_cpus[*slot as usize % n],
+        };
+        Limits {
+            cpus: cpus.iter().map(host).collect(),
+            memory_bytes: Some(job.spec.per_node.memory_mb.saturating_mul(1024 * 1024)),
+            max_pids: Some(self.max_pids),
+            denied_gpus: (0..self.gpus).filter(|g| !gpus.contains(g)).collect(),
+        }
+    }
+}
+
+/// The lowest `count` indices below `total` not in `held`; when too few are free, held ones
+/// complete the list (`None` if `total` is too small).
+fn lowest_free(held: &HashSet<u32>, total: u32, count: u32) -> Option<Vec<u32>> {
+    if count > total {
+        return None;
+    }
+    let free = (0..total).filter(|i| !held.contains(i));
+    let taken = (0..total).filter(|i| held.contains(i));
+    Some(free.chain(taken).take(count as usize).collect())
 }
 
 /// The supervisors of this node's job runs.
@@ -44,13 +87,19 @@ pub struct Steps {
     launcher: Option<Launcher>,
     node: NodeId,
     kill_grace: Duration,
+    containment: Containment,
     steps: BTreeMap<JobId, Step>,
     ended: VecDeque<JobRun>,
     ended_set: HashSet<JobRun>,
 }
 
 impl Steps {
-    pub fn new(state_dir: &Path, node: NodeId, kill_grace: Duration) -> std::io::Result<Steps> {
+    pub fn new(
+        state_dir: &Path,
+        node: NodeId,
+        kill_grace: Duration,
+        containment: Containment,
+    ) -> std::io::Result<Steps> {
         let root = state_dir.join("jobs");
         crate::private::create_dir(state_dir)?;
         crate::private::create_dir(&root)?;
@@ -64,6 +113,7 @@ impl Steps {
             launcher: None,
             node,
             kill_grace,
+            containment,
             steps: BTreeMap::new(),
             ended: VecDeque::new(),
             ended_set: HashSet::new(),
@@ -101,6 +151,13 @@ impl Steps {
         (free.len() == count as usize).then_some(free)
     }
 
+    /// The lowest `count` of the node's `cpus` that no running job holds. Two runs share a CPU
+    /// only when the node has too few free (a run adopted unread holds what it holds unknown).
+    pub fn free_cpus(&self, cpus: u32, count: u32) -> Vec<u32> {
+        let held: HashSet<u32> = self.steps.values().flat_map(|s| s.cpus.iter().copied()).collect();
+        lowest_free(&held, cpus.max(count), count).unwrap_or_default()
+    }
+
     /// Has a supervisor run this node's share of `job`; `on_end` is called when the supervisor is
     /// done with it.
     pub fn start(
@@ -108,6 +165,7 @@ impl Steps {
         job: &Job,
         run_as: Option<RunAs>,
         gpus: Option<Vec<u32>>,
+        cpus: Vec<u32>,
         on_end: impl FnOnce(JobRun) + Send + 'static,
     ) -> Result<(), String> {
         let run = job.job_run();
@@ -116,7 +174,17 @@ impl Steps {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("cannot {what} for job {run} on {node}: {e}");
         let kill_grace_ms = u64::try_from(self.kill_grace.as_millis()).unwrap_or(u64::MAX);
         let held = gpus.clone().unwrap_or_default();
-        let spec = StepSpec { job: job.clone(), node: self.node.clone(), run_as, gpus, kill_grace_ms };
+        let limits = self.containment.limits(job, &cpus, &held);
+        let spec = StepSpec {
+            job: job.clone(),
+            node: self.node.clone(),
+            run_as,
+            gpus,
+            kill_grace_ms,
+            cpus: cpus.clone(),
+            cgroup: self.containment.cgroup.clone(),
+            limits: Some(limits),
+        };
         record::create(&path, &spec).map_err(|e| fail("write the step file", &e))?;
         let pid = match self.launcher().and_then(|l| l.launch(&path, Box::new(move || on_end(run)))) {
             Ok(pid) => pid,
@@ -127,7 +195,7 @@ impl Steps {
         };
         self.steps.insert(
             job.id,
-            Step { run: run.run, pid: Some(pid), per_node: job.spec.per_node, gpus: held, adopted: false },
+            Step { run: run.run, pid: Some(pid), per_node: job.spec.per_node, gpus: held, cpus, adopted: false },
         );
         Ok(())
     }
@@ -189,6 +257,7 @@ impl Steps {
             ended_at: Timestamp::now(),
             cause: NodeEndCause::Lost { reason },
             replicas: vec![],
+            usage: None,
         };
         match record::read_end(&self.path(run)) {
             Ok(Some(end)) => end,
@@ -228,6 +297,7 @@ impl Steps {
                         pid: Some(pid),
                         per_node: spec.job.spec.per_node,
                         gpus: spec.gpus.unwrap_or_default(),
+                        cpus: spec.cpus,
                         adopted: true,
                     };
                     self.steps.insert(run.job, step);
@@ -245,7 +315,8 @@ impl Steps {
 
     fn adopt_unsure(&mut self, run: JobRun, error: &str) {
         tracing::warn!(job = %run, %error, "cannot tell whether a job still runs here; asking again at each poll");
-        let step = Step { run: run.run, pid: None, per_node: Resources::default(), gpus: vec![], adopted: true };
+        let step =
+            Step { run: run.run, pid: None, per_node: Resources::default(), gpus: vec![], cpus: vec![], adopted: true };
         self.steps.insert(run.job, step);
     }
 
@@ -269,6 +340,7 @@ impl Steps {
                             step.pid = Some(pid);
                             step.per_node = spec.job.spec.per_node;
                             step.gpus = spec.gpus.unwrap_or_default();
+                            step.cpus = spec.cpus;
                         }
                         _ => tracing::warn!(job = %run, "cannot read a running job's step file"),
                     }
@@ -298,11 +370,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runs_get_the_lowest_free_cpus_and_share_only_when_none_are_free() {
+        let held: HashSet<u32> = [0, 1, 3].into();
+        assert_eq!(lowest_free(&held, 6, 2), Some(vec![2, 4]));
+        assert_eq!(lowest_free(&held, 4, 2), Some(vec![2, 0]), "one free, one shared");
+        assert_eq!(lowest_free(&held, 2, 3), None);
+    }
+
+    #[test]
+    fn a_runs_limits_map_the_nodes_cpus_onto_the_hosts_and_deny_other_gpus() {
+        let containment = Containment { cgroup: None, host_cpus: vec![4, 5], gpus: 3, max_pids: 100 };
+        let mut job = Job::new(JobId(1), cm_common::job::JobSpec::example(), Timestamp(1), "t".into());
+        job.spec.per_node = Resources::new(3, 64);
+        let limits = containment.limits(&job, &[0, 1, 2], &[1]);
+        assert_eq!(limits.cpus, vec![4, 5, 4], "a node declared larger than its host shares the host's CPUs");
+        assert_eq!(limits.memory_bytes, Some(64 << 20));
+        assert_eq!(limits.max_pids, Some(100));
+        assert_eq!(limits.denied_gpus, vec![0, 2]);
+    }
+
+    #[test]
     fn a_run_whose_step_file_cannot_be_read_at_start_is_kept_and_asked_again() {
         use cm_common::job::{ExitStatus, JobSpec, ReplicaExit};
         use std::io::Write;
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut steps = Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1)).expect("steps");
+        let mut steps =
+            Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1), Containment::default()).expect("steps");
         let run = JobRun { job: JobId(2), run: 0 };
         let path = steps.path(run);
         // A link to itself: reading or asking it fails with ELOOP, which says nothing of the job.
@@ -315,12 +408,13 @@ mod tests {
         // Readable now, with an end, and held by no one: the run ended while nobody could tell.
         std::fs::remove_file(&path).expect("remove");
         let job = Job::new(run.job, JobSpec::example(), Timestamp(1), "t".into());
-        let spec = StepSpec { job, node: NodeId::new("c1"), run_as: None, gpus: None, kill_grace_ms: 1000 };
+        let spec = StepSpec::new(job, NodeId::new("c1"), 1000);
         record::create(&path, &spec).expect("create");
         let end = NodeEnd {
             ended_at: Timestamp(5),
             cause: NodeEndCause::Exited,
             replicas: vec![ReplicaExit { rank: 0, status: ExitStatus::Exited { code: 0 } }],
+            usage: None,
         };
         let bytes = rmp_serde::to_vec_named(&end).expect("encode");
         std::fs::OpenOptions::new().append(true).open(&path).expect("open").write_all(&bytes).expect("append");
@@ -332,11 +426,19 @@ mod tests {
     #[test]
     fn an_adopted_run_whose_step_file_cannot_be_asked_is_not_taken_for_ended() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut steps = Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1)).expect("steps");
+        let mut steps =
+            Steps::new(dir.path(), NodeId::new("c1"), Duration::from_secs(1), Containment::default()).expect("steps");
         let run = JobRun { job: JobId(1), run: 0 };
         steps.steps.insert(
             run.job,
-            Step { run: run.run, pid: Some(1), per_node: Resources::default(), gpus: vec![], adopted: true },
+            Step {
+                run: run.run,
+                pid: Some(1),
+                per_node: Resources::default(),
+                gpus: vec![],
+                cpus: vec![],
+                adopted: true,
+            },
         );
         // A link to itself: opening it fails with ELOOP, an error other than "not found".
         let path = steps.path(run);

@@ -119,6 +119,7 @@ pub fn run(
         allocations: vec![],
         health: NodeHealth::Up,
         only_uid: None,
+        containment: String::new(),
         registered_at: now,
         last_heartbeat: now,
     };

@@ -13,7 +13,7 @@
 //! twentieth of the head's CPU per job in redb's commit path, for nothing the sync does not do.
 
 use super::{Store, StoreError, StoreResult};
-use cm_common::job::Job;
+use cm_common::job::{Job, JobFilter};
 use cm_common::node::Node;
 use cm_common::JobId;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -169,7 +169,7 @@ impl Store for EmbeddedStore {
         Ok(out.into_values().collect())
     }
 
-    fn finished_jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
+    fn finished_jobs(&self, filter: &JobFilter, limit: usize) -> StoreResult<Vec<Job>> {
         let txn = self.db.begin_read().map_err(backend)?;
         let jobs = txn.open_table(JOBS).map_err(backend)?;
         let mut out = BTreeMap::new();
@@ -179,16 +179,16 @@ impl Store for EmbeddedStore {
             }
             let (id, bytes) = entry.map_err(backend)?;
             let job: Job = decode(bytes.value())?;
-            if job.state.is_terminal() {
+            if job.state.is_terminal() && filter.matches(&job) {
                 out.insert(id.value(), job);
             }
         }
         for (&id, job) in &self.unwritten_jobs {
-            if job.terminal {
-                out.insert(id, decode(&job.bytes)?);
-            } else {
-                out.remove(&id);
-            }
+            let decoded = if job.terminal { Some(decode(&job.bytes)?) } else { None };
+            match decoded.filter(|j: &Job| filter.matches(j)) {
+                Some(job) => out.insert(id, job),
+                None => out.remove(&id),
+            };
         }
         let skip = out.len().saturating_sub(limit);
         Ok(out.into_values().skip(skip).collect())

@@ -12,7 +12,7 @@
 pub mod embedded;
 pub mod mongo;
 
-use cm_common::job::Job;
+use cm_common::job::{Job, JobFilter};
 use cm_common::node::Node;
 use cm_common::JobId;
 
@@ -51,8 +51,8 @@ pub trait Store: Send {
     fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
     /// Every job not yet settled (pending, running, or ended with a node still to report), by id.
     fn active_jobs(&self) -> StoreResult<Vec<Job>>;
-    /// The `limit` most recent terminal jobs, by id.
-    fn finished_jobs(&self, limit: usize) -> StoreResult<Vec<Job>>;
+    /// The `limit` most recent terminal jobs that `filter` matches, by id.
+    fn finished_jobs(&self, filter: &JobFilter, limit: usize) -> StoreResult<Vec<Job>>;
     /// Every node ever registered, by id.
     fn nodes(&self) -> StoreResult<Vec<Node>>;
 }
@@ -94,6 +94,7 @@ pub mod contract_tests {
             allocations: vec![Allocation { job: JobId(1), resources: Resources::new(1, 100) }],
             health: NodeHealth::Up,
             only_uid: None,
+            containment: String::new(),
             registered_at: Timestamp(5),
             last_heartbeat: Timestamp(6),
         }
@@ -107,6 +108,47 @@ pub mod contract_tests {
         reads_see_saves_before_the_sync(&mut open);
         save_now_is_durable_with_what_came_before(&mut open);
         a_large_turn_is_written_whole(&mut open);
+        finished_jobs_are_filtered_before_the_limit(&mut open);
+    }
+
+    fn finished_jobs_are_filtered_before_the_limit<S: Store>(open: &mut impl FnMut() -> S) {
+        let mut store = open();
+        let ended = |id: u64, uid: u32, ended_at: u64, failed: bool| {
+            let mut job = job(JobId(id));
+            job.spec.user.uid = uid;
+            job.state = if failed {
+                JobState::Failed { started_at: Timestamp(1), ended_at: Timestamp(ended_at), reason: "x".into() }
+            } else {
+                JobState::Completed { started_at: Timestamp(1), ended_at: Timestamp(ended_at) }
+            };
+            job
+        };
+        let jobs = [
+            ended(501, 7001, 10_000, false),
+            ended(502, 7002, 20_000, true),
+            ended(503, 7001, 30_000, true),
+            ended(504, 7001, 40_000, false),
+        ];
+        store.save(&jobs[..2].iter().collect::<Vec<_>>(), &[]).expect("save");
+        store.sync().expect("sync");
+        // Two written, two only kept: both kinds are filtered alike.
+        store.save(&jobs[2..].iter().collect::<Vec<_>>(), &[]).expect("save");
+        let ids = |filter: JobFilter, limit: usize| -> Vec<u64> {
+            store.finished_jobs(&filter, limit).expect("finished").iter().map(|j| j.id.0).collect()
+        };
+        let users = vec![7001, 7002];
+        assert_eq!(ids(JobFilter { users: vec![7001], ..Default::default() }, 10), [501, 503, 504]);
+        assert_eq!(ids(JobFilter { users: vec![7001], ..Default::default() }, 2), [503, 504], "the most recent");
+        let failed = JobFilter { users: users.clone(), states: vec!["Failed".into()], ..Default::default() };
+        assert_eq!(ids(failed, 1), [503], "filtered before the limit");
+        let window = JobFilter {
+            users: users.clone(),
+            since: Some(Timestamp(20_000)),
+            until: Some(Timestamp(1504)),
+            ..Default::default()
+        };
+        assert_eq!(ids(window, 10), [502, 503], "ended from 20 s on, submitted before 1504");
+        assert_eq!(ids(JobFilter { jobs: vec![JobId(502), JobId(504)], ..Default::default() }, 10), [502, 504]);
     }
 
     fn ids_are_sequential_and_survive_reopen<S: Store>(open: &mut impl FnMut() -> S) {
@@ -138,10 +180,10 @@ pub mod contract_tests {
         drop(store);
         let store = open();
         assert!(!store.active_jobs().expect("active").iter().any(|j| j.id == a.id), "a finished job is not active");
-        let finished = store.finished_jobs(10).expect("finished");
+        let finished = store.finished_jobs(&JobFilter::default(), 10).expect("finished");
         assert_eq!(finished.last(), Some(&a));
         assert_eq!(store.job(a.id).expect("read"), Some(a));
-        assert!(store.finished_jobs(0).expect("finished").is_empty());
+        assert!(store.finished_jobs(&JobFilter::default(), 0).expect("finished").is_empty());
     }
 
     fn nodes_round_trip_and_update_in_place<S: Store>(open: &mut impl FnMut() -> S) {
@@ -172,14 +214,14 @@ pub mod contract_tests {
         let active: Vec<JobId> = store.active_jobs().expect("active").iter().map(|j| j.id).collect();
         assert!(!active.contains(&JobId(201)), "settled before the sync: {active:?}");
         assert!(active.contains(&JobId(202)) && active.contains(&JobId(203)), "{active:?}");
-        assert_eq!(store.finished_jobs(1).expect("finished"), vec![done.clone()]);
+        assert_eq!(store.finished_jobs(&JobFilter::default(), 1).expect("finished"), vec![done.clone()]);
         assert_eq!(store.job(JobId(201)).expect("read"), Some(done.clone()));
         assert!(store.nodes().expect("nodes").contains(&n3));
         assert_eq!(store.last_job_id().expect("last id"), JobId(203));
         store.sync().expect("sync");
         drop(store);
         let store = open();
-        assert_eq!(store.finished_jobs(1).expect("finished"), vec![done]);
+        assert_eq!(store.finished_jobs(&JobFilter::default(), 1).expect("finished"), vec![done]);
         assert!(store.nodes().expect("nodes").contains(&n3));
     }
 

@@ -17,7 +17,7 @@
 //! the database too; a failed write keeps its documents for the next `sync`.
 
 use super::{Store, StoreError, StoreResult};
-use cm_common::job::Job;
+use cm_common::job::{Job, JobFilter};
 use cm_common::node::Node;
 use cm_common::JobId;
 use mongodb::bson::{self, doc, Bson, DateTime, Document};
@@ -246,6 +246,31 @@ impl MongoStore {
     }
 }
 
+/// The query for terminal jobs that `filter` matches (the same test as [`JobFilter::matches`]).
+fn finished_filter(filter: &JobFilter) -> Document {
+    let mut status = doc! { "$nin": ["Pending", "Running"] };
+    if !filter.states.is_empty() {
+        status.insert("$in", filter.states.clone());
+    }
+    let mut query = doc! { "state.status": status };
+    if !filter.users.is_empty() {
+        let uids: Vec<i64> = filter.users.iter().map(|&uid| i64::from(uid)).collect();
+        query.insert("spec.user.uid", doc! { "$in": uids });
+    }
+    if !filter.jobs.is_empty() {
+        let ids: Vec<i64> = filter.jobs.iter().map(|id| i64::try_from(id.0).unwrap_or(i64::MAX)).collect();
+        query.insert("_id", doc! { "$in": ids });
+    }
+    let date = |t: cm_common::Timestamp| DateTime::from_millis(i64::try_from(t.0).unwrap_or(i64::MAX));
+    if let Some(since) = filter.since {
+        query.insert("state.ended_at", doc! { "$gte": date(since) });
+    }
+    if let Some(until) = filter.until {
+        query.insert("submitted_at", doc! { "$lt": date(until) });
+    }
+    query
+}
+
 impl Store for MongoStore {
     fn last_job_id(&self) -> StoreResult<JobId> {
         let unwritten = self.unwritten_jobs.keys().next_back().copied().unwrap_or(0);
@@ -320,14 +345,13 @@ impl Store for MongoStore {
         Ok(jobs.into_values().collect())
     }
 
-    fn finished_jobs(&self, limit: usize) -> StoreResult<Vec<Job>> {
+    fn finished_jobs(&self, filter: &JobFilter, limit: usize) -> StoreResult<Vec<Job>> {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let filter = doc! { "state.status": { "$nin": ["Pending", "Running"] } };
         let cursor = self
             .jobs
-            .find(filter)
+            .find(finished_filter(filter))
             .sort(doc! { "_id": -1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .run()
@@ -335,8 +359,10 @@ impl Store for MongoStore {
         let mut jobs: BTreeMap<JobId, Job> =
             cursor.map(|doc| from_doc::<Job>(doc.map_err(backend)?).map(|j| (j.id, j))).collect::<StoreResult<_>>()?;
         for job in self.kept_jobs()? {
-            if job.state.is_terminal() {
+            if job.state.is_terminal() && filter.matches(&job) {
                 jobs.insert(job.id, job);
+            } else {
+                jobs.remove(&job.id);
             }
         }
         let skip = jobs.len().saturating_sub(limit);

@@ -93,10 +93,18 @@ impl HeadCore {
     /// Pending and running jobs (and finished ones if asked), of user `only` if given.
     fn fetch_jobs(&self, req: FetchJobs, only: Option<u32>) -> Reply<ClientResponse> {
         let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
-        let visible = |job: &Job| only.is_none_or(|uid| job.spec.user.uid == uid);
+        let visible = |job: &Job| only.is_none_or(|uid| job.spec.user.uid == uid) && req.filter.matches(job);
         let mut jobs: Vec<Job> = Vec::new();
         if req.include_finished {
-            jobs = self.store.finished_jobs(limit).map_err(unavailable)?;
+            // The store is asked for visible jobs only, so that the limit counts those.
+            let mut filter = req.filter.clone();
+            let asks_for_others = only.is_some_and(|uid| !filter.users.is_empty() && !filter.users.contains(&uid));
+            if let Some(uid) = only {
+                filter.users = vec![uid];
+            }
+            if !asks_for_others {
+                jobs = self.store.finished_jobs(&filter, limit).map_err(unavailable)?;
+            }
             jobs.retain(visible);
             jobs.iter_mut().for_each(|j| j.spec.env.clear());
         }

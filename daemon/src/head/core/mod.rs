@@ -24,7 +24,7 @@ use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
 use cm_auth::Identity;
 use cm_common::config::JobLimits;
-use cm_common::job::{Job, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
+use cm_common::job::{Job, JobFilter, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::protocol::*;
 use cm_common::{JobId, NodeId, Timestamp};
@@ -109,6 +109,17 @@ pub fn final_state(job: &Job, now: Timestamp) -> JobState {
     }
     let failed =
         ends.iter().flat_map(|(node, e)| e.replicas.iter().map(move |r| (node, r))).find(|(_, r)| !r.status.success());
+    // The kernel killed a process of the job for its memory: say where, and whom if a replica.
+    if let Some((node, end)) = ends.iter().find(|(_, e)| e.usage.is_some_and(|u| u.oom_kills > 0)) {
+        let failed_here = end.replicas.iter().find(|r| !r.status.success());
+        let who = failed_here.map_or_else(|| "a process".to_string(), |r| format!("rank {} ({})", r.rank, r.status));
+        let limit = job.spec.per_node.memory_mb;
+        return JobState::OutOfMemory {
+            started_at,
+            ended_at,
+            reason: format!("{who} on {node} ran out of memory: the job may use {limit} MB per node (--mem-per-node)"),
+        };
+    }
     match failed {
         None if ends.iter().all(|(_, e)| e.cause == NodeEndCause::Exited) => {
             JobState::Completed { started_at, ended_at }
@@ -146,7 +157,7 @@ impl HeadCore {
             }
         }
         let mut tokens = RecentTokens::default();
-        for job in store.finished_jobs(RECENT_FINISHED)?.iter().chain(jobs.values()) {
+        for job in store.finished_jobs(&JobFilter::default(), RECENT_FINISHED)?.iter().chain(jobs.values()) {
             tokens.insert(job.submit_token.clone(), job.id);
         }
         let last_job_id = store.last_job_id()?;
@@ -327,12 +338,15 @@ impl HeadCore {
             allocations: vec![],
             health: NodeHealth::Up,
             only_uid: None,
+            containment: String::new(),
             registered_at: now,
             last_heartbeat: now,
         });
         node.address = req.address;
         node.capacity = req.capacity;
         node.only_uid = req.only_uid;
+        // A sentence for listings (cminfo escapes what it shows); a longer one is cut.
+        node.containment = req.containment.chars().take(200).collect();
         node.health = NodeHealth::Up;
         node.registered_at = now;
         node.last_heartbeat = now;
@@ -347,6 +361,7 @@ impl HeadCore {
                     reason: format!("the compute daemon on {} restarted without it", req.node),
                 },
                 replicas: vec![],
+                usage: None,
             };
             self.record_node_end(job, &req.node, end, None, now).map_err(unavailable)?;
         }
@@ -473,6 +488,7 @@ impl HeadCore {
                     ended_at: now,
                     cause: NodeEndCause::LaunchFailed { reason: failure.error },
                     replicas: vec![],
+                    usage: None,
                 };
                 if let Err(e) = self.record_node_end(job.job_run(), &failure.node, end, None, now) {
                     tracing::error!(job = %job.id, error = %e, "cannot record a failed start");
@@ -514,6 +530,7 @@ impl HeadCore {
                 ended_at: now,
                 cause: NodeEndCause::Lost { reason: format!("node {id} went down ({reason})") },
                 replicas: vec![],
+                usage: None,
             };
             self.record_node_end(run, id, end, None, now)?;
         }

@@ -5,7 +5,7 @@ use super::*;
 use crate::head::comm::RecordingComm;
 use crate::store::embedded::EmbeddedStore;
 use crate::testing::{JobBuilder, NodeBuilder};
-use cm_common::job::{ExitStatus, ReplicaExit};
+use cm_common::job::{ExitStatus, JobFilter, ReplicaExit};
 use cm_common::Resources;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -78,8 +78,8 @@ impl Store for FlakyStore {
     fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.inner.active_jobs()
     }
-    fn finished_jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        self.inner.finished_jobs(limit)
+    fn finished_jobs(&self, filter: &JobFilter, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.inner.finished_jobs(filter, limit)
     }
     fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         self.inner.nodes()
@@ -106,6 +106,7 @@ impl Fixture {
                 capacity: node.capacity,
                 only_uid: None,
                 running: vec![],
+                containment: String::new(),
             };
             from_node(&mut core, ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
         }
@@ -148,6 +149,7 @@ impl Fixture {
                 .iter()
                 .map(|&(rank, code)| ReplicaExit { rank, status: ExitStatus::Exited { code } })
                 .collect(),
+            usage: None,
         };
         let run = self.core.job(job).map_or(0, |j| j.run);
         let report = ReportJobEnd { node: NodeId::new(node), job, run, end, started_at: None };
@@ -194,7 +196,7 @@ fn a_limited_listing_shows_running_jobs_then_the_oldest_pending_and_counts_the_r
     f.core.schedule_if_needed(Timestamp(11));
     let list = |f: &mut Fixture, limit| match f.core.handle_client(
         ALICE,
-        ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit }),
+        ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit, filter: Default::default() }),
         Timestamp(20),
     ) {
         Ok(ClientResponse::Jobs(reply)) => (reply.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), reply.left_out),
@@ -214,7 +216,7 @@ fn listings_leave_out_the_environment_and_get_job_keeps_it() {
     let id = f.submit_ok(builder, "t");
     let listed = match f.core.handle_client(
         ALICE,
-        ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: None }),
+        ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: None, filter: Default::default() }),
         Timestamp(20),
     ) {
         Ok(ClientResponse::Jobs(reply)) => reply.jobs,
@@ -240,7 +242,11 @@ fn get_as(f: &mut Fixture, uid: u32, id: JobId) -> Reply<Job> {
 }
 
 fn listed_for(f: &mut Fixture, identity: &Identity) -> Reply<Vec<JobId>> {
-    let request = HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs { include_finished: true, limit: None }));
+    let request = HeadRequest::Client(ClientRequest::FetchJobs(FetchJobs {
+        include_finished: true,
+        limit: None,
+        filter: Default::default(),
+    }));
     match f.core.handle(identity, request, Timestamp(20)) {
         HeadReply::Client(Ok(ClientResponse::Jobs(reply))) => Ok(reply.jobs.iter().map(|j| j.id).collect()),
         HeadReply::Client(Err(e)) => Err(e),
@@ -320,6 +326,7 @@ fn node_requests_need_a_daemon_speaking_for_its_own_node_and_a_live_node_keeps_i
         capacity: Resources::new(2, 512),
         only_uid: None,
         running: vec![],
+        containment: String::new(),
     };
     let moved = f.core.handle_compute(
         &NodeId::new("a"),
@@ -410,6 +417,7 @@ fn a_job_only_a_down_node_could_hold_is_refused_and_one_already_queued_blocks_no
         capacity: Resources::new(8, 4096),
         only_uid: None,
         running: vec![],
+        containment: String::new(),
     };
     from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(1)).expect("register");
     let waiting = f.submit_ok(JobBuilder::new(0).cpus(8), "needs-big");
@@ -494,7 +502,7 @@ fn a_batch_of_reports_is_applied_in_order_and_a_start_riding_in_an_end_is_kept()
     let mut f = Fixture::new(&["a"]);
     let (one, two) = (f.submit_ok(JobBuilder::new(0), "t1"), f.submit_ok(JobBuilder::new(0), "t2"));
     f.core.schedule_if_needed(Timestamp(11));
-    let exited = NodeEnd { ended_at: Timestamp(30), cause: NodeEndCause::Exited, replicas: vec![] };
+    let exited = NodeEnd { ended_at: Timestamp(30), cause: NodeEndCause::Exited, replicas: vec![], usage: None };
     let node = NodeId::new("a");
     let reports = vec![
         JobReport::Start(ReportJobStart { node: node.clone(), job: two, run: 0, started_at: Timestamp(12) }),
@@ -672,7 +680,7 @@ fn a_requeue_job_that_loses_a_node_runs_again_elsewhere_once_the_rest_has_stoppe
         node: NodeId::new("b"),
         job: id,
         run: 0,
-        end: NodeEnd { ended_at: Timestamp(6_003), cause: NodeEndCause::Exited, replicas: vec![] },
+        end: NodeEnd { ended_at: Timestamp(6_003), cause: NodeEndCause::Exited, replicas: vec![], usage: None },
         started_at: None,
     };
     let reports = ReportJobs { reports: vec![JobReport::End(late)] };
@@ -695,6 +703,7 @@ fn a_restarted_compute_that_lost_its_jobs_fails_them() {
         capacity: Resources::new(2, 512),
         only_uid: None,
         running: vec![],
+        containment: String::new(),
     };
     from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(20)).expect("register");
     assert!(matches!(f.state(id), JobState::NodeFail { ref reason, .. } if reason.contains("restarted")));
@@ -729,6 +738,7 @@ fn a_reopened_head_resumes_pending_jobs() {
             capacity: node.capacity,
             only_uid: None,
             running: vec![],
+            containment: String::new(),
         };
         from_node(&mut core, ComputeRequest::RegisterNode(register), Timestamp(0)).expect("register");
         for token in ["1", "2"] {
@@ -751,7 +761,7 @@ fn a_reopened_head_resumes_pending_jobs() {
     assert!(core.node(&NodeId::new("a")).expect("a").is_up());
     assert!(matches!(core.job(JobId(1)).expect("1").state, JobState::Running { .. }));
     assert_eq!(core.job(JobId(2)).expect("2").state, JobState::Pending);
-    let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![] };
+    let end = NodeEnd { ended_at: Timestamp(3), cause: NodeEndCause::Exited, replicas: vec![], usage: None };
     core.record_node_end(JobRun { job: JobId(1), run: 0 }, &NodeId::new("a"), end, None, Timestamp(3)).expect("end");
     core.schedule_if_needed(Timestamp(4));
     core.sync().expect("sync");

@@ -1,0 +1,121 @@
+//! `cmacct`: what jobs used and how they ended, from the head's store, in the manner of `sacct`.
+#![cfg_attr(not(test), no_main)]
+
+use anyhow::{anyhow, bail};
+use clap::Parser;
+use cm_cli::accounting::{self, parse_format, parse_states, parse_time, DEFAULT_FORMAT};
+use cm_cli::client::{HeadArgs, HeadClient};
+use cm_cli::output;
+use cm_common::job::JobFilter;
+use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs};
+use cm_common::{JobId, Timestamp};
+use comfy_table::{presets, ContentArrangement, Table};
+
+/// List jobs with their states and what they used (CPU time, peak memory, exit codes): the
+/// caller's own by default, finished ones included, from the head's store.
+#[derive(Debug, Parser)]
+#[command(name = "cmacct", version, after_help = fields_help())]
+struct Args {
+    #[command(flatten)]
+    head: HeadArgs,
+    /// Only these jobs (comma-separated ids).
+    #[arg(short = 'j', long = "jobs", value_delimiter = ',')]
+    jobs: Vec<JobId>,
+    /// Only these users' jobs (comma-separated names or uids).
+    #[arg(short = 'u', long = "user", value_delimiter = ',')]
+    users: Vec<String>,
+    /// Every user's jobs (those the head lets the caller see).
+    #[arg(short = 'a', long = "allusers")]
+    all_users: bool,
+    /// Only jobs in these states (comma-separated, e.g. failed,outofmemory).
+    #[arg(short = 's', long = "state")]
+    states: Option<String>,
+    /// Only jobs that had not ended by this time: now, now-2h, 2026-12-06, 2026-12-06T14:30 (UTC).
+    #[arg(short = 'S', long = "starttime")]
+    start: Option<String>,
+    /// Only jobs submitted before this time (same forms as --starttime).
+    #[arg(short = 'E', long = "endtime")]
+    end: Option<String>,
+    /// The columns, comma-separated (see below).
+    #[arg(short = 'o', long = "format", default_value = DEFAULT_FORMAT)]
+    format: String,
+    /// At most this many finished jobs (the most recent), and this many pending and running ones; 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+    /// Print JSON (an array of objects, one key per column, in lower case) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn fields_help() -> String {
+    let lines: Vec<String> = accounting::FIELDS.iter().map(|(name, what)| format!("  {name:<10} {what}")).collect();
+    format!("Fields for --format:\n{}", lines.join("\n"))
+}
+
+cm_cli::tool_main!(main);
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("cmacct: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A user named on the command line, as a uid.
+fn uid_of(user: &str) -> anyhow::Result<u32> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => Ok(found.uid.as_raw()),
+        _ => bail!("no user named {user:?} on this host"),
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let fields = parse_format(&args.format).map_err(|e| anyhow!(e))?;
+    let now = std::time::SystemTime::now();
+    let time = |text: &Option<String>| text.as_deref().map(|t| parse_time(t, now)).transpose().map_err(|e| anyhow!(e));
+    let me = nix::unistd::getuid().as_raw();
+    let users = match (args.users.is_empty(), args.all_users || !args.jobs.is_empty() || me == 0) {
+        (false, _) => args.users.iter().map(|u| uid_of(u)).collect::<anyhow::Result<_>>()?,
+        (true, true) => vec![],
+        (true, false) => vec![me],
+    };
+    let filter = JobFilter {
+        users,
+        states: args.states.as_deref().map(parse_states).transpose().map_err(|e| anyhow!(e))?.unwrap_or_default(),
+        jobs: args.jobs.clone(),
+        since: time(&args.start)?,
+        until: time(&args.end)?,
+    };
+    let mut client = HeadClient::connect(&args.head, "cmacct")?;
+    let request = FetchJobs { include_finished: true, limit: (args.limit > 0).then_some(args.limit), filter };
+    let ClientResponse::Jobs(reply) = client.call(ClientRequest::FetchJobs(request))? else {
+        bail!("unexpected reply from the head");
+    };
+    let now = Timestamp::now();
+    if args.json {
+        let rows: Vec<serde_json::Value> = reply
+            .jobs
+            .iter()
+            .map(|job| {
+                let row = fields.iter().map(|f| (f.to_lowercase(), accounting::value(job, f, now).into()));
+                serde_json::Value::Object(row.collect())
+            })
+            .collect();
+        println!("{}", output::json_shown(&serde_json::to_string_pretty(&rows)?));
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(fields.iter().copied());
+    for job in &reply.jobs {
+        table.add_row(fields.iter().map(|f| accounting::value(job, f, now)).collect::<Vec<_>>());
+    }
+    println!("{table}");
+    if reply.left_out > 0 {
+        println!("... and {} more pending or running jobs (cmacct --limit 0 lists them all)", reply.left_out);
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! Containment in cgroups: each job run on a node gets a cgroup of its own, which holds its
+//! replicas and everything they start, confined to the CPUs the node chose for it, capped in
+//! memory and processes, and killed as a whole.
+//!
+//! The compute daemon finds where job cgroups go once, at start-up ([`detect::Host::prepare`]),
+//! and hands that to each supervisor in the step file with the run's [`Limits`]. The supervisor
+//! creates the run's cgroup ([`JobCgroup::create`]), each replica joins it before it executes the
+//! job (it writes `0` to the `cgroup.procs` files: [`JobCgroup::procs_files`]), and once the run
+//! is over the supervisor kills what is left, reads the accounting and removes the cgroup.
+//!
+//! The cgroup file system is driven directly: a handful of files per job, in both versions, and
+//! a replica joins with a raw `write` between clone and exec, which no cgroup crate's API does.
+
+pub mod detect;
+
+use cm_common::job::NodeUsage;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The cgroup v2 controllers cm needs, delegated to the node's job cgroups.
+pub const CONTROLLERS_V2: [&str; 3] = ["cpuset", "memory", "pids"];
+
+/// Where this node's job cgroups go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "version")]
+pub enum Hierarchy {
+    /// The unified hierarchy: one directory, with the controllers delegated to it.
+    V2 { parent: PathBuf },
+    /// One directory per controller; cpuacct (CPU time) and devices (GPUs) where mounted.
+    V1 { cpuset: PathBuf, memory: PathBuf, pids: PathBuf, cpuacct: Option<PathBuf>, devices: Option<PathBuf> },
+}
+
+impl Hierarchy {
+    /// `cgroup v2` or `cgroup v1`, as `cminfo` shows it.
+    pub fn describe(&self) -> String {
+        match self {
+            Hierarchy::V2 { .. } => "cgroup v2".into(),
+            Hierarchy::V1 { .. } => "cgroup v1".into(),
+        }
+    }
+
+    /// Every job cgroup parent directory, for cleaning up after runs whose supervisor died.
+    fn parents(&self) -> Vec<&Path> {
+        match self {
+            Hierarchy::V2 { parent } => vec![parent],
+            Hierarchy::V1 { cpuset, memory, pids, cpuacct, devices } => {
+                [Some(cpuset), Some(memory), Some(pids), cpuacct.as_ref(), devices.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::as_path)
+                    .collect()
+            }
+        }
+    }
+
+    /// Removes the job cgroups no process is left in (their supervisor died before removing
+    /// them); a populated one is refused by the kernel and stays.
+    pub fn remove_empty(&self) {
+        for parent in self.parents() {
+            let Ok(entries) = std::fs::read_dir(parent) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("job.") {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+    }
+}
+
+impl Hierarchy {
+    /// Removes the node's job cgroup directory if no job cgroup is left in it.
+    pub fn remove_if_unused(&self) {
+        self.remove_empty();
+        for parent in self.parents() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// What one job run may use on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The host CPUs (as numbered in `/proc/cpuinfo`) its processes may run on.
+    pub cpus: Vec<u32>,
+    /// Memory for all its processes here, swap included; `None`: no cap.
+    pub memory_bytes: Option<u64>,
+    /// The most processes and threads it may have here at once.
+    pub max_pids: Option<u64>,
+    /// The node's GPUs (minor numbers of `/dev/nvidiaN`) it may not open, where the device
+    /// controller allows (cgroup v1).
+    #[serde(default)]
+    pub denied_gpus: Vec<u32>,
+}
+
+/// A CPU list in the kernel's format: `0,2-3`.
+pub fn cpu_list(cpus: &[u32]) -> String {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        parts.push(if sorted[i] == start { start.to_string() } else { format!("{start}-{}", sorted[i]) });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+/// The CPUs of a kernel CPU list (`0,2-3`); unreadable parts are left out.
+pub fn parse_cpu_list(text: &str) -> Vec<u32> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                    cpus.extend(a..=b.min(a.saturating_add(4096)));
+                }
+            }
+            None => cpus.extend(part.parse::<u32>().ok()),
+        }
+    }
+    cpus
+}
+
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+}
+
+/// A number from a cgroup file: the whole file, or the value on the line starting with `key`.
+fn read_number(path: &Path, key: Option<&str>) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match key {
+        None => text.trim().parse().ok(),
+        Some(key) => text.lines().find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            (name == key).then(|| value.trim().parse().ok()).flatten()
+        }),
+    }
+}
+
+/// One job run's cgroup on this node.
+#[derive(Debug)]
+pub struct JobCgroup {
+    /// Every directory made for it (v1: one per controller).
+    dirs: Vec<PathBuf>,
+    /// The directory whose `cgroup.procs` lists every process of the run.
+    procs: PathBuf,
+    v2: bool,
+    memory: PathBuf,
+    /// Where the CPU time is read: v2 `cpu.stat`, v1 `cpuacct.usage`.
+    cpu_time: Option<PathBuf>,
+}
+
+impl JobCgroup {
+    /// Creates the cgroup `name` (`job.ID.RUN`) with `limits`; on an error, removes what it made.
+    pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> Result<JobCgroup, String> {
+        let made = |parent: &Path| -> Result<PathBuf, String> {
+            let dir = parent.join(name);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+                Err(e) => Err(format!("cannot create the cgroup {}: {e}", dir.display())),
+            }
+        };
+        let mut cgroup = match hierarchy {
+            Hierarchy::V2 { parent } => {
+                let dir = made(parent)?;
+                JobCgroup {
+                    dirs: vec![dir.clone()],
+                    procs: dir.clone(),
+                    v2: true,
+                    memory: dir.clone(),
+                    cpu_time: Some(dir.join("cpu.stat")),
+                }
+            }
+            Hierarchy::V1 { cpuset, memory, pids, cpuacct, devices } => {
+                let mut cgroup = JobCgroup {
+                    dirs: vec![],
+                    procs: PathBuf::new(),
+                    v2: false,
+                    memory: PathBuf::new(),
+                    cpu_time: None,
+                };
+                // Pushed as made, so that a failure part-way removes them all (on drop below).
+                for parent in
+                    [Some(pids), Some(cpuset), Some(memory), cpuacct.as_ref(), devices.as_ref()].into_iter().flatten()
+                {
+                    match made(parent) {
+                        Ok(dir) => cgroup.dirs.push(dir),
+                        Err(e) => {
+                            cgroup.remove();
+                            return Err(e);
+                        }
+                    }
+                }
+                cgroup.procs = pids.join(name);
+                cgroup.memory = memory.join(name);
+                cgroup.cpu_time = cpuacct.as_ref().map(|dir| dir.join(name).join("cpuacct.usage"));
+                cgroup
+            }
+        };
+        if let Err(e) = cgroup.apply(hierarchy, name, limits) {
+            cgroup.remove();
+            return Err(e);
+        }
+        Ok(cgroup)
+    }
+
+    fn apply(&mut self, hierarchy: &Hierarchy, name: &str, limits: &Limits) -> Result<(), String> {
+        let cpus = cpu_list(&limits.cpus);
+        match hierarchy {
+            Hierarchy::V2 { parent } => {
+                let dir = parent.join(name);
+                if !cpus.is_empty() {
+                    write_file(&dir.join("cpuset.cpus"), &cpus)?;
+                }
+                if let Some(bytes) = limits.memory_bytes {
+                    write_file(&dir.join("memory.max"), &bytes.to_string())?;
+                    // Swap would let the job run on past its memory instead of ending.
+                    if dir.join("memory.swap.max").exists() {
+                        write_file(&dir.join("memory.swap.max"), "0")?;
+                    }
+                }
+                if let Some(max) = limits.max_pids {
+                    write_file(&dir.join("pids.max"), &max.to_string())?;
+                }
+            }
+            Hierarchy::V1 { cpuset, memory, pids, devices, .. } => {
+                let dir = cpuset.join(name);
+                let parent_mems = std::fs::read_to_string(cpuset.join("cpuset.mems"))
+                    .map_err(|e| format!("cannot read {}: {e}", cpuset.join("cpuset.mems").display()))?;
+                let parent_cpus = std::fs::read_to_string(cpuset.join("cpuset.cpus")).unwrap_or_default();
+                write_file(&dir.join("cpuset.cpus"), if cpus.is_empty() { parent_cpus.trim() } else { &cpus })?;
+                write_file(&dir.join("cpuset.mems"), parent_mems.trim())?;
+                if let Some(bytes) = limits.memory_bytes {
+                    let dir = memory.join(name);
+                    write_file(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                    // Memory and swap together (where swap is accounted): see v2 above.
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write_file(&memsw, &bytes.to_string())?;
+                    }
+                }
+                if let Some(max) = limits.max_pids {
+                    write_file(&pids.join(name).join("pids.max"), &max.to_string())?;
+                }
+                if let Some(devices) = devices {
+                    for gpu in &limits.denied_gpus {
+                        write_file(&devices.join(name).join("devices.deny"), &format!("c 195:{gpu} rwm"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files a process writes `0` to, to join the cgroup (all of them, v1).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|dir| dir.join("cgroup.procs")).collect()
+    }
+
+    /// The processes in the cgroup now.
+    pub fn pids(&self) -> Vec<Pid> {
+        std::fs::read_to_string(self.procs.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .map(Pid::from_raw)
+            .collect()
+    }
+
+    /// Sends `signal` to every process in the cgroup, wherever in the process tree it went.
+    pub fn signal_all(&self, signal: Signal) {
+        for pid in self.pids() {
+            let _ = kill(pid, signal);
+        }
+    }
+
+    /// Kills every process in the cgroup and waits (a little) until none is left: daemonised
+    /// grandchildren too, which left the replicas' process groups.
+    pub fn kill_all(&self) {
+        if self.v2 && write_file(&self.procs.join("cgroup.kill"), "1").is_ok() {
+            self.wait_empty();
+            return;
+        }
+        // v1 has no cgroup.kill: kill what is listed until nothing is. A process cannot fork
+        // once SIGKILL is pending, so each pass leaves fewer, and pids.max bounds the first.
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tracing::warn!(cgroup = %self.procs.display(), "processes remain in the job's cgroup after SIGKILL");
+    }
+
+    fn wait_empty(&self) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !self.pids().is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// What the run used here: CPU time, peak memory and the kernel's out-of-memory kills.
+    pub fn usage(&self) -> NodeUsage {
+        let cpu_time_ms = match &self.cpu_time {
+            Some(file) if self.v2 => read_number(file, Some("usage_usec")).map(|us| us / 1000),
+            Some(file) => read_number(file, None).map(|ns| ns / 1_000_000),
+            None => None,
+        };
+        let (peak, events) = if self.v2 {
+            (self.memory.join("memory.peak"), self.memory.join("memory.events"))
+        } else {
+            (self.memory.join("memory.max_usage_in_bytes"), self.memory.join("memory.oom_control"))
+        };
+        NodeUsage {
+            cpu_time_ms,
+            peak_memory_bytes: read_number(&peak, None),
+            oom_kills: read_number(&events, Some("oom_kill")).unwrap_or(0),
+        }
+    }
+
+    /// Removes the cgroup (its processes must be gone: [`JobCgroup::kill_all`]). The kernel may
+    /// take a moment to let go of processes just killed, so it retries briefly.
+    pub fn remove(&mut self) {
+        for dir in self.dirs.drain(..).rev() {
+            let until = Instant::now() + Duration::from_secs(2);
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() >= until => {
+                        tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove the job's cgroup");
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_read_and_write_in_the_kernels_format() {
+        assert_eq!(cpu_list(&[3, 0, 1, 2, 7, 5, 6]), "0-3,5-7");
+        assert_eq!(cpu_list(&[4]), "4");
+        assert_eq!(cpu_list(&[]), "");
+        assert_eq!(parse_cpu_list("0-3,5,7-8\n"), vec![0, 1, 2, 3, 5, 7, 8]);
+        assert_eq!(parse_cpu_list("x,2"), vec![2]);
+    }
+
+    #[test]
+    fn a_v2_job_cgroup_gets_its_limits_and_reads_its_usage() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let hierarchy = Hierarchy::V2 { parent: parent.path().to_path_buf() };
+        let limits = Limits { cpus: vec![2, 3], memory_bytes: Some(1 << 20), max_pids: Some(64), denied_gpus: vec![] };
+        let mut cgroup = JobCgroup::create(&hierarchy, "job.7.0", &limits).expect("create");
+        let dir = parent.path().join("job.7.0");
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("read");
+        assert_eq!(read("cpuset.cpus"), "2-3");
+        assert_eq!(read("memory.max"), "1048576");
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(cgroup.procs_files(), vec![dir.join("cgroup.procs")]);
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 2500000\nuser_usec 1\n").expect("write");
+        std::fs::write(dir.join("memory.peak"), "4096\n").expect("write");
+        std::fs::write(dir.join("memory.events"), "low 0\noom 1\noom_kill 2\n").expect("write");
+        let usage = cgroup.usage();
+        assert_eq!(usage, NodeUsage { cpu_time_ms: Some(2500), peak_memory_bytes: Some(4096), oom_kills: 2 });
+        // A real cgroup directory can be removed with its files; this stand-in cannot.
+        for file in ["cpuset.cpus", "memory.max", "pids.max", "cpu.stat", "memory.peak", "memory.events"] {
+            std::fs::remove_file(dir.join(file)).expect("remove");
+        }
+        cgroup.remove();
+        assert!(!dir.exists());
+    }
+}
