@@ -67,7 +67,7 @@ struct Args {
 }
 
 /// The figures the goals are about, by their path in a run's JSON, for the medians.
-const HEADLINES: [&str; 14] = [
+const HEADLINES: [&str; 15] = [
     "serial_cli.per_second",
     "serial_cli.jobs_held.per_second",
     "serial_cli.floor.per_second",
@@ -76,6 +76,7 @@ const HEADLINES: [&str; 14] = [
     "serial_cli.unix_socket.floor.per_second",
     "throughput.jobs_per_second",
     "throughput.unix_socket.jobs_per_second",
+    "throughput.unix_socket.without_cgroups.jobs_per_second",
     "submit_to_start.p50_ms",
     "submit_to_start.p99_ms",
     "cminfo.latency.p50_ms",
@@ -368,8 +369,11 @@ fn client_floor(n: usize, size: usize, unix: Option<&std::path::Path>) -> anyhow
 
 /// Scenario 2 over TCP, as from another host (MUNGE), then over the head's Unix socket.
 fn throughput(store: &StoreKind, n: usize, options: JobOptions, later: &mut Leftovers) -> anyhow::Result<Value> {
-    let mut result = throughput_over(store, n, options, later, false)?;
-    result["unix_socket"] = throughput_over(store, n, options, later, true)?;
+    let mut result = throughput_over(store, n, options, later, false, BENCH_CONFIG)?;
+    result["unix_socket"] = throughput_over(store, n, options, later, true, BENCH_CONFIG)?;
+    // What containing each job in a cgroup costs: the same without.
+    let uncontained = format!("{BENCH_CONFIG}cgroups:\n  enabled: false\n");
+    result["unix_socket"]["without_cgroups"] = throughput_over(store, n, options, later, true, &uncontained)?;
     Ok(result)
 }
 
@@ -379,8 +383,16 @@ fn throughput_over(
     options: JobOptions,
     later: &mut Leftovers,
     over_socket: bool,
+    config: &str,
 ) -> anyhow::Result<Value> {
-    let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, BENCH_CONFIG, BENCH_LOG));
+    let cluster = later.keep(Cluster::start_with(store, 4, 32, 65536, config, BENCH_LOG));
+    let info = cluster.info().context("cminfo")?;
+    let containment = info["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["role"] == "Compute"))
+        .and_then(|n| n["containment"].as_str())
+        .unwrap_or_default()
+        .to_string();
     let mut h = if over_socket {
         let policy = RetryPolicy::new(Duration::from_secs(30), 0);
         Requester::new(&cluster.head_socket, policy, "cmbench", Credentials::None)?
@@ -401,9 +413,9 @@ fn throughput_over(
     let ended = get(&mut h, last)?.state.ended_at().context("last job ended")?;
     let makespan = ended.since(first).max(Duration::from_millis(1));
     let rate = n as f64 / makespan.as_secs_f64();
-    println!("2. throughput: {n} jobs of `true` on 4 x 32 CPUs over {how}: submitted in {submitted:.2?}, makespan {makespan:.2?}: {rate:.0} jobs/s (all done after {wall:.2?})");
+    println!("2. throughput: {n} jobs of `true` on 4 x 32 CPUs over {how}, containment {containment}: submitted in {submitted:.2?}, makespan {makespan:.2?}: {rate:.0} jobs/s (all done after {wall:.2?})");
     Ok(
-        json!({ "jobs": n, "submit_seconds": submitted.as_secs_f64(), "makespan_seconds": makespan.as_secs_f64(), "jobs_per_second": rate }),
+        json!({ "jobs": n, "containment": containment, "submit_seconds": submitted.as_secs_f64(), "makespan_seconds": makespan.as_secs_f64(), "jobs_per_second": rate }),
     )
 }
 

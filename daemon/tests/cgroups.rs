@@ -109,6 +109,23 @@ fn a_job_gets_its_cpus_its_memory_a_capped_process_count_and_a_kill_that_reaches
         "the daemonised grandchild {escaped} survived cmkill"
     );
 
+    // A supervisor killed outright leaves its job's processes behind; the node kills them.
+    let orphan = cluster.submit(&["setsid sh -c 'sleep 303 & echo $! > orphaned.pid'; exec sleep 304"]);
+    cluster.wait_status(orphan, "Running", LONG);
+    assert!(wait_until(LONG, || cluster.workdir.join("orphaned.pid").exists()));
+    let orphaned: i32 = read("orphaned.pid".into()).parse().expect("pid");
+    let replica = std::process::Command::new("pgrep").args(["-f", "^sleep 304$"]).output().expect("pgrep");
+    let replica: i32 = String::from_utf8_lossy(&replica.stdout).trim().parse().expect("the replica's pid");
+    let supervisor = parent_of(replica);
+    assert!(supervisor > 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let lost = cluster.wait_status(orphan, "NodeFail", LONG);
+    assert!(lost["state"]["reason"].as_str().is_some_and(|r| r.contains("supervisor")), "{lost}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !process_alive(orphaned) && !process_alive(replica)),
+        "the job's processes outlived its supervisor"
+    );
+
     // Accounting: cmacct lists all of them from the store, with states and figures.
     let ids: Vec<String> = spinners.iter().chain(&[hog_id, bomb, escaper]).map(u64::to_string).collect();
     let out = cluster
@@ -123,6 +140,14 @@ fn a_job_gets_its_cpus_its_memory_a_capped_process_count_and_a_kill_that_reaches
     let table = cluster.tool("cmacct", &["--state", "OutOfMemory", "--allusers"]);
     let table = String::from_utf8_lossy(&table.stdout).to_string();
     assert!(table.contains(&hog_id.to_string()) && !table.contains(&format!(" {bomb} ")), "{table}");
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // PID (COMM) STATE PPID ...: the command may hold spaces, so count from its closing bracket.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    after.split_whitespace().nth(1).expect("ppid").parse().expect("a number")
 }
 
 /// The id of the newest job.

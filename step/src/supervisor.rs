@@ -13,7 +13,7 @@
 //! at a time, so a job costs no process of its own beyond its replicas. It exits when the
 //! launcher closes its orders (the launcher retires idle supervisors, and exits with the daemon).
 
-use crate::cgroup::JobCgroup;
+use crate::cgroup::{cgroup_name, JobCgroup};
 use crate::launcher::{say, Lines};
 use crate::record::{LockedStep, StepSpec};
 use crate::replicas::Replicas;
@@ -98,7 +98,7 @@ impl Supervisor {
         tracing::info!(job = %spec.job.job_run(), "supervising");
         let cgroup = match (&spec.cgroup, &spec.limits) {
             (Some(hierarchy), Some(limits)) => {
-                JobCgroup::create(hierarchy, &format!("job.{}", spec.job.job_run()), limits).map(Some)
+                JobCgroup::create(hierarchy, &cgroup_name(spec.job.job_run()), limits).map(Some)
             }
             _ => Ok(None),
         };

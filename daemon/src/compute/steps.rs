@@ -11,7 +11,7 @@
 use super::launcher::Launcher;
 use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
-use cm_step::cgroup::{Hierarchy, Limits};
+use cm_step::cgroup::{cgroup_name, Hierarchy, JobCgroup, Limits};
 use cm_step::record::{self, RunAs, StepSpec};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
@@ -259,11 +259,16 @@ impl Steps {
             replicas: vec![],
             usage: None,
         };
-        match record::read_end(&self.path(run)) {
-            Ok(Some(end)) => end,
+        let end = match record::read_end(&self.path(run)) {
+            Ok(Some(end)) => return end,
             Ok(None) => lost(format!("the job's supervisor on {} died without an exit record", self.node)),
             Err(e) => lost(e.to_string()),
+        };
+        // Its supervisor is gone: what the job left running in its cgroup dies now, not never.
+        if let Some(hierarchy) = &self.containment.cgroup {
+            JobCgroup::kill_and_remove(hierarchy, &cgroup_name(run));
         }
+        end
     }
 
     /// The head has the end of `run`: its step file can go.

@@ -61,7 +61,7 @@ pub trait Store: Send {
 #[cfg(test)]
 pub mod contract_tests {
     use super::*;
-    use cm_common::job::{JobSpec, JobState, UserIdentity};
+    use cm_common::job::{JobNode, JobSpec, JobState, NodeEnd, NodeEndCause, NodeUsage, UserIdentity};
     use cm_common::node::{Allocation, NodeHealth, Role};
     use cm_common::{NodeId, Resources, Timestamp};
     use std::collections::BTreeSet;
@@ -123,12 +123,24 @@ pub mod contract_tests {
             };
             job
         };
-        let jobs = [
+        let mut jobs = [
             ended(501, 7001, 10_000, false),
             ended(502, 7002, 20_000, true),
             ended(503, 7001, 30_000, true),
             ended(504, 7001, 40_000, false),
         ];
+        // What a node measured is kept with the job.
+        let usage = NodeUsage { cpu_time_ms: Some(1234), peak_memory_bytes: Some(5 << 30), oom_kills: 2 };
+        jobs[2].nodes = vec![JobNode {
+            node: cm_common::NodeId::new("n1"),
+            started_at: Some(Timestamp(2)),
+            end: Some(NodeEnd {
+                ended_at: Timestamp(3),
+                cause: NodeEndCause::Exited,
+                replicas: vec![],
+                usage: Some(usage),
+            }),
+        }];
         store.save(&jobs[..2].iter().collect::<Vec<_>>(), &[]).expect("save");
         store.sync().expect("sync");
         // Two written, two only kept: both kinds are filtered alike.
@@ -149,6 +161,9 @@ pub mod contract_tests {
         };
         assert_eq!(ids(window, 10), [502, 503], "ended from 20 s on, submitted before 1504");
         assert_eq!(ids(JobFilter { jobs: vec![JobId(502), JobId(504)], ..Default::default() }, 10), [502, 504]);
+        store.sync().expect("sync");
+        drop(store);
+        assert_eq!(open().job(JobId(503)).expect("read").as_ref(), Some(&jobs[2]), "usage survives a restart");
     }
 
     fn ids_are_sequential_and_survive_reopen<S: Store>(open: &mut impl FnMut() -> S) {

@@ -13,7 +13,7 @@
 
 pub mod detect;
 
-use cm_common::job::NodeUsage;
+use cm_common::job::{JobRun, NodeUsage};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -80,8 +80,8 @@ impl Hierarchy {
     }
 }
 
-/// What one job run may use on this node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What one job run may use on this node; the default caps nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// The host CPUs (as numbered in `/proc/cpuinfo`) its processes may run on.
     pub cpus: Vec<u32>,
@@ -143,6 +143,11 @@ fn read_number(path: &Path, key: Option<&str>) -> Option<u64> {
             (name == key).then(|| value.trim().parse().ok()).flatten()
         }),
     }
+}
+
+/// The cgroup of `run` below its node's directory.
+pub fn cgroup_name(run: JobRun) -> String {
+    format!("job.{run}")
 }
 
 /// One job run's cgroup on this node.
@@ -259,6 +264,22 @@ impl JobCgroup {
             }
         }
         Ok(())
+    }
+
+    /// Kills whatever is left in the cgroup `name` and removes it, if it exists: a run whose
+    /// supervisor died before it could.
+    pub fn kill_and_remove(hierarchy: &Hierarchy, name: &str) {
+        let exists = hierarchy.parents().first().is_some_and(|parent| parent.join(name).is_dir());
+        if !exists {
+            return;
+        }
+        match JobCgroup::create(hierarchy, name, &Limits::default()) {
+            Ok(mut cgroup) => {
+                cgroup.kill_all();
+                cgroup.remove();
+            }
+            Err(e) => tracing::warn!(cgroup = name, error = %e, "cannot clean up a job's cgroup"),
+        }
     }
 
     /// The `cgroup.procs` files a process writes `0` to, to join the cgroup (all of them, v1).
