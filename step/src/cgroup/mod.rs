@@ -193,9 +193,11 @@ impl JobCgroup {
                     memory: PathBuf::new(),
                     cpu_time: None,
                 };
-                // Pushed as made, so that a failure part-way removes them all (on drop below).
-                for parent in
-                    [Some(pids), Some(cpuset), Some(memory), cpuacct.as_ref(), devices.as_ref()].into_iter().flatten()
+                // Pushed as made, so that a failure part-way removes them all. The device
+                // controller only where there are GPUs to deny: each hierarchy a replica joins
+                // costs every job.
+                let devices = devices.as_ref().filter(|_| !limits.denied_gpus.is_empty());
+                for parent in [Some(pids), Some(cpuset), Some(memory), cpuacct.as_ref(), devices].into_iter().flatten()
                 {
                     match made(parent) {
                         Ok(dir) => cgroup.dirs.push(dir),
@@ -269,17 +271,22 @@ impl JobCgroup {
     /// Kills whatever is left in the cgroup `name` and removes it, if it exists: a run whose
     /// supervisor died before it could.
     pub fn kill_and_remove(hierarchy: &Hierarchy, name: &str) {
-        let exists = hierarchy.parents().first().is_some_and(|parent| parent.join(name).is_dir());
-        if !exists {
+        let procs = match hierarchy {
+            Hierarchy::V2 { parent } => parent.join(name),
+            Hierarchy::V1 { pids, .. } => pids.join(name),
+        };
+        if !procs.is_dir() {
             return;
         }
-        match JobCgroup::create(hierarchy, name, &Limits::default()) {
-            Ok(mut cgroup) => {
-                cgroup.kill_all();
-                cgroup.remove();
-            }
-            Err(e) => tracing::warn!(cgroup = name, error = %e, "cannot clean up a job's cgroup"),
-        }
+        let mut cgroup = JobCgroup {
+            dirs: hierarchy.parents().iter().map(|parent| parent.join(name)).filter(|dir| dir.is_dir()).collect(),
+            procs,
+            v2: matches!(hierarchy, Hierarchy::V2 { .. }),
+            memory: PathBuf::new(),
+            cpu_time: None,
+        };
+        cgroup.kill_all();
+        cgroup.remove();
     }
 
     /// The `cgroup.procs` files a process writes `0` to, to join the cgroup (all of them, v1).
