@@ -98,7 +98,9 @@ fn a_job_gets_its_cpus_its_memory_a_capped_process_count_and_a_kill_that_reaches
     // Kill: a grandchild that left the job's process group and session dies with `cmkill`.
     let escaper = cluster.submit(&["setsid sh -c 'sleep 300 & echo $! > escaped.pid'; sleep 300"]);
     cluster.wait_status(escaper, "Running", LONG);
-    assert!(wait_until(LONG, || cluster.workdir.join("escaped.pid").exists()));
+    let err =
+        |id: u64| std::fs::read_to_string(cluster.workdir.join(format!("cmlogs/{id}/c1.0.err"))).unwrap_or_default();
+    assert!(wait_until(LONG, || cluster.workdir.join("escaped.pid").exists()), "{}", err(escaper));
     let escaped: i32 = read("escaped.pid".into()).parse().expect("pid");
     assert!(process_alive(escaped));
     let out = cluster.tool("cmkill", &[&escaper.to_string()]);

@@ -42,6 +42,23 @@ pub struct Replicas {
     children_cpu_before: Duration,
 }
 
+/// Collects the exits of what the run left behind and the cgroup killed: the supervisor's
+/// children once orphaned ([`crate::supervisor`] is their subreaper). Until they are collected
+/// they still count against the cgroup's processes. Bounded: a process the kill cannot reach
+/// (one that left the cgroup) is left running.
+fn reap_leftovers() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < until => std::thread::sleep(Duration::from_millis(1)),
+            Ok(WaitStatus::StillAlive) => return,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return, // ECHILD: none left
+        }
+    }
+}
+
 /// The CPU time, user and system, of every child the supervisor has collected so far (and of
 /// their collected children).
 fn children_cpu() -> Duration {
@@ -130,6 +147,7 @@ impl Replicas {
         let usage = match &mut self.cgroup {
             Some(cgroup) => {
                 cgroup.kill_all();
+                reap_leftovers();
                 let usage = cgroup.usage();
                 cgroup.remove();
                 usage

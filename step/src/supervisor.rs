@@ -38,8 +38,14 @@ pub struct Supervisor {
 
 /// Runs the supervisor of the step file at `path` until the job's replicas have all exited.
 pub fn run(path: &Path) -> anyhow::Result<()> {
+    become_subreaper()?;
     let supervisor = Supervisor::lock(path)?;
-    supervisor.run(&block_signals()?)
+    let hierarchy = supervisor.spec.cgroup.clone();
+    let result = supervisor.run(&block_signals()?);
+    if let Some(hierarchy) = &hierarchy {
+        JobCgroup::leave(hierarchy);
+    }
+    result
 }
 
 /// Asks the supervisor `pid` to stop `job`: SIGTERM to its replicas, SIGKILL after the grace
@@ -77,6 +83,13 @@ pub fn block_signals() -> anyhow::Result<SignalFd> {
     }
     mask.thread_block().context("cannot block signals")?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("cannot create a signalfd")
+}
+
+/// Makes the supervisor the parent of whatever its jobs leave behind (a daemonised grandchild
+/// whose parent exited), instead of the host's init: it reaps them, so none lingers as a zombie
+/// still counted against the run's processes, whatever init does.
+fn become_subreaper() -> anyhow::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")
 }
 
 impl Supervisor {
@@ -177,12 +190,16 @@ pub struct Orders {
 /// the file let go.
 pub fn serve(first: &str, orders: &Orders) -> anyhow::Result<()> {
     let signals = block_signals()?;
+    become_subreaper()?;
     let pid = getpid();
     let mut pending = Lines::default();
     let mut path = first.to_string();
-    loop {
+    // Where this supervisor's own cgroups are, once a run has put it in them.
+    let mut hierarchy = None;
+    let result = loop {
         let told = match Supervisor::lock(Path::new(&path)) {
             Ok(supervisor) => {
+                hierarchy = supervisor.spec.cgroup.clone().or(hierarchy);
                 // The run goes on even if the launcher cannot be told: see below.
                 let _ = say(&orders.to_launcher, &format!("started\t{pid}\t{path}"));
                 if let Err(e) = supervisor.run(&signals) {
@@ -195,13 +212,18 @@ pub fn serve(first: &str, orders: &Orders) -> anyhow::Result<()> {
         // Failing to tell the launcher means it is gone, and with it the daemon that ordered the
         // run: no order can come any more (the next daemon finds the run by its step file).
         if told.is_err() {
-            return Ok(());
+            break Ok(());
         }
-        match wait_for_order(orders, &signals, &mut pending)? {
-            Some(next) => path = next,
-            None => return Ok(()),
+        match wait_for_order(orders, &signals, &mut pending) {
+            Ok(Some(next)) => path = next,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         }
+    };
+    if let Some(hierarchy) = &hierarchy {
+        JobCgroup::leave(hierarchy);
     }
+    result
 }
 
 /// Waits, idle, for the launcher's next step file; `None` when the supervisor is to exit.

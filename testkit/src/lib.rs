@@ -376,6 +376,48 @@ impl Drop for Cluster {
             daemon.kill9();
         }
         stop_supervisors(self.dir.path());
+        let nodes: Vec<String> = self
+            .computes
+            .iter()
+            .map(|c| cm_step::cgroup::detect::node_dir(&c.name, &self.dir.path().join(&c.name)))
+            .collect();
+        remove_node_cgroups(&nodes);
+    }
+}
+
+/// Removes the job cgroup directories of this cluster's compute nodes (named `nodes`), which a
+/// node killed outright leaves behind, once its supervisors have left them (briefly retried).
+fn remove_node_cgroups(nodes: &[String]) {
+    let Ok(host) = cm_step::cgroup::detect::Host::read() else { return };
+    fn find(dir: &Path, names: &[String], depth: u32, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if names.iter().any(|n| entry.file_name().to_str() == Some(n.as_str())) {
+                out.push(path);
+            } else if depth > 0 {
+                find(&path, names, depth - 1, out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for mount in &host.mounts {
+        find(&mount.mount_point, nodes, 4, &mut found);
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    for node in found {
+        loop {
+            let children = std::fs::read_dir(&node).into_iter().flatten().flatten().filter(|e| e.path().is_dir());
+            children.for_each(|child| {
+                let _ = std::fs::remove_dir(child.path());
+            });
+            if std::fs::remove_dir(&node).is_ok() || !node.exists() || std::time::Instant::now() > until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

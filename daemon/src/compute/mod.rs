@@ -203,10 +203,17 @@ pub fn run(
         }
     }
     tracing::info!("compute daemon shutting down; its jobs keep running under their supervisors");
-    if let Some(hierarchy) = &containment.cgroup {
-        hierarchy.remove_if_unused(); // a node that ran its last job here leaves nothing behind
-    }
     shutdown.store(true, Ordering::Relaxed);
+    let idle = compute.steps.runs().is_empty();
+    // The launcher goes, and its idle supervisors with it, each leaving its own cgroups; a node
+    // with no job left leaves nothing behind.
+    drop(compute);
+    if let (Some(hierarchy), true) = (&containment.cgroup, idle) {
+        let until = Instant::now() + Duration::from_secs(2);
+        while !hierarchy.remove_if_unused() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     result
 }
 

@@ -56,13 +56,14 @@ impl Hierarchy {
         }
     }
 
-    /// Removes the job cgroups no process is left in (their supervisor died before removing
-    /// them); a populated one is refused by the kernel and stays.
+    /// Removes the job and supervisor cgroups no process is left in (their supervisor died
+    /// before removing them); a populated one is refused by the kernel and stays.
     pub fn remove_empty(&self) {
         for parent in self.parents() {
             let Ok(entries) = std::fs::read_dir(parent) else { continue };
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("job.") {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("job.") || name.starts_with(SUPERVISOR) {
                     let _ = std::fs::remove_dir(entry.path());
                 }
             }
@@ -71,12 +72,10 @@ impl Hierarchy {
 }
 
 impl Hierarchy {
-    /// Removes the node's job cgroup directory if no job cgroup is left in it.
-    pub fn remove_if_unused(&self) {
+    /// Removes the node's job cgroup directory if no job cgroup is left in it; whether it is gone.
+    pub fn remove_if_unused(&self) -> bool {
         self.remove_empty();
-        for parent in self.parents() {
-            let _ = std::fs::remove_dir(parent);
-        }
+        self.parents().into_iter().all(|parent| std::fs::remove_dir(parent).is_ok() || !parent.exists())
     }
 }
 
@@ -150,11 +149,40 @@ pub fn cgroup_name(run: JobRun) -> String {
     format!("job.{run}")
 }
 
+/// The name of a v1 supervisor's own cgroups while it has no run.
+fn supervisor_name() -> String {
+    format!("{SUPERVISOR}{}", std::process::id())
+}
+
+/// The prefix of [`supervisor_name`].
+const SUPERVISOR: &str = "supervisor.";
+
+fn made(parent: &Path, name: &str) -> Result<PathBuf, String> {
+    let dir = parent.join(name);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+        Err(e) => Err(format!("cannot create the cgroup {}: {e}", dir.display())),
+    }
+}
+
 /// One job run's cgroup on this node.
+///
+/// On cgroup v1 a process joins each hierarchy with a write of its own, and each such move
+/// stalls every fork on the machine for a moment (the kernel's cgroup threadgroup lock): most of
+/// what containment costs a short job. So there the supervisor itself lives in the run's pids,
+/// cpuset and cpuacct cgroups, kept from run to run and named for each run while it lasts, and
+/// the replicas it starts are in them from birth; they join only the run's own memory cgroup
+/// (and, on a node with GPUs, its device list), made afresh so that its peak and its OOM kills
+/// are the run's alone. The supervisor is one more process under `pids.max` (which allows for
+/// it), and its own CPU time while the run lasts, a fraction of a millisecond, is counted with
+/// the run's. On cgroup v2 the run's one cgroup is made afresh and the replicas join it.
 #[derive(Debug)]
 pub struct JobCgroup {
-    /// Every directory made for it (v1: one per controller).
+    /// The directories made for this run alone, which its replicas join.
     dirs: Vec<PathBuf>,
+    /// v1: the supervisor's own cgroups, named for the run while it lasts.
+    shared: Vec<PathBuf>,
     /// The directory whose `cgroup.procs` lists every process of the run.
     procs: PathBuf,
     v2: bool,
@@ -164,21 +192,14 @@ pub struct JobCgroup {
 }
 
 impl JobCgroup {
-    /// Creates the cgroup `name` (`job.ID.RUN`) with `limits`; on an error, removes what it made.
+    /// Creates the cgroup `name` (`job.ID.RUN`) with `limits`; on an error, undoes what it did.
     pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> Result<JobCgroup, String> {
-        let made = |parent: &Path| -> Result<PathBuf, String> {
-            let dir = parent.join(name);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => Ok(dir),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
-                Err(e) => Err(format!("cannot create the cgroup {}: {e}", dir.display())),
-            }
-        };
         let mut cgroup = match hierarchy {
             Hierarchy::V2 { parent } => {
-                let dir = made(parent)?;
+                let dir = made(parent, name)?;
                 JobCgroup {
                     dirs: vec![dir.clone()],
+                    shared: vec![],
                     procs: dir.clone(),
                     v2: true,
                     memory: dir.clone(),
@@ -188,18 +209,36 @@ impl JobCgroup {
             Hierarchy::V1 { cpuset, memory, pids, cpuacct, devices } => {
                 let mut cgroup = JobCgroup {
                     dirs: vec![],
-                    procs: PathBuf::new(),
+                    shared: vec![],
+                    procs: pids.join(name),
                     v2: false,
-                    memory: PathBuf::new(),
-                    cpu_time: None,
+                    memory: memory.join(name),
+                    cpu_time: cpuacct.as_ref().map(|dir| dir.join(name).join("cpuacct.usage")),
                 };
-                // Pushed as made, so that a failure part-way removes them all. The device
-                // controller only where there are GPUs to deny: each hierarchy a replica joins
-                // costs every job.
+                // The device controller only where there are GPUs to deny.
                 let devices = devices.as_ref().filter(|_| !limits.denied_gpus.is_empty());
-                for parent in [Some(pids), Some(cpuset), Some(memory), cpuacct.as_ref(), devices].into_iter().flatten()
-                {
-                    match made(parent) {
+                let mut joining = Vec::new();
+                let own = supervisor_name();
+                // Pushed as taken or made, so that a failure part-way undoes them all.
+                for parent in [Some(pids), Some(cpuset), cpuacct.as_ref()].into_iter().flatten() {
+                    let dir = parent.join(name);
+                    if std::fs::rename(parent.join(&own), &dir).is_ok() {
+                        cgroup.shared.push(dir);
+                        continue;
+                    }
+                    match made(parent, name) {
+                        Ok(dir) => {
+                            joining.push(dir.join("cgroup.procs"));
+                            cgroup.shared.push(dir);
+                        }
+                        Err(e) => {
+                            cgroup.remove();
+                            return Err(e);
+                        }
+                    }
+                }
+                for parent in [Some(memory), devices].into_iter().flatten() {
+                    match made(parent, name) {
                         Ok(dir) => cgroup.dirs.push(dir),
                         Err(e) => {
                             cgroup.remove();
@@ -207,10 +246,15 @@ impl JobCgroup {
                         }
                     }
                 }
-                cgroup.procs = pids.join(name);
-                cgroup.memory = memory.join(name);
-                cgroup.cpu_time = cpuacct.as_ref().map(|dir| dir.join(name).join("cpuacct.usage"));
-                cgroup
+                // The supervisor moves in once, on its first run (its CPUs set first: a v1
+                // cpuset takes no process before).
+                if let Err(e) = cgroup.apply(hierarchy, name, limits).and_then(|()| {
+                    joining.iter().try_for_each(|procs| write_file(procs, &std::process::id().to_string()))
+                }) {
+                    cgroup.remove();
+                    return Err(e);
+                }
+                return Ok(cgroup);
             }
         };
         if let Err(e) = cgroup.apply(hierarchy, name, limits) {
@@ -244,8 +288,8 @@ impl JobCgroup {
                 let parent_mems = std::fs::read_to_string(cpuset.join("cpuset.mems"))
                     .map_err(|e| format!("cannot read {}: {e}", cpuset.join("cpuset.mems").display()))?;
                 let parent_cpus = std::fs::read_to_string(cpuset.join("cpuset.cpus")).unwrap_or_default();
-                write_file(&dir.join("cpuset.cpus"), if cpus.is_empty() { parent_cpus.trim() } else { &cpus })?;
                 write_file(&dir.join("cpuset.mems"), parent_mems.trim())?;
+                write_file(&dir.join("cpuset.cpus"), if cpus.is_empty() { parent_cpus.trim() } else { &cpus })?;
                 if let Some(bytes) = limits.memory_bytes {
                     let dir = memory.join(name);
                     write_file(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
@@ -255,10 +299,14 @@ impl JobCgroup {
                         write_file(&memsw, &bytes.to_string())?;
                     }
                 }
-                if let Some(max) = limits.max_pids {
-                    write_file(&pids.join(name).join("pids.max"), &max.to_string())?;
+                // The supervisor is one of the processes there.
+                let max = limits.max_pids.map_or_else(|| "max".to_string(), |max| max.saturating_add(1).to_string());
+                write_file(&pids.join(name).join("pids.max"), &max)?;
+                // Kept from an earlier run: what that one used is not this one's.
+                if let Some(cpu_time) = &self.cpu_time {
+                    write_file(cpu_time, "0")?;
                 }
-                if let Some(devices) = devices {
+                if let Some(devices) = devices.as_ref().filter(|_| !limits.denied_gpus.is_empty()) {
                     for gpu in &limits.denied_gpus {
                         write_file(&devices.join(name).join("devices.deny"), &format!("c 195:{gpu} rwm"))?;
                     }
@@ -280,6 +328,7 @@ impl JobCgroup {
         }
         let mut cgroup = JobCgroup {
             dirs: hierarchy.parents().iter().map(|parent| parent.join(name)).filter(|dir| dir.is_dir()).collect(),
+            shared: vec![],
             procs,
             v2: matches!(hierarchy, Hierarchy::V2 { .. }),
             memory: PathBuf::new(),
@@ -289,18 +338,33 @@ impl JobCgroup {
         cgroup.remove();
     }
 
-    /// The `cgroup.procs` files a process writes `0` to, to join the cgroup (all of them, v1).
+    /// A v1 supervisor leaves its own cgroups for good, when it exits: it moves up to the node's
+    /// directory, and removes them.
+    pub fn leave(hierarchy: &Hierarchy) {
+        let Hierarchy::V1 { cpuset, pids, cpuacct, .. } = hierarchy else { return };
+        let own = supervisor_name();
+        for parent in [Some(pids), Some(cpuset), cpuacct.as_ref()].into_iter().flatten() {
+            if parent.join(&own).is_dir() && write_file(&parent.join("cgroup.procs"), "0").is_ok() {
+                let _ = std::fs::remove_dir(parent.join(&own));
+            }
+        }
+    }
+
+    /// The `cgroup.procs` files a replica writes `0` to, to join the run's cgroups (those it is
+    /// not born in).
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|dir| dir.join("cgroup.procs")).collect()
     }
 
-    /// The processes in the cgroup now.
+    /// The run's processes in the cgroup now (its supervisor left out).
     pub fn pids(&self) -> Vec<Pid> {
+        let me = Pid::this();
         std::fs::read_to_string(self.procs.join("cgroup.procs"))
             .unwrap_or_default()
             .split_whitespace()
             .filter_map(|pid| pid.parse().ok())
             .map(Pid::from_raw)
+            .filter(|pid| *pid != me)
             .collect()
     }
 
@@ -360,9 +424,16 @@ impl JobCgroup {
         }
     }
 
-    /// Removes the cgroup (its processes must be gone: [`JobCgroup::kill_all`]). The kernel may
-    /// take a moment to let go of processes just killed, so it retries briefly.
+    /// Removes the run's cgroup (its processes must be gone: [`JobCgroup::kill_all`]); a v1
+    /// supervisor's own take its name back for its next run. The kernel may take a moment to
+    /// let go of processes just killed, so it retries briefly.
     pub fn remove(&mut self) {
+        let own = supervisor_name();
+        for dir in self.shared.drain(..) {
+            if std::fs::rename(&dir, dir.with_file_name(&own)).is_err() {
+                tracing::warn!(cgroup = %dir.display(), "cannot rename the supervisor's cgroup back");
+            }
+        }
         for dir in self.dirs.drain(..).rev() {
             let until = Instant::now() + Duration::from_secs(2);
             loop {
