@@ -39,7 +39,7 @@ fn elapsed_ms(job: &Value) -> u64 {
 
 #[test]
 fn a_job_gets_its_cpus_its_memory_a_capped_process_count_and_a_kill_that_reaches_every_process() {
-    let Some(cluster) = contained_cluster() else { return };
+    let Some(mut cluster) = contained_cluster() else { return };
 
     // CPUs: two jobs of one CPU each, at once, each spinning four busy loops for 3 s. The node
     // gives each its own core, so each gets about one core's worth of CPU time per second.
@@ -142,6 +142,15 @@ fn a_job_gets_its_cpus_its_memory_a_capped_process_count_and_a_kill_that_reaches
     let table = cluster.tool("cmacct", &["--state", "OutOfMemory", "--allusers"]);
     let table = String::from_utf8_lossy(&table.stdout).to_string();
     assert!(table.contains(&hog_id.to_string()) && !table.contains(&format!(" {bomb} ")), "{table}");
+
+    // The accounting is the store's: a restarted head gives the same.
+    let before = out.stdout;
+    cluster.restart_head();
+    let again = |c: &Cluster| {
+        c.tool("cmacct", &["--json", "--jobs", &ids.join(","), "--format", "jobid,state,totalcpu,maxrss,exitcode"])
+    };
+    assert!(wait_until(LONG, || again(&cluster).status.success()), "the head did not come back");
+    assert_eq!(String::from_utf8_lossy(&again(&cluster).stdout), String::from_utf8_lossy(&before));
 }
 
 /// The parent of process `pid`.

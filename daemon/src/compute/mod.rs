@@ -127,7 +127,9 @@ pub fn run(
         .with_context(|| format!("cannot use the state directory {}", config.state_dir.display()))?;
     let ended_meanwhile = steps.adopt();
     if let Some(hierarchy) = &containment.cgroup {
-        hierarchy.remove_empty(); // left by supervisors that died; those of adopted runs are in use
+        // Left by supervisors that died; those of the runs adopted may be starting.
+        let known: Vec<String> = steps.runs().into_iter().map(cgroup::cgroup_name).collect();
+        hierarchy.remove_empty(&known);
     }
     // Registration tells the head what still runs here.
     let running = Arc::new(Mutex::new(steps.runs()));

@@ -57,13 +57,15 @@ impl Hierarchy {
     }
 
     /// Removes the job and supervisor cgroups no process is left in (their supervisor died
-    /// before removing them); a populated one is refused by the kernel and stays.
-    pub fn remove_empty(&self) {
+    /// before removing them), but those named in `keep`: the runs the node knows, one of which
+    /// may be starting, its cgroup made and not yet joined. A populated one is refused by the
+    /// kernel and stays.
+    pub fn remove_empty(&self, keep: &[String]) {
         for parent in self.parents() {
             let Ok(entries) = std::fs::read_dir(parent) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("job.") || name.starts_with(SUPERVISOR) {
+                if (name.starts_with("job.") || name.starts_with(SUPERVISOR)) && !keep.contains(&name) {
                     let _ = std::fs::remove_dir(entry.path());
                 }
             }
@@ -74,7 +76,7 @@ impl Hierarchy {
 impl Hierarchy {
     /// Removes the node's job cgroup directory if no job cgroup is left in it; whether it is gone.
     pub fn remove_if_unused(&self) -> bool {
-        self.remove_empty();
+        self.remove_empty(&[]);
         self.parents().into_iter().all(|parent| std::fs::remove_dir(parent).is_ok() || !parent.exists())
     }
 }
