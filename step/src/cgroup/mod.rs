@@ -114,22 +114,6 @@ pub fn cpu_list(cpus: &[u32]) -> String {
     parts.join(",")
 }
 
-/// The CPUs of a kernel CPU list (`0,2-3`); unreadable parts are left out.
-pub fn parse_cpu_list(text: &str) -> Vec<u32> {
-    let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                    cpus.extend(a..=b.min(a.saturating_add(4096)));
-                }
-            }
-            None => cpus.extend(part.parse::<u32>().ok()),
-        }
-    }
-    cpus
-}
-
 pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), String> {
     std::fs::write(path, value).map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
 }
@@ -458,12 +442,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_lists_read_and_write_in_the_kernels_format() {
+    fn cpu_lists_are_written_in_the_kernels_format() {
         assert_eq!(cpu_list(&[3, 0, 1, 2, 7, 5, 6]), "0-3,5-7");
         assert_eq!(cpu_list(&[4]), "4");
         assert_eq!(cpu_list(&[]), "");
-        assert_eq!(parse_cpu_list("0-3,5,7-8\n"), vec![0, 1, 2, 3, 5, 7, 8]);
-        assert_eq!(parse_cpu_list("x,2"), vec![2]);
     }
 
     #[test]
