@@ -111,6 +111,15 @@ fn a_job_gets_its_cpus_its_memory_a_capped_process_count_and_a_kill_that_reaches
         "the daemonised grandchild {escaped} survived cmkill"
     );
 
+    // The time limit reaches such a grandchild too.
+    let limited = cluster.submit(&["-t", "0:02", "setsid sh -c 'sleep 305 & echo $! > limited.pid'; sleep 300"]);
+    cluster.wait_status(limited, "TimedOut", LONG);
+    let limited_pid: i32 = read("limited.pid".into()).parse().expect("pid");
+    assert!(
+        wait_until(Duration::from_secs(10), || !process_alive(limited_pid)),
+        "the daemonised grandchild {limited_pid} outlived the time limit"
+    );
+
     // A supervisor killed outright leaves its job's processes behind; the node kills them.
     let orphan = cluster.submit(&["setsid sh -c 'sleep 303 & echo $! > orphaned.pid'; exec sleep 304"]);
     cluster.wait_status(orphan, "Running", LONG);
