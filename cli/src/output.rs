@@ -55,10 +55,7 @@ fn node_table(nodes: &[&Node]) -> Table {
     let mut t = table(&NODE_COLUMNS);
     for node in nodes {
         let free = node.free();
-        let status = match &node.health {
-            NodeHealth::Down { since, reason } => format!("Down since {since}: {reason}"),
-            NodeHealth::Up => node.status().to_string(),
-        };
+        let status = node_status(node);
         add_row(
             &mut t,
             vec![
@@ -75,6 +72,40 @@ fn node_table(nodes: &[&Node]) -> Table {
         );
     }
     t
+}
+
+/// A node's status in words: why it is down or drained, and who drained it.
+fn node_status(node: &Node) -> String {
+    match (&node.health, &node.drain) {
+        (NodeHealth::Down { since, reason }, _) => format!("Down since {since}: {reason}"),
+        (NodeHealth::Up, Some(drain)) => format!("{}: {} (by {})", node.status(), drain.reason, drain.by),
+        (NodeHealth::Up, None) => node.status().to_string(),
+    }
+}
+
+/// One node with every field, for `cmctl show node`.
+pub fn node_detail(node: &Node) -> String {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    let mut row = |k: &str, v: String| add_row(&mut t, vec![k.to_string(), v]);
+    let (free, capacity) = (node.free(), node.capacity);
+    row("Node", node.id.to_string());
+    row("Role", format!("{:?}", node.role));
+    row("Status", node_status(node));
+    if let Some(drain) = &node.drain {
+        row("Drained", format!("since {} by {} (uid {})", drain.since, drain.by, drain.by_uid));
+    }
+    row("Address", node.address.clone());
+    row("CPUs", format!("{} ({} free)", capacity.cpus, free.cpus));
+    row("Memory", format!("{} MB ({} MB free)", capacity.memory_mb, free.memory_mb));
+    row("GPUs", format!("{} ({} free)", capacity.gpus, free.gpus));
+    let jobs: Vec<String> = node.allocations.iter().map(|a| a.job.to_string()).collect();
+    row("Jobs", if jobs.is_empty() { "-".to_string() } else { jobs.join(", ") });
+    row("Containment", if node.containment.is_empty() { "-".to_string() } else { node.containment.clone() });
+    row("Runs jobs of", node.only_uid.map_or_else(|| "every user".to_string(), |uid| format!("uid {uid} only")));
+    row("Registered", node.registered_at.to_string());
+    row("Last heartbeat", node.last_heartbeat.to_string());
+    format!("{t}\n\n")
 }
 
 /// The "Head nodes" and "Compute nodes" tables, as in the original design.
@@ -245,6 +276,7 @@ mod tests {
             health: NodeHealth::Up,
             only_uid: None,
             containment: String::new(),
+            drain: None,
             registered_at: Timestamp(0),
             last_heartbeat: Timestamp(0),
         };

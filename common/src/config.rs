@@ -129,7 +129,8 @@ pub struct Config {
     /// The cluster key file, which every daemon of the cluster holds and no user may read.
     /// None: /etc/cm/cm.key for root, ~/.config/cm/cm.key for other users.
     pub cluster_key: Option<PathBuf>,
-    /// Users (names or uids) who, besides root, may see every job in full and kill any job.
+    /// Users (names or uids) who, besides root, may see every job in full, kill any job, and
+    /// drain, resume or remove nodes.
     pub operators: Vec<String>,
     /// Users see only their own jobs, in listings too (SLURM's `PrivateData=jobs`).
     pub private_data: bool,

@@ -18,6 +18,16 @@ pub enum NodeHealth {
     Down { since: Timestamp, reason: String },
 }
 
+/// An operator's order that a node take no new jobs (`cmctl drain`), and who gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    pub reason: String,
+    /// Who drained it: their uid and, for display, their name.
+    pub by_uid: u32,
+    pub by: String,
+    pub since: Timestamp,
+}
+
 /// Resources one job holds on one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
@@ -45,6 +55,9 @@ pub struct Node {
     /// node did not say.
     #[serde(default)]
     pub containment: String,
+    /// Set while an operator has the node drained: it takes no new job.
+    #[serde(default)]
+    pub drain: Option<Drain>,
     pub registered_at: Timestamp,
     pub last_heartbeat: Timestamp,
 }
@@ -54,6 +67,10 @@ pub struct Node {
 pub enum NodeStatus {
     Idle,
     InUse,
+    /// Drained by an operator, still running jobs.
+    Draining,
+    /// Drained by an operator, and idle: ready for maintenance.
+    Drained,
     Down,
 }
 
@@ -62,6 +79,8 @@ impl std::fmt::Display for NodeStatus {
         f.write_str(match self {
             NodeStatus::Idle => "Idle",
             NodeStatus::InUse => "InUse",
+            NodeStatus::Draining => "Draining",
+            NodeStatus::Drained => "Drained",
             NodeStatus::Down => "Down",
         })
     }
@@ -81,11 +100,18 @@ impl Node {
     }
 
     pub fn status(&self) -> NodeStatus {
-        match (&self.health, self.allocations.is_empty()) {
-            (NodeHealth::Down { .. }, _) => NodeStatus::Down,
-            (NodeHealth::Up, true) => NodeStatus::Idle,
-            (NodeHealth::Up, false) => NodeStatus::InUse,
+        match (&self.health, self.drain.is_some(), self.allocations.is_empty()) {
+            (NodeHealth::Down { .. }, _, _) => NodeStatus::Down,
+            (NodeHealth::Up, true, true) => NodeStatus::Drained,
+            (NodeHealth::Up, true, false) => NodeStatus::Draining,
+            (NodeHealth::Up, false, true) => NodeStatus::Idle,
+            (NodeHealth::Up, false, false) => NodeStatus::InUse,
         }
+    }
+
+    /// Up and not drained: the scheduler may place jobs here.
+    pub fn takes_jobs(&self) -> bool {
+        self.is_up() && self.drain.is_none()
     }
 
     pub fn can_run_as(&self, uid: u32) -> bool {

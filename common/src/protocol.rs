@@ -169,6 +169,8 @@ pub enum ClientRequest {
     /// Submit: the head stores the job and assigns its id.
     AssignJobId(AssignJobId),
     KillJob(KillJob),
+    /// An operator's order about a node (`cmctl`): root and `operators` only.
+    AdministerNode(AdministerNode),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +209,23 @@ pub struct KillJob {
     pub id: JobId,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdministerNode {
+    pub node: NodeId,
+    pub action: NodeAction,
+}
+
+/// What an operator may do to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeAction {
+    /// Take no new job; the running ones finish (Draining, then Drained).
+    Drain { reason: String },
+    /// Take jobs again.
+    Resume,
+    /// Forget the node (one that is gone for good); refused while it runs jobs.
+    Remove,
+}
+
 /// Responses to [`ClientRequest`]s, one per request variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
@@ -215,6 +234,7 @@ pub enum ClientResponse {
     Job(JobReply),
     JobAccepted(JobAccepted),
     JobKilled(JobKilled),
+    NodeAdministered(NodeAdministered),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +259,12 @@ pub struct JobReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobAccepted {
     pub id: JobId,
+}
+
+/// The node as it is after the order; `None` once removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeAdministered {
+    pub node: Option<Node>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

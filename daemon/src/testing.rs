@@ -67,6 +67,7 @@ impl NodeBuilder {
                 health: NodeHealth::Up,
                 only_uid: None,
                 containment: String::new(),
+                drain: None,
                 registered_at: Timestamp(0),
                 last_heartbeat: Timestamp(0),
             },

@@ -120,6 +120,7 @@ pub fn run(
         health: NodeHealth::Up,
         only_uid: None,
         containment: String::new(),
+        drain: None,
         registered_at: now,
         last_heartbeat: now,
     };

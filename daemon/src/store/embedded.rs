@@ -15,7 +15,7 @@
 use super::{Store, StoreError, StoreResult};
 use cm_common::job::{Job, JobFilter};
 use cm_common::node::Node;
-use cm_common::JobId;
+use cm_common::{JobId, NodeId};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -206,6 +206,15 @@ impl Store for EmbeddedStore {
             out.insert(id.clone(), decode(bytes)?);
         }
         Ok(out.into_values().collect())
+    }
+
+    fn remove_node(&mut self, id: &NodeId) -> StoreResult<()> {
+        // What came before is made durable first, so that no later sync writes the node back.
+        self.sync()?;
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate);
+        txn.open_table(NODES).map_err(backend)?.remove(id.as_str()).map_err(backend)?;
+        txn.commit().map_err(backend)
     }
 }
 

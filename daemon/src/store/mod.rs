@@ -14,7 +14,7 @@ pub mod mongo;
 
 use cm_common::job::{Job, JobFilter};
 use cm_common::node::Node;
-use cm_common::JobId;
+use cm_common::{JobId, NodeId};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +53,10 @@ pub trait Store: Send {
     fn active_jobs(&self) -> StoreResult<Vec<Job>>;
     /// The `limit` most recent terminal jobs that `filter` matches, by id.
     fn finished_jobs(&self, filter: &JobFilter, limit: usize) -> StoreResult<Vec<Job>>;
-    /// Every node ever registered, by id.
+    /// Every node ever registered (and not removed), by id.
     fn nodes(&self) -> StoreResult<Vec<Node>>;
+    /// Forgets node `id` for good, durably before it returns (`cmctl remove`).
+    fn remove_node(&mut self, id: &NodeId) -> StoreResult<()>;
 }
 
 /// The contract every store must keep; each implementation's tests call [`contract_tests::run_all`].
@@ -95,6 +97,7 @@ pub mod contract_tests {
             health: NodeHealth::Up,
             only_uid: None,
             containment: String::new(),
+            drain: None,
             registered_at: Timestamp(5),
             last_heartbeat: Timestamp(6),
         }
@@ -109,6 +112,17 @@ pub mod contract_tests {
         save_now_is_durable_with_what_came_before(&mut open);
         a_large_turn_is_written_whole(&mut open);
         finished_jobs_are_filtered_before_the_limit(&mut open);
+        a_removed_node_is_gone_for_good(&mut open);
+    }
+
+    fn a_removed_node_is_gone_for_good<S: Store>(open: &mut impl FnMut() -> S) {
+        let mut store = open();
+        store.save(&[], &[&node("gone"), &node("kept")]).expect("save");
+        store.remove_node(&NodeId::new("gone")).expect("remove");
+        store.remove_node(&NodeId::new("never-was")).expect("removing an unknown node is no error");
+        drop(store);
+        let ids: Vec<String> = open().nodes().expect("nodes").iter().map(|n| n.id.to_string()).collect();
+        assert!(!ids.contains(&"gone".to_string()) && ids.contains(&"kept".to_string()), "{ids:?}");
     }
 
     fn finished_jobs_are_filtered_before_the_limit<S: Store>(open: &mut impl FnMut() -> S) {

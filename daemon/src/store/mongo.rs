@@ -19,7 +19,7 @@
 use super::{Store, StoreError, StoreResult};
 use cm_common::job::{Job, JobFilter};
 use cm_common::node::Node;
-use cm_common::JobId;
+use cm_common::{JobId, NodeId};
 use mongodb::bson::{self, doc, Bson, DateTime, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::sync::{Client, Collection, Database};
@@ -378,6 +378,13 @@ impl Store for MongoStore {
             nodes.insert(id.clone(), from_doc(doc.clone())?);
         }
         Ok(nodes.into_values().collect())
+    }
+
+    fn remove_node(&mut self, id: &NodeId) -> StoreResult<()> {
+        // What came before is made durable first, so that no later sync writes the node back.
+        self.sync()?;
+        self.nodes.delete_one(doc! { "_id": id.as_str() }).run().map_err(backend)?;
+        Ok(())
     }
 }
 

@@ -48,7 +48,7 @@ impl HeadCore {
     }
 
     /// Root, or a user named in `operators` (by name or uid).
-    fn is_operator(&mut self, uid: u32) -> bool {
+    pub(super) fn is_operator(&mut self, uid: u32) -> bool {
         if uid == 0 {
             return true;
         }
@@ -87,6 +87,7 @@ impl HeadCore {
             }
             ClientRequest::AssignJobId(req) => self.submit(uid, req, now),
             ClientRequest::KillJob(KillJob { id }) => self.kill(uid, id, now),
+            ClientRequest::AdministerNode(req) => self.administer(uid, req, now),
         }
     }
 

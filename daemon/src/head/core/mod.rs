@@ -10,8 +10,9 @@
 //! Resources: a job's reservation on a node (an `Allocation`) is released only when that node
 //! reports the job's end there, or the node is lost, so a killed job's CPUs are not handed out
 //! while its processes are still dying. The users' requests, and who may make them, are in
-//! [`clients`]; the tests in `tests.rs`.
+//! [`clients`], operators' orders about nodes in [`admin`]; the tests in `tests.rs`.
 
+mod admin;
 mod clients;
 mod queued;
 
@@ -339,6 +340,7 @@ impl HeadCore {
             health: NodeHealth::Up,
             only_uid: None,
             containment: String::new(),
+            drain: None,
             registered_at: now,
             last_heartbeat: now,
         });
@@ -552,7 +554,7 @@ impl HeadCore {
         let views: Vec<NodeView> = self
             .nodes
             .values()
-            .filter(|n| n.role == Role::Compute && n.is_up())
+            .filter(|n| n.role == Role::Compute && n.takes_jobs())
             .map(|n| NodeView {
                 id: n.id.clone(),
                 capacity: n.capacity,

@@ -6,6 +6,8 @@ use crate::head::comm::RecordingComm;
 use crate::store::embedded::EmbeddedStore;
 use crate::testing::{JobBuilder, NodeBuilder};
 use cm_common::job::{ExitStatus, JobFilter, ReplicaExit};
+use cm_common::node::NodeStatus;
+use cm_common::protocol::{AdministerNode, NodeAction, NodeAdministered};
 use cm_common::Resources;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,6 +85,9 @@ impl Store for FlakyStore {
     }
     fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         self.inner.nodes()
+    }
+    fn remove_node(&mut self, id: &NodeId) -> Result<(), StoreError> {
+        self.inner.remove_node(id)
     }
 }
 
@@ -168,6 +173,10 @@ impl Fixture {
 }
 
 impl HeadCore {
+    fn stored_node(&self, id: &str) -> Node {
+        self.store.nodes().expect("nodes").into_iter().find(|n| n.id.as_str() == id).expect("stored node")
+    }
+
     fn stored_job(&self, id: JobId) -> Job {
         self.jobs.get(&id).cloned().or_else(|| self.store.job(id).ok().flatten()).expect("job exists")
     }
@@ -775,4 +784,56 @@ fn a_reopened_head_resumes_pending_jobs() {
         Ok(ClientResponse::JobAccepted(accepted)) => assert_eq!(accepted.id, JobId(1)),
         other => panic!("{other:?}"),
     }
+}
+
+fn administer(f: &mut Fixture, uid: u32, node: &str, action: NodeAction) -> Reply<ClientResponse> {
+    let request = ClientRequest::AdministerNode(AdministerNode { node: NodeId::new(node), action });
+    f.core.handle_client(uid, request, Timestamp(30))
+}
+
+#[test]
+fn a_drained_node_takes_no_new_job_finishes_its_own_and_is_drained_until_resumed() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let running = f.submit_ok(JobBuilder::new(0).cpus(1), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    assert_eq!(f.take_sent(), vec![pair("a", "start 1")]);
+    let drain = || NodeAction::Drain { reason: "new disk".into() };
+    let refused = administer(&mut f, ALICE, "a", drain()).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::PermissionDenied, "alice is no operator");
+    assert_eq!(
+        administer(&mut f, 0, "a", NodeAction::Drain { reason: "  ".into() }).unwrap_err().code,
+        ErrorCode::Invalid
+    );
+    assert_eq!(administer(&mut f, 0, "zz", drain()).unwrap_err().code, ErrorCode::NotFound);
+    administer(&mut f, 0, "a", drain()).expect("root drains a");
+    let a = f.core.node(&NodeId::new("a")).expect("a").clone();
+    assert_eq!(a.status(), NodeStatus::Draining);
+    assert_eq!(a.drain.as_ref().map(|d| (d.reason.as_str(), d.by_uid)), Some(("new disk", 0)));
+    // A new job goes to b, though a has a CPU free.
+    let next = f.submit_ok(JobBuilder::new(0).cpus(1), "t2");
+    f.core.schedule_if_needed(Timestamp(12));
+    assert_eq!(f.take_sent(), vec![pair("b", &format!("start {}", next.0))]);
+    f.end(running, "a", &[(0, 0)], NodeEndCause::Exited);
+    assert_eq!(f.core.node(&NodeId::new("a")).expect("a").status(), NodeStatus::Drained);
+    assert_eq!(f.core.stored_node("a").drain, a.drain, "the drain is stored, with who and why");
+    assert!(administer(&mut f, 0, "b", NodeAction::Resume).unwrap_err().message.contains("not drained"));
+    administer(&mut f, 0, "a", NodeAction::Resume).expect("resume");
+    assert_eq!(f.core.node(&NodeId::new("a")).expect("a").status(), NodeStatus::Idle);
+}
+
+#[test]
+fn a_node_is_removed_only_when_it_holds_no_job_and_is_gone_from_the_store() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let id = f.submit_ok(JobBuilder::new(0).cpus(1), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    let busy = administer(&mut f, 0, "a", NodeAction::Remove).unwrap_err();
+    assert!(busy.message.contains(&format!("still holds job(s) {id}")), "{}", busy.message);
+    assert_eq!(administer(&mut f, BOB, "b", NodeAction::Remove).unwrap_err().code, ErrorCode::PermissionDenied);
+    match administer(&mut f, 0, "b", NodeAction::Remove) {
+        Ok(ClientResponse::NodeAdministered(NodeAdministered { node: None })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(f.core.node(&NodeId::new("b")).is_none());
+    let stored: Vec<String> = f.core.store.nodes().expect("nodes").iter().map(|n| n.id.to_string()).collect();
+    assert_eq!(stored, ["a"]);
 }
