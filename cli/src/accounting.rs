@@ -25,7 +25,7 @@ pub const FIELDS: [(&str, &str); 18] = [
     ("OOMKills", "processes the kernel killed for going over the job's memory"),
     ("ExitCode", "the code cmrun --wait returns for it"),
     ("NodeList", "the nodes it ran on"),
-    ("Reason", "why it failed, if it did"),
+    ("Reason", "why it failed, if it did, or why it waits"),
 ];
 
 /// The columns shown when `--format` is not given.
@@ -119,7 +119,10 @@ pub fn value(job: &Job, name: &str, now: Timestamp) -> String {
         "OOMKills" => usage.map_or_else(|| "-".to_string(), |u| u.oom_kills.to_string()),
         "ExitCode" => job.exit_code().map_or_else(|| "-".to_string(), |c| c.to_string()),
         "NodeList" => job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>().join(","),
-        "Reason" => shown(job.state.reason().unwrap_or("-")),
+        "Reason" => match &job.pending_reason {
+            Some(pending) => shown(&format!("{}: {}", pending.word, pending.sentence)),
+            None => shown(job.state.reason().unwrap_or("-")),
+        },
         _ => "-".to_string(),
     }
 }

@@ -12,7 +12,7 @@ use comfy_table::{presets, ContentArrangement, Table};
 pub const NODE_COLUMNS: [&str; 9] =
     ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)", "GPUs", "Free GPUs", "Containment"];
 /// Headers of the job table.
-pub const JOB_COLUMNS: [&str; 6] = ["ID", "Name", "User", "Status", "Command", "Nodes"];
+pub const JOB_COLUMNS: [&str; 7] = ["ID", "Name", "User", "Status", "Reason", "Command", "Nodes"];
 
 /// Whether `c` must not reach a terminal as it is.
 fn unsafe_to_show(c: char) -> bool {
@@ -135,6 +135,7 @@ pub fn jobs_table(jobs: &[Job], left_out: u64) -> String {
                 job.spec.name.clone(),
                 job.spec.user.name.clone(),
                 job.state.name().to_string(),
+                job.pending_reason.as_ref().map(|r| r.word.clone()).unwrap_or_default(),
                 shorten(&shown(&job.spec.command), 40),
                 nodes.join(", "),
             ],
@@ -179,6 +180,9 @@ pub fn job_detail(job: &Job) -> String {
     row("Status", job.state.name().to_string());
     if let Some(reason) = job.state.reason() {
         row("Reason", reason.to_string());
+    }
+    if let Some(pending) = &job.pending_reason {
+        row("Reason", format!("{}: {}", pending.word, pending.sentence));
     }
     if let JobState::Killed { by_uid, .. } = &job.state {
         row("Killed by", format!("uid {by_uid}"));

@@ -420,6 +420,17 @@ pub struct Job {
     /// reports with it, so nothing from an earlier run is taken for the current one.
     #[serde(default)]
     pub run: u32,
+    /// Why a pending job waits, as the head sees it when it answers a listing; never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<PendingReason>,
+}
+
+/// Why a pending job waits: a word for tables (`Priority`, `Resources`, `NodesDown`) and a
+/// sentence for one job that says what is missing where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReason {
+    pub word: String,
+    pub sentence: String,
 }
 
 /// One run of a job, as nodes name what they are running.
@@ -437,7 +448,16 @@ impl std::fmt::Display for JobRun {
 
 impl Job {
     pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp, submit_token: String) -> Self {
-        Job { id, spec, submitted_at, state: JobState::Pending, nodes: Vec::new(), submit_token, run: 0 }
+        Job {
+            id,
+            spec,
+            submitted_at,
+            state: JobState::Pending,
+            nodes: Vec::new(),
+            submit_token,
+            run: 0,
+            pending_reason: None,
+        }
     }
 
     /// The job as listings show it: everything but the submitter's environment, which is most
@@ -458,6 +478,7 @@ impl Job {
             state: self.state.clone(),
             nodes: self.nodes.clone(),
             submit_token: self.submit_token.clone(),
+            pending_reason: self.pending_reason.clone(),
             ..*self
         }
     }

@@ -38,29 +38,92 @@ pub struct Placement {
     pub nodes: Vec<NodeId>,
 }
 
+/// What one scheduling pass decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pass {
+    pub placements: Vec<Placement>,
+    /// The first pending job that could not start: every younger one waits behind it.
+    pub blocked: Option<JobId>,
+}
+
+fn wanted_nodes(job: &Job) -> usize {
+    usize::try_from(job.spec.nodes).unwrap_or(usize::MAX)
+}
+
+/// Whether `nodes` could hold `job` if they were idle. One that only nodes down or drained now
+/// could hold waits aside: it must not block the queue.
+pub fn could_ever_run(job: &Job, nodes: &[NodeView]) -> bool {
+    let need = job.spec.per_node;
+    nodes.iter().filter(|n| n.admits(job) && n.capacity.contains(&need)).count() >= wanted_nodes(job)
+}
+
 /// Places as many of `pending` (in FIFO order) as fit, stopping at the first that does not. The
 /// jobs are taken lazily, so a pass costs what it places, however long the queue behind.
-pub fn schedule<'a>(pending: impl IntoIterator<Item = &'a Job>, nodes: &[NodeView]) -> Vec<Placement> {
+pub fn schedule<'a>(pending: impl IntoIterator<Item = &'a Job>, nodes: &[NodeView]) -> Pass {
     let mut free: Vec<Resources> = nodes.iter().map(|n| n.free).collect();
-    let mut placements = Vec::new();
+    let mut pass = Pass::default();
     for job in pending {
-        let need = job.spec.per_node;
-        let wanted = usize::try_from(job.spec.nodes).unwrap_or(usize::MAX);
-        let could_ever = nodes.iter().filter(|n| n.admits(job) && n.capacity.contains(&need)).count();
-        if could_ever < wanted {
-            continue; // Only nodes that are down now could hold it: it must not block the queue.
+        if !could_ever_run(job, nodes) {
+            continue;
         }
+        let need = job.spec.per_node;
+        let wanted = wanted_nodes(job);
         let chosen: Vec<usize> =
             (0..nodes.len()).filter(|&i| free[i].contains(&need) && nodes[i].admits(job)).take(wanted).collect();
         if chosen.len() < wanted {
-            break; // Strict FIFO: nothing younger may start ahead of this job.
+            pass.blocked = Some(job.id); // Strict FIFO: nothing younger may start ahead of this job.
+            break;
         }
         for &i in &chosen {
             free[i] = free[i].saturating_sub(&need);
         }
-        placements.push(Placement { job: job.id, nodes: chosen.iter().map(|&i| nodes[i].id.clone()).collect() });
+        pass.placements.push(Placement { job: job.id, nodes: chosen.iter().map(|&i| nodes[i].id.clone()).collect() });
     }
-    placements
+    pass
+}
+
+/// What `job` lacks on `nodes` to start now, in a sentence that names the node closest to
+/// holding it and what is missing there ("c3 has 2 of 4 CPUs free"); `None` if it could start.
+pub fn shortfall(job: &Job, nodes: &[NodeView]) -> Option<String> {
+    let need = job.spec.per_node;
+    let wanted = wanted_nodes(job);
+    let ready: Vec<&NodeView> = nodes.iter().filter(|n| n.admits(job) && n.free.contains(&need)).collect();
+    if ready.len() >= wanted {
+        return None;
+    }
+    // How much of what the job needs a node lacks, as a share of the need: the least is closest.
+    let lacking = |n: &NodeView| {
+        let short = |free: u64, want: u64| if want == 0 { 0.0 } else { want.saturating_sub(free) as f64 / want as f64 };
+        short(u64::from(n.free.cpus), u64::from(need.cpus))
+            + short(n.free.memory_mb, need.memory_mb)
+            + short(u64::from(n.free.gpus), u64::from(need.gpus))
+    };
+    let closest = nodes
+        .iter()
+        .filter(|n| n.admits(job) && n.capacity.contains(&need) && !n.free.contains(&need))
+        .min_by(|a, b| lacking(a).total_cmp(&lacking(b)));
+    let has = |n: &NodeView| {
+        let mut parts = Vec::new();
+        if n.free.cpus < need.cpus {
+            parts.push(format!("{} of {} CPUs", n.free.cpus, need.cpus));
+        }
+        if n.free.memory_mb < need.memory_mb {
+            parts.push(format!("{} of {} MB", n.free.memory_mb, need.memory_mb));
+        }
+        if n.free.gpus < need.gpus {
+            parts.push(format!("{} of {} GPUs", n.free.gpus, need.gpus));
+        }
+        format!("{} has {} free", n.id, parts.join(" and "))
+    };
+    let closest = closest.map_or_else(|| "no other node is large enough".to_string(), has);
+    Some(if wanted == 1 {
+        closest
+    } else {
+        let names: Vec<&str> = ready.iter().map(|n| n.id.as_str()).collect();
+        let now =
+            if names.is_empty() { "none has".to_string() } else { format!("{} ({})", names.len(), names.join(", ")) };
+        format!("it needs {wanted} nodes with room for it and {now} now; the closest other: {closest}")
+    })
 }
 
 #[cfg(test)]
@@ -78,8 +141,8 @@ mod tests {
         NodeView { free: Resources::new(free, 512), ..node(id, cpus, 512) }
     }
 
-    fn placed(p: &[Placement]) -> Vec<(u64, Vec<&str>)> {
-        p.iter().map(|p| (p.job.0, p.nodes.iter().map(NodeId::as_str).collect())).collect()
+    fn placed(p: &Pass) -> Vec<(u64, Vec<&str>)> {
+        p.placements.iter().map(|p| (p.job.0, p.nodes.iter().map(NodeId::as_str).collect())).collect()
     }
 
     struct Case {
@@ -186,5 +249,32 @@ mod tests {
         assert_eq!(placed(&schedule(&jobs, &busy)), vec![(1, vec!["a"])]);
         // Job 1 ended and gave its 2 CPUs back: job 2 is next.
         assert_eq!(placed(&schedule(&jobs[1..], &busy)), vec![(2, vec!["a"])]);
+    }
+
+    #[test]
+    fn the_pass_names_the_job_that_blocks_the_queue() {
+        let jobs = [JobBuilder::new(1).cpus(2).build(), JobBuilder::new(2).cpus(4).build(), JobBuilder::new(3).build()];
+        let pass = schedule(&jobs, &[node("a", 4, 512)]);
+        assert_eq!((placed(&pass), pass.blocked), (vec![(1, vec!["a"])], Some(JobId(2))));
+        assert_eq!(schedule(&jobs[..1], &[node("a", 4, 512)]).blocked, None, "nothing waits");
+    }
+
+    #[test]
+    fn a_shortfall_names_the_closest_node_and_what_it_lacks() {
+        let one = JobBuilder::new(1).cpus(4).mem(300).build();
+        let nodes =
+            [busy("a", 8, 1), NodeView { free: Resources::new(3, 250), ..node("b", 8, 512) }, node("small", 2, 512)];
+        assert_eq!(shortfall(&one, &nodes).as_deref(), Some("b has 3 of 4 CPUs and 250 of 300 MB free"));
+        assert_eq!(shortfall(&one, &[node("c", 4, 512)]), None, "it fits");
+        let two = JobBuilder::new(2).nodes(2).cpus(2).build();
+        let nodes = [node("a", 2, 512), busy("b", 2, 1), busy("c", 2, 0)];
+        assert_eq!(
+            shortfall(&two, &nodes).as_deref(),
+            Some("it needs 2 nodes with room for it and 1 (a) now; the closest other: b has 1 of 2 CPUs free")
+        );
+        assert_eq!(
+            shortfall(&JobBuilder::new(3).cpus(4).build(), &[busy("a", 2, 2)]).as_deref(),
+            Some("no other node is large enough")
+        );
     }
 }

@@ -40,8 +40,15 @@ fn a_drained_node_finishes_its_jobs_takes_no_new_one_until_resumed_and_a_lost_on
     let (_, shown) = cmctl(&cluster, &["show", "node", &busy]);
     assert!(shown.contains("Drained: new disk (by root)") && shown.contains("Containment"), "{shown}");
 
-    assert_eq!(cmctl(&cluster, &["resume", &busy]), (true, format!("{busy}: Idle\n")));
+    // A job that needs both nodes waits, and says why.
     let both = cluster.submit(&["-n", "2", "-c", "2", "true"]);
+    let why = |c: &Cluster| c.job(both)["pending_reason"].clone();
+    assert!(wait_until(LONG, || why(&cluster)["word"] == "NodesDown"), "{}", why(&cluster));
+    let sentence = why(&cluster)["sentence"].as_str().unwrap_or_default().to_string();
+    assert!(sentence.contains(&format!("drained: {busy} (new disk)")), "{sentence}");
+    let table = String::from_utf8_lossy(&cluster.tool("cminfo", &[]).stdout).to_string();
+    assert!(table.contains("NodesDown"), "{table}");
+    assert_eq!(cmctl(&cluster, &["resume", &busy]), (true, format!("{busy}: Idle\n")));
     cluster.wait_status(both, "Completed", LONG);
 
     // A node that is gone: Down, then forgotten.

@@ -83,6 +83,7 @@ impl HeadCore {
                     // Another user's environment holds their secrets.
                     job.spec.env.clear();
                 }
+                self.explain_pending(std::slice::from_mut(&mut job));
                 Ok(ClientResponse::Job(JobReply { job }))
             }
             ClientRequest::AssignJobId(req) => self.submit(uid, req, now),
@@ -117,6 +118,7 @@ impl HeadCore {
         let left_out = (active().count() - listed.len()) as u64;
         jobs.extend(listed);
         jobs.sort_by_key(|j| j.id);
+        self.explain_pending(&mut jobs);
         Ok(ClientResponse::Jobs(JobsReply { jobs, left_out }))
     }
 

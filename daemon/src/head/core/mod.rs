@@ -15,6 +15,7 @@
 mod admin;
 mod clients;
 mod queued;
+mod reasons;
 
 pub use clients::HeadReply;
 
@@ -67,6 +68,8 @@ pub struct HeadCore {
     last_job_id: JobId,
     /// Something changed that may let a pending job start.
     wants_schedule: bool,
+    /// The first pending job the last scheduling pass could not start (for pending reasons).
+    blocked: Option<JobId>,
     /// Writes saved since the last successful store sync.
     unsynced: bool,
     /// Messages to nodes, held until the writes they follow from are durable.
@@ -174,6 +177,7 @@ impl HeadCore {
             user_names: UserNames::default(),
             last_job_id,
             wants_schedule: true,
+            blocked: None,
             unsynced: false,
             outbox: Vec::new(),
         };
@@ -546,13 +550,9 @@ impl HeadCore {
         }
     }
 
-    /// Places what fits, persists the placements in one write, and queues the starts for the nodes.
-    pub fn schedule(&mut self, now: Timestamp) {
-        if !self.jobs.values().any(|j| j.state == JobState::Pending) {
-            return;
-        }
-        let views: Vec<NodeView> = self
-            .nodes
+    /// The compute nodes that take jobs, as the scheduler sees them.
+    fn node_views(&self) -> Vec<NodeView> {
+        self.nodes
             .values()
             .filter(|n| n.role == Role::Compute && n.takes_jobs())
             .map(|n| NodeView {
@@ -562,10 +562,21 @@ impl HeadCore {
                 only_uid: n.only_uid,
                 max_procs: self.max_procs(n),
             })
-            .collect();
+            .collect()
+    }
+
+    /// Places what fits, persists the placements in one write, and queues the starts for the nodes.
+    pub fn schedule(&mut self, now: Timestamp) {
+        if !self.jobs.values().any(|j| j.state == JobState::Pending) {
+            self.blocked = None;
+            return;
+        }
+        let views = self.node_views();
         // Jobs in id order; the scheduler stops at the first pending one that does not fit.
         let pending = self.jobs.values().filter(|j| j.state == JobState::Pending);
-        let placements = scheduler::schedule(pending, &views);
+        let pass = scheduler::schedule(pending, &views);
+        self.blocked = pass.blocked;
+        let placements = pass.placements;
         if placements.is_empty() {
             return;
         }

@@ -837,3 +837,57 @@ fn a_node_is_removed_only_when_it_holds_no_job_and_is_gone_from_the_store() {
     let stored: Vec<String> = f.core.store.nodes().expect("nodes").iter().map(|n| n.id.to_string()).collect();
     assert_eq!(stored, ["a"]);
 }
+
+fn reason_of(f: &mut Fixture, id: JobId) -> (String, String) {
+    match f.core.handle_client(ALICE, ClientRequest::GetJob(GetJob { id }), Timestamp(40)) {
+        Ok(ClientResponse::Job(reply)) => {
+            let reason = reply.job.pending_reason.expect("a pending job has a reason");
+            (reason.word, reason.sentence)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_pending_job_says_why_it_waits() {
+    let mut f = Fixture::new(&["a", "b"]); // 2 CPUs each
+    let running = f.submit_ok(JobBuilder::new(0).cpus(2), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    let wide = f.submit_ok(JobBuilder::new(0).nodes(2).cpus(2), "t2");
+    assert_eq!(reason_of(&mut f, wide).0, "Scheduling", "before any pass has looked at it");
+    let small = f.submit_ok(JobBuilder::new(0).cpus(1), "t3");
+    f.core.schedule_if_needed(Timestamp(12));
+    let (word, sentence) = reason_of(&mut f, wide);
+    assert_eq!(word, "Resources");
+    assert!(
+        sentence.contains("it needs 2 nodes with room for it and 1 (b) now")
+            && sentence.contains("a has 0 of 2 CPUs free"),
+        "{sentence}"
+    );
+    assert_eq!(
+        reason_of(&mut f, small),
+        (
+            "Priority".into(),
+            format!("waits behind job {wide}, first in line (jobs start in the order they were submitted)")
+        )
+    );
+    // Listings carry the reasons too, and running jobs have none.
+    let listed = match f.core.handle_client(
+        ALICE,
+        ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit: None, filter: Default::default() }),
+        Timestamp(41),
+    ) {
+        Ok(ClientResponse::Jobs(reply)) => reply.jobs,
+        other => panic!("{other:?}"),
+    };
+    let words: Vec<Option<String>> = listed.iter().map(|j| j.pending_reason.as_ref().map(|r| r.word.clone())).collect();
+    assert_eq!(words, [None, Some("Resources".into()), Some("Priority".into())], "job {running} runs");
+    // Drain b: no two nodes take jobs any more, so the wide job waits aside, naming why.
+    administer(&mut f, 0, "b", NodeAction::Drain { reason: "fan".into() }).expect("drain");
+    f.core.schedule_if_needed(Timestamp(13));
+    assert_eq!(
+        reason_of(&mut f, wide),
+        ("NodesDown".into(), "the nodes large enough for it do not take jobs now; drained: b (fan)".into())
+    );
+    assert_eq!(f.core.stored_job(wide).pending_reason, None, "reasons are never stored");
+}
