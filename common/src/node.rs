@@ -87,6 +87,23 @@ impl std::fmt::Display for NodeStatus {
 }
 
 impl Node {
+    /// A node just registered at `now`: up, holding nothing, its containment not yet told.
+    pub fn new(id: NodeId, role: Role, address: String, capacity: Resources, now: Timestamp) -> Node {
+        Node {
+            id,
+            role,
+            address,
+            capacity,
+            allocations: vec![],
+            health: NodeHealth::Up,
+            only_uid: None,
+            containment: String::new(),
+            drain: None,
+            registered_at: now,
+            last_heartbeat: now,
+        }
+    }
+
     pub fn allocated(&self) -> Resources {
         self.allocations.iter().fold(Resources::default(), |sum, a| sum.saturating_add(&a.resources))
     }

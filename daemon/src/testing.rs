@@ -1,7 +1,7 @@
 //! Builders for unit tests: jobs and nodes with sensible defaults, changed one field at a time.
 
 use cm_common::job::{Job, JobSpec};
-use cm_common::node::{Node, NodeHealth, Role};
+use cm_common::node::{Node, Role};
 use cm_common::{JobId, NodeId, Resources, Timestamp};
 
 /// Builds a pending job: 1 node, 1 process, 1 CPU, 100 MB, run by alice (uid 1000).
@@ -58,19 +58,13 @@ pub struct NodeBuilder {
 impl NodeBuilder {
     pub fn new(id: &str) -> Self {
         NodeBuilder {
-            node: Node {
-                id: NodeId::new(id),
-                role: Role::Compute,
-                address: format!("tcp://{id}:5002"),
-                capacity: Resources::new(2, 512),
-                allocations: vec![],
-                health: NodeHealth::Up,
-                only_uid: None,
-                containment: String::new(),
-                drain: None,
-                registered_at: Timestamp(0),
-                last_heartbeat: Timestamp(0),
-            },
+            node: Node::new(
+                NodeId::new(id),
+                Role::Compute,
+                format!("tcp://{id}:5002"),
+                Resources::new(2, 512),
+                Timestamp(0),
+            ),
         }
     }
     pub fn cpus(mut self, n: u32) -> Self {

@@ -23,7 +23,7 @@ use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
 use anyhow::Context;
 use cm_auth::{ClusterKey, Gate};
-use cm_common::node::{Node, NodeHealth, Role};
+use cm_common::node::{Node, Role};
 use cm_common::protocol::{ErrorCode, ErrorReply, HeadRequest, Reply};
 use cm_common::Timestamp;
 use cm_transport::{Responder, RetryPolicy};
@@ -111,19 +111,7 @@ pub fn run(
         }),
     );
     let now = Timestamp::now();
-    let me_node = Node {
-        id: config.node_id.clone(),
-        role: Role::Head,
-        address: endpoint.clone(),
-        capacity: config.resources,
-        allocations: vec![],
-        health: NodeHealth::Up,
-        only_uid: None,
-        containment: String::new(),
-        drain: None,
-        registered_at: now,
-        last_heartbeat: now,
-    };
+    let me_node = Node::new(config.node_id.clone(), Role::Head, endpoint.clone(), config.resources, now);
     let settings = HeadSettings {
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,

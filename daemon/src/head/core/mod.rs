@@ -335,19 +335,11 @@ impl HeadCore {
                 ));
             }
         }
-        let mut node = self.nodes.get(&req.node).cloned().unwrap_or_else(|| Node {
-            id: req.node.clone(),
-            role: Role::Compute,
-            address: String::new(),
-            capacity: req.capacity,
-            allocations: vec![],
-            health: NodeHealth::Up,
-            only_uid: None,
-            containment: String::new(),
-            drain: None,
-            registered_at: now,
-            last_heartbeat: now,
-        });
+        let mut node = self
+            .nodes
+            .get(&req.node)
+            .cloned()
+            .unwrap_or_else(|| Node::new(req.node.clone(), Role::Compute, String::new(), req.capacity, now));
         node.address = req.address;
         node.capacity = req.capacity;
         node.only_uid = req.only_uid;
