@@ -145,8 +145,8 @@ impl Replicas {
             self.replicas.iter().filter_map(|r| r.exit.map(|status| ReplicaExit { rank: r.rank, status })).collect();
         let cause = self.stopping.as_ref().map_or(NodeEndCause::Exited, |s| s.cause.clone());
         let usage = match &mut self.cgroup {
+            // `signal_all` above has killed everything in it.
             Some(cgroup) => {
-                cgroup.kill_all();
                 reap_leftovers();
                 let usage = cgroup.usage();
                 cgroup.remove();

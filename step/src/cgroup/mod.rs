@@ -71,9 +71,7 @@ impl Hierarchy {
             }
         }
     }
-}
 
-impl Hierarchy {
     /// Removes the node's job cgroup directory if no job cgroup is left in it; whether it is gone.
     pub fn remove_if_unused(&self) -> bool {
         self.remove_empty(&[]);
@@ -180,74 +178,57 @@ pub struct JobCgroup {
 impl JobCgroup {
     /// Creates the cgroup `name` (`job.ID.RUN`) with `limits`; on an error, undoes what it did.
     pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> Result<JobCgroup, String> {
-        let mut cgroup = match hierarchy {
-            Hierarchy::V2 { parent } => {
-                let dir = made(parent, name)?;
-                JobCgroup {
-                    dirs: vec![dir.clone()],
-                    shared: vec![],
-                    procs: dir.clone(),
-                    v2: true,
-                    memory: dir.clone(),
-                    cpu_time: Some(dir.join("cpu.stat")),
-                }
+        let mut cgroup = JobCgroup::named(hierarchy, name);
+        match cgroup.build(hierarchy, name, limits) {
+            Ok(()) => Ok(cgroup),
+            Err(e) => {
+                cgroup.remove();
+                Err(e)
             }
-            Hierarchy::V1 { cpuset, memory, pids, cpuacct, devices } => {
-                let mut cgroup = JobCgroup {
-                    dirs: vec![],
-                    shared: vec![],
-                    procs: pids.join(name),
-                    v2: false,
-                    memory: memory.join(name),
-                    cpu_time: cpuacct.as_ref().map(|dir| dir.join(name).join("cpuacct.usage")),
-                };
-                // The device controller only where there are GPUs to deny.
-                let devices = devices.as_ref().filter(|_| !limits.denied_gpus.is_empty());
-                let mut joining = Vec::new();
-                let own = supervisor_name();
-                // Pushed as taken or made, so that a failure part-way undoes them all.
-                for parent in [Some(pids), Some(cpuset), cpuacct.as_ref()].into_iter().flatten() {
-                    let dir = parent.join(name);
-                    if std::fs::rename(parent.join(&own), &dir).is_ok() {
-                        cgroup.shared.push(dir);
-                        continue;
-                    }
-                    match made(parent, name) {
-                        Ok(dir) => {
-                            joining.push(dir.join("cgroup.procs"));
-                            cgroup.shared.push(dir);
-                        }
-                        Err(e) => {
-                            cgroup.remove();
-                            return Err(e);
-                        }
-                    }
-                }
-                for parent in [Some(memory), devices].into_iter().flatten() {
-                    match made(parent, name) {
-                        Ok(dir) => cgroup.dirs.push(dir),
-                        Err(e) => {
-                            cgroup.remove();
-                            return Err(e);
-                        }
-                    }
-                }
-                // The supervisor moves in once, on its first run (its CPUs set first: a v1
-                // cpuset takes no process before).
-                if let Err(e) = cgroup.apply(hierarchy, name, limits).and_then(|()| {
-                    joining.iter().try_for_each(|procs| write_file(procs, &std::process::id().to_string()))
-                }) {
-                    cgroup.remove();
-                    return Err(e);
-                }
-                return Ok(cgroup);
+        }
+    }
+
+    /// The cgroup `name`'s files, before any directory is taken or made.
+    fn named(hierarchy: &Hierarchy, name: &str) -> JobCgroup {
+        let (procs, memory, cpu_time) = match hierarchy {
+            Hierarchy::V2 { parent } => {
+                (parent.join(name), parent.join(name), Some(parent.join(name).join("cpu.stat")))
+            }
+            Hierarchy::V1 { pids, memory, cpuacct, .. } => {
+                (pids.join(name), memory.join(name), cpuacct.as_ref().map(|dir| dir.join(name).join("cpuacct.usage")))
             }
         };
-        if let Err(e) = cgroup.apply(hierarchy, name, limits) {
-            cgroup.remove();
-            return Err(e);
+        let v2 = matches!(hierarchy, Hierarchy::V2 { .. });
+        JobCgroup { dirs: vec![], shared: vec![], procs, v2, memory, cpu_time }
+    }
+
+    /// Takes or makes the directories (each recorded as soon as it is, for `remove` to undo),
+    /// sets the limits, and on v1 moves the supervisor into the cgroups it keeps.
+    fn build(&mut self, hierarchy: &Hierarchy, name: &str, limits: &Limits) -> Result<(), String> {
+        let mut joining = Vec::new();
+        match hierarchy {
+            Hierarchy::V2 { parent } => self.dirs.push(made(parent, name)?),
+            Hierarchy::V1 { cpuset, memory, pids, cpuacct, devices } => {
+                let own = supervisor_name();
+                for parent in [Some(pids), Some(cpuset), cpuacct.as_ref()].into_iter().flatten() {
+                    let dir = parent.join(name);
+                    if std::fs::rename(parent.join(&own), &dir).is_err() {
+                        made(parent, name)?;
+                        joining.push(dir.join("cgroup.procs"));
+                    }
+                    self.shared.push(dir);
+                }
+                // The device controller only where there are GPUs to deny.
+                let devices = devices.as_ref().filter(|_| !limits.denied_gpus.is_empty());
+                for parent in [Some(memory), devices].into_iter().flatten() {
+                    self.dirs.push(made(parent, name)?);
+                }
+            }
         }
-        Ok(cgroup)
+        self.apply(hierarchy, name, limits)?;
+        // The supervisor moves in once, on its first run (its CPUs set first: a v1 cpuset takes
+        // no process before).
+        joining.iter().try_for_each(|procs| write_file(procs, &std::process::id().to_string()))
     }
 
     fn apply(&mut self, hierarchy: &Hierarchy, name: &str, limits: &Limits) -> Result<(), String> {
@@ -305,21 +286,12 @@ impl JobCgroup {
     /// Kills whatever is left in the cgroup `name` and removes it, if it exists: a run whose
     /// supervisor died before it could.
     pub fn kill_and_remove(hierarchy: &Hierarchy, name: &str) {
-        let procs = match hierarchy {
-            Hierarchy::V2 { parent } => parent.join(name),
-            Hierarchy::V1 { pids, .. } => pids.join(name),
-        };
-        if !procs.is_dir() {
+        let named = JobCgroup::named(hierarchy, name);
+        if !named.procs.is_dir() {
             return;
         }
-        let mut cgroup = JobCgroup {
-            dirs: hierarchy.parents().iter().map(|parent| parent.join(name)).filter(|dir| dir.is_dir()).collect(),
-            shared: vec![],
-            procs,
-            v2: matches!(hierarchy, Hierarchy::V2 { .. }),
-            memory: PathBuf::new(),
-            cpu_time: None,
-        };
+        let dirs = hierarchy.parents().iter().map(|parent| parent.join(name)).filter(|dir| dir.is_dir()).collect();
+        let mut cgroup = JobCgroup { dirs, ..named };
         cgroup.kill_all();
         cgroup.remove();
     }
