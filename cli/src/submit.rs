@@ -18,6 +18,11 @@ pub struct Request {
     pub stdout: Option<String>,
     pub stderr: Option<String>,
     pub requeue: bool,
+    /// The partition; `None`: the head's default.
+    pub partition: Option<String>,
+    pub nice: Option<i32>,
+    /// A fixed priority (operators only).
+    pub priority: Option<u32>,
     pub command: Vec<String>,
 }
 
@@ -72,6 +77,9 @@ pub fn build_spec(
         stderr: request.stderr.clone(),
         requeue: request.requeue,
         max_user_processes: max_user_processes(),
+        partition: request.partition.clone().unwrap_or_default(),
+        nice: request.nice.unwrap_or(0),
+        priority: request.priority,
     };
     spec.validate()?;
     Ok(spec)

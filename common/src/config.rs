@@ -4,6 +4,7 @@
 //! `/etc/cm/config.yaml` when present), then environment variables and flags, which the
 //! binaries apply on top with [`Config`]'s public fields.
 
+use crate::partition::Partition;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -172,6 +173,28 @@ pub struct Config {
     pub limits: JobLimits,
     /// How compute nodes contain their jobs.
     pub cgroups: CgroupSettings,
+    /// The order jobs start in: priorities and backfill.
+    pub scheduling: SchedulingSettings,
+    /// Named groups of nodes with limits of their own ([`Partition`]); a node may be in several.
+    pub partitions: Vec<Partition>,
+}
+
+/// How the head orders and places pending jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulingSettings {
+    /// Let a job start ahead of the first job in line that cannot, when it cannot delay that
+    /// job's expected start (EASY backfill, from time limits). Off: strict priority order.
+    pub backfill: bool,
+    /// A pending job gains one priority point per minute it waits, up to this age.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for SchedulingSettings {
+    fn default() -> Self {
+        SchedulingSettings { backfill: true, max_age: Duration::from_secs(7 * 86_400) }
+    }
 }
 
 /// Containment of jobs in cgroups on compute nodes.
@@ -318,6 +341,8 @@ impl Default for Config {
             defaults: JobDefaults::default(),
             limits: JobLimits::default(),
             cgroups: CgroupSettings::default(),
+            scheduling: SchedulingSettings::default(),
+            partitions: vec![Partition::everything()],
         }
     }
 }
@@ -375,6 +400,10 @@ impl Config {
             return Err("node.cpus and node.memory_mb must be more than zero (or null, to detect them)".into());
         }
         self.limits.validate(self.max_message_size)?;
+        crate::partition::validate(&self.partitions)?;
+        if self.scheduling.max_age > Duration::from_secs(365 * 86_400) {
+            return Err("scheduling.max_age must be at most a year".into());
+        }
         if self.cgroups.max_pids_per_job < 8 {
             return Err("cgroups.max_pids_per_job must be at least 8 (a job's shell and its commands)".into());
         }

@@ -55,6 +55,17 @@ pub struct JobSpec {
     /// SLURM propagates resource limits; `None`: unlimited (the node's own limit applies).
     #[serde(default)]
     pub max_user_processes: Option<u64>,
+    /// The partition it runs in (`cmrun -P`); empty: the default one, which the head writes in.
+    #[serde(default)]
+    pub partition: String,
+    /// Lowers the job's priority by this much (`cmrun --nice`); only operators may raise it
+    /// (below zero). From -10,000 to 10,000.
+    #[serde(default)]
+    pub nice: i32,
+    /// A priority fixed by an operator (`cmrun --priority`, `cmctl update job`), instead of the
+    /// one worked out from age, partition and nice; 0 holds the job.
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 /// Characters that reorder how text is shown (Unicode bidirectional controls): in a name they
@@ -86,6 +97,9 @@ impl JobSpec {
             stderr: None,
             requeue: false,
             max_user_processes: None,
+            partition: String::new(),
+            nice: 0,
+            priority: None,
         }
     }
 
@@ -116,6 +130,9 @@ impl JobSpec {
         }
         if self.name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
             return Err("the job name contains control or text-direction characters; name it with -a NAME".into());
+        }
+        if self.nice.abs() > crate::partition::MAX_NICE {
+            return Err(format!("--nice must be between -{0} and {0}", crate::partition::MAX_NICE));
         }
         if self.command.contains('\0') || self.workdir.contains('\0') {
             return Err("the command or the working directory contains a NUL byte".into());
@@ -420,17 +437,27 @@ pub struct Job {
     /// reports with it, so nothing from an earlier run is taken for the current one.
     #[serde(default)]
     pub run: u32,
+    /// A pending job's priority when the head answered a listing (it grows as the job waits);
+    /// never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u64>,
     /// Why a pending job waits, as the head sees it when it answers a listing; never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<PendingReason>,
 }
 
-/// Why a pending job waits: a word for tables (`Priority`, `Resources`, `NodesDown`) and a
+/// Why a pending job waits: a word for tables (`Priority`, `Resources`, `NodesDown`, ...) and a
 /// sentence for one job that says what is missing where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingReason {
     pub word: String,
     pub sentence: String,
+    /// For the job first in line: when it is expected to start at the latest, from the running
+    /// jobs' time limits, and the nodes held for it until then (backfill may not delay it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_start: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved_nodes: Vec<NodeId>,
 }
 
 /// One run of a job, as nodes name what they are running.
@@ -456,6 +483,7 @@ impl Job {
             nodes: Vec::new(),
             submit_token,
             run: 0,
+            priority: None,
             pending_reason: None,
         }
     }
@@ -473,6 +501,7 @@ impl Job {
                 workdir: spec.workdir.clone(),
                 stdout: spec.stdout.clone(),
                 stderr: spec.stderr.clone(),
+                partition: spec.partition.clone(),
                 ..*spec
             },
             state: self.state.clone(),

@@ -7,6 +7,7 @@
 //! - [`resources`]: CPUs and memory, as capacities and reservations.
 //! - [`job`]: what a user submits (`JobSpec`) and what the head tracks (`Job`, `JobState`).
 //! - [`node`]: what the head knows of each node (`Node`, `NodeHealth`).
+//! - [`partition`]: named groups of nodes with limits of their own.
 //! - [`timelimit`]: SLURM-style time-limit strings (`90`, `1:30:00`, `2-12`).
 //! - [`protocol`]: the wire messages, one request/response pair per direction, in a versioned envelope.
 //! - [`config`]: `config.yaml` and its defaults.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod node;
+pub mod partition;
 pub mod protocol;
 pub mod resources;
 pub mod time;

@@ -17,6 +17,7 @@
 
 use crate::job::{Job, JobFilter, JobRun, JobSpec, NodeEnd};
 use crate::node::Node;
+use crate::partition::PartitionInfo;
 use crate::{Error, JobId, NodeId, Resources, Result, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -171,6 +172,8 @@ pub enum ClientRequest {
     KillJob(KillJob),
     /// An operator's order about a node (`cmctl`): root and `operators` only.
     AdministerNode(AdministerNode),
+    /// A change to a pending job (`cmctl update job`); answered with the job as it is after.
+    UpdateJob(UpdateJob),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,6 +229,23 @@ pub enum NodeAction {
     Remove,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateJob {
+    pub id: JobId,
+    pub changes: Vec<JobChange>,
+}
+
+/// What may change in a pending job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobChange {
+    /// Fix its priority (0 holds it): root and the operators only.
+    Priority(u32),
+    /// Work its priority out again from age, partition and nice (releases a hold).
+    AutoPriority,
+    /// Its nice value: the owner may lower the job's priority (0 and up), operators anything.
+    Nice(i32),
+}
+
 /// Responses to [`ClientRequest`]s, one per request variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
@@ -240,6 +260,9 @@ pub enum ClientResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodesReply {
     pub nodes: Vec<Node>,
+    /// The head's partitions, in the order configured, with the nodes in each.
+    #[serde(default)]
+    pub partitions: Vec<PartitionInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,6 +21,9 @@ fn valid_messages() -> Vec<Vec<u8>> {
         stderr: None,
         requeue: true,
         max_user_processes: None,
+        partition: "main".into(),
+        nice: 0,
+        priority: None,
     };
     let job = Job::new(JobId(7), spec.clone(), Timestamp(1), "token".into());
     let submit = HeadRequest::Client(ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }));

@@ -276,7 +276,7 @@ mod tests {
             }
             _ => panic!("expected the request"),
         }
-        let reply: Reply<ClientResponse> = Ok(ClientResponse::Nodes(NodesReply { nodes: vec![] }));
+        let reply: Reply<ClientResponse> = Ok(ClientResponse::Nodes(NodesReply { nodes: vec![], partitions: vec![] }));
         inbox.reply(&reply);
         assert!(matches!(caller.join().expect("join"), Ok(ClientResponse::Nodes(_))));
     }
@@ -296,7 +296,7 @@ mod tests {
                 Ok(Some(Next::Event(event))) => order.push(event.to_string()),
                 Ok(Some(Next::Request(_))) => {
                     order.push("request".into());
-                    inbox.reply(&Ok::<_, ErrorReply>(ClientResponse::Nodes(NodesReply { nodes: vec![] })));
+                    inbox.reply(&Ok::<_, ErrorReply>(ClientResponse::Nodes(NodesReply { nodes: vec![], partitions: vec![] })));
                 }
                 _ => panic!("expected an event or the request"),
             }

@@ -94,6 +94,8 @@ pub struct HeadConfig {
     pub private_data: bool,
     pub anonymous_listing: bool,
     pub limits: cm_common::config::JobLimits,
+    pub scheduling: cm_common::config::SchedulingSettings,
+    pub partitions: Vec<cm_common::partition::Partition>,
     pub state_dir: PathBuf,
     /// MongoDB URI; `None` means the embedded store.
     pub store: Option<String>,
@@ -188,6 +190,8 @@ impl Settings {
             private_data: config.private_data,
             anonymous_listing: config.anonymous_listing,
             limits: config.limits.clone(),
+            scheduling: config.scheduling.clone(),
+            partitions: config.partitions.clone(),
             state_dir: state_dir.clone(),
             store: args.store.clone().or_else(|| config.store.clone()),
             store_timeout: config.store_timeout,

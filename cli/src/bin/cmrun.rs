@@ -46,6 +46,15 @@ struct Args {
     /// If one of the job's nodes is lost, queue the job again (same id) instead of ending it as NodeFail.
     #[arg(long)]
     requeue: bool,
+    /// The partition to run in [default: the cluster's default partition].
+    #[arg(short = 'P', long)]
+    partition: Option<String>,
+    /// Lower the job's priority by N (0 to 10000); only operators may give a negative N.
+    #[arg(long, allow_negative_numbers = true)]
+    nice: Option<i32>,
+    /// Fix the job's priority at N instead of working it out (operators only; 0 holds the job).
+    #[arg(long)]
+    priority: Option<u32>,
     /// Wait until the job ends and exit with its exit code.
     #[arg(long)]
     wait: bool,
@@ -80,6 +89,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         stdout: args.output,
         stderr: args.error,
         requeue: args.requeue,
+        partition: args.partition,
+        nice: args.nice,
+        priority: args.priority,
         command: args.command,
     };
     let workdir = std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory: {e}"))?;

@@ -119,6 +119,8 @@ pub fn run(
         private_data: config.private_data,
         anonymous_listing: config.anonymous_listing,
         limits: config.limits.clone(),
+        scheduling: config.scheduling.clone(),
+        partitions: config.partitions.clone(),
     };
     let mut core = HeadCore::open(store, Box::new(comm), me_node, settings, now)?;
 

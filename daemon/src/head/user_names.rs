@@ -43,6 +43,21 @@ impl UserNames {
     }
 }
 
+/// The groups (names and gids) the head's account database puts `uid` in, its primary group
+/// first, for partitions open to groups (`allow_groups`); none for a uid it has no account for.
+pub fn groups_of(uid: u32) -> Vec<(String, u32)> {
+    use nix::unistd::{getgrouplist, Group, Uid, User};
+    let Some(user) = User::from_uid(Uid::from_raw(uid)).ok().flatten() else { return Vec::new() };
+    let Ok(name) = std::ffi::CString::new(user.name) else { return Vec::new() };
+    let gids = getgrouplist(&name, user.gid).unwrap_or_else(|_| vec![user.gid]);
+    gids.into_iter()
+        .map(|gid| {
+            let name = Group::from_gid(gid).ok().flatten().map_or_else(|| gid.to_string(), |g| g.name);
+            (name, gid.as_raw())
+        })
+        .collect()
+}
+
 /// A name a tool sent that is fit to print: not empty, not too long, no control characters
 /// (which could drive the terminal of whoever runs `cminfo`).
 fn plausible(hint: &str) -> bool {
@@ -71,6 +86,12 @@ mod tests {
         assert_eq!(names.name(NO_ACCOUNT, ""), NO_ACCOUNT.to_string());
         assert_eq!(names.name(NO_ACCOUNT, "al\u{1b}[2Jice"), NO_ACCOUNT.to_string());
         assert_eq!(names.name(NO_ACCOUNT, &"a".repeat(65)), NO_ACCOUNT.to_string());
+    }
+
+    #[test]
+    fn groups_come_from_the_account_database() {
+        assert_eq!(groups_of(0).first(), Some(&("root".to_string(), 0)));
+        assert_eq!(groups_of(NO_ACCOUNT), vec![]);
     }
 
     #[test]

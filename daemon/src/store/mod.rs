@@ -83,6 +83,9 @@ pub mod contract_tests {
             stderr: Some("err-%j".into()),
             requeue: true,
             max_user_processes: Some(4096),
+            partition: "batch".into(),
+            nice: 5,
+            priority: Some(7),
         };
         Job::new(id, spec, Timestamp(1000 + id.0), format!("token-{id}"))
     }

@@ -1,9 +1,10 @@
-//! Operators' orders about nodes (`cmctl`): drain, resume, remove. Root and the `operators` only;
-//! each order is logged with who gave it, and a drain keeps its author and reason on the node.
+//! Orders given with `cmctl`: about nodes (drain, resume, remove: root and the `operators`
+//! only) and about pending jobs (priority: operators; nice: the owner too). Each order is logged
+//! with who gave it, and a drain keeps its author and reason on the node.
 
 use super::*;
 use cm_common::node::Drain;
-use cm_common::protocol::{AdministerNode, NodeAction, NodeAdministered};
+use cm_common::protocol::{AdministerNode, JobChange, NodeAction, NodeAdministered, UpdateJob};
 
 /// The longest drain reason kept; a longer one is cut.
 const MAX_REASON_CHARS: usize = 256;
@@ -59,5 +60,57 @@ impl HeadCore {
                 Ok(ClientResponse::NodeAdministered(NodeAdministered { node: None }))
             }
         }
+    }
+
+    /// Changes a pending job's priority or nice value.
+    pub(super) fn update_job(&mut self, uid: u32, req: UpdateJob, now: Timestamp) -> Reply<ClientResponse> {
+        let id = req.id;
+        let Some(mut job) = self.jobs.get(&id).cloned() else {
+            return Err(match self.store.job(id).map_err(unavailable)? {
+                Some(job) => invalid(format!("job {id} has ended ({}); only a pending job can change", job.state.name())),
+                None => not_found(id),
+            });
+        };
+        let operator = self.is_operator(uid);
+        if job.spec.user.uid != uid && !operator {
+            return Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!("job {id} belongs to {}; only its owner, root or an operator may change it", job.spec.user.name),
+            ));
+        }
+        if job.state != JobState::Pending {
+            return Err(invalid(format!("job {id} is {}; only a pending job can change", job.state.name())));
+        }
+        if req.changes.is_empty() {
+            return Err(invalid("say what to change: priority=N, priority=auto or nice=N"));
+        }
+        for change in &req.changes {
+            match *change {
+                JobChange::Priority(_) | JobChange::AutoPriority if !operator => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::PermissionDenied,
+                        "only root and the operators may set a job's priority; you may lower it with nice=N",
+                    ));
+                }
+                JobChange::Nice(nice) if nice < 0 && !operator => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::PermissionDenied,
+                        "only root and the operators may give a negative nice value (raise a job's priority)",
+                    ));
+                }
+                JobChange::Nice(nice) if nice.abs() > cm_common::partition::MAX_NICE => {
+                    return Err(invalid(format!("nice must be between -{0} and {0}", cm_common::partition::MAX_NICE)));
+                }
+                JobChange::Priority(priority) => job.spec.priority = Some(priority),
+                JobChange::AutoPriority => job.spec.priority = None,
+                JobChange::Nice(nice) => job.spec.nice = nice,
+            }
+        }
+        let by = self.user_names.name(uid, "");
+        tracing::info!(job = %id, by = %by, uid, changes = ?req.changes, "job updated");
+        self.commit_now(vec![job.clone()], vec![]).map_err(unavailable)?;
+        self.wants_schedule = true;
+        self.explain_pending(std::slice::from_mut(&mut job), now);
+        Ok(ClientResponse::Job(JobReply { job }))
     }
 }

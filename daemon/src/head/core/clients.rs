@@ -38,7 +38,7 @@ impl HeadCore {
     fn handle_anonymous(&mut self, request: ClientRequest) -> Reply<ClientResponse> {
         let listing = matches!(request, ClientRequest::FetchNodes(_) | ClientRequest::FetchJobs(_));
         if listing && self.settings.anonymous_listing && !self.settings.private_data {
-            return self.handle_client(ANONYMOUS, request, Timestamp(0));
+            return self.handle_client(ANONYMOUS, request, Timestamp::now());
         }
         Err(ErrorReply::new(
             ErrorCode::Unauthenticated,
@@ -65,11 +65,11 @@ impl HeadCore {
             ClientRequest::FetchNodes(_) => {
                 let mut nodes = vec![self.me.clone()];
                 nodes.extend(self.nodes.values().cloned());
-                Ok(ClientResponse::Nodes(NodesReply { nodes }))
+                Ok(ClientResponse::Nodes(NodesReply { nodes, partitions: self.partition_infos() }))
             }
             ClientRequest::FetchJobs(req) => {
                 let only = (self.settings.private_data && !self.is_operator(uid)).then_some(uid);
-                self.fetch_jobs(req, only)
+                self.fetch_jobs(req, only, now)
             }
             ClientRequest::GetJob(GetJob { id }) => {
                 let mut job = match self.jobs.get(&id) {
@@ -83,17 +83,18 @@ impl HeadCore {
                     // Another user's environment holds their secrets.
                     job.spec.env.clear();
                 }
-                self.explain_pending(std::slice::from_mut(&mut job));
+                self.explain_pending(std::slice::from_mut(&mut job), now);
                 Ok(ClientResponse::Job(JobReply { job }))
             }
             ClientRequest::AssignJobId(req) => self.submit(uid, req, now),
             ClientRequest::KillJob(KillJob { id }) => self.kill(uid, id, now),
             ClientRequest::AdministerNode(req) => self.administer(uid, req, now),
+            ClientRequest::UpdateJob(req) => self.update_job(uid, req, now),
         }
     }
 
     /// Pending and running jobs (and finished ones if asked), of user `only` if given.
-    fn fetch_jobs(&self, req: FetchJobs, only: Option<u32>) -> Reply<ClientResponse> {
+    fn fetch_jobs(&self, req: FetchJobs, only: Option<u32>, now: Timestamp) -> Reply<ClientResponse> {
         let limit = req.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
         let visible = |job: &Job| only.is_none_or(|uid| job.spec.user.uid == uid) && req.filter.matches(job);
         let mut jobs: Vec<Job> = Vec::new();
@@ -118,7 +119,7 @@ impl HeadCore {
         let left_out = (active().count() - listed.len()) as u64;
         jobs.extend(listed);
         jobs.sort_by_key(|j| j.id);
-        self.explain_pending(&mut jobs);
+        self.explain_pending(&mut jobs, now);
         Ok(ClientResponse::Jobs(JobsReply { jobs, left_out }))
     }
 
@@ -138,7 +139,8 @@ impl HeadCore {
         }
         spec.user.name = self.user_names.name(spec.user.uid, &spec.user.name);
         self.check_queue_has_room(spec.user.uid)?;
-        self.check_cluster_can_fit(&spec)?;
+        let partition = self.admit_to_partition(uid, &mut spec)?;
+        self.check_cluster_can_fit(&spec, partition)?;
         let id = JobId(self.last_job_id.0 + 1);
         let job = Job::new(id, spec, now, req.token);
         self.commit_now(vec![job], vec![]).map_err(unavailable)?;
@@ -167,14 +169,61 @@ impl HeadCore {
         Ok(())
     }
 
-    /// Refuses at once a job that the nodes that are up could never run, however long it waited.
-    fn check_cluster_can_fit(&self, spec: &JobSpec) -> Result<(), ErrorReply> {
+    /// Puts the job in its partition (the default one if it names none) with the partition's
+    /// default time limit if it has none, or refuses it: a partition that does not exist, that
+    /// is not open to the user, whose limits it exceeds; and a priority or nice value the user
+    /// may not set. Returns the partition's index.
+    fn admit_to_partition(&mut self, uid: u32, spec: &mut JobSpec) -> Result<usize, ErrorReply> {
+        let Some(p) = self.partition_of(spec) else {
+            let names: Vec<&str> = self.settings.partitions.iter().map(|p| p.name.as_str()).collect();
+            return Err(invalid(format!(
+                "there is no partition {:?}; the partitions are {} (cminfo --partitions)",
+                spec.partition,
+                names.join(", ")
+            )));
+        };
+        let partition = self.settings.partitions[p].clone();
+        spec.partition = partition.name.clone();
+        let groups = if partition.allow_groups.is_empty() { Vec::new() } else { crate::head::user_names::groups_of(spec.user.uid) };
+        if !partition.allows(spec.user.uid, &spec.user.name, &groups) {
+            return Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "partition {} is open only to users [{}] and groups [{}]; {} is not among them",
+                    partition.name,
+                    partition.allow_users.join(", "),
+                    partition.allow_groups.join(", "),
+                    spec.user.name
+                ),
+            ));
+        }
+        if spec.time_limit_secs.is_none() {
+            spec.time_limit_secs = partition.default_time().map(|d| d.as_secs());
+        }
+        if let Some(refusal) = partition.refuses(spec.nodes, spec.time_limit()) {
+            return Err(invalid(refusal));
+        }
+        if (spec.priority.is_some() || spec.nice < 0) && !self.is_operator(uid) {
+            return Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                "only root and the operators may fix a job's priority (--priority) or raise it (a negative --nice)",
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Refuses at once a job that the nodes of its partition that are up could never run,
+    /// however long it waited.
+    fn check_cluster_can_fit(&self, spec: &JobSpec, partition: usize) -> Result<(), ErrorReply> {
+        let matcher = &self.matchers[partition];
         let computes: Vec<&Node> = self.nodes.values().filter(|n| n.role == Role::Compute).collect();
         if computes.is_empty() {
             return Err(invalid(
                 "no compute node has registered with the head yet; start compute daemons (cmd --role compute) and submit again",
             ));
         }
+        let computes: Vec<&Node> = computes.into_iter().filter(|n| matcher.matches(&n.id)).collect();
+        let within = if self.settings.partitions.len() > 1 { format!(" in partition {}", spec.partition) } else { String::new() };
         let up: Vec<&Node> = computes.iter().copied().filter(|n| n.is_up()).collect();
         let big_enough: Vec<&Node> = up.iter().copied().filter(|n| n.capacity.contains(&spec.per_node)).collect();
         let allowed: Vec<&Node> = big_enough.iter().copied().filter(|n| n.can_run_as(spec.user.uid)).collect();
@@ -189,7 +238,7 @@ impl HeadCore {
             n => format!(" and {n} GPU(s)"),
         };
         let mut message = format!(
-            "the job asks for {} node(s) with {} CPU(s), {} MB{gpus} each, but the cluster has {} compute node(s) up{} and only {} that large",
+            "the job asks for {} node(s) with {} CPU(s), {} MB{gpus} each, but the cluster has {} compute node(s) up{within}{} and only {} that large",
             spec.nodes,
             spec.per_node.cpus,
             spec.per_node.memory_mb,

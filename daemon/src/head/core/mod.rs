@@ -16,6 +16,7 @@ mod admin;
 mod clients;
 mod queued;
 mod reasons;
+mod scheduling;
 
 pub use clients::HeadReply;
 
@@ -25,7 +26,8 @@ use super::user_names::UserNames;
 use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
 use cm_auth::Identity;
-use cm_common::config::JobLimits;
+use cm_common::config::{JobLimits, SchedulingSettings};
+use cm_common::partition::{NodeMatcher, Partition};
 use cm_common::job::{Job, JobFilter, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::protocol::*;
@@ -46,6 +48,10 @@ pub struct HeadSettings {
     pub anonymous_listing: bool,
     /// Job sizes and queue lengths.
     pub limits: JobLimits,
+    /// Priorities and backfill.
+    pub scheduling: SchedulingSettings,
+    /// At least one (`config::validate` sees to it).
+    pub partitions: Vec<Partition>,
 }
 
 /// The head's state and decisions.
@@ -68,8 +74,11 @@ pub struct HeadCore {
     last_job_id: JobId,
     /// Something changed that may let a pending job start.
     wants_schedule: bool,
-    /// The first pending job the last scheduling pass could not start (for pending reasons).
-    blocked: Option<JobId>,
+    /// The partitions' node patterns, compiled, in the order of `settings.partitions`.
+    matchers: Vec<NodeMatcher>,
+    /// By partition, the first pending job the last scheduling pass could not start and its
+    /// reservation (for pending reasons).
+    blocked: Vec<Option<scheduler::Blocked>>,
     /// Writes saved since the last successful store sync.
     unsynced: bool,
     /// Messages to nodes, held until the writes they follow from are durable.
@@ -165,6 +174,7 @@ impl HeadCore {
             tokens.insert(job.submit_token.clone(), job.id);
         }
         let last_job_id = store.last_job_id()?;
+        let matchers = settings.partitions.iter().map(Partition::matcher).collect();
         let mut core = HeadCore {
             store,
             comm,
@@ -177,7 +187,8 @@ impl HeadCore {
             user_names: UserNames::default(),
             last_job_id,
             wants_schedule: true,
-            blocked: None,
+            matchers,
+            blocked: Vec::new(),
             unsynced: false,
             outbox: Vec::new(),
         };
@@ -542,68 +553,6 @@ impl HeadCore {
         }
     }
 
-    /// The compute nodes that take jobs, as the scheduler sees them.
-    fn node_views(&self) -> Vec<NodeView> {
-        self.nodes
-            .values()
-            .filter(|n| n.role == Role::Compute && n.takes_jobs())
-            .map(|n| NodeView {
-                id: n.id.clone(),
-                capacity: n.capacity,
-                free: n.free(),
-                only_uid: n.only_uid,
-                max_procs: self.max_procs(n),
-            })
-            .collect()
-    }
-
-    /// Places what fits, persists the placements in one write, and queues the starts for the nodes.
-    pub fn schedule(&mut self, now: Timestamp) {
-        if !self.jobs.values().any(|j| j.state == JobState::Pending) {
-            self.blocked = None;
-            return;
-        }
-        let views = self.node_views();
-        // Jobs in id order; the scheduler stops at the first pending one that does not fit.
-        let pending = self.jobs.values().filter(|j| j.state == JobState::Pending);
-        let pass = scheduler::schedule(pending, &views);
-        self.blocked = pass.blocked;
-        let placements = pass.placements;
-        if placements.is_empty() {
-            return;
-        }
-        let mut jobs = Vec::with_capacity(placements.len());
-        let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
-        for placement in placements {
-            let Some(mut job) = self.jobs.get(&placement.job).cloned() else { continue };
-            job.state = JobState::Running { started_at: now };
-            job.nodes =
-                placement.nodes.iter().map(|n| JobNode { node: n.clone(), started_at: None, end: None }).collect();
-            for id in &placement.nodes {
-                let node = match nodes.get_mut(id) {
-                    Some(node) => node,
-                    None => match self.nodes.get(id) {
-                        Some(node) => nodes.entry(id.clone()).or_insert_with(|| node.clone()),
-                        None => continue,
-                    },
-                };
-                node.allocations.push(Allocation { job: job.id, resources: job.spec.per_node });
-            }
-            jobs.push(job);
-        }
-        let starts: Vec<Job> = jobs.clone();
-        if let Err(e) = self.commit(jobs, nodes.into_values().collect()) {
-            // Nothing was placed; the next pass tries again.
-            tracing::error!(error = %e, "cannot persist placements");
-            return;
-        }
-        for job in starts {
-            tracing::info!(job = %job.id, nodes = ?job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), "job placed");
-            for id in job.node_ids() {
-                self.send(id, NodeRequest::StartJob(StartJob { job: job.clone() }));
-            }
-        }
-    }
 }
 
 /// The host of `tcp://HOST:PORT` or `HOST:PORT`.

@@ -1,44 +1,110 @@
 //! Why a pending job waits, worked out when a listing asks (nothing is stored): a word for tables
-//! and a sentence that says what is missing where.
+//! and a sentence that says what is missing where, and for the first job in line of a partition
+//! when it is expected to start and on which nodes.
 
 use super::*;
+use crate::scheduler::PartitionView;
 use cm_common::job::PendingReason;
 
 impl HeadCore {
-    /// Gives every pending job in `jobs` its reason.
-    pub(super) fn explain_pending(&self, jobs: &mut [Job]) {
+    /// Gives every pending job in `jobs` its priority and its reason.
+    pub(super) fn explain_pending(&self, jobs: &mut [Job], now: Timestamp) {
         if !jobs.iter().any(|j| j.state == JobState::Pending) {
             return;
         }
-        let views = self.node_views();
+        let views = self.node_views(now);
+        let partitions = self.partition_views(&views);
+        let running = self.running_counts();
         for job in jobs.iter_mut().filter(|j| j.state == JobState::Pending) {
-            job.pending_reason = Some(self.pending_reason(job, &views));
+            let priority = self.priority(job, now);
+            job.priority = Some(priority);
+            job.pending_reason = Some(self.pending_reason(job, priority, &views, &partitions, &running));
         }
     }
 
-    fn pending_reason(&self, job: &Job, views: &[NodeView]) -> PendingReason {
-        let reason = |word: &str, sentence: String| PendingReason { word: word.to_string(), sentence };
-        if !scheduler::could_ever_run(job, views) {
-            return reason("NodesDown", self.unavailable_nodes(job));
+    fn pending_reason(
+        &self,
+        job: &Job,
+        priority: u64,
+        views: &[NodeView],
+        partitions: &[PartitionView],
+        running: &std::collections::HashMap<(usize, u32), u32>,
+    ) -> PendingReason {
+        let reason = |word: &str, sentence: String| PendingReason {
+            word: word.to_string(),
+            sentence,
+            expected_start: None,
+            reserved_nodes: vec![],
+        };
+        if scheduler::is_held(job) {
+            return reason(
+                "Held",
+                format!("an operator holds it (priority 0); cmctl update job {} priority=auto releases it", job.id),
+            );
         }
-        match self.blocked {
-            Some(first) if first == job.id => {
-                let lacking = scheduler::shortfall(job, views)
+        if let Some(refusal) = self.partition_refusal(job) {
+            return reason("PartitionLimit", refusal);
+        }
+        let Some(p) = self.partition_of(&job.spec) else {
+            return reason("PartitionLimit", "its partition is no longer configured".into());
+        };
+        let partition = &self.settings.partitions[p];
+        if !scheduler::could_ever_run(job, views, &partitions[p].nodes) {
+            return reason("NodesDown", self.unavailable_nodes(job, p));
+        }
+        let uid = job.spec.user.uid;
+        let mine = running.get(&(p, uid)).copied().unwrap_or(0);
+        if let Some(max) = partition.max_running_per_user.filter(|&max| mine >= max) {
+            return reason(
+                "QueueLimit",
+                format!(
+                    "{} has {mine} job(s) running in partition {}, its limit per user (max_running_per_user: {max})",
+                    job.spec.user.name, partition.name
+                ),
+            );
+        }
+        match self.blocked.get(p).and_then(Option::as_ref) {
+            Some(first) if first.job == job.id => {
+                let lacking = scheduler::shortfall(job, views, &partitions[p].nodes)
                     .unwrap_or_else(|| "it fits now, and starts at the next scheduling pass".to_string());
-                reason("Resources", format!("first in line, waiting for resources: {lacking}"))
+                let mut why = reason("Resources", format!("first in line in partition {}: {lacking}", partition.name));
+                match &first.reservation {
+                    Some(r) => {
+                        let nodes: Vec<&str> = r.nodes.iter().map(NodeId::as_str).collect();
+                        why.sentence.push_str(&format!(
+                            "; expected to start by {} on {}, held for it (from the running jobs' time limits)",
+                            r.start,
+                            nodes.join(", ")
+                        ));
+                        why.expected_start = Some(r.start);
+                        why.reserved_nodes = r.nodes.clone();
+                    }
+                    None => why.sentence.push_str(
+                        "; no start time can be worked out (jobs on the nodes it needs have no time limit), so those nodes take no job behind it",
+                    ),
+                }
+                why
             }
-            Some(first) if first < job.id => reason(
-                "Priority",
-                format!("waits behind job {first}, first in line (jobs start in the order they were submitted)"),
-            ),
+            Some(first) if (first.priority, std::cmp::Reverse(first.job)) > (priority, std::cmp::Reverse(job.id)) => {
+                reason(
+                    "Priority",
+                    format!(
+                        "job {} (priority {}) is first in line in partition {}; this job (priority {priority}) may start before it only where it cannot delay it",
+                        first.job, first.priority, partition.name
+                    ),
+                )
+            }
             _ => reason("Scheduling", "waits for the next scheduling pass".to_string()),
         }
     }
 
-    /// Which of the nodes large enough for `job` are down or drained, in a sentence.
-    fn unavailable_nodes(&self, job: &Job) -> String {
+    /// Which of partition `p`'s nodes large enough for `job` are down or drained, in a sentence.
+    fn unavailable_nodes(&self, job: &Job, p: usize) -> String {
         let large_enough = |n: &&Node| {
-            n.role == Role::Compute && n.capacity.contains(&job.spec.per_node) && n.can_run_as(job.spec.user.uid)
+            n.role == Role::Compute
+                && self.matchers[p].matches(&n.id)
+                && n.capacity.contains(&job.spec.per_node)
+                && n.can_run_as(job.spec.user.uid)
         };
         let mut down = Vec::new();
         let mut drained = Vec::new();
@@ -56,9 +122,10 @@ impl HeadCore {
         if !drained.is_empty() {
             parts.push(format!("drained: {}", drained.join(", ")));
         }
+        let partition = &self.settings.partitions[p].name;
         if parts.is_empty() {
-            return "no node that takes jobs is large enough for it".to_string();
+            return format!("no node of partition {partition} that takes jobs is large enough for it");
         }
-        format!("the nodes large enough for it do not take jobs now; {}", parts.join("; "))
+        format!("the nodes of partition {partition} large enough for it do not take jobs now; {}", parts.join("; "))
     }
 }

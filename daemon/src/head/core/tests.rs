@@ -24,6 +24,8 @@ fn settings() -> HeadSettings {
         private_data: false,
         anonymous_listing: false,
         limits: JobLimits::default(),
+        scheduling: SchedulingSettings::default(),
+        partitions: vec![Partition::everything()],
     }
 }
 
@@ -861,14 +863,15 @@ fn every_pending_job_says_why_it_waits() {
     assert_eq!(word, "Resources");
     assert!(
         sentence.contains("it needs 2 nodes with room for it and 1 (b) now")
-            && sentence.contains("a has 0 of 2 CPUs free"),
+            && sentence.contains("a has 0 of 2 CPUs free")
+            && sentence.contains("no start time can be worked out"),
         "{sentence}"
     );
     assert_eq!(
         reason_of(&mut f, small),
         (
             "Priority".into(),
-            format!("waits behind job {wide}, first in line (jobs start in the order they were submitted)")
+            format!("job {wide} (priority 10000) is first in line in partition main; this job (priority 10000) may start before it only where it cannot delay it")
         )
     );
     // Listings carry the reasons too, and running jobs have none.
@@ -887,7 +890,10 @@ fn every_pending_job_says_why_it_waits() {
     f.core.schedule_if_needed(Timestamp(13));
     assert_eq!(
         reason_of(&mut f, wide),
-        ("NodesDown".into(), "the nodes large enough for it do not take jobs now; drained: b (fan)".into())
+        (
+            "NodesDown".into(),
+            "the nodes of partition main large enough for it do not take jobs now; drained: b (fan)".into()
+        )
     );
     assert_eq!(f.core.stored_job(wide).pending_reason, None, "reasons are never stored");
 }

@@ -1,0 +1,173 @@
+//! The head's side of a scheduling pass: what the pure [`scheduler`] is given (the nodes that
+//! take jobs with when their running jobs' time limits run out, the partitions, the pending jobs
+//! with their priorities and time limits) and what becomes of its placements.
+
+use super::*;
+use crate::scheduler::{Candidate, PartitionView, Policy};
+use std::collections::HashMap;
+
+impl HeadCore {
+    /// The partition `job` runs in, as an index into `settings.partitions`; `None` if it names
+    /// one the head no longer has.
+    pub(super) fn partition_of(&self, job: &JobSpec) -> Option<usize> {
+        let partitions = &self.settings.partitions;
+        if job.partition.is_empty() {
+            let default = cm_common::partition::default_partition(partitions)?;
+            return partitions.iter().position(|p| p.name == default.name);
+        }
+        partitions.iter().position(|p| p.name == job.partition)
+    }
+
+    /// How long `job` may run in partition `p`: its time limit, else the partition's default.
+    pub(super) fn duration(&self, job: &JobSpec, p: usize) -> Option<Duration> {
+        job.time_limit().or_else(|| self.settings.partitions[p].default_time())
+    }
+
+    /// The compute nodes that take jobs, as the scheduler sees them at `now`.
+    pub(super) fn node_views(&self, now: Timestamp) -> Vec<NodeView> {
+        self.nodes
+            .values()
+            .filter(|n| n.role == Role::Compute && n.takes_jobs())
+            .map(|n| NodeView {
+                id: n.id.clone(),
+                capacity: n.capacity,
+                free: n.free(),
+                only_uid: n.only_uid,
+                max_procs: self.max_procs(n),
+                releases: n.allocations.iter().filter_map(|a| Some((self.expected_release(a.job, now)?, a.resources))).collect(),
+            })
+            .collect()
+    }
+
+    /// When job `id` is expected to give its nodes back: at the end of its time limit, or soon
+    /// if it is over (being killed, or ending); `None` if it has no limit.
+    fn expected_release(&self, id: JobId, now: Timestamp) -> Option<Timestamp> {
+        let job = self.jobs.get(&id)?;
+        match job.state {
+            JobState::Running { started_at } => {
+                let limit = self.duration(&job.spec, self.partition_of(&job.spec)?)?;
+                Some(Timestamp(started_at.0.saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))))
+            }
+            _ => Some(now), // ended, waiting for its nodes to confirm
+        }
+    }
+
+    /// Each partition's nodes among `views`.
+    pub(super) fn partition_views(&self, views: &[NodeView]) -> Vec<PartitionView> {
+        self.settings
+            .partitions
+            .iter()
+            .zip(&self.matchers)
+            .map(|(p, matcher)| PartitionView {
+                nodes: (0..views.len()).filter(|&i| matcher.matches(&views[i].id)).collect(),
+                max_running_per_user: p.max_running_per_user,
+            })
+            .collect()
+    }
+
+    /// Running jobs by (partition, uid).
+    pub(super) fn running_counts(&self) -> HashMap<(usize, u32), u32> {
+        let mut counts = HashMap::new();
+        for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Running { .. })) {
+            if let Some(p) = self.partition_of(&job.spec) {
+                *counts.entry((p, job.spec.user.uid)).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Why pending `job` may not run in its partition as configured now (the configuration
+    /// changed since it was submitted), if it may not.
+    pub(super) fn partition_refusal(&self, job: &Job) -> Option<String> {
+        let Some(p) = self.partition_of(&job.spec) else {
+            return Some(format!("its partition {} is no longer configured", job.spec.partition));
+        };
+        self.settings.partitions[p].refuses(job.spec.nodes, self.duration(&job.spec, p))
+    }
+
+    /// The priority of `job` at `now`.
+    pub(super) fn priority(&self, job: &Job, now: Timestamp) -> u64 {
+        let base = self.partition_of(&job.spec).map_or(0, |p| self.settings.partitions[p].priority);
+        scheduler::priority(job, base, self.settings.scheduling.max_age, now)
+    }
+
+    /// Places what may start, persists the placements in one write, and queues the starts.
+    pub fn schedule(&mut self, now: Timestamp) {
+        if !self.jobs.values().any(|j| j.state == JobState::Pending) {
+            self.blocked.clear();
+            return;
+        }
+        let views = self.node_views(now);
+        let partitions = self.partition_views(&views);
+        let candidates: Vec<Candidate> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Pending && !scheduler::is_held(j))
+            .filter_map(|job| {
+                let partition = self.partition_of(&job.spec)?;
+                if self.partition_refusal(job).is_some() {
+                    return None;
+                }
+                let (priority, duration) = (self.priority(job, now), self.duration(&job.spec, partition));
+                Some(Candidate { job, priority, partition, duration })
+            })
+            .collect();
+        let policy = Policy { backfill: self.settings.scheduling.backfill, now };
+        let pass = scheduler::schedule(&candidates, &views, &partitions, &self.running_counts(), policy);
+        self.blocked = pass.blocked;
+        if pass.placements.is_empty() {
+            return;
+        }
+        let mut jobs = Vec::with_capacity(pass.placements.len());
+        let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+        for placement in pass.placements {
+            let Some(mut job) = self.jobs.get(&placement.job).cloned() else { continue };
+            job.state = JobState::Running { started_at: now };
+            job.nodes =
+                placement.nodes.iter().map(|n| JobNode { node: n.clone(), started_at: None, end: None }).collect();
+            for id in &placement.nodes {
+                let node = match nodes.get_mut(id) {
+                    Some(node) => node,
+                    None => match self.nodes.get(id) {
+                        Some(node) => nodes.entry(id.clone()).or_insert_with(|| node.clone()),
+                        None => continue,
+                    },
+                };
+                node.allocations.push(Allocation { job: job.id, resources: job.spec.per_node });
+            }
+            jobs.push(job);
+        }
+        let starts: Vec<Job> = jobs.clone();
+        if let Err(e) = self.commit(jobs, nodes.into_values().collect()) {
+            // Nothing was placed; the next pass tries again.
+            tracing::error!(error = %e, "cannot persist placements");
+            return;
+        }
+        for job in starts {
+            tracing::info!(job = %job.id, nodes = ?job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), "job placed");
+            for id in job.node_ids() {
+                self.send(id, NodeRequest::StartJob(StartJob { job: job.clone() }));
+            }
+        }
+    }
+
+    /// The partitions with the nodes now in each, for the tools.
+    pub(super) fn partition_infos(&self) -> Vec<cm_common::partition::PartitionInfo> {
+        let default = cm_common::partition::default_partition(&self.settings.partitions).map(|p| p.name.clone());
+        self.settings
+            .partitions
+            .iter()
+            .zip(&self.matchers)
+            .map(|(p, matcher)| cm_common::partition::PartitionInfo {
+                partition: p.clone(),
+                is_default: default.as_ref() == Some(&p.name),
+                nodes: self
+                    .nodes
+                    .values()
+                    .filter(|n| n.role == Role::Compute && matcher.matches(&n.id))
+                    .map(|n| n.id.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+}
