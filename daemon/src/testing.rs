@@ -42,6 +42,22 @@ impl JobBuilder {
         self.job.spec.user.uid = uid;
         self
     }
+    pub fn partition(mut self, name: &str) -> Self {
+        self.job.spec.partition = name.into();
+        self
+    }
+    pub fn time_limit(mut self, secs: u64) -> Self {
+        self.job.spec.time_limit_secs = Some(secs);
+        self
+    }
+    pub fn nice(mut self, nice: i32) -> Self {
+        self.job.spec.nice = nice;
+        self
+    }
+    pub fn priority(mut self, priority: u32) -> Self {
+        self.job.spec.priority = Some(priority);
+        self
+    }
     pub fn spec(&self) -> JobSpec {
         self.job.spec.clone()
     }

@@ -186,13 +186,19 @@ impl HeadCore {
         spec.partition = partition.name.clone();
         let groups = if partition.allow_groups.is_empty() { Vec::new() } else { crate::head::user_names::groups_of(spec.user.uid) };
         if !partition.allows(spec.user.uid, &spec.user.name, &groups) {
+            let mut open_to = Vec::new();
+            if !partition.allow_users.is_empty() {
+                open_to.push(format!("users {}", partition.allow_users.join(", ")));
+            }
+            if !partition.allow_groups.is_empty() {
+                open_to.push(format!("members of groups {}", partition.allow_groups.join(", ")));
+            }
             return Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
                 format!(
-                    "partition {} is open only to users [{}] and groups [{}]; {} is not among them",
+                    "partition {} is open only to {}; {} is not among them",
                     partition.name,
-                    partition.allow_users.join(", "),
-                    partition.allow_groups.join(", "),
+                    open_to.join(" and to "),
                     spec.user.name
                 ),
             ));

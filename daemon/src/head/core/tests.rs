@@ -7,7 +7,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::testing::{JobBuilder, NodeBuilder};
 use cm_common::job::{ExitStatus, JobFilter, ReplicaExit};
 use cm_common::node::NodeStatus;
-use cm_common::protocol::{AdministerNode, NodeAction, NodeAdministered};
+use cm_common::protocol::{AdministerNode, JobChange, NodeAction, NodeAdministered, UpdateJob};
 use cm_common::Resources;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -96,13 +96,17 @@ impl Store for FlakyStore {
 impl Fixture {
     /// A head with compute nodes `ids` (2 CPUs, 512 MB each) registered.
     fn new(ids: &[&str]) -> Fixture {
+        Fixture::with(settings(), ids)
+    }
+
+    /// As `new`, with `settings`.
+    fn with(settings: HeadSettings, ids: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let inner = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
         let failing_sync = Arc::new(AtomicBool::new(false));
         let store = FlakyStore { inner, failing_sync: failing_sync.clone() };
         let sent = RecordingComm::default();
         let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
-        let settings = settings();
         let mut core =
             HeadCore::open(Box::new(store), Box::new(sent.clone()), me, settings, Timestamp(0)).expect("open");
         for id in ids {
@@ -121,8 +125,13 @@ impl Fixture {
     }
 
     fn submit(&mut self, builder: JobBuilder, token: &str) -> Reply<ClientResponse> {
-        let req = AssignJobId { spec: builder.spec(), token: token.into() };
-        self.core.handle_client(ALICE, ClientRequest::AssignJobId(req), Timestamp(10))
+        self.submit_as(ALICE, builder, token)
+    }
+
+    /// Submits as `uid`, a job that runs as `uid`.
+    fn submit_as(&mut self, uid: u32, builder: JobBuilder, token: &str) -> Reply<ClientResponse> {
+        let req = AssignJobId { spec: builder.uid(uid).spec(), token: token.into() };
+        self.core.handle_client(uid, ClientRequest::AssignJobId(req), Timestamp(10))
     }
 
     fn submit_ok(&mut self, builder: JobBuilder, token: &str) -> JobId {
@@ -737,8 +746,7 @@ fn a_reopened_head_resumes_pending_jobs() {
     let open = |comm: RecordingComm| {
         let store = EmbeddedStore::open(&dir.path().join("cm.redb")).expect("store");
         let me = Node { role: Role::Head, ..NodeBuilder::new("head").build() };
-        let settings = settings();
-        HeadCore::open(Box::new(store), Box::new(comm), me, settings, Timestamp(1)).expect("open")
+        HeadCore::open(Box::new(store), Box::new(comm), me, settings(), Timestamp(1)).expect("open")
     };
     {
         let mut core = open(RecordingComm::default());
@@ -896,4 +904,171 @@ fn every_pending_job_says_why_it_waits() {
         )
     );
     assert_eq!(f.core.stored_job(wide).pending_reason, None, "reasons are never stored");
+}
+
+fn partitioned() -> HeadSettings {
+    let partitions = cm_common::config::Config::parse(
+        "partitions:\n\
+         - {name: debug, nodes: [a], max_time: \"10\", default_time: \"5\", max_nodes: 1, priority: 100}\n\
+         - {name: batch, nodes: [\"*\"], default: true}\n\
+         - {name: private, nodes: [b], allow_users: [\"2000\"]}\n\
+         - {name: capped, nodes: [\"*\"], max_running_per_user: 1}\n",
+    )
+    .expect("partitions")
+    .partitions;
+    HeadSettings { partitions, ..settings() }
+}
+
+fn spec_of(f: &mut Fixture, id: JobId) -> JobSpec {
+    f.core.stored_job(id).spec
+}
+
+fn listed(f: &mut Fixture, now: Timestamp) -> Vec<Job> {
+    let request = FetchJobs { include_finished: false, limit: None, filter: Default::default() };
+    match f.core.handle_client(ALICE, ClientRequest::FetchJobs(request), now) {
+        Ok(ClientResponse::Jobs(reply)) => reply.jobs,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_submission_goes_to_its_partition_within_its_limits_or_is_refused_saying_which() {
+    let mut f = Fixture::with(partitioned(), &["a", "b"]);
+    let plain = f.submit_ok(JobBuilder::new(0), "t1");
+    assert_eq!((spec_of(&mut f, plain).partition, spec_of(&mut f, plain).time_limit_secs), ("batch".into(), None));
+    let debug = f.submit_ok(JobBuilder::new(0).partition("debug"), "t2");
+    assert_eq!(spec_of(&mut f, debug).time_limit_secs, Some(300), "the partition's default_time");
+    let refused = |f: &mut Fixture, builder: JobBuilder| f.submit(builder, "x").unwrap_err();
+    let err = refused(&mut f, JobBuilder::new(0).partition("debug").time_limit(601));
+    assert!(err.message.contains("debug takes jobs with a time limit of at most 00:10:00"), "{}", err.message);
+    let err = refused(&mut f, JobBuilder::new(0).partition("debug").nodes(2));
+    assert!(err.message.contains("at most 1 node(s)"), "{}", err.message);
+    let err = refused(&mut f, JobBuilder::new(0).partition("gpu"));
+    assert!(err.message.contains("no partition \"gpu\"; the partitions are debug, batch, private, capped"), "{}", err.message);
+    let err = refused(&mut f, JobBuilder::new(0).partition("private"));
+    assert_eq!(err.code, ErrorCode::PermissionDenied);
+    assert!(err.message.contains("partition private is open only to users 2000; "), "{}", err.message);
+    f.submit_as(BOB, JobBuilder::new(0).partition("private"), "b1").expect("bob may");
+    f.submit_as(0, JobBuilder::new(0).partition("private"), "r1").expect("root may");
+    let err = refused(&mut f, JobBuilder::new(0).nice(-1));
+    assert!(err.code == ErrorCode::PermissionDenied && err.message.contains("negative --nice"), "{}", err.message);
+    assert_eq!(refused(&mut f, JobBuilder::new(0).priority(5)).code, ErrorCode::PermissionDenied);
+    f.submit_as(0, JobBuilder::new(0).priority(5).nice(-5), "r2").expect("root may fix priorities");
+    // The tools see each partition with its nodes.
+    match f.core.handle_client(ALICE, ClientRequest::FetchNodes(FetchNodes {}), Timestamp(20)) {
+        Ok(ClientResponse::Nodes(reply)) => {
+            let shown: Vec<(String, bool, Vec<String>)> = reply
+                .partitions
+                .iter()
+                .map(|p| (p.partition.name.clone(), p.is_default, p.nodes.iter().map(|n| n.to_string()).collect()))
+                .collect();
+            assert_eq!(
+                shown,
+                [
+                    ("debug".into(), false, vec!["a".into()]),
+                    ("batch".into(), true, vec!["a".into(), "b".into()]),
+                    ("private".into(), false, vec!["b".into()]),
+                    ("capped".into(), false, vec!["a".into(), "b".into()]),
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_partitions_jobs_run_on_its_nodes_only_before_others_and_within_the_per_user_cap() {
+    let mut f = Fixture::with(partitioned(), &["a", "b"]);
+    let batch = f.submit_ok(JobBuilder::new(0).cpus(2), "t1");
+    let debug = [f.submit_ok(JobBuilder::new(0).cpus(2).partition("debug"), "t2"), f.submit_ok(JobBuilder::new(0).cpus(2).partition("debug"), "t3")];
+    f.core.schedule_if_needed(Timestamp(11));
+    // debug's priority (100 more) puts its first job first, on a; batch takes b; debug's second
+    // job may not use b.
+    assert_eq!(f.take_sent(), vec![pair("a", "start 2"), pair("b", "start 1")]);
+    assert_eq!(f.state(debug[1]), JobState::Pending);
+    let jobs = listed(&mut f, Timestamp(60_011));
+    let pending = jobs.iter().find(|j| j.id == debug[1]).expect("listed");
+    assert_eq!(pending.priority, Some(10_101), "partition 100 + a minute of age + 10,000");
+    assert_eq!(pending.pending_reason.as_ref().map(|r| r.word.as_str()), Some("Resources"));
+    assert_eq!(jobs.iter().find(|j| j.id == batch).and_then(|j| j.priority), None, "only pending jobs");
+    // capped: one running job per user.
+    f.end(batch, "b", &[(0, 0)], NodeEndCause::Exited);
+    let capped = [f.submit_ok(JobBuilder::new(0).partition("capped"), "c1"), f.submit_ok(JobBuilder::new(0).partition("capped"), "c2")];
+    let bobs = match f.submit_as(BOB, JobBuilder::new(0).partition("capped"), "c3") {
+        Ok(ClientResponse::JobAccepted(a)) => a.id,
+        other => panic!("{other:?}"),
+    };
+    f.core.schedule_if_needed(Timestamp(70));
+    assert_eq!(f.take_sent(), vec![pair("b", "start 4"), pair("b", "start 6")]);
+    assert!(matches!(f.state(bobs), JobState::Running { .. }), "another user's job goes ahead");
+    let (word, sentence) = reason_of(&mut f, capped[1]);
+    assert_eq!(word, "QueueLimit");
+    assert!(sentence.contains("1 job(s) running in partition capped"), "{sentence}");
+}
+
+#[test]
+fn a_job_that_cannot_delay_the_first_in_line_backfills_and_the_first_shows_its_reservation() {
+    let mut f = Fixture::new(&["a", "b"]); // 2 CPUs each
+    let long = f.submit_ok(JobBuilder::new(0).cpus(2).time_limit(100), "t1"); // on a until 100 s
+    f.core.schedule_if_needed(Timestamp(11));
+    let wide = f.submit_ok(JobBuilder::new(0).nodes(2).cpus(2).time_limit(60), "t2");
+    let too_long = f.submit_ok(JobBuilder::new(0).cpus(2).time_limit(200), "t3");
+    let short = f.submit_ok(JobBuilder::new(0).cpus(2).time_limit(50), "t4");
+    f.take_sent();
+    f.core.schedule_if_needed(Timestamp(12));
+    assert_eq!(f.take_sent(), vec![pair("b", "start 4")], "job {short} ends before job {wide} can start");
+    let job = f.core.handle_client(ALICE, ClientRequest::GetJob(GetJob { id: wide }), Timestamp(13));
+    let Ok(ClientResponse::Job(JobReply { job })) = job else { panic!("{job:?}") };
+    let reason = job.pending_reason.expect("reason");
+    assert_eq!(reason.word, "Resources");
+    assert_eq!(reason.expected_start, Some(Timestamp(100_011)), "when job {long}'s limit runs out");
+    assert_eq!(reason.reserved_nodes, vec![NodeId::new("a"), NodeId::new("b")]);
+    assert!(reason.sentence.contains("expected to start by"), "{}", reason.sentence);
+    assert_eq!(reason_of(&mut f, too_long).0, "Priority");
+    // Without backfill, the short job waits its turn.
+    let strict = HeadSettings { scheduling: SchedulingSettings { backfill: false, ..Default::default() }, ..settings() };
+    let mut f = Fixture::with(strict, &["a", "b"]);
+    f.submit_ok(JobBuilder::new(0).cpus(2).time_limit(100), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.submit_ok(JobBuilder::new(0).nodes(2).cpus(2).time_limit(60), "t2");
+    f.submit_ok(JobBuilder::new(0).cpus(2).time_limit(50), "t3");
+    f.take_sent();
+    f.core.schedule_if_needed(Timestamp(12));
+    assert_eq!(f.take_sent(), vec![]);
+}
+
+fn update(f: &mut Fixture, uid: u32, id: JobId, changes: Vec<JobChange>) -> Reply<Job> {
+    match f.core.handle_client(uid, ClientRequest::UpdateJob(UpdateJob { id, changes }), Timestamp(20)) {
+        Ok(ClientResponse::Job(reply)) => Ok(reply.job),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+#[test]
+fn operators_fix_or_hold_a_priority_and_owners_may_only_lower_theirs() {
+    let mut f = Fixture::new(&["a"]);
+    let running = f.submit_ok(JobBuilder::new(0).cpus(2), "t0");
+    f.core.schedule_if_needed(Timestamp(11));
+    let first = f.submit_ok(JobBuilder::new(0).cpus(2), "t1");
+    let second = f.submit_ok(JobBuilder::new(0).cpus(2), "t2");
+    let denied = |r: Reply<Job>| r.expect_err("refused").code;
+    assert_eq!(denied(update(&mut f, ALICE, first, vec![JobChange::Priority(5)])), ErrorCode::PermissionDenied);
+    assert_eq!(denied(update(&mut f, ALICE, first, vec![JobChange::Nice(-1)])), ErrorCode::PermissionDenied);
+    assert_eq!(denied(update(&mut f, BOB, first, vec![JobChange::Nice(5)])), ErrorCode::PermissionDenied);
+    assert_eq!(denied(update(&mut f, 0, running, vec![JobChange::Nice(5)])), ErrorCode::Invalid);
+    assert_eq!(denied(update(&mut f, 0, first, vec![])), ErrorCode::Invalid);
+    assert_eq!(denied(update(&mut f, 0, JobId(99), vec![JobChange::Nice(1)])), ErrorCode::NotFound);
+    let niced = update(&mut f, ALICE, first, vec![JobChange::Nice(100)]).expect("the owner may lower it");
+    assert_eq!(niced.priority, Some(9_900));
+    let held = update(&mut f, 0, second, vec![JobChange::Priority(0)]).expect("root holds it");
+    assert_eq!(held.pending_reason.map(|r| r.word), Some("Held".into()));
+    assert_eq!(f.core.stored_job(second).spec.priority, Some(0), "kept in the store");
+    f.end(running, "a", &[(0, 0)], NodeEndCause::Exited);
+    f.core.schedule_if_needed(Timestamp(60));
+    assert_eq!(f.take_sent().last(), Some(&pair("a", "start 2")), "the held job is passed over");
+    f.end(first, "a", &[(0, 0)], NodeEndCause::Exited);
+    update(&mut f, 0, second, vec![JobChange::AutoPriority]).expect("released");
+    f.core.schedule_if_needed(Timestamp(70));
+    assert_eq!(f.take_sent().last(), Some(&pair("a", "start 3")));
 }
