@@ -7,7 +7,7 @@ use cm_common::Timestamp;
 use std::time::SystemTime;
 
 /// Every field `--format` may name (case does not matter), with what it shows.
-pub const FIELDS: [(&str, &str); 18] = [
+pub const FIELDS: [(&str, &str); 21] = [
     ("JobID", "the job's id"),
     ("JobName", "its name"),
     ("User", "who submitted it"),
@@ -26,6 +26,9 @@ pub const FIELDS: [(&str, &str); 18] = [
     ("ExitCode", "the code cmrun --wait returns for it"),
     ("NodeList", "the nodes it ran on"),
     ("Reason", "why it failed, if it did, or why it waits"),
+    ("Partition", "the partition it ran or waits in"),
+    ("Timelimit", "its time limit ([D-]HH:MM:SS, or UNLIMITED)"),
+    ("Priority", "a pending job's priority (- for others)"),
 ];
 
 /// The columns shown when `--format` is not given.
@@ -119,6 +122,9 @@ pub fn value(job: &Job, name: &str, now: Timestamp) -> String {
         "OOMKills" => usage.map_or_else(|| "-".to_string(), |u| u.oom_kills.to_string()),
         "ExitCode" => job.exit_code().map_or_else(|| "-".to_string(), |c| c.to_string()),
         "NodeList" => job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>().join(","),
+        "Partition" => shown(if spec.partition.is_empty() { "-" } else { &spec.partition }),
+        "Timelimit" => cm_common::timelimit::format_time_limit(spec.time_limit()),
+        "Priority" => job.priority.map_or_else(|| "-".to_string(), |p| p.to_string()),
         "Reason" => match &job.pending_reason {
             Some(pending) => shown(&format!("{}: {}", pending.word, pending.sentence)),
             None => shown(job.state.reason().unwrap_or("-")),

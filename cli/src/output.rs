@@ -5,6 +5,7 @@
 
 use cm_common::job::{is_bidi_control, Job, JobState};
 use cm_common::node::{Node, NodeHealth, Role};
+use cm_common::partition::PartitionInfo;
 use cm_common::timelimit::format_time_limit;
 use comfy_table::{presets, ContentArrangement, Table};
 
@@ -12,7 +13,10 @@ use comfy_table::{presets, ContentArrangement, Table};
 pub const NODE_COLUMNS: [&str; 9] =
     ["Node", "Status", "CPUs", "Memory (MB)", "Free CPUs", "Free Memory (MB)", "GPUs", "Free GPUs", "Containment"];
 /// Headers of the job table.
-pub const JOB_COLUMNS: [&str; 7] = ["ID", "Name", "User", "Status", "Reason", "Command", "Nodes"];
+pub const JOB_COLUMNS: [&str; 9] =
+    ["ID", "Name", "User", "Partition", "Status", "Priority", "Reason", "Command", "Nodes"];
+/// Headers of the partitions table, one row per partition and node status, as `sinfo` shows.
+pub const PARTITION_COLUMNS: [&str; 5] = ["Partition", "Time limit", "Nodes", "Status", "Node list"];
 
 /// Whether `c` must not reach a terminal as it is.
 fn unsafe_to_show(c: char) -> bool {
@@ -115,6 +119,59 @@ pub fn nodes_tables(nodes: &[Node]) -> String {
     format!("Head nodes\n{}\n\nCompute nodes\n{}\n", node_table(&heads), node_table(&computes))
 }
 
+/// The "Partitions" table: each partition's nodes grouped by status, as `sinfo` shows them; the
+/// default partition's name ends in `*`.
+pub fn partitions_table(partitions: &[PartitionInfo], nodes: &[Node]) -> String {
+    let mut t = table(&PARTITION_COLUMNS);
+    for info in partitions {
+        let p = &info.partition;
+        let name = if info.is_default { format!("{}*", p.name) } else { p.name.clone() };
+        let limit = format_time_limit(p.max_time());
+        let mut by_status: Vec<(String, Vec<&str>)> = Vec::new();
+        for node in nodes.iter().filter(|n| n.role == Role::Compute && info.nodes.contains(&n.id)) {
+            let status = node.status().to_string();
+            match by_status.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, ids)) => ids.push(node.id.as_str()),
+                None => by_status.push((status, vec![node.id.as_str()])),
+            }
+        }
+        if by_status.is_empty() {
+            add_row(&mut t, vec![name.clone(), limit.clone(), "0".into(), "-".into(), "-".into()]);
+        }
+        for (status, ids) in by_status {
+            add_row(&mut t, vec![name.clone(), limit.clone(), ids.len().to_string(), status, ids.join(",")]);
+        }
+    }
+    format!("Partitions\n{t}\n")
+}
+
+/// One partition with every setting, for `cmctl show partition`.
+pub fn partition_detail(info: &PartitionInfo) -> String {
+    let p = &info.partition;
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    let mut row = |k: &str, v: String| add_row(&mut t, vec![k.to_string(), v]);
+    let or = |list: &[String], none: &str| if list.is_empty() { none.to_string() } else { list.join(", ") };
+    row("Partition", p.name.clone());
+    row("Default", if info.is_default { "yes" } else { "no" }.to_string());
+    row(
+        "Nodes",
+        format!(
+            "{} ({})",
+            or(&info.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "none now"),
+            p.nodes.join(", ")
+        ),
+    );
+    row("Priority", p.priority.to_string());
+    row("Max time", format_time_limit(p.max_time()));
+    row("Default time", format_time_limit(p.default_time()));
+    row("Max nodes/job", p.max_nodes.map_or_else(|| "-".to_string(), |n| n.to_string()));
+    row("Max running/user", p.max_running_per_user.map_or_else(|| "-".to_string(), |n| n.to_string()));
+    row("Users", or(&p.allow_users, "everyone"));
+    row("Groups", or(&p.allow_groups, "any"));
+    format!("{t}\n\n")
+}
+
 fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_string()
@@ -134,7 +191,9 @@ pub fn jobs_table(jobs: &[Job], left_out: u64) -> String {
                 job.id.to_string(),
                 job.spec.name.clone(),
                 job.spec.user.name.clone(),
+                job.spec.partition.clone(),
                 job.state.name().to_string(),
+                job.priority.map(|p| p.to_string()).unwrap_or_default(),
                 job.pending_reason.as_ref().map(|r| r.word.clone()).unwrap_or_default(),
                 shorten(&shown(&job.spec.command), 40),
                 nodes.join(", "),
@@ -183,6 +242,22 @@ pub fn job_detail(job: &Job) -> String {
     }
     if let Some(pending) = &job.pending_reason {
         row("Reason", format!("{}: {}", pending.word, pending.sentence));
+        if let Some(start) = pending.expected_start {
+            let nodes: Vec<&str> = pending.reserved_nodes.iter().map(|n| n.as_str()).collect();
+            row("Expected start", format!("{start} on {} (reserved)", nodes.join(", ")));
+        }
+    }
+    if !spec.partition.is_empty() {
+        row("Partition", spec.partition.clone());
+    }
+    if let Some(priority) = job.priority {
+        row("Priority", priority.to_string());
+    }
+    match spec.priority {
+        Some(0) => row("Priority set", "0: held by an operator".to_string()),
+        Some(fixed) => row("Priority set", format!("{fixed}, by an operator")),
+        None if spec.nice != 0 => row("Nice", spec.nice.to_string()),
+        None => {}
     }
     if let JobState::Killed { by_uid, .. } = &job.state {
         row("Killed by", format!("uid {by_uid}"));

@@ -86,17 +86,18 @@ impl Partition {
             return true;
         }
         let user = self.allow_users.iter().any(|u| u == name || *u == uid.to_string());
-        let group = self
-            .allow_groups
-            .iter()
-            .any(|g| groups.iter().any(|(group, gid)| g == group || *g == gid.to_string()));
+        let group =
+            self.allow_groups.iter().any(|g| groups.iter().any(|(group, gid)| g == group || *g == gid.to_string()));
         user || group
     }
 
     /// Why a job of `nodes` nodes and limit `time_limit` may not run here, if it may not.
     pub fn refuses(&self, nodes: u32, time_limit: Option<Duration>) -> Option<String> {
         if let Some(max) = self.max_nodes.filter(|&max| nodes > max) {
-            return Some(format!("partition {} takes jobs of at most {max} node(s); this one asks for {nodes}", self.name));
+            return Some(format!(
+                "partition {} takes jobs of at most {max} node(s); this one asks for {nodes}",
+                self.name
+            ));
         }
         let max = self.max_time()?;
         match time_limit {
@@ -113,9 +114,7 @@ impl Partition {
     fn validate(&self) -> Result<(), String> {
         let name = &self.name;
         if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!(
-                "partition name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
-            ));
+            return Err(format!("partition name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"));
         }
         if self.nodes.is_empty() {
             return Err(format!("partition {name} has no nodes: give ids or patterns, e.g. nodes: [\"c*\"]"));

@@ -296,7 +296,10 @@ mod tests {
                 Ok(Some(Next::Event(event))) => order.push(event.to_string()),
                 Ok(Some(Next::Request(_))) => {
                     order.push("request".into());
-                    inbox.reply(&Ok::<_, ErrorReply>(ClientResponse::Nodes(NodesReply { nodes: vec![], partitions: vec![] })));
+                    inbox.reply(&Ok::<_, ErrorReply>(ClientResponse::Nodes(NodesReply {
+                        nodes: vec![],
+                        partitions: vec![],
+                    })));
                 }
                 _ => panic!("expected an event or the request"),
             }

@@ -74,7 +74,7 @@ impl Attacker {
         let nobody = Some(nix::unistd::Uid::from_raw(NOBODY));
         nix::unistd::chown(&home, nobody, Some(nix::unistd::Gid::from_raw(NOBODY))).expect("chown");
         // The build directory may not be reachable for nobody (CI keeps it under /root).
-        for tool in ["cmrun", "cminfo", "cmkill"] {
+        for tool in ["cmrun", "cminfo", "cmkill", "cmctl"] {
             std::fs::copy(cm_testkit::bin(tool), bin.join(tool)).expect("copy tool");
         }
         Attacker { home, bin }
@@ -386,6 +386,37 @@ fn forged_reports_and_kills_change_nothing() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(cluster.job_status(victim), "Running");
+}
+
+#[test]
+fn nobody_cannot_jump_the_queue_nor_hold_or_reorder_anothers_jobs() {
+    if !can_attack() {
+        return;
+    }
+    let cluster = Cluster::start(1, 1, 1024);
+    let attacker = Attacker::new(&cluster);
+    let _busy = victim(&cluster); // holds the node's one CPU: what follows stays pending
+    let roots = cluster.submit(&["-a", "roots", "true"]);
+    let said = |out: std::process::Output| {
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    for flags in [["--priority", "4000000000"], ["--nice", "-10000"]] {
+        let (code, text) = said(attacker.tool(&cluster, "cmrun", &[flags[0], flags[1], "true"]));
+        assert!(code == Some(1) && text.contains("only root and the operators"), "cmrun {flags:?}: {text}");
+    }
+    let (code, text) = said(attacker.tool(&cluster, "cmctl", &["update", "job", &roots.to_string(), "priority=0"]));
+    assert!(code == Some(1) && text.contains("only its owner, root or an operator"), "{text}");
+    let mine = said(attacker.tool(&cluster, "cmrun", &["true"])).1.trim().parse::<u64>().expect("nobody's job");
+    for change in ["priority=4000000000", "nice=-10000"] {
+        let (code, text) = said(attacker.tool(&cluster, "cmctl", &["update", "job", &mine.to_string(), change]));
+        assert!(code == Some(1) && text.contains("only root and the operators"), "{change}: {text}");
+    }
+    let (code, text) = said(attacker.tool(&cluster, "cmctl", &["update", "job", &mine.to_string(), "nice=50"]));
+    assert!(code == Some(0) && text.contains("Nice"), "lowering one's own job is allowed: {text}");
+    let job = cluster.job(roots);
+    assert_eq!((job["spec"]["priority"].clone(), job["priority"].as_u64().map(|p| p >= 10_000)), (serde_json::Value::Null, Some(true)));
+    let job = cluster.job(mine);
+    assert_eq!((job["spec"]["priority"].clone(), job["spec"]["nice"].as_i64()), (serde_json::Value::Null, Some(50)));
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! `cmctl`: operators' orders about nodes, and one node or job in full, in the manner of SLURM's
-//! `scontrol`.
+//! `cmctl`: operators' orders about nodes, changes to pending jobs, and one node, job or
+//! partition in full, in the manner of SLURM's `scontrol`.
 #![cfg_attr(not(test), no_main)]
 
 use anyhow::bail;
@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::output;
 use cm_common::protocol::{
-    AdministerNode, ClientRequest, ClientResponse, FetchNodes, GetJob, NodeAction, NodeAdministered,
+    AdministerNode, ClientRequest, ClientResponse, FetchNodes, GetJob, JobChange, NodeAction, NodeAdministered,
+    UpdateJob,
 };
 use cm_common::{JobId, NodeId};
 
-/// Drain, resume or remove compute nodes (root and the operators), or show a node or a job.
+/// Drain, resume or remove compute nodes (root and the operators), change a pending job's
+/// priority, or show a node, a job or a partition.
 #[derive(Debug, Parser)]
 #[command(name = "cmctl", version)]
 struct Args {
@@ -34,11 +36,40 @@ enum Command {
     Resume { node: String },
     /// Forget NODE, one that is gone for good (refused while it holds jobs).
     Remove { node: String },
-    /// Show a node or a job in full.
+    /// Change a pending job: `priority=N` (operators; 0 holds it), `priority=auto` (work it out
+    /// again; releases a hold), `nice=N` (owners may lower their job's priority, 0 to 10000).
+    Update {
+        #[command(subcommand)]
+        what: Update,
+    },
+    /// Show a node, a job or a partition in full.
     Show {
         #[command(subcommand)]
         what: Show,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum Update {
+    /// Job ID: one or more KEY=VALUE (priority=N, priority=auto, nice=N).
+    Job {
+        id: JobId,
+        #[arg(required = true, value_parser = parse_change)]
+        changes: Vec<JobChange>,
+    },
+}
+
+/// `priority=N`, `priority=auto` or `nice=N` (keys in any case, as scontrol takes them).
+fn parse_change(text: &str) -> Result<JobChange, String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    match (key.to_ascii_lowercase().as_str(), value) {
+        ("priority", "auto") => Ok(JobChange::AutoPriority),
+        ("priority", n) => {
+            n.parse().map(JobChange::Priority).map_err(|_| format!("priority={n}: give 0 to 4294967295, or auto"))
+        }
+        ("nice", n) => n.parse().map(JobChange::Nice).map_err(|_| format!("nice={n}: give a whole number")),
+        _ => Err(format!("cannot change {key:?}: priority and nice can change")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +78,8 @@ enum Show {
     Node { node: Option<String> },
     /// Job ID in full.
     Job { id: JobId },
+    /// Every partition, or NAME, in full.
+    Partition { name: Option<String> },
 }
 
 cm_cli::tool_main!(main);
@@ -81,6 +114,30 @@ fn run(args: Args) -> anyhow::Result<()> {
                 bail!("unexpected reply from the head");
             };
             print!("{}", output::job_detail(&reply.job));
+            Ok(())
+        }
+        Command::Update { what: Update::Job { id, changes } } => {
+            let ClientResponse::Job(reply) = client.call(ClientRequest::UpdateJob(UpdateJob { id, changes }))? else {
+                bail!("unexpected reply from the head");
+            };
+            print!("{}", output::job_detail(&reply.job));
+            Ok(())
+        }
+        Command::Show { what: Show::Partition { name } } => {
+            let ClientResponse::Nodes(reply) = client.call(ClientRequest::FetchNodes(FetchNodes {}))? else {
+                bail!("unexpected reply from the head");
+            };
+            let shown: Vec<_> =
+                reply.partitions.iter().filter(|p| name.as_ref().is_none_or(|n| &p.partition.name == n)).collect();
+            if shown.is_empty() {
+                bail!(
+                    "there is no partition {}; cminfo --partitions lists them",
+                    output::shown(&name.unwrap_or_default())
+                );
+            }
+            for partition in shown {
+                print!("{}", output::partition_detail(partition));
+            }
             Ok(())
         }
         Command::Show { what: Show::Node { node } } => {

@@ -1,4 +1,5 @@
-//! `cminfo`: the cluster at a glance (head nodes, compute nodes, jobs), or one job in full.
+//! `cminfo`: the cluster at a glance (head nodes, compute nodes, partitions, jobs), or one job in
+//! full.
 #![cfg_attr(not(test), no_main)]
 
 use anyhow::bail;
@@ -24,6 +25,9 @@ struct Args {
     /// pending), and with --all this many finished ones; 0: no limit.
     #[arg(long, default_value_t = 100)]
     limit: u32,
+    /// Show only the partitions, their nodes grouped by status (as sinfo does).
+    #[arg(long)]
+    partitions: bool,
     /// Show this job in full.
     job: Option<JobId>,
 }
@@ -53,6 +57,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let ClientResponse::Nodes(nodes) = client.call(ClientRequest::FetchNodes(FetchNodes {}))? else {
         bail!("unexpected reply from the head");
     };
+    if args.partitions {
+        if args.json {
+            println!("{}", output::json_shown(&serde_json::to_string_pretty(&nodes.partitions)?));
+        } else {
+            print!("{}", output::partitions_table(&nodes.partitions, &nodes.nodes));
+        }
+        return Ok(());
+    }
     let request = FetchJobs {
         include_finished: args.all,
         limit: (args.limit > 0).then_some(args.limit),
@@ -62,10 +74,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         bail!("unexpected reply from the head");
     };
     if args.json {
-        let all = serde_json::json!({ "nodes": nodes.nodes, "jobs": jobs.jobs, "jobs_left_out": jobs.left_out });
+        let all = serde_json::json!({
+            "nodes": nodes.nodes,
+            "partitions": nodes.partitions,
+            "jobs": jobs.jobs,
+            "jobs_left_out": jobs.left_out,
+        });
         println!("{}", output::json_shown(&serde_json::to_string_pretty(&all)?));
     } else {
-        print!("{}\n{}", output::nodes_tables(&nodes.nodes), output::jobs_table(&jobs.jobs, jobs.left_out));
+        print!(
+            "{}\n{}\n{}",
+            output::nodes_tables(&nodes.nodes),
+            output::partitions_table(&nodes.partitions, &nodes.nodes),
+            output::jobs_table(&jobs.jobs, jobs.left_out)
+        );
     }
     Ok(())
 }

@@ -174,7 +174,10 @@ impl Planner<'_> {
     /// Open nodes of `of` where `job` could ever run.
     fn usable(&self, job: &Job, of: &[usize]) -> Vec<usize> {
         let need = job.spec.per_node;
-        of.iter().copied().filter(|&i| !self.closed[i] && self.nodes[i].admits(job) && self.nodes[i].capacity.contains(&need)).collect()
+        of.iter()
+            .copied()
+            .filter(|&i| !self.closed[i] && self.nodes[i].admits(job) && self.nodes[i].capacity.contains(&need))
+            .collect()
     }
 
     /// The first nodes of `of` where `job` fits from now for `duration`, if there are enough.
@@ -234,8 +237,7 @@ pub fn schedule(
     running: &HashMap<(usize, u32), u32>,
     policy: Policy,
 ) -> Pass {
-    let lines: Vec<Timeline> =
-        nodes.iter().map(|n| Timeline::new(policy.now, n.free, n.releases.clone())).collect();
+    let lines: Vec<Timeline> = nodes.iter().map(|n| Timeline::new(policy.now, n.free, n.releases.clone())).collect();
     let free_cpus = lines.iter().map(|l| u64::from(l.free_now().cpus)).sum();
     let mut plan = Planner { nodes, lines, closed: vec![false; nodes.len()], free_cpus, now: policy.now };
     let mut pass = Pass { placements: Vec::new(), blocked: vec![None; partitions.len()] };
@@ -270,7 +272,8 @@ pub fn schedule(
             if let Some(chosen) = plan.place_now(job, &partition.nodes, c.duration) {
                 plan.take(&chosen, policy.now, c.duration, &job.spec.per_node);
                 *running.entry(user).or_default() += 1;
-                pass.placements.push(Placement { job: job.id, nodes: chosen.iter().map(|&i| nodes[i].id.clone()).collect() });
+                pass.placements
+                    .push(Placement { job: job.id, nodes: chosen.iter().map(|&i| nodes[i].id.clone()).collect() });
                 continue;
             }
         }

@@ -97,7 +97,11 @@ fn placement_table() {
         },
         Case {
             name: "a job that the live nodes could not hold even idle does not block the queue",
-            jobs: vec![JobBuilder::new(1).nodes(3).build(), JobBuilder::new(2).cpus(4).build(), JobBuilder::new(3).build()],
+            jobs: vec![
+                JobBuilder::new(1).nodes(3).build(),
+                JobBuilder::new(2).cpus(4).build(),
+                JobBuilder::new(3).build(),
+            ],
             nodes: vec![node("a", 2, 512), node("b", 2, 512)],
             want: vec![(3, vec!["a"])],
         },
@@ -109,7 +113,11 @@ fn placement_table() {
         },
         Case {
             name: "jobs fill nodes in order and share a node while resources last",
-            jobs: vec![JobBuilder::new(1).cpus(1).build(), JobBuilder::new(2).cpus(1).build(), JobBuilder::new(3).cpus(1).build()],
+            jobs: vec![
+                JobBuilder::new(1).cpus(1).build(),
+                JobBuilder::new(2).cpus(1).build(),
+                JobBuilder::new(3).cpus(1).build(),
+            ],
             nodes: vec![node("a", 2, 512), node("b", 1, 512)],
             want: vec![(1, vec!["a"]), (2, vec!["a"]), (3, vec!["b"])],
         },
@@ -137,7 +145,8 @@ fn placement_table() {
 
 #[test]
 fn jobs_start_in_priority_order_not_submission_order() {
-    let jobs = [JobBuilder::new(1).cpus(2).build(), JobBuilder::new(2).cpus(2).build(), JobBuilder::new(3).cpus(2).build()];
+    let jobs =
+        [JobBuilder::new(1).cpus(2).build(), JobBuilder::new(2).cpus(2).build(), JobBuilder::new(3).cpus(2).build()];
     let mut candidates = fifo(&jobs);
     candidates[2].priority = 2_000_000; // job 3 first
     candidates[1].priority = candidates[0].priority; // a tie goes to the older job
@@ -159,8 +168,8 @@ fn wide_and_small(small: &[(u32, Option<u64>)]) -> (Vec<Job>, Vec<Option<u64>>) 
 
 #[test]
 fn backfill_starts_what_cannot_delay_the_first_job_and_nothing_else() {
-    let cases: [(&str, (u32, Option<u64>), bool); 5] = [
-        ("ends before the reserved start", (2, Some(50)), true),
+    let cases = [
+        ("ends before the reserved start", (2u32, Some(50u64)), true),
         ("ends exactly at the reserved start", (2, Some(100)), true),
         ("would still run at the reserved start", (2, Some(101)), false),
         ("has no time limit", (2, None), false),
@@ -205,7 +214,8 @@ fn without_backfill_the_first_jobs_nodes_take_nothing_lower() {
     let (jobs, secs) = wide_and_small(&[(2, Some(50))]);
     let nodes = [freed_in("a", 4, 2, 100)];
     let candidates = limited(fifo(&jobs), &secs);
-    let pass = schedule(&candidates, &nodes, &everything(&nodes), &HashMap::new(), Policy { backfill: false, now: NOW });
+    let pass =
+        schedule(&candidates, &nodes, &everything(&nodes), &HashMap::new(), Policy { backfill: false, now: NOW });
     assert_eq!(placed(&pass), vec![]);
     assert_eq!(pass.blocked[0].as_ref().map(|b| (b.job, b.reservation.clone())), Some((JobId(1), None)));
 }
@@ -282,7 +292,8 @@ fn freed_resources_let_the_next_job_start() {
 fn a_shortfall_names_the_closest_node_and_what_it_lacks() {
     let all = |n: &[NodeView]| (0..n.len()).collect::<Vec<_>>();
     let one = JobBuilder::new(1).cpus(4).mem(300).build();
-    let nodes = [busy("a", 8, 1), NodeView { free: Resources::new(3, 250), ..node("b", 8, 512) }, node("small", 2, 512)];
+    let nodes =
+        [busy("a", 8, 1), NodeView { free: Resources::new(3, 250), ..node("b", 8, 512) }, node("small", 2, 512)];
     assert_eq!(shortfall(&one, &nodes, &all(&nodes)).as_deref(), Some("b has 3 of 4 CPUs and 250 of 300 MB free"));
     assert_eq!(shortfall(&one, &nodes, &[0]).as_deref(), Some("a has 1 of 4 CPUs free"), "only its partition's nodes");
     assert_eq!(shortfall(&one, &[node("c", 4, 512)], &[0]), None, "it fits");

@@ -67,7 +67,9 @@ impl HeadCore {
         let id = req.id;
         let Some(mut job) = self.jobs.get(&id).cloned() else {
             return Err(match self.store.job(id).map_err(unavailable)? {
-                Some(job) => invalid(format!("job {id} has ended ({}); only a pending job can change", job.state.name())),
+                Some(job) => {
+                    invalid(format!("job {id} has ended ({}); only a pending job can change", job.state.name()))
+                }
                 None => not_found(id),
             });
         };
@@ -75,7 +77,10 @@ impl HeadCore {
         if job.spec.user.uid != uid && !operator {
             return Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
-                format!("job {id} belongs to {}; only its owner, root or an operator may change it", job.spec.user.name),
+                format!(
+                    "job {id} belongs to {}; only its owner, root or an operator may change it",
+                    job.spec.user.name
+                ),
             ));
         }
         if job.state != JobState::Pending {

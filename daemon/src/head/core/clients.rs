@@ -184,7 +184,11 @@ impl HeadCore {
         };
         let partition = self.settings.partitions[p].clone();
         spec.partition = partition.name.clone();
-        let groups = if partition.allow_groups.is_empty() { Vec::new() } else { crate::head::user_names::groups_of(spec.user.uid) };
+        let groups = if partition.allow_groups.is_empty() {
+            Vec::new()
+        } else {
+            crate::head::user_names::groups_of(spec.user.uid)
+        };
         if !partition.allows(spec.user.uid, &spec.user.name, &groups) {
             let mut open_to = Vec::new();
             if !partition.allow_users.is_empty() {
@@ -229,7 +233,11 @@ impl HeadCore {
             ));
         }
         let computes: Vec<&Node> = computes.into_iter().filter(|n| matcher.matches(&n.id)).collect();
-        let within = if self.settings.partitions.len() > 1 { format!(" in partition {}", spec.partition) } else { String::new() };
+        let within = if self.settings.partitions.len() > 1 {
+            format!(" in partition {}", spec.partition)
+        } else {
+            String::new()
+        };
         let up: Vec<&Node> = computes.iter().copied().filter(|n| n.is_up()).collect();
         let big_enough: Vec<&Node> = up.iter().copied().filter(|n| n.capacity.contains(&spec.per_node)).collect();
         let allowed: Vec<&Node> = big_enough.iter().copied().filter(|n| n.can_run_as(spec.user.uid)).collect();

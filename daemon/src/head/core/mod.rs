@@ -27,9 +27,9 @@ use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
 use cm_auth::Identity;
 use cm_common::config::{JobLimits, SchedulingSettings};
-use cm_common::partition::{NodeMatcher, Partition};
 use cm_common::job::{Job, JobFilter, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
+use cm_common::partition::{NodeMatcher, Partition};
 use cm_common::protocol::*;
 use cm_common::{JobId, NodeId, Timestamp};
 use std::collections::BTreeMap;
@@ -552,7 +552,6 @@ impl HeadCore {
             self.schedule(now);
         }
     }
-
 }
 
 /// The host of `tcp://HOST:PORT` or `HOST:PORT`.

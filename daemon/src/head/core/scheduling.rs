@@ -34,7 +34,11 @@ impl HeadCore {
                 free: n.free(),
                 only_uid: n.only_uid,
                 max_procs: self.max_procs(n),
-                releases: n.allocations.iter().filter_map(|a| Some((self.expected_release(a.job, now)?, a.resources))).collect(),
+                releases: n
+                    .allocations
+                    .iter()
+                    .filter_map(|a| Some((self.expected_release(a.job, now)?, a.resources)))
+                    .collect(),
             })
             .collect()
     }

@@ -944,7 +944,11 @@ fn a_submission_goes_to_its_partition_within_its_limits_or_is_refused_saying_whi
     let err = refused(&mut f, JobBuilder::new(0).partition("debug").nodes(2));
     assert!(err.message.contains("at most 1 node(s)"), "{}", err.message);
     let err = refused(&mut f, JobBuilder::new(0).partition("gpu"));
-    assert!(err.message.contains("no partition \"gpu\"; the partitions are debug, batch, private, capped"), "{}", err.message);
+    assert!(
+        err.message.contains("no partition \"gpu\"; the partitions are debug, batch, private, capped"),
+        "{}",
+        err.message
+    );
     let err = refused(&mut f, JobBuilder::new(0).partition("private"));
     assert_eq!(err.code, ErrorCode::PermissionDenied);
     assert!(err.message.contains("partition private is open only to users 2000; "), "{}", err.message);
@@ -980,7 +984,10 @@ fn a_submission_goes_to_its_partition_within_its_limits_or_is_refused_saying_whi
 fn a_partitions_jobs_run_on_its_nodes_only_before_others_and_within_the_per_user_cap() {
     let mut f = Fixture::with(partitioned(), &["a", "b"]);
     let batch = f.submit_ok(JobBuilder::new(0).cpus(2), "t1");
-    let debug = [f.submit_ok(JobBuilder::new(0).cpus(2).partition("debug"), "t2"), f.submit_ok(JobBuilder::new(0).cpus(2).partition("debug"), "t3")];
+    let debug = [
+        f.submit_ok(JobBuilder::new(0).cpus(2).partition("debug"), "t2"),
+        f.submit_ok(JobBuilder::new(0).cpus(2).partition("debug"), "t3"),
+    ];
     f.core.schedule_if_needed(Timestamp(11));
     // debug's priority (100 more) puts its first job first, on a; batch takes b; debug's second
     // job may not use b.
@@ -993,7 +1000,10 @@ fn a_partitions_jobs_run_on_its_nodes_only_before_others_and_within_the_per_user
     assert_eq!(jobs.iter().find(|j| j.id == batch).and_then(|j| j.priority), None, "only pending jobs");
     // capped: one running job per user.
     f.end(batch, "b", &[(0, 0)], NodeEndCause::Exited);
-    let capped = [f.submit_ok(JobBuilder::new(0).partition("capped"), "c1"), f.submit_ok(JobBuilder::new(0).partition("capped"), "c2")];
+    let capped = [
+        f.submit_ok(JobBuilder::new(0).partition("capped"), "c1"),
+        f.submit_ok(JobBuilder::new(0).partition("capped"), "c2"),
+    ];
     let bobs = match f.submit_as(BOB, JobBuilder::new(0).partition("capped"), "c3") {
         Ok(ClientResponse::JobAccepted(a)) => a.id,
         other => panic!("{other:?}"),
@@ -1026,7 +1036,8 @@ fn a_job_that_cannot_delay_the_first_in_line_backfills_and_the_first_shows_its_r
     assert!(reason.sentence.contains("expected to start by"), "{}", reason.sentence);
     assert_eq!(reason_of(&mut f, too_long).0, "Priority");
     // Without backfill, the short job waits its turn.
-    let strict = HeadSettings { scheduling: SchedulingSettings { backfill: false, ..Default::default() }, ..settings() };
+    let strict =
+        HeadSettings { scheduling: SchedulingSettings { backfill: false, ..Default::default() }, ..settings() };
     let mut f = Fixture::with(strict, &["a", "b"]);
     f.submit_ok(JobBuilder::new(0).cpus(2).time_limit(100), "t1");
     f.core.schedule_if_needed(Timestamp(11));
