@@ -10,7 +10,9 @@
 //! 3. submit-to-start latency on an idle cluster, from the job's own start time;
 //! 4. `cminfo` latency with 10,000 pending jobs and 256 registered computes;
 //! 5. head CPU and memory with 1,000 heartbeating computes (a load generator that speaks the
-//!    real protocol as many nodes, see `fake_nodes`).
+//!    real protocol as many nodes, see `fake_nodes`);
+//! 6. one scheduling pass with 10,000 pending jobs and 1,000 busy nodes, with backfill, timed
+//!    in the head's own state machine in this process (`scheduling_pass`).
 //!
 //! Each scenario's cluster directory (state, job outputs) is removed when cmbench exits, not when
 //! the scenario ends: on ext4 a file created within a while of many deletions costs more, so
@@ -18,6 +20,7 @@
 
 mod cpu;
 mod fake_nodes;
+mod scheduling_pass;
 mod stats;
 
 use anyhow::{anyhow, bail, Context};
@@ -44,8 +47,8 @@ const BENCH_LOG: &str = "warn";
 #[derive(Debug, Parser)]
 #[command(name = "cmbench", about = "Measure cm on a local cluster of real daemons")]
 struct Args {
-    /// Which scenarios to run (1-5).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 3, 4, 5])]
+    /// Which scenarios to run (1-6).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 3, 4, 5, 6])]
     only: Vec<u32>,
     /// The head's store: embedded or mongodb (scenarios 1-3; SecantusDB or mongod is started).
     #[arg(long, default_value = "embedded")]
@@ -67,7 +70,7 @@ struct Args {
 }
 
 /// The figures the goals are about, by their path in a run's JSON, for the medians.
-const HEADLINES: [&str; 15] = [
+const HEADLINES: [&str; 17] = [
     "serial_cli.per_second",
     "serial_cli.jobs_held.per_second",
     "serial_cli.floor.per_second",
@@ -83,6 +86,8 @@ const HEADLINES: [&str; 15] = [
     "cminfo.latency.p99_ms",
     "head_at_1000_nodes.head_cpu_percent",
     "head_at_1000_nodes.head_rss_mb",
+    "scheduling_pass.pass.p50_ms",
+    "scheduling_pass.pass.p99_ms",
 ];
 
 /// How the benchmark's jobs are submitted: `cmrun` arguments before the command.
@@ -571,10 +576,11 @@ fn main() -> anyhow::Result<()> {
                 3 => submit_to_start(&store, scale(200, 50), options, &mut later)?,
                 4 => cminfo_latency(scale(10_000, 2_000), 256, &mut later)?,
                 5 => head_at_scale(1000, scale(20, 6) as u64, &mut later)?,
+                6 => scheduling_pass::scheduling_pass(10_000, 1000, scale(30, 10))?,
                 other => bail!("no scenario {other}"),
             };
-            let name =
-                ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes"][*scenario as usize];
+            let name = ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes", "scheduling_pass"]
+                [*scenario as usize];
             results.insert(name.into(), result);
         }
         runs.push(Value::Object(results));
