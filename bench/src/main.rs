@@ -579,8 +579,9 @@ fn main() -> anyhow::Result<()> {
                 6 => scheduling_pass::scheduling_pass(10_000, 1000, scale(30, 10))?,
                 other => bail!("no scenario {other}"),
             };
-            let name = ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes", "scheduling_pass"]
-                [*scenario as usize];
+            let name =
+                ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes", "scheduling_pass"]
+                    [*scenario as usize];
             results.insert(name.into(), result);
         }
         runs.push(Value::Object(results));

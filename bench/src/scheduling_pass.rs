@@ -64,7 +64,11 @@ fn submit(core: &mut HeadCore, spec: JobSpec, token: String, now: Timestamp) -> 
 /// Jobs running now.
 fn running(core: &mut HeadCore, now: Timestamp) -> anyhow::Result<usize> {
     let filter = cm_common::job::JobFilter { states: vec!["Running".into()], ..Default::default() };
-    match core.handle_client(0, ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit: None, filter }), now) {
+    match core.handle_client(
+        0,
+        ClientRequest::FetchJobs(FetchJobs { include_finished: false, limit: None, filter }),
+        now,
+    ) {
         Ok(ClientResponse::Jobs(reply)) => Ok(reply.jobs.len()),
         other => bail!("listing: {other:?}"),
     }

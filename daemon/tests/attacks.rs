@@ -414,7 +414,10 @@ fn nobody_cannot_jump_the_queue_nor_hold_or_reorder_anothers_jobs() {
     let (code, text) = said(attacker.tool(&cluster, "cmctl", &["update", "job", &mine.to_string(), "nice=50"]));
     assert!(code == Some(0) && text.contains("Nice"), "lowering one's own job is allowed: {text}");
     let job = cluster.job(roots);
-    assert_eq!((job["spec"]["priority"].clone(), job["priority"].as_u64().map(|p| p >= 10_000)), (serde_json::Value::Null, Some(true)));
+    assert_eq!(
+        (job["spec"]["priority"].clone(), job["priority"].as_u64().map(|p| p >= 10_000)),
+        (serde_json::Value::Null, Some(true))
+    );
     let job = cluster.job(mine);
     assert_eq!((job["spec"]["priority"].clone(), job["spec"]["nice"].as_i64()), (serde_json::Value::Null, Some(50)));
 }

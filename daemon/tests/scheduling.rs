@@ -64,7 +64,10 @@ fn partitions_refuse_what_is_over_their_limits_and_keep_their_jobs_on_their_node
     let cluster = cluster();
     let (ok, said) = text(&cluster, "cmrun", &["-P", "short", "-t", "5", "true"]);
     assert!(!ok && said.trim_end().lines().count() == 1, "{said}");
-    assert!(said.contains("partition short takes jobs with a time limit of at most 00:01:00; this one has 00:05:00"), "{said}");
+    assert!(
+        said.contains("partition short takes jobs with a time limit of at most 00:01:00; this one has 00:05:00"),
+        "{said}"
+    );
     let (ok, said) = text(&cluster, "cmrun", &["-P", "short", "-n", "2", "true"]);
     assert!(!ok && said.contains("at most 1 node(s)"), "{said}");
     let (ok, said) = text(&cluster, "cmrun", &["-P", "gpu", "true"]);
