@@ -253,6 +253,9 @@ pub fn job_detail(job: &Job) -> String {
     if let Some(priority) = job.priority {
         row("Priority", priority.to_string());
     }
+    for update in &job.updates {
+        row("Changed", format!("{} by {} (uid {}): {}", update.at, update.by, update.by_uid, update.change));
+    }
     match spec.priority {
         Some(0) => row("Priority set", "0: held by an operator".to_string()),
         Some(fixed) => row("Priority set", format!("{fixed}, by an operator")),

@@ -437,6 +437,10 @@ pub struct Job {
     /// reports with it, so nothing from an earlier run is taken for the current one.
     #[serde(default)]
     pub run: u32,
+    /// Changes made to it while it was pending (`cmctl update job`), oldest first, the last
+    /// [`MAX_UPDATES`] of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<JobUpdate>,
     /// A pending job's priority when the head answered a listing (it grows as the job waits);
     /// never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -444,6 +448,20 @@ pub struct Job {
     /// Why a pending job waits, as the head sees it when it answers a listing; never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<PendingReason>,
+}
+
+/// How many of a job's [`JobUpdate`]s it keeps.
+pub const MAX_UPDATES: usize = 16;
+
+/// A change to a pending job, and who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUpdate {
+    pub at: Timestamp,
+    pub by_uid: u32,
+    /// Who, for display.
+    pub by: String,
+    /// What, as `cmctl update job` takes it: `priority=0`, `nice=100`, `priority=auto`.
+    pub change: String,
 }
 
 /// Why a pending job waits: a word for tables (`Priority`, `Resources`, `NodesDown`, ...) and a
@@ -483,6 +501,7 @@ impl Job {
             nodes: Vec::new(),
             submit_token,
             run: 0,
+            updates: Vec::new(),
             priority: None,
             pending_reason: None,
         }
@@ -507,6 +526,7 @@ impl Job {
             state: self.state.clone(),
             nodes: self.nodes.clone(),
             submit_token: self.submit_token.clone(),
+            updates: self.updates.clone(),
             pending_reason: self.pending_reason.clone(),
             ..*self
         }

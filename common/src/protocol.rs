@@ -246,6 +246,16 @@ pub enum JobChange {
     Nice(i32),
 }
 
+impl std::fmt::Display for JobChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobChange::Priority(p) => write!(f, "priority={p}"),
+            JobChange::AutoPriority => write!(f, "priority=auto"),
+            JobChange::Nice(n) => write!(f, "nice={n}"),
+        }
+    }
+}
+
 /// Responses to [`ClientRequest`]s, one per request variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {

@@ -112,7 +112,12 @@ impl HeadCore {
             }
         }
         let by = self.user_names.name(uid, "");
-        tracing::info!(job = %id, by = %by, uid, changes = ?req.changes, "job updated");
+        let change = req.changes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+        tracing::info!(job = %id, by = %by, uid, %change, "job updated");
+        job.updates.push(cm_common::job::JobUpdate { at: now, by_uid: uid, by, change });
+        if job.updates.len() > cm_common::job::MAX_UPDATES {
+            job.updates.remove(0);
+        }
         self.commit_now(vec![job.clone()], vec![]).map_err(unavailable)?;
         self.wants_schedule = true;
         self.explain_pending(std::slice::from_mut(&mut job), now);

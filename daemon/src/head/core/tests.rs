@@ -1075,6 +1075,8 @@ fn operators_fix_or_hold_a_priority_and_owners_may_only_lower_theirs() {
     let held = update(&mut f, 0, second, vec![JobChange::Priority(0)]).expect("root holds it");
     assert_eq!(held.pending_reason.map(|r| r.word), Some("Held".into()));
     assert_eq!(f.core.stored_job(second).spec.priority, Some(0), "kept in the store");
+    let recorded = &f.core.stored_job(second).updates;
+    assert_eq!(recorded.iter().map(|u| (u.by_uid, u.change.as_str())).collect::<Vec<_>>(), [(0, "priority=0")]);
     f.end(running, "a", &[(0, 0)], NodeEndCause::Exited);
     f.core.schedule_if_needed(Timestamp(60));
     assert_eq!(f.take_sent().last(), Some(&pair("a", "start 2")), "the held job is passed over");
