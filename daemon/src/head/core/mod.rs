@@ -81,6 +81,11 @@ pub struct HeadCore {
     blocked: Vec<Option<scheduler::Blocked>>,
     /// Writes saved since the last successful store sync.
     unsynced: bool,
+    /// The last store sync failed. Every turn of the loop waits for the store meanwhile, so
+    /// heartbeats wait too: no node is declared down for the head's own outage, and once the
+    /// store syncs again (`heartbeat_grace`) every node gets a fresh `heartbeat_timeout`.
+    store_failing: bool,
+    heartbeat_grace: bool,
     /// Messages to nodes, held until the writes they follow from are durable.
     outbox: Vec<(NodeId, NodeRequest)>,
 }
@@ -190,6 +195,8 @@ impl HeadCore {
             matchers,
             blocked: Vec::new(),
             unsynced: false,
+            store_failing: false,
+            heartbeat_grace: false,
             outbox: Vec::new(),
         };
         core.resend_unconfirmed_starts();
@@ -247,8 +254,12 @@ impl HeadCore {
     /// turn's request with an error, and the next turn syncs again.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         if self.unsynced {
-            self.store.sync()?;
+            if let Err(e) = self.store.sync() {
+                self.store_failing = true;
+                return Err(e);
+            }
             self.unsynced = false;
+            self.heartbeat_grace |= std::mem::take(&mut self.store_failing);
         }
         for (id, request) in std::mem::take(&mut self.outbox) {
             if let Some(node) = self.nodes.get(&id) {
@@ -510,8 +521,15 @@ impl HeadCore {
         }
     }
 
-    /// Periodic duties: declare silent nodes Down.
+    /// Periodic duties: declare silent nodes Down (not while the store fails: see `store_failing`).
     pub fn tick(&mut self, now: Timestamp) {
+        self.wants_schedule = true;
+        if self.store_failing {
+            return;
+        }
+        if std::mem::take(&mut self.heartbeat_grace) {
+            self.nodes.values_mut().for_each(|n| n.last_heartbeat = n.last_heartbeat.max(now));
+        }
         let timeout = self.settings.heartbeat_timeout;
         let silent: Vec<NodeId> = self
             .nodes
@@ -524,7 +542,6 @@ impl HeadCore {
                 tracing::error!(node = %id, error = %e, "cannot mark a node down");
             }
         }
-        self.wants_schedule = true;
     }
 
     fn mark_down(&mut self, id: &NodeId, now: Timestamp) -> Result<(), StoreError> {

@@ -673,6 +673,25 @@ fn a_silent_node_goes_down_and_its_jobs_fail_and_free() {
 }
 
 #[test]
+fn no_node_goes_down_while_the_store_fails_and_each_gets_a_fresh_timeout_after() {
+    // Every turn of the head's loop waits for a store that fails, heartbeats too: silence then
+    // is the head's, not the node's.
+    let mut f = Fixture::new(&["a"]);
+    f.submit_ok(JobBuilder::new(0), "t");
+    f.failing_sync.store(true, Ordering::Relaxed);
+    f.core.schedule_if_needed(Timestamp(11)); // a placement, to sync
+    assert!(f.core.sync().is_err());
+    f.core.tick(Timestamp(60_000));
+    assert!(f.core.node(&NodeId::new("a")).expect("a").is_up(), "not down during the outage");
+    f.failing_sync.store(false, Ordering::Relaxed);
+    f.core.sync().expect("the store is back");
+    f.core.tick(Timestamp(61_000));
+    assert!(f.core.node(&NodeId::new("a")).expect("a").is_up(), "a fresh timeout from the store's return");
+    f.core.tick(Timestamp(66_001));
+    assert!(!f.core.node(&NodeId::new("a")).expect("a").is_up(), "then silence counts again");
+}
+
+#[test]
 fn a_requeue_job_that_loses_a_node_runs_again_elsewhere_once_the_rest_has_stopped() {
     let mut f = Fixture::new(&["a", "b", "c"]);
     let mut builder = JobBuilder::new(0).nodes(2);
