@@ -61,16 +61,6 @@ impl Partition {
         Partition { default: true, ..Partition::default() }
     }
 
-    /// Whether node `id` is in this partition.
-    pub fn has_node(&self, id: &NodeId) -> bool {
-        self.matcher().matches(id)
-    }
-
-    /// Its node patterns, compiled once for many nodes.
-    pub fn matcher(&self) -> NodeMatcher {
-        NodeMatcher(self.nodes.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect())
-    }
-
     pub fn max_time(&self) -> Option<Duration> {
         parse_time_limit(&self.max_time).ok().flatten()
     }
@@ -89,26 +79,6 @@ impl Partition {
         let group =
             self.allow_groups.iter().any(|g| groups.iter().any(|(group, gid)| g == group || *g == gid.to_string()));
         user || group
-    }
-
-    /// Why a job of `nodes` nodes and limit `time_limit` may not run here, if it may not.
-    pub fn refuses(&self, nodes: u32, time_limit: Option<Duration>) -> Option<String> {
-        if let Some(max) = self.max_nodes.filter(|&max| nodes > max) {
-            return Some(format!(
-                "partition {} takes jobs of at most {max} node(s); this one asks for {nodes}",
-                self.name
-            ));
-        }
-        let max = self.max_time()?;
-        match time_limit {
-            Some(limit) if limit <= max => None,
-            limit => Some(format!(
-                "partition {} takes jobs with a time limit of at most {}; this one has {} (cmrun -t)",
-                self.name,
-                format_time_limit(Some(max)),
-                format_time_limit(limit)
-            )),
-        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -145,13 +115,54 @@ impl Partition {
     }
 }
 
-/// A partition's node patterns, compiled.
+/// A partition made ready to be checked many times a second: its node patterns compiled and
+/// its times parsed.
 #[derive(Debug, Clone)]
-pub struct NodeMatcher(Vec<glob::Pattern>);
+pub struct Rules {
+    pub partition: Partition,
+    patterns: Vec<glob::Pattern>,
+    max_time: Option<Duration>,
+    default_time: Option<Duration>,
+}
 
-impl NodeMatcher {
-    pub fn matches(&self, id: &NodeId) -> bool {
-        self.0.iter().any(|p| p.matches(id.as_str()))
+impl Rules {
+    pub fn new(partition: Partition) -> Rules {
+        Rules {
+            patterns: partition.nodes.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect(),
+            max_time: partition.max_time(),
+            default_time: partition.default_time(),
+            partition,
+        }
+    }
+
+    /// Whether node `id` is in this partition.
+    pub fn has_node(&self, id: &NodeId) -> bool {
+        self.patterns.iter().any(|p| p.matches(id.as_str()))
+    }
+
+    /// The time limit a job without one gets here.
+    pub fn default_time(&self) -> Option<Duration> {
+        self.default_time
+    }
+
+    /// Why a job of `nodes` nodes and limit `time_limit` may not run here, if it may not.
+    pub fn refuses(&self, nodes: u32, time_limit: Option<Duration>) -> Option<String> {
+        if let Some(max) = self.partition.max_nodes.filter(|&max| nodes > max) {
+            return Some(format!(
+                "partition {} takes jobs of at most {max} node(s); this one asks for {nodes}",
+                self.partition.name
+            ));
+        }
+        let max = self.max_time?;
+        match time_limit {
+            Some(limit) if limit <= max => None,
+            limit => Some(format!(
+                "partition {} takes jobs with a time limit of at most {}; this one has {} (cmrun -t)",
+                self.partition.name,
+                format_time_limit(Some(max)),
+                format_time_limit(limit)
+            )),
+        }
     }
 }
 
@@ -196,16 +207,16 @@ mod tests {
 
     #[test]
     fn nodes_match_by_id_or_pattern() {
-        let p = partition("name: gpu\nnodes: [\"g[0-3]\", big, \"c?\"]\n");
+        let p = Rules::new(partition("name: gpu\nnodes: [\"g[0-3]\", big, \"c?\"]\n"));
         for (id, member) in [("g0", true), ("g3", true), ("g4", false), ("big", true), ("c1", true), ("c12", false)] {
             assert_eq!(p.has_node(&NodeId::new(id)), member, "{id}");
         }
-        assert!(Partition::everything().has_node(&NodeId::new("anything-at-all")));
+        assert!(Rules::new(Partition::everything()).has_node(&NodeId::new("anything-at-all")));
     }
 
     #[test]
     fn limits_say_which_and_by_how_much() {
-        let p = partition("name: short\nnodes: [\"*\"]\nmax_time: \"1:00:00\"\nmax_nodes: 2\n");
+        let p = Rules::new(partition("name: short\nnodes: [\"*\"]\nmax_time: \"1:00:00\"\nmax_nodes: 2\n"));
         assert_eq!(p.refuses(2, Some(Duration::from_secs(3600))), None);
         let err = p.refuses(3, None).expect("too many nodes");
         assert!(err.contains("at most 2 node(s)") && err.contains("asks for 3"), "{err}");
@@ -215,7 +226,7 @@ mod tests {
         assert_eq!(p.default_time(), Some(Duration::from_secs(3600)), "no default_time: max_time");
         let p = partition("name: s\nmax_time: 60\ndefault_time: 10\n");
         assert_eq!(p.default_time(), Some(Duration::from_secs(600)), "minutes, as cmrun -t");
-        assert_eq!(Partition::everything().refuses(1000, None), None);
+        assert_eq!(Rules::new(Partition::everything()).refuses(1000, None), None);
     }
 
     #[test]

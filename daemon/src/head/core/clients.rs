@@ -182,7 +182,8 @@ impl HeadCore {
                 names.join(", ")
             )));
         };
-        let partition = self.settings.partitions[p].clone();
+        let rules = self.partitions[p].clone();
+        let partition = &rules.partition;
         spec.partition = partition.name.clone();
         let groups = if partition.allow_groups.is_empty() {
             Vec::new()
@@ -208,9 +209,9 @@ impl HeadCore {
             ));
         }
         if spec.time_limit_secs.is_none() {
-            spec.time_limit_secs = partition.default_time().map(|d| d.as_secs());
+            spec.time_limit_secs = rules.default_time().map(|d| d.as_secs());
         }
-        if let Some(refusal) = partition.refuses(spec.nodes, spec.time_limit()) {
+        if let Some(refusal) = rules.refuses(spec.nodes, spec.time_limit()) {
             return Err(invalid(refusal));
         }
         if (spec.priority.is_some() || spec.nice < 0) && !self.is_operator(uid) {
@@ -225,14 +226,14 @@ impl HeadCore {
     /// Refuses at once a job that the nodes of its partition that are up could never run,
     /// however long it waited.
     fn check_cluster_can_fit(&self, spec: &JobSpec, partition: usize) -> Result<(), ErrorReply> {
-        let matcher = &self.matchers[partition];
+        let rules = &self.partitions[partition];
         let computes: Vec<&Node> = self.nodes.values().filter(|n| n.role == Role::Compute).collect();
         if computes.is_empty() {
             return Err(invalid(
                 "no compute node has registered with the head yet; start compute daemons (cmd --role compute) and submit again",
             ));
         }
-        let computes: Vec<&Node> = computes.into_iter().filter(|n| matcher.matches(&n.id)).collect();
+        let computes: Vec<&Node> = computes.into_iter().filter(|n| rules.has_node(&n.id)).collect();
         let within = if self.settings.partitions.len() > 1 {
             format!(" in partition {}", spec.partition)
         } else {

@@ -29,7 +29,7 @@ use cm_auth::Identity;
 use cm_common::config::{JobLimits, SchedulingSettings};
 use cm_common::job::{Job, JobFilter, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
-use cm_common::partition::{NodeMatcher, Partition};
+use cm_common::partition::{Partition, Rules};
 use cm_common::protocol::*;
 use cm_common::{JobId, NodeId, Timestamp};
 use std::collections::BTreeMap;
@@ -74,8 +74,8 @@ pub struct HeadCore {
     last_job_id: JobId,
     /// Something changed that may let a pending job start.
     wants_schedule: bool,
-    /// The partitions' node patterns, compiled, in the order of `settings.partitions`.
-    matchers: Vec<NodeMatcher>,
+    /// `settings.partitions`, ready to be checked (patterns compiled, times parsed).
+    partitions: Vec<Rules>,
     /// By partition, the first pending job the last scheduling pass could not start and its
     /// reservation (for pending reasons).
     blocked: Vec<Option<scheduler::Blocked>>,
@@ -179,7 +179,7 @@ impl HeadCore {
             tokens.insert(job.submit_token.clone(), job.id);
         }
         let last_job_id = store.last_job_id()?;
-        let matchers = settings.partitions.iter().map(Partition::matcher).collect();
+        let partitions = settings.partitions.iter().cloned().map(Rules::new).collect();
         let mut core = HeadCore {
             store,
             comm,
@@ -192,7 +192,7 @@ impl HeadCore {
             user_names: UserNames::default(),
             last_job_id,
             wants_schedule: true,
-            matchers,
+            partitions,
             blocked: Vec::new(),
             unsynced: false,
             store_failing: false,

@@ -102,7 +102,7 @@ impl HeadCore {
     fn unavailable_nodes(&self, job: &Job, p: usize) -> String {
         let large_enough = |n: &&Node| {
             n.role == Role::Compute
-                && self.matchers[p].matches(&n.id)
+                && self.partitions[p].has_node(&n.id)
                 && n.capacity.contains(&job.spec.per_node)
                 && n.can_run_as(job.spec.user.uid)
         };

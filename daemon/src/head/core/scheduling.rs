@@ -10,7 +10,7 @@ impl HeadCore {
     /// The partition `job` runs in, as an index into `settings.partitions`; `None` if it names
     /// one the head no longer has.
     pub(super) fn partition_of(&self, job: &JobSpec) -> Option<usize> {
-        let partitions = &self.settings.partitions;
+        let partitions = &self.settings.partitions; // as `self.partitions`, in the same order
         if job.partition.is_empty() {
             let default = cm_common::partition::default_partition(partitions)?;
             return partitions.iter().position(|p| p.name == default.name);
@@ -20,7 +20,7 @@ impl HeadCore {
 
     /// How long `job` may run in partition `p`: its time limit, else the partition's default.
     pub(super) fn duration(&self, job: &JobSpec, p: usize) -> Option<Duration> {
-        job.time_limit().or_else(|| self.settings.partitions[p].default_time())
+        job.time_limit().or_else(|| self.partitions[p].default_time())
     }
 
     /// The compute nodes that take jobs, as the scheduler sees them at `now`.
@@ -58,20 +58,22 @@ impl HeadCore {
 
     /// Each partition's nodes among `views`.
     pub(super) fn partition_views(&self, views: &[NodeView]) -> Vec<PartitionView> {
-        self.settings
-            .partitions
+        self.partitions
             .iter()
-            .zip(&self.matchers)
-            .map(|(p, matcher)| PartitionView {
-                nodes: (0..views.len()).filter(|&i| matcher.matches(&views[i].id)).collect(),
-                max_running_per_user: p.max_running_per_user,
+            .map(|rules| PartitionView {
+                nodes: (0..views.len()).filter(|&i| rules.has_node(&views[i].id)).collect(),
+                max_running_per_user: rules.partition.max_running_per_user,
             })
             .collect()
     }
 
-    /// Running jobs by (partition, uid).
+    /// Running jobs by (partition, uid), for `max_running_per_user`: none counted where no
+    /// partition has it, so that a pass does not go over every running job for nothing.
     pub(super) fn running_counts(&self) -> HashMap<(usize, u32), u32> {
         let mut counts = HashMap::new();
+        if self.partitions.iter().all(|rules| rules.partition.max_running_per_user.is_none()) {
+            return counts;
+        }
         for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Running { .. })) {
             if let Some(p) = self.partition_of(&job.spec) {
                 *counts.entry((p, job.spec.user.uid)).or_default() += 1;
@@ -86,7 +88,7 @@ impl HeadCore {
         let Some(p) = self.partition_of(&job.spec) else {
             return Some(format!("its partition {} is no longer configured", job.spec.partition));
         };
-        self.settings.partitions[p].refuses(job.spec.nodes, self.duration(&job.spec, p))
+        self.partitions[p].refuses(job.spec.nodes, self.duration(&job.spec, p))
     }
 
     /// The priority of `job` at `now`.
@@ -158,17 +160,15 @@ impl HeadCore {
     /// The partitions with the nodes now in each, for the tools.
     pub(super) fn partition_infos(&self) -> Vec<cm_common::partition::PartitionInfo> {
         let default = cm_common::partition::default_partition(&self.settings.partitions).map(|p| p.name.clone());
-        self.settings
-            .partitions
+        self.partitions
             .iter()
-            .zip(&self.matchers)
-            .map(|(p, matcher)| cm_common::partition::PartitionInfo {
-                partition: p.clone(),
-                is_default: default.as_ref() == Some(&p.name),
+            .map(|rules| cm_common::partition::PartitionInfo {
+                partition: rules.partition.clone(),
+                is_default: default.as_ref() == Some(&rules.partition.name),
                 nodes: self
                     .nodes
                     .values()
-                    .filter(|n| n.role == Role::Compute && matcher.matches(&n.id))
+                    .filter(|n| n.role == Role::Compute && rules.has_node(&n.id))
                     .map(|n| n.id.clone())
                     .collect(),
             })
