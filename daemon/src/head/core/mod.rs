@@ -74,6 +74,8 @@ pub struct HeadCore {
     last_job_id: JobId,
     /// Something changed that may let a pending job start.
     wants_schedule: bool,
+    /// The next pass is the periodic one (see `scheduling.rs`: it runs even when no CPU is free).
+    periodic_pass: bool,
     /// `settings.partitions`, ready to be checked (patterns compiled, times parsed).
     partitions: Vec<Rules>,
     /// By partition, the first pending job the last scheduling pass could not start and its
@@ -192,6 +194,7 @@ impl HeadCore {
             user_names: UserNames::default(),
             last_job_id,
             wants_schedule: true,
+            periodic_pass: true,
             partitions,
             blocked: Vec::new(),
             unsynced: false,
@@ -524,6 +527,7 @@ impl HeadCore {
     /// Periodic duties: declare silent nodes Down (not while the store fails: see `store_failing`).
     pub fn tick(&mut self, now: Timestamp) {
         self.wants_schedule = true;
+        self.periodic_pass = true;
         if self.store_failing {
             return;
         }

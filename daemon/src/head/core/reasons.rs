@@ -63,7 +63,13 @@ impl HeadCore {
                 ),
             );
         }
-        match self.blocked.get(p).and_then(Option::as_ref) {
+        // The first job in line as the last pass saw it, if it still waits.
+        let first = self
+            .blocked
+            .get(p)
+            .and_then(Option::as_ref)
+            .filter(|b| b.job == job.id || self.jobs.get(&b.job).is_some_and(|j| j.state == JobState::Pending));
+        match first {
             Some(first) if first.job == job.id => {
                 let lacking = scheduler::shortfall(job, views, &partitions[p].nodes)
                     .unwrap_or_else(|| "it fits now, and starts at the next scheduling pass".to_string());

@@ -104,6 +104,12 @@ impl HeadCore {
             return;
         }
         let views = self.node_views(now);
+        // With no CPU free nothing can start: a pass after each submission to a full cluster
+        // would only order the whole queue again, for the pending reasons. The periodic pass
+        // does that.
+        if !std::mem::take(&mut self.periodic_pass) && views.iter().all(|v| v.free.cpus == 0) {
+            return;
+        }
         let partitions = self.partition_views(&views);
         let candidates: Vec<Candidate> = self
             .jobs

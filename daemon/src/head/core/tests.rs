@@ -1104,3 +1104,20 @@ fn operators_fix_or_hold_a_priority_and_owners_may_only_lower_theirs() {
     f.core.schedule_if_needed(Timestamp(70));
     assert_eq!(f.take_sent().last(), Some(&pair("a", "start 3")));
 }
+
+#[test]
+fn on_a_full_cluster_only_the_periodic_pass_orders_the_queue_again() {
+    let mut f = Fixture::new(&["a"]);
+    let running = f.submit_ok(JobBuilder::new(0).cpus(2), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    assert!(matches!(f.state(running), JobState::Running { .. }));
+    let waiting = f.submit_ok(JobBuilder::new(0).cpus(2), "t2");
+    f.core.schedule_if_needed(Timestamp(12)); // no CPU free: skipped
+    assert_eq!(reason_of(&mut f, waiting).0, "Scheduling");
+    f.core.tick(Timestamp(13));
+    f.core.schedule_if_needed(Timestamp(13));
+    assert_eq!(reason_of(&mut f, waiting).0, "Resources");
+    f.end(running, "a", &[(0, 0)], NodeEndCause::Exited);
+    f.core.schedule_if_needed(Timestamp(60));
+    assert!(matches!(f.state(waiting), JobState::Running { .. }), "a freed CPU brings a pass at once");
+}
