@@ -8,8 +8,9 @@
 //! a different time (10 minutes to 10 hours), so 2 CPUs are free on every node; two partitions
 //! (every node, and a fifth of them). The queue: 10,000 jobs of 1 to 8 nodes, 1 to 32 CPUs each
 //! and 97 different time limits, a fifth of them in the small partition; the 1-CPU ones that
-//! fit beside a reservation start in the first pass. The passes after it find nothing to start
-//! and are what a busy head runs after every submission and job end.
+//! fit around the reservations start in the first pass, which fills every CPU. The passes after
+//! it are periodic ones (each `scheduler_interval`), which order the whole queue again though
+//! nothing can start.
 
 use crate::stats::Samples;
 use anyhow::{anyhow, bail};
@@ -124,6 +125,7 @@ pub fn scheduling_pass(pending: usize, nodes: usize, passes: usize) -> anyhow::R
     let backfilled = running(&mut core, now)? - before;
     let mut samples = Samples::default();
     for _ in 0..passes {
+        core.tick(now); // a periodic pass: it runs though no CPU is free
         let started = Instant::now();
         core.schedule(now);
         samples.push(started.elapsed());
