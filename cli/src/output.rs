@@ -3,7 +3,7 @@
 //! (commands, names, paths, reasons) is shown with control and text-direction characters escaped,
 //! so that a job cannot drive the terminal of whoever lists it, nor make a listing lie.
 
-use cm_common::job::{is_bidi_control, Job, JobState};
+use cm_common::job::{is_bidi_control, Job, JobState, NodeEndCause};
 use cm_common::node::{Node, NodeHealth, Role};
 use cm_common::partition::PartitionInfo;
 use cm_common::timelimit::format_time_limit;
@@ -226,6 +226,41 @@ pub fn memory(bytes: Option<u64>) -> String {
     }
 }
 
+/// How a node's share of a job ended, in words.
+fn end_cause(cause: &NodeEndCause) -> String {
+    match cause {
+        NodeEndCause::Exited => "Exited".to_string(),
+        NodeEndCause::TimedOut => "TimedOut".to_string(),
+        NodeEndCause::Killed => "Killed".to_string(),
+        NodeEndCause::LaunchFailed { reason } => format!("LaunchFailed: {reason}"),
+        NodeEndCause::Lost { reason } => format!("Lost: {reason}"),
+    }
+}
+
+/// Where a job's stdout and stderr go: rank 0's files on its first node once it has nodes, and
+/// how the others are named; before that, the pattern with the job id filled in.
+fn output_files(job: &Job) -> (String, String) {
+    let spec = &job.spec;
+    let patterns = [
+        spec.stdout.as_deref().unwrap_or(cm_common::job::DEFAULT_STDOUT),
+        spec.stderr.as_deref().unwrap_or(cm_common::job::DEFAULT_STDERR),
+    ];
+    let first = job.nodes.first().map(|n| spec.output_paths(job.id, &n.node, 0));
+    let describe = |i: usize, pattern: &str| {
+        let whole = std::path::Path::new(&spec.workdir).join(pattern.replace("%j", &job.id.to_string()));
+        match &first {
+            Some(files) => {
+                let file = if i == 0 { &files.0 } else { &files.1 };
+                let others =
+                    if spec.total_procs() > 1 { format!(" (rank 0; all: {})", whole.display()) } else { String::new() };
+                format!("{}{others}", file.display())
+            }
+            None => whole.display().to_string(),
+        }
+    };
+    (describe(0, patterns[0]), describe(1, patterns[1]))
+}
+
 /// One job with every field, for `cminfo JOBID`.
 pub fn job_detail(job: &Job) -> String {
     let spec = &job.spec;
@@ -270,9 +305,10 @@ pub fn job_detail(job: &Job) -> String {
     }
     row("Command", spec.command.clone());
     row("Working dir", spec.workdir.clone());
+    let nodes: Vec<&str> = job.nodes.iter().map(|n| n.node.as_str()).collect();
     row(
         "Nodes",
-        format!("{} ({})", spec.nodes, job.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>().join(", ")),
+        if nodes.is_empty() { spec.nodes.to_string() } else { format!("{} ({})", spec.nodes, nodes.join(", ")) },
     );
     row("Processes/node", spec.procs_per_node.to_string());
     row("CPUs/node", spec.per_node.cpus.to_string());
@@ -298,14 +334,9 @@ pub fn job_detail(job: &Job) -> String {
             row("OOM kills", usage.oom_kills.to_string());
         }
     }
-    row(
-        "Stdout",
-        spec.stdout.clone().unwrap_or_else(|| format!("{}/{}", spec.workdir, cm_common::job::DEFAULT_STDOUT)),
-    );
-    row(
-        "Stderr",
-        spec.stderr.clone().unwrap_or_else(|| format!("{}/{}", spec.workdir, cm_common::job::DEFAULT_STDERR)),
-    );
+    let (stdout, stderr) = output_files(job);
+    row("Stdout", stdout);
+    row("Stderr", stderr);
     let mut out = format!("{t}\n");
     if !job.nodes.is_empty() {
         let mut per_node = table(&["Node", "Started", "Ended", "How", "Exit codes by rank", "CPU time", "Peak memory"]);
@@ -314,7 +345,7 @@ pub fn job_detail(job: &Job) -> String {
                 None => ("-".to_string(), "-".to_string(), String::new()),
                 Some(end) => (
                     end.ended_at.to_string(),
-                    format!("{:?}", end.cause).replace(" {", ": {"),
+                    end_cause(&end.cause),
                     end.replicas.iter().map(|r| format!("{}: {}", r.rank, r.status)).collect::<Vec<_>>().join(", "),
                 ),
             };
@@ -380,7 +411,7 @@ mod tests {
         }
         assert!(!text.contains("more pending"), "{text}");
         assert!(jobs_table(std::slice::from_ref(&job), 9_999).contains("... and 9999 more pending or running jobs"));
-        assert!(job_detail(&job).contains("/home/louie/cmlogs/%j/%n.%r.out"));
+        assert!(job_detail(&job).contains("/home/louie/cmlogs/1/%n.%r.out"), "{}", job_detail(&job));
     }
 
     #[test]

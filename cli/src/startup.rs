@@ -38,6 +38,34 @@ macro_rules! tool_main {
     };
 }
 
+/// `print!` for the tools: what they print goes through [`write_stdout`], so a closed pipe
+/// (`cminfo --json | head`) ends the tool quietly instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::startup::write_stdout(&format!($($arg)*)) };
+}
+
+/// `println!` for the tools, as [`out!`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::startup::write_stdout(&format!("{}\n", format!($($arg)*))) };
+}
+
+/// Writes `text` to stdout and flushes it. A reader that has gone (a closed pipe) ends the tool
+/// at once with 141, what a shell reports for a process SIGPIPE killed, and no message: the
+/// reader wanted no more. Any other failure ends it with 1 and a one-line reason.
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        let _ = writeln!(std::io::stderr(), "cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Runs a tool's `main` and exits: 0 when it returns, 101 (Rust's code) when it panics; a tool
 /// that fails exits through `std::process::exit` itself. Exiting through std flushes stdout.
 pub fn run(main: fn()) -> ! {

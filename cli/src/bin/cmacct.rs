@@ -104,7 +104,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 serde_json::Value::Object(row.collect())
             })
             .collect();
-        println!("{}", output::json_shown(&serde_json::to_string_pretty(&rows)?));
+        cm_cli::outln!("{}", output::json_shown(&serde_json::to_string_pretty(&rows)?));
         return Ok(());
     }
     let mut table = Table::new();
@@ -113,9 +113,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     for job in &reply.jobs {
         table.add_row(fields.iter().map(|f| accounting::value(job, f, now)).collect::<Vec<_>>());
     }
-    println!("{table}");
+    cm_cli::outln!("{table}");
     if reply.left_out > 0 {
-        println!("... and {} more pending or running jobs (cmacct --limit 0 lists them all)", reply.left_out);
+        cm_cli::outln!("... and {} more pending or running jobs (cmacct --limit 0 lists them all)", reply.left_out);
     }
     Ok(())
 }

@@ -97,8 +97,8 @@ fn administer(client: &mut HeadClient, node: NodeId, action: NodeAction) -> anyh
         bail!("unexpected reply from the head");
     };
     match after {
-        Some(after) => println!("{}: {}", output::shown(after.id.as_str()), after.status()),
-        None => println!("{}: removed", output::shown(node.as_str())),
+        Some(after) => cm_cli::outln!("{}: {}", output::shown(after.id.as_str()), after.status()),
+        None => cm_cli::outln!("{}: removed", output::shown(node.as_str())),
     }
     Ok(())
 }
@@ -113,14 +113,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             let ClientResponse::Job(reply) = client.call(ClientRequest::GetJob(GetJob { id }))? else {
                 bail!("unexpected reply from the head");
             };
-            print!("{}", output::job_detail(&reply.job));
+            cm_cli::out!("{}", output::job_detail(&reply.job));
             Ok(())
         }
         Command::Update { what: Update::Job { id, changes } } => {
             let ClientResponse::Job(reply) = client.call(ClientRequest::UpdateJob(UpdateJob { id, changes }))? else {
                 bail!("unexpected reply from the head");
             };
-            print!("{}", output::job_detail(&reply.job));
+            cm_cli::out!("{}", output::job_detail(&reply.job));
             Ok(())
         }
         Command::Show { what: Show::Partition { name } } => {
@@ -136,7 +136,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
             for partition in shown {
-                print!("{}", output::partition_detail(partition));
+                cm_cli::out!("{}", output::partition_detail(partition));
             }
             Ok(())
         }
@@ -150,7 +150,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 bail!("there is no node {}; cminfo lists them", output::shown(&node.unwrap_or_default()));
             }
             for node in nodes {
-                print!("{}", output::node_detail(node));
+                cm_cli::out!("{}", output::node_detail(node));
             }
             Ok(())
         }

@@ -48,9 +48,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             bail!("unexpected reply from the head");
         };
         if args.json {
-            println!("{}", output::json_shown(&serde_json::to_string_pretty(&reply.job)?));
+            cm_cli::outln!("{}", output::json_shown(&serde_json::to_string_pretty(&reply.job)?));
         } else {
-            print!("{}", output::job_detail(&reply.job));
+            cm_cli::out!("{}", output::job_detail(&reply.job));
         }
         return Ok(());
     }
@@ -59,9 +59,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.partitions {
         if args.json {
-            println!("{}", output::json_shown(&serde_json::to_string_pretty(&nodes.partitions)?));
+            cm_cli::outln!("{}", output::json_shown(&serde_json::to_string_pretty(&nodes.partitions)?));
         } else {
-            print!("{}", output::partitions_table(&nodes.partitions, &nodes.nodes));
+            cm_cli::out!("{}", output::partitions_table(&nodes.partitions, &nodes.nodes));
         }
         return Ok(());
     }
@@ -80,9 +80,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             "jobs": jobs.jobs,
             "jobs_left_out": jobs.left_out,
         });
-        println!("{}", output::json_shown(&serde_json::to_string_pretty(&all)?));
+        cm_cli::outln!("{}", output::json_shown(&serde_json::to_string_pretty(&all)?));
     } else {
-        print!(
+        cm_cli::out!(
             "{}\n{}\n{}",
             output::nodes_tables(&nodes.nodes),
             output::partitions_table(&nodes.partitions, &nodes.nodes),

@@ -31,7 +31,7 @@ fn main() {
     let mut failed = false;
     for id in args.jobs {
         match client.call(ClientRequest::KillJob(KillJob { id })) {
-            Ok(ClientResponse::JobKilled(k)) => println!("job {} killed (was {})", k.id, k.previous_state),
+            Ok(ClientResponse::JobKilled(k)) => cm_cli::outln!("job {} killed (was {})", k.id, k.previous_state),
             Ok(other) => {
                 eprintln!("cmkill: job {id}: unexpected reply from the head: {other:?}");
                 failed = true;

@@ -5,9 +5,12 @@ use anyhow::{anyhow, bail};
 use clap::Parser;
 use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::submit::{build_spec, current_user, submit_token, Request};
-use cm_common::protocol::{AssignJobId, ClientRequest, ClientResponse, GetJob};
+use cm_common::job::JobState;
+use cm_common::protocol::{AssignJobId, ClientRequest, ClientResponse, GetJob, KillJob};
 use cm_common::JobId;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Submit a job: COMMAND runs as `sh -c COMMAND` in N processes on each of N nodes, as you, in
 /// this directory, with this environment plus CM_* variables.
@@ -55,7 +58,9 @@ struct Args {
     /// Fix the job's priority at N instead of working it out (operators only; 0 holds the job).
     #[arg(long)]
     priority: Option<u32>,
-    /// Wait until the job ends and exit with its exit code.
+    /// Wait until the job ends and exit with its exit code. Ctrl-C (or SIGTERM, SIGHUP) cancels
+    /// the job, waits for it to end, and exits with 128 + the signal (130 for Ctrl-C); a second
+    /// one stops waiting at once.
     #[arg(long)]
     wait: bool,
     /// The command to run.
@@ -103,27 +108,65 @@ fn run(args: Args) -> anyhow::Result<i32> {
         ClientResponse::JobAccepted(accepted) => accepted.id,
         other => bail!("unexpected reply from the head: {other:?}"),
     };
-    println!("{id}");
+    cm_cli::outln!("{id}");
     let code = if args.wait { wait_for(&mut client, id)? } else { 0 };
     Ok(code)
 }
 
-/// Polls the job until it ends, backing off from 10 ms to 500 ms between polls.
+/// The signals that cancel a job `cmrun --wait` waits for: the number of the last one caught.
+fn catch_cancel_signals() -> anyhow::Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let caught = Arc::new(AtomicUsize::new(0));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register_usize(signal, caught.clone(), signal as usize)?;
+    }
+    Ok(caught)
+}
+
+/// Polls the job until it ends, backing off from 10 ms to 500 ms between polls. A signal cancels
+/// the job (then the job's end is still awaited, so its processes are gone when cmrun returns);
+/// a second one stops waiting.
 fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
+    let caught = catch_cancel_signals()?;
+    let mut cancelled_by = None;
     let mut pause = Duration::from_millis(10);
     loop {
+        if let Some(signal) = take_signal(&caught) {
+            if cancelled_by.is_some() {
+                eprintln!("cmrun: stopped waiting for job {id}, which is being cancelled");
+                return Ok(128 + signal);
+            }
+            eprintln!("cmrun: cancelling job {id} (signal {signal}); again to stop waiting");
+            match client.call(ClientRequest::KillJob(KillJob { id })) {
+                Ok(_) => {}
+                // It may have ended meanwhile: its state below says so.
+                Err(e) => eprintln!("cmrun: {e:#}"),
+            }
+            cancelled_by = Some(signal);
+        }
         let job = match client.call(ClientRequest::GetJob(GetJob { id }))? {
             ClientResponse::Job(reply) => reply.job,
             other => bail!("unexpected reply from the head: {other:?}"),
         };
         if let Some(code) = job.exit_code() {
+            if let Some(signal) = cancelled_by.filter(|_| matches!(job.state, JobState::Killed { .. })) {
+                return Ok(128 + signal);
+            }
             if code != 0 {
                 let reason = job.state.reason().map(|r| format!(": {r}")).unwrap_or_default();
                 eprintln!("cmrun: job {id} ended {}{}", job.state.name(), cm_cli::output::shown(&reason));
             }
             return Ok(code);
         }
-        std::thread::sleep(pause);
+        // In slices, so that a signal is acted on at once.
+        let until = Instant::now() + pause;
+        while Instant::now() < until && caught.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(Duration::from_millis(20).min(pause));
+        }
         pause = (pause * 2).min(Duration::from_millis(500));
     }
+}
+
+fn take_signal(caught: &AtomicUsize) -> Option<i32> {
+    i32::try_from(caught.swap(0, Ordering::Relaxed)).ok().filter(|&s| s != 0)
 }

@@ -1,0 +1,75 @@
+//! The tools as people use them at a terminal: a reader that stops early (`cminfo | head`)
+//! ends a tool quietly, and Ctrl-C in `cmrun --wait` cancels the job and waits for its
+//! processes to be gone.
+
+use cm_testkit::{wait_until, Cluster};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[test]
+fn every_tool_writing_to_a_closed_pipe_ends_quietly_with_141() {
+    let cluster = Cluster::start(1, 2, 512);
+    let id = cluster.submit(&["true"]);
+    cluster.wait_status(id, "Completed", LONG);
+    let id = id.to_string();
+    let runs: [(&str, &[&str]); 7] = [
+        ("cminfo", &[]),
+        ("cminfo", &["--all", "--json"]),
+        ("cminfo", &[&id]),
+        ("cminfo", &["--partitions"]),
+        ("cmacct", &[]),
+        ("cmctl", &["show", "node"]),
+        ("cmrun", &["true"]),
+    ];
+    for (tool, args) in runs {
+        // A pipe whose reader is gone before the tool starts: its first write fails.
+        let (reader, writer) = nix::unistd::pipe().expect("pipe");
+        drop(reader);
+        let out = cluster.tool_command(tool, args).stdout(Stdio::from(writer)).stderr(Stdio::piped()).output();
+        let out = out.expect("run the tool");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{tool} {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{tool} {args:?} said: {stderr}");
+    }
+}
+
+/// Processes whose command line contains `text`. The jobs below spell their `sleep`'s argument
+/// as an expression, so that only the replica's `sleep` has the number in its command line, not
+/// `cmrun` nor the replica's shell.
+fn processes_with(text: &str) -> usize {
+    let out = Command::new("pgrep").args(["-f", text]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn ctrl_c_in_cmrun_wait_cancels_the_job_and_returns_once_its_processes_are_gone() {
+    let cluster = Cluster::start(1, 2, 512);
+    let mut cmrun = cluster
+        .tool_command("cmrun", &["--wait", "sleep $((600 + 13))"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cmrun");
+    assert!(wait_until(LONG, || processes_with("sleep 613") > 0), "the job runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cmrun.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .expect("SIGINT");
+    let status = cmrun.wait().expect("cmrun ends");
+    assert_eq!(status.code(), Some(130), "128 + SIGINT");
+    assert_eq!(processes_with("sleep 613"), 0, "its processes were gone before cmrun returned");
+    let info = cluster.info().expect("cminfo");
+    let job = &info["jobs"][0];
+    assert_eq!(job["state"]["status"], "Killed", "{job}");
+
+    // SIGTERM too, with its own code.
+    let mut cmrun = cluster
+        .tool_command("cmrun", &["--wait", "sleep $((600 + 14))"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cmrun");
+    assert!(wait_until(LONG, || processes_with("sleep 614") > 0), "the job runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cmrun.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    assert_eq!(cmrun.wait().expect("cmrun ends").code(), Some(143));
+    assert_eq!(processes_with("sleep 614"), 0);
+}
