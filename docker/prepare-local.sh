@@ -44,7 +44,7 @@ if [ -z "$bin_dir" ]; then
     bin_dir="${CARGO_TARGET_DIR:-target}/release"
 fi
 rm -rf docker/bin && mkdir -p docker/bin
-for tool in cmd cmstep cmrun cminfo cmkill; do
+for tool in cmd cmstep cmrun cminfo cmkill cmacct cmctl; do
     cp "$bin_dir/$tool" docker/bin/
 done
 strip docker/bin/* 2>/dev/null || true

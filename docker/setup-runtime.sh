@@ -7,5 +7,11 @@ set -eu
 groupadd --gid 1001 alice && useradd --uid 1001 --gid 1001 --no-create-home --home-dir /home/alice --shell /bin/bash alice
 groupadd --gid 1002 bob && useradd --uid 1002 --gid 1002 --no-create-home --home-dir /home/bob --shell /bin/bash bob
 mkdir -p /etc/cm /var/lib/cm
+# Man pages and bash completions of the tools, made from the tools' own definitions.
+mkdir -p /usr/local/share/man/man1 /usr/share/bash-completion/completions
+for tool in cmrun cminfo cmkill cmacct cmctl; do
+    CM_GENERATE=man "$tool" > "/usr/local/share/man/man1/$tool.1"
+    CM_GENERATE=bash "$tool" > "/usr/share/bash-completion/completions/$tool"
+done
 chmod 755 /usr/local/lib/cm/entrypoint.sh
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*

@@ -147,6 +147,12 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
     // a user other than root may open; every tool run below on the head goes that way.
     let out = compose.head("alice", "test -S /run/cm/head.sock && cminfo");
     assert!(out.status.success(), "{}", text(&out));
+    // Every tool is there, with its man page and bash completion.
+    let out = compose.head(
+        "alice",
+        "for t in cmrun cminfo cmkill cmacct cmctl; do grep -q \"^.TH $t 1\" /usr/local/share/man/man1/$t.1 && grep -q \"complete.*$t\" /usr/share/bash-completion/completions/$t || exit 1; done",
+    );
+    assert!(out.status.success(), "man pages or completions missing: {}", text(&out));
     // A tool on a compute node (here, inside alice's job) reaches the head over TCP, vouched for
     // by MUNGE: each container runs munged with the key made at first start.
     let out = compose

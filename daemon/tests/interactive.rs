@@ -73,3 +73,36 @@ fn ctrl_c_in_cmrun_wait_cancels_the_job_and_returns_once_its_processes_are_gone(
     assert_eq!(cmrun.wait().expect("cmrun ends").code(), Some(143));
     assert_eq!(processes_with("sleep 614"), 0);
 }
+
+#[test]
+fn every_tool_has_examples_in_its_help_a_man_page_and_completions() {
+    for tool in ["cmrun", "cminfo", "cmkill", "cmacct", "cmctl"] {
+        let run = |generate: Option<&str>, args: &[&str]| {
+            let mut command = Command::new(cm_testkit::bin(tool));
+            command.args(args).env_remove("CM_GENERATE");
+            if let Some(what) = generate {
+                command.env("CM_GENERATE", what);
+            }
+            let out = command.output().expect("run the tool");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let (code, help, _) = run(None, &["--help"]);
+        assert!(
+            code == Some(0) && help.contains("Examples:") && help.contains(&format!("  {tool} ")),
+            "{tool}: {help}"
+        );
+        assert!(!help.starts_with("Where the head is"), "{tool} describes itself first: {help}");
+        let (code, man, _) = run(Some("man"), &[]);
+        assert!(code == Some(0) && man.contains(&format!(".TH {tool} 1")) && man.contains("Examples"), "{tool}: {man}");
+        for shell in ["bash", "zsh", "fish"] {
+            let (code, completion, _) = run(Some(shell), &[]);
+            assert!(code == Some(0) && completion.contains(tool) && completion.len() > 200, "{tool} {shell}");
+        }
+        let (code, _, said) = run(Some("tcsh"), &[]);
+        assert!(code == Some(2) && said.contains("give man, bash"), "{tool}: {said}");
+    }
+}

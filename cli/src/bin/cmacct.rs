@@ -11,6 +11,11 @@ use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs};
 use cm_common::{JobId, Timestamp};
 use comfy_table::{presets, ContentArrangement, Table};
 
+const EXAMPLES: &str = "Examples:
+  cmacct                               your jobs: state, elapsed, CPU time, peak memory, exit code
+  cmacct -S now-1d -s failed,outofmemory
+  cmacct -a -o JobID,User,Partition,State,Elapsed --json";
+
 /// List jobs with their states and what they used (CPU time, peak memory, exit codes): the
 /// caller's own by default, finished ones included, from the head's store.
 #[derive(Debug, Parser)]
@@ -49,13 +54,13 @@ struct Args {
 
 fn fields_help() -> String {
     let lines: Vec<String> = accounting::FIELDS.iter().map(|(name, what)| format!("  {name:<10} {what}")).collect();
-    format!("Fields for --format:\n{}", lines.join("\n"))
+    format!("Fields for --format:\n{}\n\n{EXAMPLES}", lines.join("\n"))
 }
 
 cm_cli::tool_main!(main);
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    if let Err(e) = run(cm_cli::generate::parse::<Args>()) {
         eprintln!("cmacct: {e:#}");
         std::process::exit(1);
     }

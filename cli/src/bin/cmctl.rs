@@ -12,10 +12,17 @@ use cm_common::protocol::{
 };
 use cm_common::{JobId, NodeId};
 
+const EXAMPLES: &str = "Examples:
+  cmctl drain c3 --reason 'new disk'   no new jobs on c3; its running ones finish
+  cmctl resume c3
+  cmctl update job 42 priority=0       hold job 42 (priority=auto releases it)
+  cmctl update job 42 nice=100         lower its priority (owners may, too)
+  cmctl show partition";
+
 /// Drain, resume or remove compute nodes (root and the operators), change a pending job's
 /// priority, or show a node, a job or a partition.
 #[derive(Debug, Parser)]
-#[command(name = "cmctl", version)]
+#[command(name = "cmctl", version, after_help = EXAMPLES)]
 struct Args {
     #[command(flatten)]
     head: HeadArgs,
@@ -85,7 +92,7 @@ enum Show {
 cm_cli::tool_main!(main);
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    if let Err(e) = run(cm_cli::generate::parse::<Args>()) {
         eprintln!("cmctl: {e:#}");
         std::process::exit(1);
     }

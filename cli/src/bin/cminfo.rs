@@ -9,9 +9,16 @@ use cm_cli::output;
 use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs, FetchNodes, GetJob};
 use cm_common::JobId;
 
+const EXAMPLES: &str = "Examples:
+  cminfo                  nodes, partitions, pending and running jobs
+  cminfo 42               job 42 in full: why it waits, where it ran, how it ended
+  cminfo --all --limit 0  every job, finished ones too
+  cminfo --partitions     partitions and their nodes, as sinfo shows them
+  cminfo --json | jq '.jobs[] | select(.state.status == \"Pending\") | .id'";
+
 /// Show nodes and pending/running jobs, or one job in full.
 #[derive(Debug, Parser)]
-#[command(name = "cminfo", version)]
+#[command(name = "cminfo", version, after_help = EXAMPLES)]
 struct Args {
     #[command(flatten)]
     head: HeadArgs,
@@ -35,7 +42,7 @@ struct Args {
 cm_cli::tool_main!(main);
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    if let Err(e) = run(cm_cli::generate::parse::<Args>()) {
         eprintln!("cminfo: {e:#}");
         std::process::exit(1);
     }

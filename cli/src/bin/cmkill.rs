@@ -6,9 +6,13 @@ use cm_cli::client::{HeadArgs, HeadClient};
 use cm_common::protocol::{ClientRequest, ClientResponse, KillJob};
 use cm_common::JobId;
 
+const EXAMPLES: &str = "Examples:
+  cmkill 42         cancel job 42
+  cmkill 42 43 44   cancel several";
+
 /// Cancel jobs: a pending job leaves the queue; a running job is killed on every node.
 #[derive(Debug, Parser)]
-#[command(name = "cmkill", version)]
+#[command(name = "cmkill", version, after_help = EXAMPLES)]
 struct Args {
     #[command(flatten)]
     head: HeadArgs,
@@ -20,7 +24,7 @@ struct Args {
 cm_cli::tool_main!(main);
 
 fn main() {
-    let args = Args::parse();
+    let args = cm_cli::generate::parse::<Args>();
     let mut client = match HeadClient::connect(&args.head, "cmkill") {
         Ok(client) => client,
         Err(e) => {

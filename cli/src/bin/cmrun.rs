@@ -12,10 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+const EXAMPLES: &str = "Examples:
+  cmrun hostname                           one process on one node; prints the job id
+  cmrun -n 2 -p 4 'echo $CM_PROC_RANK'     8 ranks, 4 on each of 2 nodes
+  cmrun --wait -t 10 ./simulate            wait for it (Ctrl-C cancels); exit with its code
+  cmrun -P debug -c 4 --mem-per-node 2000 make -j4
+  cmrun -o 'out/%j.%r.txt' ./sweep         where each rank's stdout goes";
+
 /// Submit a job: COMMAND runs as `sh -c COMMAND` in N processes on each of N nodes, as you, in
 /// this directory, with this environment plus CM_* variables.
 #[derive(Debug, Parser)]
-#[command(name = "cmrun", version)]
+#[command(name = "cmrun", version, after_help = EXAMPLES)]
 struct Args {
     #[command(flatten)]
     head: HeadArgs,
@@ -71,7 +78,7 @@ struct Args {
 cm_cli::tool_main!(main);
 
 fn main() {
-    let args = Args::parse();
+    let args = cm_cli::generate::parse::<Args>();
     match run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
