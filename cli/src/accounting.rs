@@ -31,6 +31,38 @@ pub const FIELDS: [(&str, &str); 21] = [
     ("Priority", "a pending job's priority (- for others)"),
 ];
 
+/// `jobs` as a table of `fields` (`--format`), for `cmacct` and `cminfo --format`.
+pub fn fields_table(jobs: &[Job], fields: &[&str], now: Timestamp) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::UTF8_HORIZONTAL_ONLY)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    table.set_header(fields.iter().copied());
+    for job in jobs {
+        table.add_row(fields.iter().map(|f| value(job, f, now)).collect::<Vec<_>>());
+    }
+    table.to_string()
+}
+
+/// `jobs` as JSON objects, one key per field in lower case.
+pub fn fields_json(jobs: &[Job], fields: &[&str], now: Timestamp) -> serde_json::Value {
+    let rows = jobs.iter().map(|job| {
+        serde_json::Value::Object(fields.iter().map(|f| (f.to_lowercase(), value(job, f, now).into())).collect())
+    });
+    serde_json::Value::Array(rows.collect())
+}
+
+/// A user named on the command line (a name or a uid), as a uid.
+pub fn uid_of(user: &str) -> Result<u32, String> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => Ok(found.uid.as_raw()),
+        _ => Err(format!("no user named {user:?} on this host")),
+    }
+}
+
 /// The columns shown when `--format` is not given.
 pub const DEFAULT_FORMAT: &str = "JobID,JobName,User,State,Elapsed,TotalCPU,MaxRSS,ExitCode";
 

@@ -408,6 +408,9 @@ pub struct JobFilter {
     /// Jobs submitted before this time.
     #[serde(default)]
     pub until: Option<Timestamp>,
+    /// Jobs placed on any of these nodes; empty: anywhere, or nowhere yet.
+    #[serde(default)]
+    pub nodes: Vec<NodeId>,
 }
 
 impl JobFilter {
@@ -417,6 +420,7 @@ impl JobFilter {
             && (self.jobs.is_empty() || self.jobs.contains(&job.id))
             && self.since.is_none_or(|since| job.state.ended_at().is_none_or(|ended| ended >= since))
             && self.until.is_none_or(|until| job.submitted_at < until)
+            && (self.nodes.is_empty() || job.nodes.iter().any(|n| self.nodes.contains(&n.node)))
     }
 }
 

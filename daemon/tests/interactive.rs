@@ -106,3 +106,44 @@ fn every_tool_has_examples_in_its_help_a_man_page_and_completions() {
         assert!(code == Some(2) && said.contains("give man, bash"), "{tool}: {said}");
     }
 }
+
+#[test]
+fn cminfo_filters_and_columns_select_what_they_say() {
+    let cluster = Cluster::start(2, 1, 512);
+    let first = cluster.submit(&["sleep 30"]);
+    let second = cluster.submit(&["sleep 30"]);
+    let waiting = cluster.submit(&["sleep 30"]);
+    cluster.wait_status(first, "Running", LONG);
+    let on_c2 = if cluster.wait_status(second, "Running", LONG)["nodes"][0]["node"] == "c2" { second } else { first };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = cluster.tool("cminfo", args);
+        assert!(out.status.success(), "cminfo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let ids = |value: &serde_json::Value| -> Vec<u64> {
+        value["jobs"].as_array().expect("jobs").iter().map(|j| j["id"].as_u64().expect("id")).collect()
+    };
+    assert_eq!(ids(&json(&["--state", "PENDING", "--json"])), [waiting]);
+    assert_eq!(ids(&json(&["-w", "c2", "--json"])), [on_c2]);
+    assert_eq!(ids(&json(&["--me", "--json"])), [first, second, waiting]);
+    assert_eq!(ids(&json(&["-u", "65534", "--json"])), Vec::<u64>::new());
+    let rows = json(&["-s", "running", "-o", "JobID,State,NodeList", "--json"]);
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].as_object().expect("row").keys().collect::<Vec<_>>(), ["jobid", "nodelist", "state"]);
+    let out = cluster.tool("cminfo", &["-o", "JobID,Reason,Priority"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("Reason") && table.contains(&waiting.to_string()) && !table.contains("Compute nodes"),
+        "{table}"
+    );
+    for (args, says) in [(&["-u", "no-such-user"][..], "no user named"), (&["-o", "Bogus"][..], "Bogus")] {
+        let out = cluster.tool("cminfo", args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && err.contains(says) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    cluster.tool("cmkill", &[&first.to_string(), &second.to_string(), &waiting.to_string()]);
+}

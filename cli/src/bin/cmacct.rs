@@ -8,8 +8,7 @@ use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::output;
 use cm_common::job::JobFilter;
 use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs};
-use cm_common::{JobId, Timestamp};
-use comfy_table::{presets, ContentArrangement, Table};
+use cm_common::{JobId, NodeId, Timestamp};
 
 const EXAMPLES: &str = "Examples:
   cmacct                               your jobs: state, elapsed, CPU time, peak memory, exit code
@@ -38,6 +37,9 @@ struct Args {
     /// Only jobs that had not ended by this time: now, now-2h, 2026-12-06, 2026-12-06T14:30 (UTC).
     #[arg(short = 'S', long = "starttime")]
     start: Option<String>,
+    /// Only jobs that ran on any of these nodes (comma-separated).
+    #[arg(short = 'N', long = "nodelist", value_delimiter = ',')]
+    nodes: Vec<String>,
     /// Only jobs submitted before this time (same forms as --starttime).
     #[arg(short = 'E', long = "endtime")]
     end: Option<String>,
@@ -66,24 +68,15 @@ fn main() {
     }
 }
 
-/// A user named on the command line, as a uid.
-fn uid_of(user: &str) -> anyhow::Result<u32> {
-    if let Ok(uid) = user.parse::<u32>() {
-        return Ok(uid);
-    }
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(found)) => Ok(found.uid.as_raw()),
-        _ => bail!("no user named {user:?} on this host"),
-    }
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
     let fields = parse_format(&args.format).map_err(|e| anyhow!(e))?;
     let now = std::time::SystemTime::now();
     let time = |text: &Option<String>| text.as_deref().map(|t| parse_time(t, now)).transpose().map_err(|e| anyhow!(e));
     let me = nix::unistd::getuid().as_raw();
     let users = match (args.users.is_empty(), args.all_users || !args.jobs.is_empty() || me == 0) {
-        (false, _) => args.users.iter().map(|u| uid_of(u)).collect::<anyhow::Result<_>>()?,
+        (false, _) => {
+            args.users.iter().map(|u| accounting::uid_of(u)).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?
+        }
         (true, true) => vec![],
         (true, false) => vec![me],
     };
@@ -93,6 +86,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         jobs: args.jobs.clone(),
         since: time(&args.start)?,
         until: time(&args.end)?,
+        nodes: args.nodes.iter().map(|n| NodeId::new(n.as_str())).collect(),
     };
     let mut client = HeadClient::connect(&args.head, "cmacct")?;
     let request = FetchJobs { include_finished: true, limit: (args.limit > 0).then_some(args.limit), filter };
@@ -101,24 +95,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let now = Timestamp::now();
     if args.json {
-        let rows: Vec<serde_json::Value> = reply
-            .jobs
-            .iter()
-            .map(|job| {
-                let row = fields.iter().map(|f| (f.to_lowercase(), accounting::value(job, f, now).into()));
-                serde_json::Value::Object(row.collect())
-            })
-            .collect();
+        let rows = accounting::fields_json(&reply.jobs, &fields, now);
         cm_cli::outln!("{}", output::json_shown(&serde_json::to_string_pretty(&rows)?));
         return Ok(());
     }
-    let mut table = Table::new();
-    table.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
-    table.set_header(fields.iter().copied());
-    for job in &reply.jobs {
-        table.add_row(fields.iter().map(|f| accounting::value(job, f, now)).collect::<Vec<_>>());
-    }
-    cm_cli::outln!("{table}");
+    cm_cli::outln!("{}", accounting::fields_table(&reply.jobs, &fields, now));
     if reply.left_out > 0 {
         cm_cli::outln!("... and {} more pending or running jobs (cmacct --limit 0 lists them all)", reply.left_out);
     }

@@ -2,12 +2,14 @@
 //! full.
 #![cfg_attr(not(test), no_main)]
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use clap::Parser;
+use cm_cli::accounting::{fields_json, fields_table, parse_format, parse_states, uid_of};
 use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::output;
+use cm_common::job::JobFilter;
 use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs, FetchNodes, GetJob};
-use cm_common::JobId;
+use cm_common::{JobId, NodeId};
 
 const EXAMPLES: &str = "Examples:
   cminfo                  nodes, partitions, pending and running jobs
@@ -32,6 +34,22 @@ struct Args {
     /// pending), and with --all this many finished ones; 0: no limit.
     #[arg(long, default_value_t = 100)]
     limit: u32,
+    /// Only these users' jobs (comma-separated names or uids).
+    #[arg(short = 'u', long = "user", value_delimiter = ',')]
+    users: Vec<String>,
+    /// Only your own jobs.
+    #[arg(long)]
+    me: bool,
+    /// Only jobs in these states (comma-separated, any case: pending,running).
+    #[arg(short = 's', long = "state")]
+    states: Option<String>,
+    /// Only jobs placed on any of these nodes (comma-separated).
+    #[arg(short = 'w', long = "nodelist", value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// The job table's columns, comma-separated, as cmacct's --format names them (JobID, JobName,
+    /// User, State, Partition, Priority, Reason, NodeList, ...: cmacct --help lists them).
+    #[arg(short = 'o', long = "format")]
+    format: Option<String>,
     /// Show only the partitions, their nodes grouped by status (as sinfo does).
     #[arg(long)]
     partitions: bool,
@@ -61,6 +79,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let fields = args.format.as_deref().map(parse_format).transpose().map_err(|e| anyhow!(e))?;
+    let mut users: Vec<u32> = args.users.iter().map(|u| uid_of(u)).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
+    if args.me {
+        users.push(nix::unistd::getuid().as_raw());
+    }
+    let filter = JobFilter {
+        users,
+        states: args.states.as_deref().map(parse_states).transpose().map_err(|e| anyhow!(e))?.unwrap_or_default(),
+        nodes: args.nodes.iter().map(|n| NodeId::new(n.as_str())).collect(),
+        ..JobFilter::default()
+    };
+    // Filters or columns: the jobs alone, as squeue shows them.
+    let jobs_only = fields.is_some() || filter != JobFilter::default();
     let ClientResponse::Nodes(nodes) = client.call(ClientRequest::FetchNodes(FetchNodes {}))? else {
         bail!("unexpected reply from the head");
     };
@@ -72,14 +103,29 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let request = FetchJobs {
-        include_finished: args.all,
-        limit: (args.limit > 0).then_some(args.limit),
-        filter: Default::default(),
-    };
+    let request = FetchJobs { include_finished: args.all, limit: (args.limit > 0).then_some(args.limit), filter };
     let ClientResponse::Jobs(jobs) = client.call(ClientRequest::FetchJobs(request))? else {
         bail!("unexpected reply from the head");
     };
+    if let Some(fields) = fields {
+        let now = cm_common::Timestamp::now();
+        if args.json {
+            let rows = fields_json(&jobs.jobs, &fields, now);
+            cm_cli::outln!("{}", output::json_shown(&serde_json::to_string_pretty(&rows)?));
+        } else {
+            cm_cli::outln!("{}", fields_table(&jobs.jobs, &fields, now));
+        }
+        return Ok(());
+    }
+    if jobs_only {
+        if args.json {
+            let only = serde_json::json!({ "jobs": jobs.jobs, "jobs_left_out": jobs.left_out });
+            cm_cli::outln!("{}", output::json_shown(&serde_json::to_string_pretty(&only)?));
+        } else {
+            cm_cli::out!("{}", output::jobs_table(&jobs.jobs, jobs.left_out));
+        }
+        return Ok(());
+    }
     if args.json {
         let all = serde_json::json!({
             "nodes": nodes.nodes,

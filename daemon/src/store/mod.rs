@@ -158,6 +158,7 @@ pub mod contract_tests {
                 usage: Some(usage),
             }),
         }];
+        jobs[0].nodes = vec![JobNode { node: cm_common::NodeId::new("n2"), started_at: None, end: None }];
         store.save(&jobs[..2].iter().collect::<Vec<_>>(), &[]).expect("save");
         store.sync().expect("sync");
         // Two written, two only kept: both kinds are filtered alike.
@@ -170,6 +171,12 @@ pub mod contract_tests {
         assert_eq!(ids(JobFilter { users: vec![7001], ..Default::default() }, 2), [503, 504], "the most recent");
         let failed = JobFilter { users: users.clone(), states: vec!["Failed".into()], ..Default::default() };
         assert_eq!(ids(failed, 1), [503], "filtered before the limit");
+        let on = |nodes: &[&str]| JobFilter {
+            nodes: nodes.iter().map(|n| cm_common::NodeId::new(*n)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(ids(on(&["n1"]), 10), [503], "by node, kept");
+        assert_eq!(ids(on(&["n2", "n1"]), 10), [501, 503], "by node, written and kept");
         let window = JobFilter {
             users: users.clone(),
             since: Some(Timestamp(20_000)),

@@ -268,6 +268,10 @@ fn finished_filter(filter: &JobFilter) -> Document {
     if let Some(until) = filter.until {
         query.insert("submitted_at", doc! { "$lt": date(until) });
     }
+    if !filter.nodes.is_empty() {
+        let nodes: Vec<&str> = filter.nodes.iter().map(NodeId::as_str).collect();
+        query.insert("nodes.node", doc! { "$in": nodes });
+    }
     query
 }
 
