@@ -59,7 +59,7 @@ fn node_table(nodes: &[&Node]) -> Table {
     let mut t = table(&NODE_COLUMNS);
     for node in nodes {
         let free = node.free();
-        let status = node_status(node);
+        let status = shorten(&node_status(node), MAX_STATUS_CHARS);
         add_row(
             &mut t,
             vec![
@@ -87,6 +87,17 @@ fn node_status(node: &Node) -> String {
     }
 }
 
+/// The longest status a node table shows; `cmctl show node` shows all of it.
+const MAX_STATUS_CHARS: usize = 60;
+
+/// The name this host's account database has for `uid`, with the uid; the uid alone if none.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
 /// One node with every field, for `cmctl show node`.
 pub fn node_detail(node: &Node) -> String {
     let mut t = Table::new();
@@ -94,7 +105,14 @@ pub fn node_detail(node: &Node) -> String {
     let mut row = |k: &str, v: String| add_row(&mut t, vec![k.to_string(), v]);
     let (free, capacity) = (node.free(), node.capacity);
     row("Node", node.id.to_string());
-    row("Role", format!("{:?}", node.role));
+    row(
+        "Role",
+        match node.role {
+            Role::Head => "Head",
+            Role::Compute => "Compute",
+        }
+        .to_string(),
+    );
     row("Status", node_status(node));
     if let Some(drain) = &node.drain {
         row("Drained", format!("since {} by {} (uid {})", drain.since, drain.by, drain.by_uid));
@@ -106,7 +124,10 @@ pub fn node_detail(node: &Node) -> String {
     let jobs: Vec<String> = node.allocations.iter().map(|a| a.job.to_string()).collect();
     row("Jobs", if jobs.is_empty() { "-".to_string() } else { jobs.join(", ") });
     row("Containment", if node.containment.is_empty() { "-".to_string() } else { node.containment.clone() });
-    row("Runs jobs of", node.only_uid.map_or_else(|| "every user".to_string(), |uid| format!("uid {uid} only")));
+    row(
+        "Runs jobs of",
+        node.only_uid.map_or_else(|| "every user".to_string(), |uid| format!("{} only", user_name(uid))),
+    );
     row("Registered", node.registered_at.to_string());
     row("Last heartbeat", node.last_heartbeat.to_string());
     format!("{t}\n\n")
@@ -298,7 +319,7 @@ pub fn job_detail(job: &Job) -> String {
         None => {}
     }
     if let JobState::Killed { by_uid, .. } = &job.state {
-        row("Killed by", format!("uid {by_uid}"));
+        row("Killed by", user_name(*by_uid));
     }
     if let Some(code) = job.exit_code() {
         row("Exit code", code.to_string());
@@ -412,6 +433,33 @@ mod tests {
         assert!(!text.contains("more pending"), "{text}");
         assert!(jobs_table(std::slice::from_ref(&job), 9_999).contains("... and 9999 more pending or running jobs"));
         assert!(job_detail(&job).contains("/home/louie/cmlogs/1/%n.%r.out"), "{}", job_detail(&job));
+    }
+
+    #[test]
+    fn listings_speak_in_words_and_names_and_keep_their_width() {
+        let mut job = Job::new(JobId(3), JobSpec::example(), Timestamp(0), String::new());
+        job.state = JobState::Killed { started_at: Some(Timestamp(1)), ended_at: Timestamp(2), by_uid: 0 };
+        job.nodes = vec![cm_common::job::JobNode {
+            node: NodeId::new("c1"),
+            started_at: Some(Timestamp(1)),
+            end: Some(cm_common::job::NodeEnd {
+                ended_at: Timestamp(2),
+                cause: NodeEndCause::Lost { reason: "node c1 went down".into() },
+                replicas: vec![],
+                usage: None,
+            }),
+        }];
+        let text = job_detail(&job);
+        assert!(text.contains("Killed by") && text.contains("root (uid 0)"), "{text}");
+        assert!(text.contains("Lost: node c1 went down") && !text.contains("Lost {"), "{text}");
+        assert!(text.contains("/home/alice/cmlogs/3/c1.0.out"), "rank 0's file, expanded: {text}");
+        let pending = Job::new(JobId(4), JobSpec::example(), Timestamp(0), String::new());
+        assert!(job_detail(&pending).lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Nodes", "1"]));
+        let mut node = Node::new(NodeId::new("c9"), Role::Compute, String::new(), Resources::new(1, 1), Timestamp(0));
+        node.health = NodeHealth::Down { since: Timestamp(0), reason: "x".repeat(500) };
+        let table = nodes_tables(&[node.clone()]);
+        assert!(table.contains('…') && !table.contains(&"x".repeat(100)), "{table}");
+        assert!(node_detail(&node).contains(&"x".repeat(500)), "in full for one node");
     }
 
     #[test]

@@ -36,8 +36,8 @@ fn main() {
     for id in args.jobs {
         match client.call(ClientRequest::KillJob(KillJob { id })) {
             Ok(ClientResponse::JobKilled(k)) => cm_cli::outln!("job {} killed (was {})", k.id, k.previous_state),
-            Ok(other) => {
-                eprintln!("cmkill: job {id}: unexpected reply from the head: {other:?}");
+            Ok(_) => {
+                eprintln!("cmkill: job {id}: unexpected reply from the head (another cm release?)");
                 failed = true;
             }
             Err(e) => {

@@ -113,7 +113,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     let spec = build_spec(&request, &client.config.defaults, current_user(), workdir, env).map_err(|e| anyhow!(e))?;
     let id = match client.call(ClientRequest::AssignJobId(AssignJobId { spec, token: submit_token() }))? {
         ClientResponse::JobAccepted(accepted) => accepted.id,
-        other => bail!("unexpected reply from the head: {other:?}"),
+        _ => bail!("unexpected reply from the head (another cm release?)"),
     };
     cm_cli::outln!("{id}");
     let code = if args.wait { wait_for(&mut client, id)? } else { 0 };
@@ -153,7 +153,7 @@ fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
         }
         let job = match client.call(ClientRequest::GetJob(GetJob { id }))? {
             ClientResponse::Job(reply) => reply.job,
-            other => bail!("unexpected reply from the head: {other:?}"),
+            _ => bail!("unexpected reply from the head (another cm release?)"),
         };
         if let Some(code) = job.exit_code() {
             if let Some(signal) = cancelled_by.filter(|_| matches!(job.state, JobState::Killed { .. })) {
