@@ -262,7 +262,10 @@ fn replicas_run_as_the_submitting_user(store: StoreKind) {
     };
     let out = output_when_not_busy(as_nobody("cmrun", &["--wait", "id -u; id -g"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("id");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let id: u64 = lines[0].parse().expect("the id first");
+    assert_eq!(lines[1..], ["65534", "65534"], "then the job's output, as --wait shows it");
     let file = home.join(format!("cmlogs/{id}/c1.0.out"));
     assert_eq!(read(file.clone()).split_whitespace().collect::<Vec<_>>(), ["65534", "65534"]);
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).expect("meta"));

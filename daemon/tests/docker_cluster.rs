@@ -162,9 +162,17 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{}", text(&out));
 
     // As alice, a 2-node x 2-process job: four outputs in her home, on two different computes.
-    let out = compose.head("alice", "cmrun --wait -n 2 -p 2 -c 1 'echo $CM_PROC_RANK $(hostname) $(id -un)'");
+    // cmrun --wait shows each rank's lines as they are written, labelled, across the containers.
+    let out = compose.head("alice", "cmrun --wait --label -n 2 -p 2 -c 1 'echo $CM_PROC_RANK $(hostname) $(id -un)'");
     assert!(out.status.success(), "{}", text(&out));
-    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let id: u64 = stdout.lines().next().and_then(|l| l.parse().ok()).expect("the job id first");
+    let mut shown: Vec<&str> = stdout.lines().skip(1).collect();
+    shown.sort();
+    assert_eq!(shown.len(), 4, "{stdout}");
+    for (rank, line) in shown.iter().enumerate() {
+        assert!(line.starts_with(&format!("{rank}: {rank} ")) && line.ends_with(" alice"), "{stdout}");
+    }
     let out =
         compose.head("alice", &format!("for f in cmlogs/{id}/*.out; do echo \"$(stat -c %U $f) $(cat $f)\"; done"));
     assert!(out.status.success(), "{}", text(&out));

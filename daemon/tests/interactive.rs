@@ -149,3 +149,28 @@ fn cminfo_filters_and_columns_select_what_they_say() {
     }
     cluster.tool("cmkill", &[&first.to_string(), &second.to_string(), &waiting.to_string()]);
 }
+
+#[test]
+fn cmrun_wait_shows_each_ranks_lines_while_the_job_still_runs() {
+    use std::io::BufRead;
+    let cluster = Cluster::start(2, 1, 512);
+    let mut cmrun = cluster
+        .tool_command("cmrun", &["--wait", "--label", "-n", "2", "echo first $CM_PROC_RANK; sleep 4; echo second >&2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cmrun");
+    let mut lines = std::io::BufReader::new(cmrun.stdout.take().expect("stdout")).lines();
+    let id: u64 = lines.next().expect("a line").expect("read").parse().expect("the job id first");
+    let mut firsts = vec![lines.next().expect("a line").expect("read"), lines.next().expect("a line").expect("read")];
+    // Both lines came while the job still runs (it sleeps 4 s after them).
+    assert_eq!(cluster.job_status(id), "Running");
+    firsts.sort();
+    assert_eq!(firsts, ["0: first 0", "1: first 1"]);
+    let out = cmrun.wait_with_output().expect("cmrun ends");
+    assert_eq!(out.status.code(), Some(0));
+    let mut seconds: Vec<String> = String::from_utf8_lossy(&out.stderr).lines().map(String::from).collect();
+    seconds.sort();
+    assert_eq!(seconds, ["0: second", "1: second"], "stderr lines go to stderr");
+    assert!(lines.next().is_none(), "nothing more on stdout");
+}

@@ -4,6 +4,7 @@
 use anyhow::{anyhow, bail};
 use clap::Parser;
 use cm_cli::client::{HeadArgs, HeadClient};
+use cm_cli::follow::Follower;
 use cm_cli::submit::{build_spec, current_user, submit_token, Request};
 use cm_common::job::JobState;
 use cm_common::protocol::{AssignJobId, ClientRequest, ClientResponse, GetJob, KillJob};
@@ -65,11 +66,14 @@ struct Args {
     /// Fix the job's priority at N instead of working it out (operators only; 0 holds the job).
     #[arg(long)]
     priority: Option<u32>,
-    /// Wait until the job ends and exit with its exit code. Ctrl-C (or SIGTERM, SIGHUP) cancels
-    /// the job, waits for it to end, and exits with 128 + the signal (130 for Ctrl-C); a second
-    /// one stops waiting at once.
-    #[arg(long)]
+    /// Wait until the job ends, showing every rank's stdout and stderr as it is written, and exit
+    /// with the job's exit code. Ctrl-C (or SIGTERM, SIGHUP) cancels the job, waits for it to
+    /// end, and exits with 128 + the signal (130 for Ctrl-C); a second one stops waiting at once.
+    #[arg(short = 'W', long)]
     wait: bool,
+    /// With --wait, begin each line of output with its rank (`3: ...`), as srun --label.
+    #[arg(short = 'l', long, requires = "wait")]
+    label: bool,
     /// The command to run.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -116,7 +120,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         _ => bail!("unexpected reply from the head (another cm release?)"),
     };
     cm_cli::outln!("{id}");
-    let code = if args.wait { wait_for(&mut client, id)? } else { 0 };
+    let code = if args.wait { wait_for(&mut client, id, Follower::new(args.label))? } else { 0 };
     Ok(code)
 }
 
@@ -133,7 +137,7 @@ fn catch_cancel_signals() -> anyhow::Result<Arc<AtomicUsize>> {
 /// Polls the job until it ends, backing off from 10 ms to 500 ms between polls. A signal cancels
 /// the job (then the job's end is still awaited, so its processes are gone when cmrun returns);
 /// a second one stops waiting.
-fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
+fn wait_for(client: &mut HeadClient, id: JobId, mut output: Follower) -> anyhow::Result<i32> {
     let caught = catch_cancel_signals()?;
     let mut cancelled_by = None;
     let mut pause = Duration::from_millis(10);
@@ -155,7 +159,15 @@ fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
             ClientResponse::Job(reply) => reply.job,
             _ => bail!("unexpected reply from the head (another cm release?)"),
         };
+        output.track(&job);
         if let Some(code) = job.exit_code() {
+            output.show(true);
+            if let Some(unseen) = output.none_visible(&job) {
+                eprintln!(
+                    "cmrun: the job's output is not visible on this host (no {}): its working directory is not shared with its nodes",
+                    cm_cli::output::shown(&unseen.display().to_string())
+                );
+            }
             if let Some(signal) = cancelled_by.filter(|_| matches!(job.state, JobState::Killed { .. })) {
                 return Ok(128 + signal);
             }
@@ -165,9 +177,14 @@ fn wait_for(client: &mut HeadClient, id: JobId) -> anyhow::Result<i32> {
             }
             return Ok(code);
         }
-        // In slices, so that a signal is acted on at once.
+        // In slices, so that a signal is acted on at once and new output shown within 100 ms.
         let until = Instant::now() + pause;
+        let mut next_look = Instant::now();
         while Instant::now() < until && caught.load(Ordering::Relaxed) == 0 {
+            if Instant::now() >= next_look {
+                output.show(false);
+                next_look = Instant::now() + Duration::from_millis(100);
+            }
             std::thread::sleep(Duration::from_millis(20).min(pause));
         }
         pause = (pause * 2).min(Duration::from_millis(500));
