@@ -7,7 +7,7 @@
 
 use crate::startup::write_stdout;
 use cm_common::job::Job;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 /// The most read from one file at one look.
@@ -18,10 +18,11 @@ struct Followed {
     path: PathBuf,
     rank: u64,
     stderr: bool,
+    /// Open once it has appeared; read on from where the last look stopped.
+    handle: Option<std::fs::File>,
     offset: u64,
     /// The start of a line not yet ended.
     partial: Vec<u8>,
-    seen: bool,
 }
 
 /// The output files of one job run, and how far each has been shown.
@@ -53,7 +54,7 @@ impl Follower {
                     if path.starts_with("/dev") || self.files.iter().any(|f| f.path == path) {
                         continue;
                     }
-                    self.files.push(Followed { path, rank, stderr, offset: 0, partial: Vec::new(), seen: false });
+                    self.files.push(Followed { path, rank, stderr, handle: None, offset: 0, partial: Vec::new() });
                 }
             }
         }
@@ -63,12 +64,12 @@ impl Follower {
     /// left without a newline.
     pub fn show(&mut self, last: bool) {
         for file in &mut self.files {
-            let Ok(mut handle) = std::fs::File::open(&file.path) else { continue };
-            file.seen = true;
+            if file.handle.is_none() {
+                file.handle = std::fs::File::open(&file.path).ok();
+            }
+            let Some(handle) = &mut file.handle else { continue };
             let mut chunk = Vec::with_capacity(CHUNK);
-            if handle.seek(SeekFrom::Start(file.offset)).is_err()
-                || (&mut handle).take(CHUNK as u64).read_to_end(&mut chunk).is_err()
-            {
+            if handle.take(CHUNK as u64).read_to_end(&mut chunk).is_err() {
                 continue;
             }
             file.offset += chunk.len() as u64;
@@ -102,7 +103,7 @@ impl Follower {
     /// its working directory is not shared with its nodes.
     pub fn none_visible(&self, job: &Job) -> Option<&PathBuf> {
         let ran = job.nodes.iter().any(|n| n.started_at.is_some());
-        (ran && !self.files.iter().any(|f| f.seen)).then(|| self.files.first().map(|f| &f.path)).flatten()
+        (ran && self.files.iter().all(|f| f.handle.is_none())).then(|| self.files.first().map(|f| &f.path)).flatten()
     }
 }
 

@@ -43,35 +43,32 @@ fn processes_with(text: &str) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-#[test]
-fn ctrl_c_in_cmrun_wait_cancels_the_job_and_returns_once_its_processes_are_gone() {
-    let cluster = Cluster::start(1, 2, 512);
+/// Runs `cmrun --wait` on a job that sleeps `600 + n` seconds, sends cmrun `signal` once the
+/// job runs, and returns cmrun's exit code, checking that the job's processes were gone by then.
+fn cancelled_by(cluster: &Cluster, signal: nix::sys::signal::Signal, n: u32) -> Option<i32> {
+    let sleeping = format!("sleep {}", 600 + n);
     let mut cmrun = cluster
-        .tool_command("cmrun", &["--wait", "sleep $((600 + 13))"])
+        .tool_command("cmrun", &["--wait", &format!("sleep $((600 + {n}))")])
         .stdout(Stdio::piped())
         .spawn()
         .expect("cmrun");
-    assert!(wait_until(LONG, || processes_with("sleep 613") > 0), "the job runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cmrun.id() as i32), nix::sys::signal::Signal::SIGINT)
-        .expect("SIGINT");
-    let status = cmrun.wait().expect("cmrun ends");
-    assert_eq!(status.code(), Some(130), "128 + SIGINT");
-    assert_eq!(processes_with("sleep 613"), 0, "its processes were gone before cmrun returned");
+    assert!(wait_until(LONG, || processes_with(&sleeping) > 0), "the job runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cmrun.id() as i32), signal).expect("signal");
+    let code = cmrun.wait().expect("cmrun ends").code();
+    assert_eq!(processes_with(&sleeping), 0, "its processes were gone before cmrun returned");
+    code
+}
+
+#[test]
+fn ctrl_c_in_cmrun_wait_cancels_the_job_and_returns_once_its_processes_are_gone() {
+    use nix::sys::signal::Signal;
+    let cluster = Cluster::start(1, 2, 512);
+    assert_eq!(cancelled_by(&cluster, Signal::SIGINT, 13), Some(130), "128 + SIGINT");
     let info = cluster.info().expect("cminfo");
     let job = &info["jobs"][0];
     assert_eq!(job["state"]["status"], "Killed", "{job}");
-
     // SIGTERM too, with its own code.
-    let mut cmrun = cluster
-        .tool_command("cmrun", &["--wait", "sleep $((600 + 14))"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cmrun");
-    assert!(wait_until(LONG, || processes_with("sleep 614") > 0), "the job runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cmrun.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
-    assert_eq!(cmrun.wait().expect("cmrun ends").code(), Some(143));
-    assert_eq!(processes_with("sleep 614"), 0);
+    assert_eq!(cancelled_by(&cluster, Signal::SIGTERM, 14), Some(143));
 }
 
 #[test]

@@ -175,14 +175,16 @@ impl HeadCore {
     /// may not set. Returns the partition's index.
     fn admit_to_partition(&mut self, uid: u32, spec: &mut JobSpec) -> Result<usize, ErrorReply> {
         let Some(p) = self.partition_of(spec) else {
-            let names: Vec<&str> = self.settings.partitions.iter().map(|p| p.name.as_str()).collect();
+            let names: Vec<&str> = self.partitions.iter().map(|rules| rules.partition.name.as_str()).collect();
             return Err(invalid(format!(
                 "there is no partition {:?}; the partitions are {} (cminfo --partitions)",
                 spec.partition,
                 names.join(", ")
             )));
         };
-        let rules = self.partitions[p].clone();
+        // Asked first: it needs the head mutably, and the checks below borrow the partition.
+        let operator = (spec.priority.is_some() || spec.nice < 0) && self.is_operator(uid);
+        let rules = &self.partitions[p];
         let partition = &rules.partition;
         spec.partition = partition.name.clone();
         let groups = if partition.allow_groups.is_empty() {
@@ -214,7 +216,7 @@ impl HeadCore {
         if let Some(refusal) = rules.refuses(spec.nodes, spec.time_limit()) {
             return Err(invalid(refusal));
         }
-        if (spec.priority.is_some() || spec.nice < 0) && !self.is_operator(uid) {
+        if (spec.priority.is_some() || spec.nice < 0) && !operator {
             return Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
                 "only root and the operators may fix a job's priority (--priority) or raise it (a negative --nice)",
@@ -234,11 +236,8 @@ impl HeadCore {
             ));
         }
         let computes: Vec<&Node> = computes.into_iter().filter(|n| rules.has_node(&n.id)).collect();
-        let within = if self.settings.partitions.len() > 1 {
-            format!(" in partition {}", spec.partition)
-        } else {
-            String::new()
-        };
+        let within =
+            if self.partitions.len() > 1 { format!(" in partition {}", spec.partition) } else { String::new() };
         let up: Vec<&Node> = computes.iter().copied().filter(|n| n.is_up()).collect();
         let big_enough: Vec<&Node> = up.iter().copied().filter(|n| n.capacity.contains(&spec.per_node)).collect();
         let allowed: Vec<&Node> = big_enough.iter().copied().filter(|n| n.can_run_as(spec.user.uid)).collect();

@@ -76,8 +76,11 @@ pub struct HeadCore {
     wants_schedule: bool,
     /// The next pass is the periodic one (see `scheduling.rs`: it runs even when no CPU is free).
     periodic_pass: bool,
-    /// `settings.partitions`, ready to be checked (patterns compiled, times parsed).
+    /// `settings.partitions`, ready to be checked (patterns compiled, times parsed): the head
+    /// reads its partitions from here only.
     partitions: Vec<Rules>,
+    /// The index in `partitions` of the one jobs that name none go to.
+    default_partition: Option<usize>,
     /// By partition, the first pending job the last scheduling pass could not start and its
     /// reservation (for pending reasons).
     blocked: Vec<Option<scheduler::Blocked>>,
@@ -182,6 +185,8 @@ impl HeadCore {
         }
         let last_job_id = store.last_job_id()?;
         let partitions = settings.partitions.iter().cloned().map(Rules::new).collect();
+        let default_partition = cm_common::partition::default_partition(&settings.partitions)
+            .and_then(|d| settings.partitions.iter().position(|p| p.name == d.name));
         let mut core = HeadCore {
             store,
             comm,
@@ -196,6 +201,7 @@ impl HeadCore {
             wants_schedule: true,
             periodic_pass: true,
             partitions,
+            default_partition,
             blocked: Vec::new(),
             unsynced: false,
             store_failing: false,

@@ -16,15 +16,17 @@ impl HeadCore {
         let partitions = self.partition_views(&views);
         let running = self.running_counts();
         for job in jobs.iter_mut().filter(|j| j.state == JobState::Pending) {
-            let priority = self.priority(job, now);
+            let p = self.partition_of(&job.spec);
+            let priority = self.priority(job, p, now);
             job.priority = Some(priority);
-            job.pending_reason = Some(self.pending_reason(job, priority, &views, &partitions, &running));
+            job.pending_reason = Some(self.pending_reason(job, p, priority, &views, &partitions, &running));
         }
     }
 
     fn pending_reason(
         &self,
         job: &Job,
+        p: Option<usize>,
         priority: u64,
         views: &[NodeView],
         partitions: &[PartitionView],
@@ -42,13 +44,13 @@ impl HeadCore {
                 format!("an operator holds it (priority 0); cmctl update job {} priority=auto releases it", job.id),
             );
         }
-        if let Some(refusal) = self.partition_refusal(job) {
+        let Some(p) = p else {
+            return reason("PartitionLimit", format!("its partition {} is no longer configured", job.spec.partition));
+        };
+        if let Some(refusal) = self.partition_refusal(job, p) {
             return reason("PartitionLimit", refusal);
         }
-        let Some(p) = self.partition_of(&job.spec) else {
-            return reason("PartitionLimit", "its partition is no longer configured".into());
-        };
-        let partition = &self.settings.partitions[p];
+        let partition = &self.partitions[p].partition;
         if !scheduler::could_ever_run(job, views, &partitions[p].nodes) {
             return reason("NodesDown", self.unavailable_nodes(job, p));
         }
@@ -128,7 +130,7 @@ impl HeadCore {
         if !drained.is_empty() {
             parts.push(format!("drained: {}", drained.join(", ")));
         }
-        let partition = &self.settings.partitions[p].name;
+        let partition = &self.partitions[p].partition.name;
         if parts.is_empty() {
             return format!("no node of partition {partition} that takes jobs is large enough for it");
         }

@@ -7,15 +7,13 @@ use crate::scheduler::{Candidate, PartitionView, Policy};
 use std::collections::HashMap;
 
 impl HeadCore {
-    /// The partition `job` runs in, as an index into `settings.partitions`; `None` if it names
-    /// one the head no longer has.
+    /// The partition `job` runs in, as an index into `partitions`; `None` if it names one the
+    /// head no longer has.
     pub(super) fn partition_of(&self, job: &JobSpec) -> Option<usize> {
-        let partitions = &self.settings.partitions; // as `self.partitions`, in the same order
         if job.partition.is_empty() {
-            let default = cm_common::partition::default_partition(partitions)?;
-            return partitions.iter().position(|p| p.name == default.name);
+            return self.default_partition;
         }
-        partitions.iter().position(|p| p.name == job.partition)
+        self.partitions.iter().position(|rules| rules.partition.name == job.partition)
     }
 
     /// How long `job` may run in partition `p`: its time limit, else the partition's default.
@@ -82,19 +80,21 @@ impl HeadCore {
         counts
     }
 
-    /// Why pending `job` may not run in its partition as configured now (the configuration
+    /// Why pending `job` may not run in its partition `p` as configured now (the configuration
     /// changed since it was submitted), if it may not.
-    pub(super) fn partition_refusal(&self, job: &Job) -> Option<String> {
-        let Some(p) = self.partition_of(&job.spec) else {
-            return Some(format!("its partition {} is no longer configured", job.spec.partition));
-        };
+    pub(super) fn partition_refusal(&self, job: &Job, p: usize) -> Option<String> {
         self.partitions[p].refuses(job.spec.nodes, self.duration(&job.spec, p))
     }
 
-    /// The priority of `job` at `now`.
-    pub(super) fn priority(&self, job: &Job, now: Timestamp) -> u64 {
-        let base = self.partition_of(&job.spec).map_or(0, |p| self.settings.partitions[p].priority);
+    /// The priority at `now` of `job`, in partition `p` (if it still has one).
+    pub(super) fn priority(&self, job: &Job, p: Option<usize>, now: Timestamp) -> u64 {
+        let base = p.map_or(0, |p| self.partitions[p].partition.priority);
         scheduler::priority(job, base, self.settings.scheduling.max_age, now)
+    }
+
+    /// Whether no node that takes jobs has a CPU free: then nothing can start.
+    fn no_cpu_free(&self) -> bool {
+        self.nodes.values().filter(|n| n.role == Role::Compute && n.takes_jobs()).all(|n| n.free().cpus == 0)
     }
 
     /// Places what may start, persists the placements in one write, and queues the starts.
@@ -103,13 +103,13 @@ impl HeadCore {
             self.blocked.clear();
             return;
         }
-        let views = self.node_views(now);
         // With no CPU free nothing can start: a pass after each submission to a full cluster
         // would only order the whole queue again, for the pending reasons. The periodic pass
         // does that.
-        if !std::mem::take(&mut self.periodic_pass) && views.iter().all(|v| v.free.cpus == 0) {
+        if !std::mem::take(&mut self.periodic_pass) && self.no_cpu_free() {
             return;
         }
+        let views = self.node_views(now);
         let partitions = self.partition_views(&views);
         let candidates: Vec<Candidate> = self
             .jobs
@@ -117,10 +117,11 @@ impl HeadCore {
             .filter(|j| j.state == JobState::Pending && !scheduler::is_held(j))
             .filter_map(|job| {
                 let partition = self.partition_of(&job.spec)?;
-                if self.partition_refusal(job).is_some() {
+                let duration = self.duration(&job.spec, partition);
+                if self.partitions[partition].refuses(job.spec.nodes, duration).is_some() {
                     return None;
                 }
-                let (priority, duration) = (self.priority(job, now), self.duration(&job.spec, partition));
+                let priority = self.priority(job, Some(partition), now);
                 Some(Candidate { job, priority, partition, duration })
             })
             .collect();
@@ -165,12 +166,12 @@ impl HeadCore {
 
     /// The partitions with the nodes now in each, for the tools.
     pub(super) fn partition_infos(&self) -> Vec<cm_common::partition::PartitionInfo> {
-        let default = cm_common::partition::default_partition(&self.settings.partitions).map(|p| p.name.clone());
         self.partitions
             .iter()
-            .map(|rules| cm_common::partition::PartitionInfo {
+            .enumerate()
+            .map(|(p, rules)| cm_common::partition::PartitionInfo {
                 partition: rules.partition.clone(),
-                is_default: default.as_ref() == Some(&rules.partition.name),
+                is_default: self.default_partition == Some(p),
                 nodes: self
                     .nodes
                     .values()
