@@ -51,6 +51,7 @@ fn job(cpus: u32, nodes: u32, minutes: u64, partition: &str) -> JobSpec {
         partition: partition.into(),
         nice: 0,
         priority: None,
+        mpi: Default::default(),
     }
 }
 

@@ -255,6 +255,7 @@ fn end_cause(cause: &NodeEndCause) -> String {
         NodeEndCause::Killed => "Killed".to_string(),
         NodeEndCause::LaunchFailed { reason } => format!("LaunchFailed: {reason}"),
         NodeEndCause::Lost { reason } => format!("Lost: {reason}"),
+        NodeEndCause::Aborted { reason } => format!("Aborted: {reason}"),
     }
 }
 

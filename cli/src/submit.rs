@@ -1,7 +1,7 @@
 //! Building a job from `cmrun`'s arguments and the calling process (user, directory, environment).
 
 use cm_common::config::JobDefaults;
-use cm_common::job::{default_job_name, JobSpec, UserIdentity};
+use cm_common::job::{default_job_name, JobSpec, Mpi, UserIdentity};
 use cm_common::timelimit::parse_time_limit;
 use cm_common::Resources;
 
@@ -23,6 +23,7 @@ pub struct Request {
     pub nice: Option<i32>,
     /// A fixed priority (operators only).
     pub priority: Option<u32>,
+    pub mpi: Mpi,
     pub command: Vec<String>,
 }
 
@@ -80,6 +81,7 @@ pub fn build_spec(
         partition: request.partition.clone().unwrap_or_default(),
         nice: request.nice.unwrap_or(0),
         priority: request.priority,
+        mpi: request.mpi,
     };
     spec.validate()?;
     Ok(spec)

@@ -66,6 +66,30 @@ pub struct JobSpec {
     /// one worked out from age, partition and nice; 0 holds the job.
     #[serde(default)]
     pub priority: Option<u32>,
+    /// How the ranks find each other as one MPI program.
+    #[serde(default)]
+    pub mpi: Mpi,
+}
+
+/// How a job's ranks find each other as one MPI program (`cmrun --mpi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mpi {
+    /// Each rank gets a PMI-1 connection (`PMI_FD`, `PMI_RANK`, `PMI_SIZE`), which MPICH's
+    /// `MPI_Init` uses to find the other ranks.
+    #[default]
+    Pmi1,
+    /// No PMI: each rank that calls `MPI_Init` is an MPI program of its own.
+    None,
+}
+
+impl Mpi {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mpi::Pmi1 => "pmi1",
+            Mpi::None => "none",
+        }
+    }
 }
 
 /// Characters that reorder how text is shown (Unicode bidirectional controls): in a name they
@@ -100,6 +124,7 @@ impl JobSpec {
             partition: String::new(),
             nice: 0,
             priority: None,
+            mpi: Mpi::Pmi1,
         }
     }
 
@@ -267,6 +292,10 @@ pub enum NodeEndCause {
     LaunchFailed { reason: String },
     /// The node lost the job: its daemon restarted without it, or the node stopped answering.
     Lost { reason: String },
+    /// The job's MPI program ended itself: a rank called `MPI_Abort`, crashed mid-MPI or broke
+    /// the PMI protocol, or a fence could not complete. The node stopped its replicas, and the
+    /// head stops the other nodes'.
+    Aborted { reason: String },
 }
 
 /// What a job's processes used on one node, read from its cgroup when it ended there.

@@ -23,8 +23,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a change breaks decoding by the previous release. 2: job reports travel in
-/// batches ([`ReportJobs`]). 3: the body travels as bytes under an [`Auth`].
-pub const PROTOCOL_VERSION: u16 = 3;
+/// batches ([`ReportJobs`]). 3: the body travels as bytes under an [`Auth`]. 4: MPI fences
+/// ([`ReportFence`], [`FenceDone`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// How a message proves where it comes from. Nothing in a message says who its sender is: the
 /// receiver learns it from the kernel (a Unix socket's peer), from MUNGE, or from the cluster key.
@@ -355,6 +356,26 @@ pub enum JobReport {
     Start(ReportJobStart),
     /// The node's replicas ended: exit statuses, cause.
     End(ReportJobEnd),
+    /// The node's ranks of an MPI job have all reached a fence.
+    Fence(ReportFence),
+}
+
+/// All of a node's ranks of a job run have reached PMI fence `epoch`, having put `puts` since
+/// the last one. Once every node of the job has reported the same fence, the head sends each
+/// a [`FenceDone`]; a repeated report (the node's daemon restarted) gets it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportFence {
+    pub node: NodeId,
+    pub job: JobId,
+    pub run: u32,
+    pub epoch: u32,
+    pub puts: Vec<(String, String)>,
+}
+
+impl ReportFence {
+    pub fn job_run(&self) -> JobRun {
+        JobRun { job: self.job, run: self.run }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -431,6 +452,20 @@ pub enum NodeRequest {
     StartJob(StartJob),
     /// Kill the job's replicas on this node and release what they hold.
     FreeResources(FreeResources),
+    /// Every node of an MPI job has reached a fence: here is what all of them put.
+    FenceDone(FenceDone),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FenceDone {
+    pub job: JobId,
+    pub run: u32,
+    pub epoch: u32,
+    /// Every node's puts for this fence, in node order.
+    pub kvs: Vec<(String, String)>,
+    /// Set when the fence cannot complete: why, which ends the job.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

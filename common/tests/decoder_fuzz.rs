@@ -24,6 +24,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
         partition: "main".into(),
         nice: 0,
         priority: None,
+        mpi: cm_common::job::Mpi::Pmi1,
     };
     let job = Job::new(JobId(7), spec.clone(), Timestamp(1), "token".into());
     let submit = HeadRequest::Client(ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }));

@@ -18,6 +18,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ffi::CString;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,8 @@ pub struct ReplicaPlan<'a> {
     /// the job; empty: no containment. Without a cgroup the replica is bound to `cpus` by its
     /// affinity instead.
     pub cgroup_procs: &'a [PathBuf],
+    /// The replica's end of its PMI connection, and the number of ranks in the job.
+    pub pmi: Option<(RawFd, u64)>,
 }
 
 impl ReplicaPlan<'_> {
@@ -65,6 +68,11 @@ impl ReplicaPlan<'_> {
         ];
         if !self.cpus.is_empty() {
             env.push(("CM_JOB_CPUS".into(), crate::cgroup::cpu_list(self.cpus)));
+        }
+        if let Some((fd, size)) = self.pmi {
+            env.push(("PMI_FD".into(), fd.to_string()));
+            env.push(("PMI_RANK".into(), self.rank().to_string()));
+            env.push(("PMI_SIZE".into(), size.to_string()));
         }
         if let Some(gpus) = self.gpus {
             // Empty when the job reserved none: it must not use the node's others.
@@ -107,6 +115,7 @@ enum Step {
     OutputFiles,
     ProcessLimit,
     Identity,
+    Inherit,
     Exec,
 }
 
@@ -122,6 +131,7 @@ impl Step {
             Step::OutputFiles => "cannot open the output files",
             Step::ProcessLimit => "cannot set the user's process limit",
             Step::Identity => "cannot take the job's uid and gid",
+            Step::Inherit => "cannot pass the PMI connection",
             Step::Exec => "cannot execute /bin/sh",
         }
     }
@@ -135,6 +145,8 @@ struct ChildSetup {
     /// The CPUs to bind to when there is no cgroup to do it.
     affinity: Option<libc::cpu_set_t>,
     identity: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    /// A descriptor the job inherits (its PMI connection): close-on-exec is cleared on it.
+    inherit: Option<RawFd>,
     /// The user's limit on processes (`RLIMIT_NPROC`), set before taking the user's ids.
     max_processes: Option<libc::rlimit>,
     workdir: CString,
@@ -234,6 +246,9 @@ impl ChildSetup {
                     check(Step::OutputFiles, status.into())?;
                     check(Step::OutputFiles, libc::fcntl(fd, libc::F_SETFL, status & !libc::O_NONBLOCK).into())?;
                 }
+                if let Some(fd) = self.inherit {
+                    check(Step::Inherit, libc::fcntl(fd, libc::F_SETFD, 0).into())?;
+                }
                 // What the job inherits: SIGPIPE as the default (Rust ignores it), and no blocked
                 // signal (the supervisor blocks those it reads from its signalfd). The handler
                 // table is the child's own copy (no CLONE_SIGHAND).
@@ -309,6 +324,7 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, St
         cgroups: plan.cgroup_procs.iter().map(|p| c_path(p)).collect::<Result<_, _>>()?,
         affinity,
         identity,
+        inherit: plan.pmi.map(|(fd, _)| fd),
         max_processes,
         workdir: c_path(workdir)?,
         mkdirs: mkdirs.iter().map(|d| c_path(d)).collect::<Result<_, _>>()?,

@@ -52,12 +52,25 @@ pub struct StepSpec {
     /// without one, by their affinity), memory and processes.
     #[serde(default)]
     pub limits: Option<Limits>,
+    /// The compute daemon's socket for MPI fences across nodes ([`crate::pmi::relay`]).
+    #[serde(default)]
+    pub pmi_relay: Option<PathBuf>,
 }
 
 impl StepSpec {
     /// A run of `job` on `node` as the daemon's own user, with no GPU, CPU choice or cgroup.
     pub fn new(job: Job, node: NodeId, kill_grace_ms: u64) -> StepSpec {
-        StepSpec { job, node, run_as: None, gpus: None, kill_grace_ms, cpus: vec![], cgroup: None, limits: None }
+        StepSpec {
+            job,
+            node,
+            run_as: None,
+            gpus: None,
+            kill_grace_ms,
+            cpus: vec![],
+            cgroup: None,
+            limits: None,
+            pmi_relay: None,
+        }
     }
 }
 

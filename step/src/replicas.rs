@@ -15,6 +15,7 @@ use cm_common::Timestamp;
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 struct Replica {
@@ -74,7 +75,12 @@ impl Replicas {
     /// Starts this node's replicas of `job`. If any cannot start, those already started are
     /// killed and collected, and the reason returned. How many there may be is bounded by the
     /// head (`limits.max_procs_per_cpu`) and by the user's process limit, so the loop is short.
-    pub fn start(spec: &StepSpec, mut cgroup: Option<JobCgroup>) -> Result<Replicas, String> {
+    /// `pmi`: each local rank's end of its PMI connection, in order, and the job's rank count.
+    pub fn start(
+        spec: &StepSpec,
+        mut cgroup: Option<JobCgroup>,
+        pmi: Option<(&[OwnedFd], u64)>,
+    ) -> Result<Replicas, String> {
         let (job, node) = (&spec.job, &spec.node);
         let node_rank = job
             .nodes
@@ -96,6 +102,7 @@ impl Replicas {
                 gpus: spec.gpus.as_deref(),
                 cpus,
                 cgroup_procs: &cgroup_procs,
+                pmi: pmi.and_then(|(fds, size)| fds.get(local_rank as usize).map(|fd| (fd.as_raw_fd(), size))),
             };
             match spawn_replica(&plan, &mut stack) {
                 Ok(pid) => replicas.push(Replica { rank: plan.rank(), pid, exit: None }),

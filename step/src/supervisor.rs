@@ -4,7 +4,8 @@
 //! For each job run it supervises, it locks the step file ([`LockedStep`]), reads its
 //! [`StepSpec`](crate::record::StepSpec) from it, starts the node's replicas, and then waits, on
 //! one thread, for whichever comes first: a replica's exit (SIGCHLD), a stop order (SIGTERM or
-//! SIGINT; see [`ask_to_stop`]), or the time limit or grace period running out. The signals are
+//! SIGINT; see [`ask_to_stop`]), the time limit or grace period running out, or a rank's PMI
+//! request (an MPI program's, served by [`crate::pmi`] from the same loop). The signals are
 //! blocked and read from a signalfd, so none is lost between two waits and no handler runs. When
 //! the last replica has exited it appends the end to the step file and lets the file go.
 //!
@@ -15,10 +16,11 @@
 
 use crate::cgroup::{cgroup_name, JobCgroup};
 use crate::launcher::{say, Lines};
+use crate::pmi::{Pmi, PmiSetup};
 use crate::record::{LockedStep, StepSpec};
 use crate::replicas::Replicas;
 use anyhow::Context;
-use cm_common::job::{ExitStatus, NodeEnd, NodeEndCause};
+use cm_common::job::{ExitStatus, Mpi, NodeEnd, NodeEndCause};
 use cm_common::{JobId, Timestamp};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -115,7 +117,16 @@ impl Supervisor {
             }
             _ => Ok(None),
         };
-        let mut replicas = match cgroup.and_then(|cgroup| Replicas::start(&spec, cgroup)) {
+        let mut pmi = None;
+        let started = cgroup.and_then(|cgroup| {
+            let server = pmi_server(&spec)?;
+            let fds = server.as_ref().map(|(server, fds)| (&fds[..], server.size()));
+            let replicas = Replicas::start(&spec, cgroup, fds)?;
+            // The ranks hold their ends now; ours close here.
+            pmi = server.map(|(server, _)| server);
+            Ok(replicas)
+        });
+        let mut replicas = match started {
             Ok(replicas) => replicas,
             Err(reason) => {
                 tracing::warn!(%reason, "cannot start the job");
@@ -133,7 +144,11 @@ impl Supervisor {
             if replicas.all_exited() {
                 return step.append_end(&replicas.end());
             }
-            let timeout = match replicas.next_deadline() {
+            let deadline = match (replicas.next_deadline(), pmi.as_ref().and_then(Pmi::next_deadline)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match deadline {
                 None => PollTimeout::NONE,
                 // Rounded up, so the loop never spins through the last fraction of a millisecond.
                 Some(at) => {
@@ -141,9 +156,15 @@ impl Supervisor {
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
-            match poll(&mut [PollFd::new(signals.as_fd(), PollFlags::POLLIN)], timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(e).context("cannot wait for signals"),
+            {
+                let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+                if let Some(pmi) = &pmi {
+                    fds.extend(pmi.poll_fds().into_iter().map(|(fd, flags)| PollFd::new(fd, flags)));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e).context("cannot wait for signals"),
+                }
             }
             while let Some(info) = signals.read_signal().context("cannot read a signal")? {
                 if stops(&info, Some(job)) {
@@ -151,9 +172,29 @@ impl Supervisor {
                 }
                 // SIGCHLD: the next `reap` collects every exited child (signals of a kind coalesce).
             }
+            if let Some(reason) = pmi.as_mut().and_then(|pmi| pmi.pump(Instant::now())) {
+                replicas.stop(NodeEndCause::Aborted { reason });
+            }
             replicas.enforce(Instant::now());
         }
     }
+}
+
+/// The run's PMI server and the ends its ranks inherit, unless the job asked for none.
+fn pmi_server(spec: &StepSpec) -> Result<Option<(Pmi, Vec<OwnedFd>)>, String> {
+    let job = &spec.job;
+    if job.spec.mpi != Mpi::Pmi1 {
+        return Ok(None);
+    }
+    let node_rank = job.nodes.iter().position(|n| n.node == spec.node).unwrap_or(0);
+    let setup = PmiSetup {
+        run: job.job_run(),
+        node_rank,
+        nodes: job.nodes.len().max(1),
+        procs_per_node: job.spec.procs_per_node,
+        relay: spec.pmi_relay.clone(),
+    };
+    Pmi::new(setup).map(Some).map_err(|e| format!("cannot create the PMI connections: {e}"))
 }
 
 /// Collects the exit of every child that has exited; with no replicas (between runs), any child

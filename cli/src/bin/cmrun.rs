@@ -6,7 +6,7 @@ use clap::Parser;
 use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::follow::Follower;
 use cm_cli::submit::{build_spec, current_user, submit_token, Request};
-use cm_common::job::JobState;
+use cm_common::job::{JobState, Mpi};
 use cm_common::protocol::{AssignJobId, ClientRequest, ClientResponse, GetJob, KillJob};
 use cm_common::JobId;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +18,8 @@ const EXAMPLES: &str = "Examples:
   cmrun -n 2 -p 4 'echo $CM_PROC_RANK'     8 ranks, 4 on each of 2 nodes
   cmrun --wait -t 10 ./simulate            wait for it (Ctrl-C cancels); exit with its code
   cmrun -P debug -c 4 --mem-per-node 2000 make -j4
-  cmrun -o 'out/%j.%r.txt' ./sweep         where each rank's stdout goes";
+  cmrun -o 'out/%j.%r.txt' ./sweep         where each rank's stdout goes
+  cmrun -n 2 -p 2 -W -l ./mpi_hello        an MPI program of 4 ranks (MPICH), no mpiexec";
 
 /// Submit a job: COMMAND runs as `sh -c COMMAND` in N processes on each of N nodes, as you, in
 /// this directory, with this environment plus CM_* variables.
@@ -71,6 +72,10 @@ struct Args {
     /// end, and exits with 128 + the signal (130 for Ctrl-C); a second one stops waiting at once.
     #[arg(short = 'W', long)]
     wait: bool,
+    /// How the ranks find each other as one MPI program: pmi1 gives each rank a PMI-1
+    /// connection (PMI_FD), which MPICH's MPI_Init uses; none gives none.
+    #[arg(long, value_parser = ["pmi1", "none"], default_value = "pmi1")]
+    mpi: String,
     /// With --wait, begin each line of output with its rank (`3: ...`), as srun --label.
     #[arg(short = 'l', long, requires = "wait")]
     label: bool,
@@ -108,6 +113,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         partition: args.partition,
         nice: args.nice,
         priority: args.priority,
+        mpi: if args.mpi == "none" { Mpi::None } else { Mpi::Pmi1 },
         command: args.command,
     };
     let workdir = std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory: {e}"))?;

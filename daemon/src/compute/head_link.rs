@@ -90,8 +90,9 @@ impl HeadLink {
                 if link.shutdown.load(Ordering::Relaxed) {
                     return;
                 }
-                let end_queued = link.queue.iter().any(|r| matches!(r, JobReport::End(_)));
-                if end_queued || link.held_since.is_none_or(|since| since.elapsed() >= START_HOLD) {
+                // Ends free resources on the head and fences hold MPI jobs: neither waits.
+                let urgent = link.queue.iter().any(|r| matches!(r, JobReport::End(_) | JobReport::Fence(_)));
+                if urgent || link.held_since.is_none_or(|since| since.elapsed() >= START_HOLD) {
                     link.flush();
                 }
                 if Instant::now() >= next_heartbeat {
@@ -241,7 +242,7 @@ fn fold_starts_into_ends(queue: &mut VecDeque<JobReport>) {
         .iter()
         .filter_map(|r| match r {
             JobReport::End(end) => Some(end.job_run()),
-            JobReport::Start(_) => None,
+            JobReport::Start(_) | JobReport::Fence(_) => None,
         })
         .collect();
     if ended.is_empty() {

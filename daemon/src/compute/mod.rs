@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod head_link;
 pub mod launcher;
+pub mod pmi_relay;
 pub mod steps;
 
 use crate::service::{EventSender, Inbox, Next};
@@ -22,6 +23,7 @@ use cm_common::job::{Job, JobRun, NodeEnd, NodeEndCause};
 use cm_common::protocol::*;
 use cm_common::{JobId, Resources, Timestamp};
 use cm_step::cgroup;
+use cm_step::pmi::relay::FenceOut;
 use cm_transport::{Responder, RetryPolicy};
 use head_link::{HeadLink, LinkConfig};
 use std::collections::BTreeMap;
@@ -38,8 +40,21 @@ pub enum Event {
     EndAcked(JobRun),
     /// The head says these job runs must not run here (any more).
     Kill(Vec<JobRun>),
+    /// A supervisor's MPI fence, for the head.
+    Fence(pmi_relay::FenceRequest),
     /// The head link gave up (registration failed for good).
     Fatal(String),
+}
+
+/// How long a fence waits for the head's answer before it is reported again (the head may have
+/// restarted and forgotten it, or its answer may have been lost).
+const FENCE_REPEAT: Duration = Duration::from_secs(3);
+
+/// A fence reported to the head, waiting for its answer.
+struct PendingFence {
+    report: ReportFence,
+    answer: std::sync::mpsc::Sender<cm_step::pmi::relay::FenceOut>,
+    reported_at: Instant,
 }
 
 const MAX_WAIT: Duration = Duration::from_millis(250);
@@ -68,6 +83,8 @@ struct Compute {
     /// requeues a job when it declares a silent node Down; if that node comes back, it is told
     /// to stop the earlier run and may be given the next one at once.
     waiting: BTreeMap<JobId, Job>,
+    /// MPI fences reported to the head, by run and fence.
+    fences: BTreeMap<(JobRun, u32), PendingFence>,
 }
 
 /// How this node contains its jobs: in cgroups where the host allows and the configuration does
@@ -126,6 +143,10 @@ pub fn run(
     let mut steps = Steps::new(&config.state_dir, config.node_id.clone(), config.kill_grace, containment.clone())
         .with_context(|| format!("cannot use the state directory {}", config.state_dir.display()))?;
     let ended_meanwhile = steps.adopt();
+    match pmi_relay::listen(&config.state_dir, events.clone(), shutdown.clone()) {
+        Ok(path) => steps.set_pmi_relay(path),
+        Err(e) => tracing::warn!(error = %e, "MPI jobs cannot span this node and others"),
+    }
     if let Some(hierarchy) = &containment.cgroup {
         // Left by supervisors that died; those of the runs adopted may be starting.
         let known: Vec<String> = steps.runs().into_iter().map(cgroup::cgroup_name).collect();
@@ -161,6 +182,7 @@ pub fn run(
         link,
         events,
         waiting: BTreeMap::new(),
+        fences: BTreeMap::new(),
     };
     for (run, end) in ended_meanwhile {
         compute.report_end(run, end);
@@ -184,6 +206,7 @@ pub fn run(
                     }
                 }
             }
+            Ok(Some(Next::Event(Event::Fence(request)))) => compute.fence(request),
             Ok(Some(Next::Event(Event::Fatal(message)))) => {
                 result = Err(anyhow!(message));
                 break;
@@ -194,6 +217,7 @@ pub fn run(
                 break;
             }
         }
+        compute.repeat_fences();
         if Instant::now() >= next_poll {
             for run in compute.steps.ended_adopted() {
                 compute.step_ended(run);
@@ -274,6 +298,53 @@ impl Compute {
                     }
                 }
                 Ok(NodeResponse::Ack(Ack {}))
+            }
+            NodeRequest::FenceDone(done) => {
+                let run = JobRun { job: done.job, run: done.run };
+                if let Some(pending) = self.fences.remove(&(run, done.epoch)) {
+                    let out = match done.refused {
+                        Some(reason) => FenceOut::Refused { reason },
+                        None => FenceOut::Done { epoch: done.epoch, kvs: done.kvs },
+                    };
+                    // A supervisor that has gone asks again, and the head answers again.
+                    let _ = pending.answer.send(out);
+                }
+                Ok(NodeResponse::Ack(Ack {}))
+            }
+        }
+    }
+
+    /// A supervisor's fence: reported to the head, answered when the head answers.
+    fn fence(&mut self, request: pmi_relay::FenceRequest) {
+        let pmi_relay::FenceRequest { fence, answer } = request;
+        if self.steps.run_of(fence.run.job) != Some(fence.run.run) {
+            let reason = format!("job run {} does not run on {}", fence.run, self.config.node_id);
+            let _ = answer.send(FenceOut::Refused { reason });
+            return;
+        }
+        let report = ReportFence {
+            node: self.config.node_id.clone(),
+            job: fence.run.job,
+            run: fence.run.run,
+            epoch: fence.epoch,
+            puts: fence.puts,
+        };
+        self.link.report(JobReport::Fence(report.clone()));
+        self.fences.insert((fence.run, fence.epoch), PendingFence { report, answer, reported_at: Instant::now() });
+    }
+
+    /// Reports again the fences the head has not answered for a while; forgets those of runs
+    /// that ended here.
+    fn repeat_fences(&mut self) {
+        if self.fences.is_empty() {
+            return;
+        }
+        let steps = &self.steps;
+        self.fences.retain(|(run, _), _| steps.run_of(run.job) == Some(run.run));
+        for pending in self.fences.values_mut() {
+            if pending.reported_at.elapsed() >= FENCE_REPEAT {
+                self.link.report(JobReport::Fence(pending.report.clone()));
+                pending.reported_at = Instant::now();
             }
         }
     }

@@ -91,6 +91,8 @@ pub struct Steps {
     steps: BTreeMap<JobId, Step>,
     ended: VecDeque<JobRun>,
     ended_set: HashSet<JobRun>,
+    /// The daemon's socket for MPI fences, given to each supervisor.
+    pmi_relay: Option<PathBuf>,
 }
 
 impl Steps {
@@ -117,7 +119,13 @@ impl Steps {
             steps: BTreeMap::new(),
             ended: VecDeque::new(),
             ended_set: HashSet::new(),
+            pmi_relay: None,
         })
+    }
+
+    /// Where supervisors relay MPI fences from now on.
+    pub fn set_pmi_relay(&mut self, path: PathBuf) {
+        self.pmi_relay = Some(path);
     }
 
     fn path(&self, run: JobRun) -> PathBuf {
@@ -184,6 +192,7 @@ impl Steps {
             cpus: cpus.clone(),
             cgroup: self.containment.cgroup.clone(),
             limits: Some(limits),
+            pmi_relay: self.pmi_relay.clone(),
         };
         record::create(&path, &spec).map_err(|e| fail("write the step file", &e))?;
         let pid = match self.launcher().and_then(|l| l.launch(&path, Box::new(move || on_end(run)))) {

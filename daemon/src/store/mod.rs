@@ -86,6 +86,7 @@ pub mod contract_tests {
             partition: "batch".into(),
             nice: 5,
             priority: Some(7),
+            mpi: cm_common::job::Mpi::None,
         };
         Job::new(id, spec, Timestamp(1000 + id.0), format!("token-{id}"))
     }

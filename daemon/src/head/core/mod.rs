@@ -10,10 +10,12 @@
 //! Resources: a job's reservation on a node (an `Allocation`) is released only when that node
 //! reports the job's end there, or the node is lost, so a killed job's CPUs are not handed out
 //! while its processes are still dying. The users' requests, and who may make them, are in
-//! [`clients`], operators' orders about nodes in [`admin`]; the tests in `tests.rs`.
+//! [`clients`], operators' orders about nodes in [`admin`], MPI fences across nodes in [`fences`];
+//! the tests in `tests.rs`.
 
 mod admin;
 mod clients;
+mod fences;
 mod queued;
 mod reasons;
 mod scheduling;
@@ -93,6 +95,8 @@ pub struct HeadCore {
     heartbeat_grace: bool,
     /// Messages to nodes, held until the writes they follow from are durable.
     outbox: Vec<(NodeId, NodeRequest)>,
+    /// The MPI fences being gathered across nodes.
+    fences: fences::Fences,
 }
 
 /// Finished jobs whose submission tokens a (re)started head reloads.
@@ -123,6 +127,9 @@ pub fn final_state(job: &Job, now: Timestamp) -> JobState {
             }
             NodeEndCause::Lost { reason } => {
                 return JobState::NodeFail { started_at, ended_at, reason: format!("lost on {node}: {reason}") }
+            }
+            NodeEndCause::Aborted { reason } => {
+                return JobState::Failed { started_at, ended_at, reason: format!("{reason}, on {node}") }
             }
             _ => {}
         }
@@ -207,6 +214,7 @@ impl HeadCore {
             store_failing: false,
             heartbeat_grace: false,
             outbox: Vec::new(),
+            fences: fences::Fences::default(),
         };
         core.resend_unconfirmed_starts();
         core.sync()?;
@@ -334,6 +342,7 @@ impl HeadCore {
                     match report {
                         JobReport::Start(r) => speaks_for(&r.node)?,
                         JobReport::End(r) => speaks_for(&r.node)?,
+                        JobReport::Fence(r) => speaks_for(&r.node)?,
                     }
                 }
                 // All or nothing for the node: on an error it sends the batch again, and what was
@@ -343,6 +352,10 @@ impl HeadCore {
                         JobReport::Start(req) => self.report_start(req),
                         JobReport::End(req) => {
                             self.record_node_end(req.job_run(), &req.node, req.end, req.started_at, now)
+                        }
+                        JobReport::Fence(req) => {
+                            self.report_fence(req);
+                            Ok(())
                         }
                     }
                     .map_err(unavailable)?;
@@ -476,7 +489,11 @@ impl HeadCore {
         let Some(slot) = job.nodes.iter_mut().find(|n| &n.node == node_id && n.end.is_none()) else {
             return self.commit(vec![], nodes);
         };
-        let failed_to_run = matches!(end.cause, NodeEndCause::LaunchFailed { .. } | NodeEndCause::Lost { .. });
+        // Without this node's share the job cannot do its work.
+        let failed_to_run = matches!(
+            end.cause,
+            NodeEndCause::LaunchFailed { .. } | NodeEndCause::Lost { .. } | NodeEndCause::Aborted { .. }
+        );
         slot.end = Some(end);
         slot.started_at = slot.started_at.or(started_at);
         let mut kill_others = Vec::new();
@@ -497,7 +514,6 @@ impl HeadCore {
                     tracing::info!(job = %run.job, state = job.state.name(), "job ended");
                 }
             } else if failed_to_run {
-                // Without this node's share the job cannot do its work: stop the rest.
                 kill_others = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
             }
         }
@@ -534,6 +550,10 @@ impl HeadCore {
     pub fn tick(&mut self, now: Timestamp) {
         self.wants_schedule = true;
         self.periodic_pass = true;
+        let jobs = &self.jobs;
+        self.fences.retain(|run| {
+            jobs.get(&run.job).is_some_and(|j| j.run == run.run && matches!(j.state, JobState::Running { .. }))
+        });
         if self.store_failing {
             return;
         }

@@ -7,7 +7,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::testing::{JobBuilder, NodeBuilder};
 use cm_common::job::{ExitStatus, JobFilter, ReplicaExit};
 use cm_common::node::NodeStatus;
-use cm_common::protocol::{AdministerNode, JobChange, NodeAction, NodeAdministered, UpdateJob};
+use cm_common::protocol::{AdministerNode, JobChange, NodeAction, NodeAdministered, ReportFence, UpdateJob};
 use cm_common::Resources;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +37,7 @@ fn from_node(core: &mut HeadCore, request: ComputeRequest, now: Timestamp) -> Re
         ComputeRequest::ReportJobs(r) => match r.reports.first() {
             Some(JobReport::Start(s)) => s.node.clone(),
             Some(JobReport::End(e)) => e.node.clone(),
+            Some(JobReport::Fence(f)) => f.node.clone(),
             None => NodeId::new("c1"),
         },
     };
@@ -1120,4 +1121,88 @@ fn on_a_full_cluster_only_the_periodic_pass_orders_the_queue_again() {
     f.end(running, "a", &[(0, 0)], NodeEndCause::Exited);
     f.core.schedule_if_needed(Timestamp(60));
     assert!(matches!(f.state(waiting), JobState::Running { .. }), "a freed CPU brings a pass at once");
+}
+
+fn fence(f: &mut Fixture, node: &str, job: JobId, epoch: u32, puts: &[(&str, &str)]) -> Reply<ComputeResponse> {
+    let puts = puts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let report = ReportFence { node: NodeId::new(node), job, run: 0, epoch, puts };
+    let reports = ReportJobs { reports: vec![JobReport::Fence(report)] };
+    from_node(&mut f.core, ComputeRequest::ReportJobs(reports), Timestamp(20))
+}
+
+/// The fence answers the head sent: (node, epoch, keys, refusal).
+fn fence_answers(f: &mut Fixture) -> Vec<(String, u32, Vec<String>, Option<String>)> {
+    f.core.sync().expect("sync");
+    let mut sent = f.sent.sent.lock().expect("lock");
+    sent.drain(..)
+        .filter_map(|(node, req)| match req {
+            NodeRequest::FenceDone(done) => {
+                let keys = done.kvs.into_iter().map(|(k, _)| k).collect();
+                Some((node.to_string(), done.epoch, keys, done.refused))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_mpi_fence_completes_when_every_node_of_the_job_has_reported_it() {
+    let mut f = Fixture::new(&["a", "b", "c"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.take_sent();
+    let nodes: Vec<String> = f.core.job(id).expect("job").nodes.iter().map(|n| n.node.to_string()).collect();
+    let (first, second) = (nodes[0].as_str(), nodes[1].as_str());
+    let outsider = ["a", "b", "c"].into_iter().find(|n| !nodes.iter().any(|m| m == n)).expect("a third node");
+
+    fence(&mut f, second, id, 0, &[("card-1", "one")]).expect("reported");
+    assert!(fence_answers(&mut f).is_empty(), "one node of two is not enough");
+    fence(&mut f, outsider, id, 0, &[("card-x", "evil")]).expect("dropped, not refused");
+    assert!(fence_answers(&mut f).is_empty(), "a node outside the job does not count");
+    let forged = ReportFence { node: NodeId::new(first), job: id, run: 0, epoch: 0, puts: vec![] };
+    let reports = ReportJobs { reports: vec![JobReport::Fence(forged)] };
+    let refused = f.core.handle_compute(&NodeId::new(outsider), ComputeRequest::ReportJobs(reports), Timestamp(20));
+    assert_eq!(refused.map_err(|e| e.code), Err(ErrorCode::PermissionDenied), "nor can it speak for one");
+
+    fence(&mut f, first, id, 0, &[("card-0", "zero")]).expect("reported");
+    let keys = vec!["card-0".to_string(), "card-1".to_string()];
+    let mut answers = fence_answers(&mut f);
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![(first.to_string(), 0, keys.clone(), None), (second.to_string(), 0, keys.clone(), None)],
+        "both nodes get every node's puts, in node order"
+    );
+
+    // A node that missed the answer (its daemon restarted) asks again and gets it again.
+    fence(&mut f, second, id, 0, &[("card-1", "one")]).expect("repeated");
+    assert_eq!(fence_answers(&mut f), vec![(second.to_string(), 0, keys, None)]);
+
+    // The next fence starts empty; one over the limit is refused to every node.
+    let big = "v".repeat(1000);
+    let puts: Vec<(String, String)> =
+        (0..fences::MAX_FENCE_BYTES / 1000).map(|i| (format!("k{i}"), big.clone())).collect();
+    let puts: Vec<(&str, &str)> = puts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    fence(&mut f, first, id, 1, &puts).expect("reported");
+    let answers = fence_answers(&mut f);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers
+        .iter()
+        .all(|(_, epoch, _, refused)| *epoch == 1 && refused.as_deref().is_some_and(|r| r.contains("MiB"))));
+}
+
+#[test]
+fn an_aborted_mpi_rank_fails_the_job_and_stops_its_other_nodes() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.take_sent();
+    let reason = "rank 3 called MPI_Abort (error code 2)".to_string();
+    f.end(id, "b", &[(2, 143), (3, 143)], NodeEndCause::Aborted { reason });
+    assert_eq!(f.take_sent(), vec![pair("a", &format!("free {id}"))]);
+    f.end(id, "a", &[(0, 143), (1, 143)], NodeEndCause::Killed);
+    match f.state(id) {
+        JobState::Failed { reason, .. } => assert_eq!(reason, "rank 3 called MPI_Abort (error code 2), on b"),
+        other => panic!("{other:?}"),
+    }
 }
