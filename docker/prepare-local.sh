@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares every image the simulated cluster needs on a machine with a Docker engine but no
 # image registry, from Debian's packages, PyPI and this repository:
-#   cm-base:bookworm-munge Debian bookworm with MUNGE, from debootstrap, imported into Docker
-#                          (built once)
+#   cm-base:bookworm-mpich Debian bookworm with MUNGE, MPICH and a C compiler, from
+#                          debootstrap, imported into Docker (built once)
 #   cm-secantusdb:local    a MongoDB-compatible database (SecantusDB) on that base (built once)
 #   cm-node:latest         the cm node image around binaries built on this host (rebuilt each run)
 # Usage: docker/prepare-local.sh [BIN_DIR]
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-base=cm-base:bookworm-munge
+base=cm-base:bookworm-mpich
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
@@ -22,7 +22,10 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     trap 'rm -rf "$rootfs"' EXIT
     echo "building $base with debootstrap (about a minute)..."
     # MUNGE: each node runs munged, so that users' tools anywhere in the cluster prove who runs them.
-    debootstrap --variant=minbase --include=munge bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    # MPICH and gcc: users build and run MPI programs (mpicc, then cmrun; cm serves PMI itself).
+    # automake is named because debootstrap cannot pick it for libltdl-dev's alternatives.
+    debootstrap --variant=minbase --include=munge,mpich,libmpich-dev,gcc,libc6-dev,automake bookworm "$rootfs" \
+        http://deb.debian.org/debian >/dev/null
     # Runtime only: no documentation, manuals, translations or package lists.
     rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
         "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*

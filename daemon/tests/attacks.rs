@@ -1,9 +1,10 @@
 //! Attacks on real daemons by an ordinary local user (`nobody`), each refused with nothing done:
 //! a forged identity in a submission, forged groups, requests straight to a compute node, a
 //! stranger registering or taking over a node, forged reports and kills, reading another user's
-//! environment over the wire or from disk. The forged messages are made here and sent by a
-//! process running as `nobody` (a pyzmq REQ socket, as any libzmq client could), so what the
-//! daemons learn of the sender comes from the kernel or from `munged`, as for a real attacker.
+//! environment over the wire or from disk, relaying an MPI fence for another's job. The forged
+//! messages are made here and sent by a process running as `nobody` (a pyzmq REQ socket, as any
+//! libzmq client could), so what the daemons learn of the sender comes from the kernel or from
+//! `munged`, as for a real attacker.
 //!
 //! These need root (to run as `nobody`), `munged`, Debian's python3-zmq and `setpriv`; outside CI
 //! they are skipped without them, under CI they fail.
@@ -482,4 +483,57 @@ fn with_private_data_users_see_only_their_own_jobs() {
     assert!(!out.status.success(), "root's job is hidden from nobody");
     let all = cluster.info().expect("root's cminfo");
     assert_eq!(all["jobs"].as_array().map_or(0, Vec::len), 2, "root sees every job");
+}
+
+/// Connects to a Unix socket, sends a file's bytes and says how the other side answered.
+const RELAY: &str = "import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print('refused', e.errno); sys.exit()
+try:
+    s.sendall(open(sys.argv[2], 'rb').read())
+    print('closed' if s.recv(1) == b'' else 'answered')
+except (BrokenPipeError, ConnectionResetError):
+    print('closed')
+except socket.timeout:
+    print('waiting')
+";
+
+#[test]
+fn nobody_cannot_relay_an_mpi_fence_for_anothers_job() {
+    use cm_step::pmi::relay::{frame, FenceIn, SOCKET};
+    use std::os::unix::fs::PermissionsExt;
+    if !can_attack() {
+        return;
+    }
+    let cluster = Cluster::start(1, 4, 1024);
+    let attacker = Attacker::new(&cluster);
+    let victim = victim(&cluster);
+    let fence = FenceIn {
+        run: cm_common::job::JobRun { job: JobId(victim), run: 0 },
+        epoch: 0,
+        puts: vec![("card-0".into(), "evil".into())],
+    };
+    let request = attacker.home.join("fence");
+    std::fs::write(&request, frame(&fence)).expect("fence");
+    std::fs::set_permissions(&request, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let state = cluster.dir.path().join("c1");
+    let socket = state.join(SOCKET);
+    let relay = |expected: &str| {
+        let out = attacker.command(PYTHON, &["-c", RELAY, socket.to_str().expect("utf-8"), "fence"]).output();
+        let out = out.expect("python3");
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(said.starts_with(expected), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // The socket is in the node's private state directory.
+    relay("refused 13");
+    // Were the directory and the socket opened to all by mistake, the daemon still hangs up on a
+    // peer whose uid is not its own, before reading what it sent.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    relay("closed");
+    assert_eq!(cluster.job_status(victim), "Running");
 }

@@ -194,6 +194,24 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
     let table = String::from_utf8_lossy(&compose.head("alice", "cminfo --all").stdout).to_string();
     assert!(table.contains("alice") && table.contains("Completed"), "{table}");
 
+    // The image's sample MPI program, built by alice with MPICH, runs as one MPI job of 4 ranks
+    // over two containers (cm serves PMI; no mpiexec, no ssh).
+    let out = compose.head(
+        "alice",
+        "cp /usr/local/share/doc/cm/examples/mpi_hello.c . && mpicc -o mpi_hello mpi_hello.c \
+         && cmrun --wait --label -n 2 -p 2 -t 2 ./mpi_hello",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut mpi_hosts = std::collections::BTreeSet::new();
+    for rank in 0..4 {
+        let said = format!("{rank}: rank {rank} of 4 on ");
+        let line = stdout.lines().find(|l| l.starts_with(&said)).unwrap_or_else(|| panic!("no `{said}`: {stdout}"));
+        mpi_hosts.insert(line[said.len()..].to_string());
+    }
+    assert_eq!(mpi_hosts.len(), 2, "two containers: {stdout}");
+    assert!(stdout.contains("0: sum of ranks 6 (expected 6)"), "{stdout}");
+
     // Containment: each compute container puts its jobs in cgroups, so a job over its memory
     // ends OutOfMemory there too, with its peak recorded.
     for node in info["nodes"].as_array().expect("nodes").iter().filter(|n| n["role"] == "Compute") {

@@ -24,8 +24,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use wire::{reply, Command};
 
-/// The most a run's key-value space may hold (keys and values), on each node.
-pub const MAX_KVS_BYTES: usize = 16 << 20;
+/// The most a run's key-value space may hold, on each node, counted by [`pair_bytes`]; all of it
+/// crosses the network in one message at a fence, well within `max_message_size`.
+pub const MAX_KVS_BYTES: usize = 4 << 20;
+
+/// What a key and value cost against [`MAX_KVS_BYTES`]: their bytes and their encoding's.
+pub fn pair_bytes(key: &str, value: &str) -> usize {
+    key.len() + value.len() + 16
+}
 /// The most replies a rank may leave unread: a client reads each before its next command.
 const MAX_UNREAD: usize = 64 << 10;
 /// The most one rank's bytes are read in one turn, so one rank cannot hold up the others.
@@ -301,8 +307,8 @@ impl Pmi {
 
     /// Keeps a pair within the budget; false if it would go over.
     fn store(&mut self, key: String, value: String) -> bool {
-        let old = self.kvs.get(&key).map_or(0, |v| key.len() + v.len());
-        let new = key.len() + value.len();
+        let old = self.kvs.get(&key).map_or(0, |v| pair_bytes(&key, v));
+        let new = pair_bytes(&key, &value);
         if self.kvs_bytes - old + new > MAX_KVS_BYTES {
             return false;
         }

@@ -148,7 +148,7 @@ fn a_full_key_value_space_refuses_more_puts() {
     let (mut pmi, mut ranks) = server(1, 0, 1, None);
     init(&mut pmi, &mut ranks[0]);
     let value = "v".repeat(600);
-    let fits = MAX_KVS_BYTES / (600 + 7);
+    let fits = MAX_KVS_BYTES / pair_bytes("k000000", &value);
     for i in 0..fits {
         let reply = ask(&mut pmi, &mut ranks[0], &format!("cmd=put kvsname=kvs_7_0 key=k{i:06} value={value}"));
         assert_eq!(reply, "cmd=put_result rc=0 msg=success", "put {i}");

@@ -10,8 +10,8 @@ use cm_common::job::{JobRun, JobState};
 use cm_common::protocol::{FenceDone, NodeRequest, ReportFence};
 use std::collections::{BTreeMap, HashMap};
 
-/// The most one fence of a run may carry from all its nodes, keys and values (each node's PMI
-/// server holds at most as much).
+/// The most one fence of a run may carry from all its nodes (each node's PMI server holds at
+/// most as much), so that the answer fits in one message.
 pub const MAX_FENCE_BYTES: usize = cm_step::pmi::MAX_KVS_BYTES;
 
 /// Keys and values, as the ranks put them.
@@ -35,7 +35,7 @@ struct Fence {
 }
 
 fn size(puts: &[(String, String)]) -> usize {
-    puts.iter().map(|(k, v)| k.len() + v.len()).sum()
+    puts.iter().map(|(k, v)| cm_step::pmi::pair_bytes(k, v)).sum()
 }
 
 impl Fences {
