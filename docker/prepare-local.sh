@@ -20,7 +20,7 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     # The image's / (mktemp makes it 0700): package scripts that run as other users cross it.
     chmod 755 "$rootfs"
     trap 'rm -rf "$rootfs"' EXIT
-    echo "building $base with debootstrap (about a minute)..."
+    echo "building $base with debootstrap (a few minutes)..."
     # MUNGE: each node runs munged, so that users' tools anywhere in the cluster prove who runs them.
     # MPICH and gcc: users build and run MPI programs (mpicc, then cmrun; cm serves PMI itself).
     # automake is named because debootstrap cannot pick it for libltdl-dev's alternatives.

@@ -336,8 +336,9 @@ pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, St
     };
     spawn(&setup, stack).map_err(|e| {
         format!(
-            "cannot start rank {} as uid {} in {} (output to {}): {e}",
+            "cannot start rank {} as {} (uid {}) in {} (output to {}): {e}",
             plan.rank(),
+            spec.user.name,
             spec.user.uid,
             spec.workdir,
             stdout.display()
