@@ -316,6 +316,14 @@ pub enum ComputeRequest {
     RegisterNode(RegisterNode),
     Heartbeat(Heartbeat),
     ReportJobs(ReportJobs),
+    /// The node is going away for good (`cmd --leave-on-stop`): the head ends its jobs as lost
+    /// and forgets it.
+    LeaveCluster(LeaveCluster),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaveCluster {
+    pub node: NodeId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

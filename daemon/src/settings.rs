@@ -68,6 +68,10 @@ pub struct Args {
     /// GPUs this node offers (indices 0..N), instead of those nvidia-smi lists.
     #[arg(long, env = "CM_GPUS")]
     pub gpus: Option<u32>,
+    /// On SIGTERM, a compute node leaves the cluster: the head forgets it rather than waiting
+    /// for it to come back (for nodes that come and go, as containers do).
+    #[arg(long, env = "CM_LEAVE_ON_STOP")]
+    pub leave_on_stop: bool,
 }
 
 /// What `cmd` can do besides running a role.
@@ -129,6 +133,8 @@ pub struct ComputeConfig {
     pub kill_grace: Duration,
     pub max_message_size: u64,
     pub cgroups: cm_common::config::CgroupSettings,
+    /// Leave the cluster on SIGTERM (`--leave-on-stop`).
+    pub leave_on_stop: bool,
 }
 
 /// The settings of one `cmd` process.
@@ -224,6 +230,7 @@ impl Settings {
             kill_grace: config.kill_grace,
             max_message_size: config.max_message_size,
             cgroups: config.cgroups.clone(),
+            leave_on_stop: args.leave_on_stop,
         };
         Settings { role, head, compute }
     }

@@ -86,3 +86,18 @@ fn mpi_abort_on_one_node_ends_the_whole_job_at_once() {
     let out = Command::new("pgrep").args(["-f", "./aborts"]).output().expect("pgrep");
     assert!(out.stdout.is_empty(), "every rank is gone: {}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn the_ping_pong_example_measures_between_two_nodes() {
+    let cluster = Cluster::start(2, 2, 512);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mpi_pingpong.c");
+    if !compile(&source, &cluster.workdir, "mpi_pingpong") {
+        return;
+    }
+    let out = cluster.tool("cmrun", &["-n", "2", "--wait", "-t", "1", "./mpi_pingpong"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for bytes in ["       1 bytes", "      64 bytes", " 4194304 bytes"] {
+        assert!(stdout.lines().any(|l| l.starts_with(bytes) && l.contains("round trip")), "{bytes}: {stdout}");
+    }
+}

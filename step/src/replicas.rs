@@ -5,7 +5,8 @@
 //! job's share on this node ends when every replica has exited; then whatever they left running
 //! is killed: everything in the run's cgroup, or without one, in the replicas' process groups.
 //! Stopping (a kill order or the time limit) sends SIGTERM to every replica's process group and
-//! every process of the cgroup, and SIGKILL after the grace period.
+//! every process of the cgroup, and SIGKILL after the grace period to whatever still runs, even
+//! if the replicas themselves have exited.
 
 use crate::cgroup::JobCgroup;
 use crate::launch::{spawn_replica, ReplicaPlan, CHILD_STACK};
@@ -142,6 +143,20 @@ impl Replicas {
 
     pub fn all_exited(&self) -> bool {
         self.replicas.iter().all(|r| r.exit.is_some())
+    }
+
+    /// Whether the run is being stopped and a process it started still runs within the grace
+    /// period. Its end waits for them: a replica's shell dies of SIGTERM at once, but the
+    /// program it started may be cleaning up, and has the grace period to do it.
+    pub fn lingering(&self, now: Instant) -> bool {
+        let Some(stopping) = &self.stopping else { return false };
+        if stopping.sigkilled || stopping.sigkill_at <= now {
+            return false;
+        }
+        match &self.cgroup {
+            Some(cgroup) => !cgroup.pids().is_empty(),
+            None => self.replicas.iter().any(|r| killpg(r.pid, None).is_ok()),
+        }
     }
 
     /// The node's end of the run, once every replica has exited. Whatever the replicas started in

@@ -141,7 +141,7 @@ impl Supervisor {
         };
         loop {
             reap(Some(&mut replicas))?;
-            if replicas.all_exited() {
+            if replicas.all_exited() && !replicas.lingering(Instant::now()) {
                 return step.append_end(&replicas.end());
             }
             let deadline = match (replicas.next_deadline(), pmi.as_ref().and_then(Pmi::next_deadline)) {

@@ -85,6 +85,8 @@ struct Compute {
     waiting: BTreeMap<JobId, Job>,
     /// MPI fences reported to the head, by run and fence.
     fences: BTreeMap<(JobRun, u32), PendingFence>,
+    /// The cluster key, for the request that says goodbye.
+    key: Arc<ClusterKey>,
 }
 
 /// How this node contains its jobs: in cgroups where the host allows and the configuration does
@@ -162,7 +164,7 @@ pub fn run(
             capacity,
             only_uid: (!is_root).then_some(my_uid),
             containment: described,
-            key,
+            key: key.clone(),
             heartbeat_interval: config.heartbeat_interval,
             register_retries: config.register_retries,
             register_retry_wait: config.register_retry_wait,
@@ -183,6 +185,7 @@ pub fn run(
         events,
         waiting: BTreeMap::new(),
         fences: BTreeMap::new(),
+        key,
     };
     for (run, end) in ended_meanwhile {
         compute.report_end(run, end);
@@ -228,8 +231,12 @@ pub fn run(
             *ids = compute.steps.runs();
         }
     }
-    tracing::info!("compute daemon shutting down; its jobs keep running under their supervisors");
     shutdown.store(true, Ordering::Relaxed);
+    if compute.config.leave_on_stop {
+        compute.leave_cluster();
+    } else {
+        tracing::info!("compute daemon shutting down; its jobs keep running under their supervisors");
+    }
     let idle = compute.steps.runs().is_empty();
     // The launcher goes, and its idle supervisors with it, each leaving its own cgroups; a node
     // with no job left leaves nothing behind.
@@ -311,6 +318,31 @@ impl Compute {
                 }
                 Ok(NodeResponse::Ack(Ack {}))
             }
+        }
+    }
+
+    /// Tells the head this node is leaving for good, and stops its jobs (the head has ended them).
+    fn leave_cluster(&mut self) {
+        let sealed =
+            cm_auth::Credentials::Sealed { key: self.key.clone(), recipient: cm_auth::credentials::HEAD.into() };
+        let node = self.config.node_id.clone();
+        let policy = RetryPolicy::new(Duration::from_secs(2), 1);
+        let left = cm_transport::Requester::new(&self.config.head_address, policy, node.as_str(), sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|mut requester| {
+                let request = HeadRequest::Compute(ComputeRequest::LeaveCluster(LeaveCluster { node }));
+                match requester.call::<HeadRequest, ComputeResponse>(&request) {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(refusal)) => Err(refusal.message),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+        match left {
+            Ok(()) => tracing::info!("left the cluster; stopping this node's jobs"),
+            Err(e) => tracing::warn!(error = %e, "could not tell the head this node leaves; stopping its jobs"),
+        }
+        for run in self.steps.runs() {
+            self.steps.stop(run.job);
         }
     }
 

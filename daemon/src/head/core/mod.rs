@@ -337,6 +337,10 @@ impl HeadCore {
         match request {
             ComputeRequest::RegisterNode(req) => speaks_for(&req.node).and_then(|()| self.register(req, now)),
             ComputeRequest::Heartbeat(req) => speaks_for(&req.node).and_then(|()| self.heartbeat(req, now)),
+            ComputeRequest::LeaveCluster(req) => speaks_for(&req.node).and_then(|()| {
+                self.leave(&req.node, now).map_err(unavailable)?;
+                Ok(ComputeResponse::Ack(Ack {}))
+            }),
             ComputeRequest::ReportJobs(ReportJobs { reports }) => {
                 for report in &reports {
                     match report {
@@ -572,6 +576,29 @@ impl HeadCore {
                 tracing::error!(node = %id, error = %e, "cannot mark a node down");
             }
         }
+    }
+
+    /// A node that leaves for good: its jobs end as lost there (and are requeued where they
+    /// allow it), and the node is forgotten, so that it is not listed Down for ever.
+    fn leave(&mut self, id: &NodeId, now: Timestamp) -> Result<(), StoreError> {
+        let Some(node) = self.nodes.get(id) else { return Ok(()) };
+        tracing::info!(node = %id, "node left the cluster");
+        let runs: Vec<JobRun> = node.allocations.iter().map(|a| self.current_run(a.job)).collect();
+        for run in runs {
+            let end = NodeEnd {
+                ended_at: now,
+                cause: NodeEndCause::Lost { reason: format!("node {id} left the cluster") },
+                replicas: vec![],
+                usage: None,
+            };
+            self.record_node_end(run, id, end, None, now)?;
+        }
+        // The jobs' ends are durable before the node they name is gone.
+        self.sync()?;
+        self.store.remove_node(id)?;
+        self.nodes.remove(id);
+        self.wants_schedule = true;
+        Ok(())
     }
 
     fn mark_down(&mut self, id: &NodeId, now: Timestamp) -> Result<(), StoreError> {

@@ -7,7 +7,9 @@ use crate::store::embedded::EmbeddedStore;
 use crate::testing::{JobBuilder, NodeBuilder};
 use cm_common::job::{ExitStatus, JobFilter, ReplicaExit};
 use cm_common::node::NodeStatus;
-use cm_common::protocol::{AdministerNode, JobChange, NodeAction, NodeAdministered, ReportFence, UpdateJob};
+use cm_common::protocol::{
+    AdministerNode, JobChange, LeaveCluster, NodeAction, NodeAdministered, ReportFence, UpdateJob,
+};
 use cm_common::Resources;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,6 +36,7 @@ fn from_node(core: &mut HeadCore, request: ComputeRequest, now: Timestamp) -> Re
     let node = match &request {
         ComputeRequest::RegisterNode(r) => r.node.clone(),
         ComputeRequest::Heartbeat(h) => h.node.clone(),
+        ComputeRequest::LeaveCluster(l) => l.node.clone(),
         ComputeRequest::ReportJobs(r) => match r.reports.first() {
             Some(JobReport::Start(s)) => s.node.clone(),
             Some(JobReport::End(e)) => e.node.clone(),
@@ -1205,4 +1208,43 @@ fn an_aborted_mpi_rank_fails_the_job_and_stops_its_other_nodes() {
         JobState::Failed { reason, .. } => assert_eq!(reason, "rank 3 called MPI_Abort (error code 2), on b"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_node_that_leaves_is_forgotten_and_its_jobs_end_or_go_back_to_the_queue() {
+    let mut f = Fixture::new(&["a", "b", "c"]);
+    let plain = f.submit_ok(JobBuilder::new(0).nodes(2), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    let nodes: Vec<String> = f.core.job(plain).expect("job").nodes.iter().map(|n| n.node.to_string()).collect();
+    let requeued = f.submit_ok(JobBuilder::new(0).requeue(), "t2");
+    f.core.schedule_if_needed(Timestamp(12));
+    f.take_sent();
+    let leaving = f.core.job(requeued).expect("job").nodes[0].node.clone();
+
+    let leave = |f: &mut Fixture, node: &NodeId| {
+        let request = ComputeRequest::LeaveCluster(LeaveCluster { node: node.clone() });
+        from_node(&mut f.core, request, Timestamp(30)).expect("left");
+    };
+    let first = NodeId::new(&nodes[0]);
+    leave(&mut f, &first);
+    assert!(f.core.node(&first).is_none(), "forgotten, not Down");
+    assert!(matches!(f.state(plain), JobState::Running { .. }), "until its other node has stopped it");
+    assert!(f.take_sent().contains(&pair(&nodes[1], &format!("free {plain}"))));
+    f.end(plain, &nodes[1], &[(1, 143)], NodeEndCause::Killed);
+    assert!(matches!(f.state(plain), JobState::NodeFail { ref reason, .. } if reason.contains("left the cluster")));
+    if leaving != first {
+        leave(&mut f, &leaving);
+    }
+    assert_eq!(f.state(requeued), JobState::Pending, "a --requeue job waits for another node");
+    // A node that left and comes back registers afresh.
+    let register = RegisterNode {
+        node: first.clone(),
+        address: NodeBuilder::new(first.as_str()).build().address,
+        capacity: Resources::new(2, 512),
+        only_uid: None,
+        running: vec![],
+        containment: String::new(),
+    };
+    from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(40)).expect("back");
+    assert!(f.core.node(&first).is_some_and(|n| n.is_up()));
 }
