@@ -7,6 +7,24 @@ for user in alice bob; do
         mkdir -p "/home/$user" && chown "$user:$user" "/home/$user" && chmod 750 "/home/$user"
     fi
 done
+if [ "${CM_ROLE:-}" = compute ] && [ -z "${CM_NODE_ID:-}" ]; then
+    # compute-N, N from the container's name (PROJECT_compute_N, or PROJECT-compute-N with
+    # compose v2), which Docker's DNS gives for the container's address: the same name across
+    # restarts and re-creations, where the host name (the container id) is not.
+    ip="$(hostname -i | cut -d' ' -f1)"
+    for _ in 1 2 3 4 5; do
+        n="$(dig +short -x "$ip" @127.0.0.11 | sed -n 's/^.*[_-]compute[_-]\([0-9][0-9]*\)\..*$/\1/p' | head -1)"
+        [ -n "$n" ] && break
+        sleep 0.2
+    done
+    CM_NODE_ID="${n:+compute-$n}"
+    CM_NODE_ID="${CM_NODE_ID:-$(hostname)}"
+    export CM_NODE_ID
+fi
+if [ "${CM_ROLE:-}" = compute ]; then
+    # For the healthcheck, which runs apart from this shell.
+    mkdir -p /run/cm && echo "$CM_NODE_ID" > /run/cm/node-id
+fi
 if [ "${CM_ROLE:-}" = compute ] && [ -z "${CM_ADVERTISE:-}" ]; then
     # Container names are not resolvable by other containers: the head reaches us by address.
     CM_ADVERTISE="$(hostname -i | cut -d' ' -f1):${CM_COMPUTE_PORT:-5002}"

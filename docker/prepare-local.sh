@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares every image the simulated cluster needs on a machine with a Docker engine but no
 # image registry, from Debian's packages, PyPI and this repository:
-#   cm-base:bookworm-mpich Debian bookworm with MUNGE, MPICH and a C compiler, from
-#                          debootstrap, imported into Docker (built once)
+#   cm-base:bookworm-HASH  Debian bookworm with MUNGE, MPICH, a compiler and a class's tools,
+#                          from debootstrap, imported into Docker (built once per package list)
 #   cm-secantusdb:local    a MongoDB-compatible database (SecantusDB) on that base (built once)
 #   cm-node:latest         the cm node image around binaries built on this host (rebuilt each run)
 # Usage: docker/prepare-local.sh [BIN_DIR]
@@ -11,8 +11,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-base=cm-base:bookworm-mpich
+# What the nodes carry besides cm: MUNGE (each node runs munged, so users' tools anywhere prove
+# who runs them), MPICH and a compiler (users build and run MPI programs; cm serves PMI), what a
+# class writes and runs programs with, and dig, with which a container finds its name. automake
+# is named because debootstrap cannot pick it among libmpich-dev's alternatives.
+packages=munge,mpich,libmpich-dev,gcc,libc6-dev,automake,make,python3,procps,nano,less,man-db,bind9-dnsutils
+# The tag names the package list, so a changed list makes a new base.
+base="cm-base:bookworm-$(printf '%s' "$packages" | sha256sum | cut -c1-8)"
 if ! docker image inspect "$base" >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "prepare-local.sh builds the base image with debootstrap, which needs root: run it with sudo" >&2
+        exit 1
+    fi
     command -v debootstrap >/dev/null || {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
     }
@@ -20,14 +30,10 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     # The image's / (mktemp makes it 0700): package scripts that run as other users cross it.
     chmod 755 "$rootfs"
     trap 'rm -rf "$rootfs"' EXIT
-    echo "building $base with debootstrap (a few minutes)..."
-    # MUNGE: each node runs munged, so that users' tools anywhere in the cluster prove who runs them.
-    # MPICH and gcc: users build and run MPI programs (mpicc, then cmrun; cm serves PMI itself).
-    # automake is named because debootstrap cannot pick it for libltdl-dev's alternatives.
-    debootstrap --variant=minbase --include=munge,mpich,libmpich-dev,gcc,libc6-dev,automake bookworm "$rootfs" \
-        http://deb.debian.org/debian >/dev/null
-    # Runtime only: no documentation, manuals, translations or package lists.
-    rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+    echo "building $base with debootstrap (a few minutes, once)..."
+    debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    # No documentation besides manual pages, no translations, no package lists.
+    rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/info/* \
         "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
 fi

@@ -88,6 +88,7 @@ pub fn scheduling_pass(pending: usize, nodes: usize, passes: usize) -> anyhow::R
         limits: JobLimits::default(),
         scheduling: SchedulingSettings::default(),
         partitions: partitions(),
+        workdirs: Default::default(),
     };
     let now = Timestamp::now();
     let me = Node::new(NodeId::new("head"), Role::Head, String::new(), Resources::new(1, 1024), now);

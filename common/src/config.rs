@@ -177,8 +177,46 @@ pub struct Config {
     pub scheduling: SchedulingSettings,
     /// Named groups of nodes with limits of their own ([`Partition`]); a node may be in several.
     pub partitions: Vec<Partition>,
+    /// Which working directories every node shares, and what happens to a job in another.
+    pub workdirs: WorkdirSettings,
 }
 
+/// Directories every node sees at the same path with the same contents (shared homes, a cluster
+/// file system). A job whose working directory is under none of them runs, on each node, in a
+/// directory of that node's own, and its output stays there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkdirSettings {
+    /// Absolute paths; empty: no check.
+    pub shared: Vec<PathBuf>,
+    /// What the head does with a job whose working directory is not under `shared`.
+    pub unshared: Unshared,
+}
+
+/// See [`WorkdirSettings::unshared`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unshared {
+    /// Take the job, and tell the submitter where its output will be.
+    #[default]
+    Warn,
+    /// Refuse the job, saying which directories are shared.
+    Refuse,
+}
+
+impl WorkdirSettings {
+    /// Why `workdir` is a concern, if it is: it is not under any shared directory.
+    pub fn concern(&self, workdir: &str) -> Option<String> {
+        if self.shared.is_empty() || self.shared.iter().any(|dir| std::path::Path::new(workdir).starts_with(dir)) {
+            return None;
+        }
+        let shared: Vec<String> = self.shared.iter().map(|d| d.display().to_string()).collect();
+        Some(format!(
+            "{workdir} is not in a directory the nodes share ({}): the job runs in each node's own {workdir}, and its output stays on the nodes",
+            shared.join(", ")
+        ))
+    }
+}
 /// How the head orders and places pending jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -343,6 +381,7 @@ impl Default for Config {
             cgroups: CgroupSettings::default(),
             scheduling: SchedulingSettings::default(),
             partitions: vec![Partition::everything()],
+            workdirs: WorkdirSettings::default(),
         }
     }
 }
@@ -401,6 +440,9 @@ impl Config {
         }
         self.limits.validate(self.max_message_size)?;
         crate::partition::validate(&self.partitions)?;
+        if let Some(dir) = self.workdirs.shared.iter().find(|d| !d.is_absolute()) {
+            return Err(format!("workdirs.shared must hold absolute paths, not {}", dir.display()));
+        }
         if self.scheduling.max_age > Duration::from_secs(365 * 86_400) {
             return Err("scheduling.max_age must be at most a year".into());
         }

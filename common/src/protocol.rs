@@ -293,6 +293,9 @@ pub struct JobReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobAccepted {
     pub id: JobId,
+    /// Something the submitter should know (the working directory is not shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The node as it is after the order; `None` once removed.
@@ -551,7 +554,7 @@ mod tests {
             running: vec![JobRun { job: JobId(1), run: 0 }, JobRun { job: JobId(2), run: 3 }],
         })));
         round_trip(NodeRequest::FreeResources(FreeResources { job: JobId(9), run: 1 }));
-        let ok: Reply<ClientResponse> = Ok(ClientResponse::JobAccepted(JobAccepted { id: JobId(12) }));
+        let ok: Reply<ClientResponse> = Ok(ClientResponse::JobAccepted(JobAccepted { id: JobId(12), warning: None }));
         round_trip(ok);
         let err: Reply<NodeResponse> = Err(ErrorReply::new(ErrorCode::NotFound, "no such job"));
         round_trip(err);

@@ -100,6 +100,7 @@ pub struct HeadConfig {
     pub limits: cm_common::config::JobLimits,
     pub scheduling: cm_common::config::SchedulingSettings,
     pub partitions: Vec<cm_common::partition::Partition>,
+    pub workdirs: cm_common::config::WorkdirSettings,
     pub state_dir: PathBuf,
     /// MongoDB URI; `None` means the embedded store.
     pub store: Option<String>,
@@ -198,6 +199,7 @@ impl Settings {
             limits: config.limits.clone(),
             scheduling: config.scheduling.clone(),
             partitions: config.partitions.clone(),
+            workdirs: config.workdirs.clone(),
             state_dir: state_dir.clone(),
             store: args.store.clone().or_else(|| config.store.clone()),
             store_timeout: config.store_timeout,

@@ -122,7 +122,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
     let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let spec = build_spec(&request, &client.config.defaults, current_user(), workdir, env).map_err(|e| anyhow!(e))?;
     let id = match client.call(ClientRequest::AssignJobId(AssignJobId { spec, token: submit_token() }))? {
-        ClientResponse::JobAccepted(accepted) => accepted.id,
+        ClientResponse::JobAccepted(accepted) => {
+            if let Some(warning) = accepted.warning {
+                eprintln!("cmrun: warning: {warning}");
+            }
+            accepted.id
+        }
         _ => bail!("unexpected reply from the head (another cm release?)"),
     };
     cm_cli::outln!("{id}");

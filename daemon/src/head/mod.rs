@@ -121,6 +121,7 @@ pub fn run(
         limits: config.limits.clone(),
         scheduling: config.scheduling.clone(),
         partitions: config.partitions.clone(),
+        workdirs: config.workdirs.clone(),
     };
     let mut core = HeadCore::open(store, Box::new(comm), me_node, settings, now)?;
 

@@ -125,7 +125,8 @@ impl HeadCore {
 
     fn submit(&mut self, uid: u32, req: AssignJobId, now: Timestamp) -> Reply<ClientResponse> {
         if let Some(id) = self.tokens.get(&req.token) {
-            return Ok(ClientResponse::JobAccepted(JobAccepted { id })); // a retry of a submit we already took
+            // A retry of a submit we already took.
+            return Ok(ClientResponse::JobAccepted(JobAccepted { id, warning: None }));
         }
         let mut spec = req.spec;
         spec.validate().map_err(invalid)?;
@@ -141,13 +142,17 @@ impl HeadCore {
         self.check_queue_has_room(spec.user.uid)?;
         let partition = self.admit_to_partition(uid, &mut spec)?;
         self.check_cluster_can_fit(&spec, partition)?;
+        let warning = self.settings.workdirs.concern(&spec.workdir);
+        if let (Some(concern), Unshared::Refuse) = (&warning, self.settings.workdirs.unshared) {
+            return Err(invalid(format!("{concern}; submit from a shared directory")));
+        }
         let id = JobId(self.last_job_id.0 + 1);
         let job = Job::new(id, spec, now, req.token);
         self.commit_now(vec![job], vec![]).map_err(unavailable)?;
         self.last_job_id = id;
         self.wants_schedule = true;
         tracing::info!(job = %id, "job submitted");
-        Ok(ClientResponse::JobAccepted(JobAccepted { id }))
+        Ok(ClientResponse::JobAccepted(JobAccepted { id, warning }))
     }
 
     /// Refuses a job beyond the queue's limits: all users' pending and running jobs together, and

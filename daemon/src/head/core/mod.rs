@@ -28,7 +28,7 @@ use super::user_names::UserNames;
 use crate::scheduler::{self, NodeView};
 use crate::store::{Store, StoreError};
 use cm_auth::Identity;
-use cm_common::config::{JobLimits, SchedulingSettings};
+use cm_common::config::{JobLimits, SchedulingSettings, Unshared, WorkdirSettings};
 use cm_common::job::{Job, JobFilter, JobNode, JobRun, JobSpec, JobState, NodeEnd, NodeEndCause};
 use cm_common::node::{Allocation, Node, NodeHealth, Role};
 use cm_common::partition::{Partition, Rules};
@@ -54,6 +54,8 @@ pub struct HeadSettings {
     pub scheduling: SchedulingSettings,
     /// At least one (`config::validate` sees to it).
     pub partitions: Vec<Partition>,
+    /// Which working directories the nodes share.
+    pub workdirs: WorkdirSettings,
 }
 
 /// The head's state and decisions.

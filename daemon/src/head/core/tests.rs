@@ -28,6 +28,7 @@ fn settings() -> HeadSettings {
         limits: JobLimits::default(),
         scheduling: SchedulingSettings::default(),
         partitions: vec![Partition::everything()],
+        workdirs: Default::default(),
     }
 }
 
@@ -1247,4 +1248,41 @@ fn a_node_that_leaves_is_forgotten_and_its_jobs_end_or_go_back_to_the_queue() {
     };
     from_node(&mut f.core, ComputeRequest::RegisterNode(register), Timestamp(40)).expect("back");
     assert!(f.core.node(&first).is_some_and(|n| n.is_up()));
+}
+
+#[test]
+fn a_job_outside_the_shared_directories_is_taken_with_a_warning_or_refused() {
+    let mut s = settings();
+    s.workdirs.shared = vec!["/home".into()];
+    let mut f = Fixture::with(s.clone(), &["a"]);
+    let submit = |f: &mut Fixture, workdir: &str, token: &str| {
+        let mut spec = JobBuilder::new(0).uid(ALICE).spec();
+        spec.workdir = workdir.into();
+        f.core.handle_client(
+            ALICE,
+            ClientRequest::AssignJobId(AssignJobId { spec, token: token.into() }),
+            Timestamp(10),
+        )
+    };
+    match submit(&mut f, "/home/alice/run", "t1") {
+        Ok(ClientResponse::JobAccepted(accepted)) => assert_eq!(accepted.warning, None),
+        other => panic!("{other:?}"),
+    }
+    match submit(&mut f, "/tmp", "t2") {
+        Ok(ClientResponse::JobAccepted(accepted)) => assert_eq!(
+            accepted.warning.as_deref(),
+            Some("/tmp is not in a directory the nodes share (/home): the job runs in each node's own /tmp, and its output stays on the nodes")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Not fooled by a name that only begins like a shared directory.
+    let Ok(ClientResponse::JobAccepted(accepted)) = submit(&mut f, "/homework", "t3") else { panic!("taken") };
+    assert!(accepted.warning.is_some());
+
+    s.workdirs.unshared = Unshared::Refuse;
+    let mut f = Fixture::with(s, &["a"]);
+    let refused = submit(&mut f, "/tmp", "t1").expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::Invalid);
+    assert!(refused.message.ends_with("; submit from a shared directory"), "{}", refused.message);
+    assert!(submit(&mut f, "/home/alice", "t2").is_ok());
 }
