@@ -2,6 +2,8 @@
 # One command from a fresh clone to a running simulated cluster: a database, a head node and N
 # compute nodes (default 4) sharing /home, as docker-compose.yml describes.
 #   sudo docker/up.sh [N]
+# CM_BIN_DIR: use the cm binaries there instead of building them; COMPOSE_PROJECT_NAME: as for
+# docker-compose.
 # It builds what is missing and remembers its choices in .env, so that later docker-compose
 # commands (up, restart, --scale, down) need nothing more:
 #   - with cargo on this machine, the node image around binaries built here, and the base and
@@ -28,9 +30,12 @@ else
 fi
 
 if command -v cargo >/dev/null 2>&1; then
-    say "compiling cm (cargo build --release; minutes the first time)..."
-    cargo build --release --bins --quiet
-    bin_dir="${CARGO_TARGET_DIR:-target}/release"
+    bin_dir="${CM_BIN_DIR:-}"
+    if [ -z "$bin_dir" ]; then
+        say "compiling cm (cargo build --release; minutes the first time)..."
+        cargo build --release --bins --quiet
+        bin_dir="${CARGO_TARGET_DIR:-target}/release"
+    fi
     docker/prepare-local.sh "$bin_dir" | while IFS= read -r line; do say "$line"; done
     mongo_image=cm-secantusdb:local
 elif timeout 60 docker pull -q mongo:7 >/dev/null 2>&1; then

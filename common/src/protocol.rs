@@ -175,7 +175,33 @@ pub enum ClientRequest {
     AdministerNode(AdministerNode),
     /// A change to a pending job (`cmctl update job`); answered with the job as it is after.
     UpdateJob(UpdateJob),
+    /// A fault, on purpose, for teaching and testing (`cmctl fault`): root and `operators` only.
+    InjectFault(InjectFault),
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InjectFault {
+    pub fault: Fault,
+}
+
+/// A fault an operator injects, to watch the cluster detect it and recover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Fault {
+    /// The node's daemon exits at once, as in a crash: no goodbye, its jobs keep running under
+    /// their supervisors until whatever restarts daemons brings it back.
+    Crash { node: NodeId },
+    /// The node's daemon stops, as if hung, for `seconds`: no heartbeats, no answers. Its jobs
+    /// keep running.
+    Freeze { node: NodeId, seconds: u32 },
+    /// The node is cut off from the head for `seconds`: its daemon runs and its jobs too, but
+    /// nothing passes between it and the head.
+    Isolate { node: NodeId, seconds: u32 },
+    /// One rank of a running job is killed (SIGKILL), as if it crashed.
+    KillRank { job: JobId, rank: u64 },
+}
+
+/// The longest freeze or isolation.
+pub const MAX_FAULT_SECONDS: u32 = 3600;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FetchNodes {}
@@ -266,6 +292,7 @@ pub enum ClientResponse {
     JobAccepted(JobAccepted),
     JobKilled(JobKilled),
     NodeAdministered(NodeAdministered),
+    FaultInjected(FaultInjected),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -296,6 +323,12 @@ pub struct JobAccepted {
     /// Something the submitter should know (the working directory is not shared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+}
+
+/// Where a fault was injected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultInjected {
+    pub node: NodeId,
 }
 
 /// The node as it is after the order; `None` once removed.
@@ -465,6 +498,8 @@ pub enum NodeRequest {
     FreeResources(FreeResources),
     /// Every node of an MPI job has reached a fence: here is what all of them put.
     FenceDone(FenceDone),
+    /// An operator's fault, to act out on this node (`cmctl fault`).
+    InjectFault(Fault),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

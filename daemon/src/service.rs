@@ -153,6 +153,12 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
         Ok(None)
     }
 
+    /// Leaves the request [`Inbox::next`] handed out last unanswered, as a node cut off from the
+    /// network would: the sender's deadline runs out.
+    pub fn forget(&mut self) {
+        self.owes_reply = None;
+    }
+
     /// Answers the request [`Inbox::next`] handed out last.
     pub fn reply<T: serde::Serialize>(&mut self, reply: &Reply<T>) {
         self.reply_body(&body_bytes(reply));

@@ -1,5 +1,6 @@
-//! The docker-compose simulated cluster on a real Docker engine: images prepared locally
-//! (docker/prepare-local.sh, around the binaries of this build), 1 head + 4 computes + database.
+//! The docker-compose simulated cluster on a real Docker engine, started as a newcomer starts it
+//! (docker/up.sh: images prepared locally around the binaries of this build), 1 head + 4
+//! computes + database.
 //! Skips, saying why, only where no Docker engine answers.
 
 use serde_json::Value;
@@ -61,6 +62,16 @@ impl Compose {
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
+    /// The container of compute node `node` (compute-N): PROJECT_compute_N, or PROJECT-compute-N
+    /// with compose v2.
+    fn container(&self, node: &str) -> String {
+        let n = node.strip_prefix("compute-").expect("a compute-N node");
+        [format!("{}_compute_{n}", self.project), format!("{}-compute-{n}", self.project)]
+            .into_iter()
+            .find(|name| run(Command::new("docker").args(["inspect", name])).status.success())
+            .unwrap_or_else(|| panic!("no container for {node}"))
+    }
+
     fn wait(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Compose) -> bool) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -86,6 +97,20 @@ fn home(user: &str) -> String {
     } else {
         format!("/home/{user}")
     }
+}
+
+/// The compute nodes' names, sorted.
+fn compute_names(compose: &Compose) -> Vec<String> {
+    let info = compose.info().expect("cminfo");
+    let mut names: Vec<String> = info["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["role"] == "Compute")
+        .map(|n| n["id"].as_str().expect("id").to_string())
+        .collect();
+    names.sort();
+    names
 }
 
 fn computes(info: &Value, status: &str) -> usize {
@@ -122,20 +147,22 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
     }
     let program = compose_program().expect("a Docker engine without docker-compose: install docker-compose");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_cmd")).parent().expect("bin dir");
-    let started = Instant::now();
-    let prepare = run(Command::new(repo_root().join("docker/prepare-local.sh")).arg(bin_dir));
-    assert!(prepare.status.success(), "prepare-local.sh failed:\n{}", text(&prepare));
-    eprintln!("images prepared in {:?}", started.elapsed());
-
     let compose = Compose {
         program,
         project: format!("cmtest{}", std::process::id()),
         mongo_image: std::env::var("CM_MONGO_IMAGE").unwrap_or_else(|_| "cm-secantusdb:local".into()),
     };
-    compose.ok(&["up", "-d", "--scale", "compute=4"]);
-    compose
-        .wait("4 idle compute nodes", Duration::from_secs(180), |c| c.info().is_some_and(|i| computes(&i, "Up") == 4));
-    eprintln!("cluster up in {:?}", started.elapsed());
+    // The one command a newcomer runs (with this build's binaries rather than a release build).
+    let started = Instant::now();
+    let up = run(Command::new(repo_root().join("docker/up.sh"))
+        .arg("4")
+        .env("CM_BIN_DIR", bin_dir)
+        .env("COMPOSE_PROJECT_NAME", &compose.project));
+    assert!(up.status.success(), "docker/up.sh failed:\n{}", text(&up));
+    eprintln!("docker/up.sh: 4 compute nodes up in {:?}:\n{}", started.elapsed(), text(&up));
+    let env = std::fs::read_to_string(repo_root().join(".env")).expect(".env");
+    assert_eq!(env, "CM_MONGO_IMAGE=cm-secantusdb:local\n", "later docker-compose commands need nothing more");
+    assert_eq!(compute_names(&compose), ["compute-1", "compute-2", "compute-3", "compute-4"]);
     let info = compose.info().expect("cminfo");
     for node in info["nodes"].as_array().expect("nodes").iter().filter(|n| n["role"] == "Compute") {
         // Capacity comes from the container's limits (cpus: 2, mem_limit: 512m), not the host's.
@@ -153,6 +180,10 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
         "for t in cmrun cminfo cmkill cmacct cmctl; do grep -q \"^.TH $t 1\" /usr/local/share/man/man1/$t.1 && grep -q \"complete.*$t\" /usr/share/bash-completion/completions/$t || exit 1; done",
     );
     assert!(out.status.success(), "man pages or completions missing: {}", text(&out));
+    // And what a class writes and runs programs with.
+    let out =
+        compose.head("alice", "for t in gcc make mpicc python3 ps nano less man; do command -v $t || exit 1; done");
+    assert!(out.status.success(), "a tool is missing from the image: {}", text(&out));
     // A tool on a compute node (here, inside alice's job) reaches the head over TCP, vouched for
     // by MUNGE: each container runs munged with the key made at first start.
     let out = compose
@@ -253,32 +284,55 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
             if is_launcher $pid && ! is_launcher $parent; then targets="$targets $pid"; fi
         done
         for pid in $targets; do kill -9 $pid && echo killed $pid; done"#;
-    let out = run(Command::new("docker").args(["exec", &node, "sh", "-c", kill_launcher]));
+    let out = run(Command::new("docker").args(["exec", &compose.container(&node), "sh", "-c", kill_launcher]));
     assert!(text(&out).contains("killed"), "no launcher killed on {node}: {}", text(&out));
     compose
         .wait("the orphaned job to end", Duration::from_secs(60), |c| c.job(orphaned)["state"]["status"] != "Running");
     let ended = compose.job(orphaned);
     assert_eq!(ended["state"]["status"], "Completed", "{ended}");
     let zombies = "for s in /proc/[0-9]*/status; do grep -q '^State:.*Z' $s 2>/dev/null && head -1 $s; done; true";
-    let out = run(Command::new("docker").args(["exec", &node, "sh", "-c", zombies]));
+    let out = run(Command::new("docker").args(["exec", &compose.container(&node), "sh", "-c", zombies]));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "zombies left on {node}");
 
-    // Stop one compute container: cminfo still answers promptly, and the node goes Down.
-    let ids = compose.ok(&["ps", "-q", "compute"]);
-    let victim = ids.lines().next().expect("a compute container").trim().to_string();
-    let out = run(Command::new("docker").args(["stop", "-t", "1", &victim]));
+    // A compute container dies (SIGKILL: no goodbye): cminfo still answers promptly, and the node
+    // goes Down, as a crashed host does; started again, it comes back under its own name.
+    let victim = compose.container("compute-1");
+    let out = run(Command::new("docker").args(["kill", &victim]));
     assert!(out.status.success(), "{}", text(&out));
     let asked = Instant::now();
     let out = compose.head("root", "cminfo");
     assert!(out.status.success(), "{}", text(&out));
-    eprintln!("cminfo with a compute stopped answered in {:?}", asked.elapsed());
+    eprintln!("cminfo with a compute dead answered in {:?}", asked.elapsed());
     assert!(asked.elapsed() < Duration::from_secs(5), "cminfo took {:?}", asked.elapsed());
-    compose.wait("the stopped node to be Down", Duration::from_secs(60), |c| {
+    let killed = Instant::now();
+    compose.wait("the dead node to be Down", Duration::from_secs(60), |c| {
         c.info().is_some_and(|i| computes(&i, "Down") == 1)
     });
+    eprintln!("a dead node was Down after {:?}", killed.elapsed());
     // The cluster still runs jobs on the other three.
     let out = compose.head("alice", "cmrun --wait -n 3 true");
     assert!(out.status.success(), "{}", text(&out));
+    let out = run(Command::new("docker").args(["start", &victim]));
+    assert!(out.status.success(), "{}", text(&out));
+    compose.wait("the node to come back", Duration::from_secs(60), |c| {
+        c.info().is_some_and(|i| computes(&i, "Up") == 4 && computes(&i, "Down") == 0)
+    });
+    assert_eq!(compute_names(&compose), ["compute-1", "compute-2", "compute-3", "compute-4"]);
+
+    // Scaling up adds compute-5 and compute-6; scaling down again removes them, leaving no
+    // Down ghosts (the containers stopped on purpose leave the cluster).
+    compose.ok(&["up", "-d", "--scale", "compute=6"]);
+    compose.wait("6 compute nodes", Duration::from_secs(120), |c| c.info().is_some_and(|i| computes(&i, "Up") == 6));
+    compose.ok(&["up", "-d", "--scale", "compute=4"]);
+    compose.wait("4 compute nodes and no other", Duration::from_secs(120), |c| {
+        c.info().is_some_and(|i| computes(&i, "Up") == 4 && computes(&i, "Down") == 0)
+    });
+    assert_eq!(compute_names(&compose), ["compute-1", "compute-2", "compute-3", "compute-4"]);
+
+    // A job submitted from a directory the nodes do not share is taken, with a warning.
+    let out = compose.head("root", "cd /root && cmrun true");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("warning: /root is not in a directory the nodes share (/home)"), "{}", text(&out));
     eprintln!("docker test done in {:?}", started.elapsed());
 }

@@ -117,7 +117,7 @@ impl Daemon {
     }
 
     /// The exit status if the process has ended.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 

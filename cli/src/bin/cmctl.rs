@@ -1,5 +1,5 @@
-//! `cmctl`: operators' orders about nodes, changes to pending jobs, and one node, job or
-//! partition in full, in the manner of SLURM's `scontrol`.
+//! `cmctl`: operators' orders about nodes, changes to pending jobs, one node, job or partition
+//! in full, in the manner of SLURM's `scontrol`, and faults injected on purpose.
 #![cfg_attr(not(test), no_main)]
 
 use anyhow::bail;
@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::output;
 use cm_common::protocol::{
-    AdministerNode, ClientRequest, ClientResponse, FetchNodes, GetJob, JobChange, NodeAction, NodeAdministered,
-    UpdateJob,
+    AdministerNode, ClientRequest, ClientResponse, Fault, FetchNodes, GetJob, InjectFault, JobChange, NodeAction,
+    NodeAdministered, UpdateJob,
 };
 use cm_common::{JobId, NodeId};
 
@@ -17,7 +17,8 @@ const EXAMPLES: &str = "Examples:
   cmctl resume c3
   cmctl update job 42 priority=0       hold job 42 (priority=auto releases it)
   cmctl update job 42 nice=100         lower its priority (owners may, too)
-  cmctl show partition";
+  cmctl show partition
+  cmctl fault freeze c2 30             c2 stops answering for 30 s: watch it go Down in cminfo";
 
 /// Drain, resume or remove compute nodes (root and the operators), change a pending job's
 /// priority, or show a node, a job or a partition.
@@ -54,6 +55,25 @@ enum Command {
         #[command(subcommand)]
         what: Show,
     },
+    /// Inject a fault on purpose, to watch the cluster detect it and recover (root and the
+    /// operators): a crash, a hang or a network cut of a node's daemon, or a rank dying.
+    Fault {
+        #[command(subcommand)]
+        fault: FaultArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FaultArg {
+    /// NODE's daemon exits at once, as in a crash (its jobs keep running under their
+    /// supervisors until the daemon is restarted, by systemd or the container's restart policy).
+    Crash { node: String },
+    /// NODE's daemon stops for SECONDS, as if hung: no heartbeats, no answers; its jobs run on.
+    Freeze { node: String, seconds: u32 },
+    /// NODE is cut off from the head for SECONDS: its daemon and jobs run, nothing passes.
+    Isolate { node: String, seconds: u32 },
+    /// Rank RANK of job JOB is killed (SIGKILL), as if it crashed.
+    KillRank { job: JobId, rank: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +136,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Drain { node, reason } => administer(&mut client, NodeId::new(node), NodeAction::Drain { reason }),
         Command::Resume { node } => administer(&mut client, NodeId::new(node), NodeAction::Resume),
         Command::Remove { node } => administer(&mut client, NodeId::new(node), NodeAction::Remove),
+        Command::Fault { fault } => {
+            let fault = match fault {
+                FaultArg::Crash { node } => Fault::Crash { node: NodeId::new(node) },
+                FaultArg::Freeze { node, seconds } => Fault::Freeze { node: NodeId::new(node), seconds },
+                FaultArg::Isolate { node, seconds } => Fault::Isolate { node: NodeId::new(node), seconds },
+                FaultArg::KillRank { job, rank } => Fault::KillRank { job, rank },
+            };
+            let ClientResponse::FaultInjected(done) = client.call(ClientRequest::InjectFault(InjectFault { fault }))?
+            else {
+                bail!("unexpected reply from the head");
+            };
+            cm_cli::outln!("fault sent to {}", output::shown(done.node.as_str()));
+            Ok(())
+        }
         Command::Show { what: Show::Job { id } } => {
             let ClientResponse::Job(reply) = client.call(ClientRequest::GetJob(GetJob { id }))? else {
                 bail!("unexpected reply from the head");

@@ -36,6 +36,8 @@ pub struct LinkConfig {
     pub register_retries: u32,
     pub register_retry_wait: Duration,
     pub policy: RetryPolicy,
+    /// While active, nothing is sent (`cmctl fault isolate`); reports wait.
+    pub isolation: super::faults::Isolation,
 }
 
 /// The most reports one request carries.
@@ -89,6 +91,10 @@ impl HeadLink {
                 }
                 if link.shutdown.load(Ordering::Relaxed) {
                     return;
+                }
+                if link.config.isolation.active() {
+                    next_heartbeat = Instant::now() + link.config.isolation.left().min(link.config.heartbeat_interval);
+                    continue;
                 }
                 // Ends free resources on the head and fences hold MPI jobs: neither waits.
                 let urgent = link.queue.iter().any(|r| matches!(r, JobReport::End(_) | JobReport::Fence(_)));

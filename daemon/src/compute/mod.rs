@@ -9,6 +9,7 @@
 //! are reported, across a restart of this daemon.
 
 pub mod accounts;
+pub mod faults;
 pub mod head_link;
 pub mod launcher;
 pub mod pmi_relay;
@@ -87,6 +88,10 @@ struct Compute {
     fences: BTreeMap<(JobRun, u32), PendingFence>,
     /// The cluster key, for the request that says goodbye.
     key: Arc<ClusterKey>,
+    /// A fault an operator asked for, acted out once its order is answered.
+    fault_due: Option<Fault>,
+    /// Cut off from the head until then (`cmctl fault isolate`).
+    isolation: faults::Isolation,
 }
 
 /// How this node contains its jobs: in cgroups where the host allows and the configuration does
@@ -156,6 +161,7 @@ pub fn run(
     }
     // Registration tells the head what still runs here.
     let running = Arc::new(Mutex::new(steps.runs()));
+    let isolation = faults::Isolation::default();
     let link = HeadLink::spawn(
         LinkConfig {
             head_address: config.head_address.clone(),
@@ -169,6 +175,7 @@ pub fn run(
             register_retries: config.register_retries,
             register_retry_wait: config.register_retry_wait,
             policy: RetryPolicy::new(config.request_timeout, config.request_retries),
+            isolation: isolation.clone(),
         },
         running.clone(),
         events.clone(),
@@ -186,6 +193,8 @@ pub fn run(
         waiting: BTreeMap::new(),
         fences: BTreeMap::new(),
         key,
+        fault_due: None,
+        isolation,
     };
     for (run, end) in ended_meanwhile {
         compute.report_end(run, end);
@@ -195,10 +204,12 @@ pub fn run(
     let mut next_poll = Instant::now() + compute.config.status_interval;
     while !shutdown.load(Ordering::Relaxed) {
         match inbox.next(next_poll.saturating_duration_since(Instant::now()).min(MAX_WAIT)) {
+            Ok(Some(Next::Request(_))) if compute.isolation.active() => inbox.forget(),
             Ok(Some(Next::Request(request))) => {
                 // Only the cluster's daemons get here: the node's gate takes nothing else.
                 let reply = compute.handle(request.body);
                 inbox.reply(&reply);
+                compute.act_out_fault();
             }
             Ok(Some(Next::Event(Event::StepEnded(run)))) => compute.step_ended(run),
             Ok(Some(Next::Event(Event::EndAcked(run)))) => compute.steps.acknowledged(run),
@@ -306,6 +317,19 @@ impl Compute {
                 }
                 Ok(NodeResponse::Ack(Ack {}))
             }
+            NodeRequest::InjectFault(fault) => {
+                if let Fault::KillRank { job, rank } = fault {
+                    let supervisor = self
+                        .steps
+                        .supervisor(job)
+                        .ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, format!("job {job} does not run here")))?;
+                    faults::kill_rank(supervisor, job, rank).map_err(|e| ErrorReply::new(ErrorCode::NotFound, e))?;
+                    tracing::warn!(%job, rank, "killed a rank on an operator's order (cmctl fault)");
+                } else {
+                    self.fault_due = Some(fault);
+                }
+                Ok(NodeResponse::Ack(Ack {}))
+            }
             NodeRequest::FenceDone(done) => {
                 let run = JobRun { job: done.job, run: done.run };
                 if let Some(pending) = self.fences.remove(&(run, done.epoch)) {
@@ -318,6 +342,27 @@ impl Compute {
                 }
                 Ok(NodeResponse::Ack(Ack {}))
             }
+        }
+    }
+
+    /// Acts out the fault an operator asked for, now that the order is answered.
+    fn act_out_fault(&mut self) {
+        match self.fault_due.take() {
+            Some(Fault::Crash { .. }) => {
+                tracing::error!("crashing on an operator's order (cmctl fault crash)");
+                std::process::exit(1);
+            }
+            Some(Fault::Freeze { seconds, .. }) => {
+                tracing::warn!(seconds, "freezing on an operator's order (cmctl fault freeze)");
+                if let Err(e) = faults::freeze(seconds) {
+                    tracing::error!(error = %e, "cannot freeze");
+                }
+            }
+            Some(Fault::Isolate { seconds, .. }) => {
+                tracing::warn!(seconds, "cut off from the head on an operator's order (cmctl fault isolate)");
+                self.isolation.begin(seconds);
+            }
+            Some(Fault::KillRank { .. }) | None => {}
         }
     }
 

@@ -137,6 +137,11 @@ impl Steps {
         self.steps.get(&run.job).is_some_and(|s| s.run == run.run) || self.ended_set.contains(&run)
     }
 
+    /// The supervisor of `id`'s run here, if it runs and its supervisor is known.
+    pub fn supervisor(&self, id: JobId) -> Option<i32> {
+        self.steps.get(&id).and_then(|s| s.pid)
+    }
+
     /// The run of `id` running here, if any.
     pub fn run_of(&self, id: JobId) -> Option<u32> {
         self.steps.get(&id).map(|s| s.run)

@@ -90,6 +90,7 @@ impl HeadCore {
             ClientRequest::KillJob(KillJob { id }) => self.kill(uid, id, now),
             ClientRequest::AdministerNode(req) => self.administer(uid, req, now),
             ClientRequest::UpdateJob(req) => self.update_job(uid, req, now),
+            ClientRequest::InjectFault(req) => self.inject_fault(uid, req),
         }
     }
 

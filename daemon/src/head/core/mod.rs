@@ -10,11 +10,12 @@
 //! Resources: a job's reservation on a node (an `Allocation`) is released only when that node
 //! reports the job's end there, or the node is lost, so a killed job's CPUs are not handed out
 //! while its processes are still dying. The users' requests, and who may make them, are in
-//! [`clients`], operators' orders about nodes in [`admin`], MPI fences across nodes in [`fences`];
-//! the tests in `tests.rs`.
+//! [`clients`], operators' orders about nodes in [`admin`], faults injected on purpose in
+//! [`faults`], MPI fences across nodes in [`fences`]; the tests in `tests.rs`.
 
 mod admin;
 mod clients;
+mod faults;
 mod fences;
 mod queued;
 mod reasons;

@@ -8,7 +8,7 @@ use crate::testing::{JobBuilder, NodeBuilder};
 use cm_common::job::{ExitStatus, JobFilter, ReplicaExit};
 use cm_common::node::NodeStatus;
 use cm_common::protocol::{
-    AdministerNode, JobChange, LeaveCluster, NodeAction, NodeAdministered, ReportFence, UpdateJob,
+    AdministerNode, Fault, InjectFault, JobChange, LeaveCluster, NodeAction, NodeAdministered, ReportFence, UpdateJob,
 };
 use cm_common::Resources;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1285,4 +1285,31 @@ fn a_job_outside_the_shared_directories_is_taken_with_a_warning_or_refused() {
     assert_eq!(refused.code, ErrorCode::Invalid);
     assert!(refused.message.ends_with("; submit from a shared directory"), "{}", refused.message);
     assert!(submit(&mut f, "/home/alice", "t2").is_ok());
+}
+
+#[test]
+fn only_operators_inject_faults_and_a_rank_goes_to_the_node_that_runs_it() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let id = f.submit_ok(JobBuilder::new(0).nodes(2).procs(2), "t1");
+    f.core.schedule_if_needed(Timestamp(11));
+    f.take_sent();
+    let inject = |f: &mut Fixture, uid: u32, fault: Fault| {
+        f.core.handle_client(uid, ClientRequest::InjectFault(InjectFault { fault }), Timestamp(20))
+    };
+    let refused = inject(&mut f, ALICE, Fault::Crash { node: NodeId::new("a") }).expect_err("alice is no operator");
+    assert_eq!(refused.code, ErrorCode::PermissionDenied);
+    assert!(f.take_sent().is_empty());
+    let second = f.core.job(id).expect("job").nodes[1].node.clone();
+    match inject(&mut f, 0, Fault::KillRank { job: id, rank: 3 }) {
+        Ok(ClientResponse::FaultInjected(done)) => {
+            assert_eq!(done.node, second, "ranks 2 and 3 are on the second node")
+        }
+        other => panic!("{other:?}"),
+    }
+    let sent = f.take_sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, second.to_string());
+    assert!(sent[0].1.contains("KillRank"), "{sent:?}");
+    let out_of_range = inject(&mut f, 0, Fault::KillRank { job: id, rank: 4 }).expect_err("4 ranks");
+    assert_eq!(out_of_range.message, format!("job {id} has ranks 0 to 3"));
 }
