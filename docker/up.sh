@@ -2,8 +2,9 @@
 # One command from a fresh clone to a running simulated cluster: a database, a head node and N
 # compute nodes (default 4) sharing /home, as docker-compose.yml describes.
 #   sudo docker/up.sh [N]
-# CM_BIN_DIR: use the cm binaries there instead of building them; COMPOSE_PROJECT_NAME: as for
-# docker-compose.
+# CM_BIN_DIR: use the cm binaries there instead of building them; CM_COMPOSE: the compose
+# command (default: `docker compose` where installed, else `docker-compose`);
+# COMPOSE_PROJECT_NAME: as for docker-compose.
 # It builds what is missing and remembers its choices in .env, so that later docker-compose
 # commands (up, restart, --scale, down) need nothing more:
 #   - with cargo on this machine, the node image around binaries built here, and the base and
@@ -21,7 +22,9 @@ say() { printf '[%3d s] %s\n' "$SECONDS" "$*"; }
 fail() { printf '[%3d s] %s\n' "$SECONDS" "$*" >&2; exit 1; }
 
 docker info >/dev/null 2>&1 || fail "no Docker engine answers 'docker info' (is it running, and may you use it?)"
-if docker compose version >/dev/null 2>&1; then
+if [ -n "${CM_COMPOSE:-}" ]; then
+    read -r -a compose <<< "$CM_COMPOSE"
+elif docker compose version >/dev/null 2>&1; then
     compose=(docker compose)
 elif docker-compose version >/dev/null 2>&1; then
     compose=(docker-compose)

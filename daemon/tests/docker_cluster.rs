@@ -129,14 +129,21 @@ fn computes(info: &Value, status: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// `docker compose` (v2) where it exists, else Debian's `docker-compose` 1.29.
-fn compose_program() -> Option<Vec<String>> {
-    let v2 = Command::new("docker").args(["compose", "version"]).output();
-    if v2.is_ok_and(|o| o.status.success()) {
-        return Some(vec!["docker".into(), "compose".into()]);
+/// The compose implementations installed: `docker compose` (the Go one, v2 and later, a CLI
+/// plugin) and Debian's `docker-compose` 1.29. Under CI both must be (`.ci/run` installs them).
+fn compose_programs() -> Vec<Vec<String>> {
+    let works = |program: &[&str]| {
+        Command::new(program[0]).args(&program[1..]).arg("version").output().is_ok_and(|o| o.status.success())
+    };
+    let programs: Vec<Vec<String>> = [&["docker", "compose"][..], &["docker-compose"][..]]
+        .into_iter()
+        .filter(|program| works(program))
+        .map(|program| program.iter().map(|word| word.to_string()).collect())
+        .collect();
+    if std::env::var_os("CI").is_some() {
+        assert_eq!(programs.len(), 2, "CI must have both docker compose and docker-compose (.ci/run installs them)");
     }
-    let v1 = Command::new("docker-compose").arg("version").output();
-    v1.is_ok_and(|o| o.status.success()).then(|| vec!["docker-compose".into()])
+    programs
 }
 
 #[test]
@@ -145,17 +152,27 @@ fn the_compose_cluster_runs_a_users_job_across_containers_and_survives_a_lost_no
         eprintln!("SKIPPED: no Docker engine answers `docker info`");
         return;
     }
-    let program = compose_program().expect("a Docker engine without docker-compose: install docker-compose");
+    let programs = compose_programs();
+    assert!(!programs.is_empty(), "a Docker engine without docker-compose: install docker-compose");
+    for program in programs {
+        eprintln!("with {}", program.join(" "));
+        scenario(program);
+    }
+}
+
+fn scenario(program: Vec<String>) {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_cmd")).parent().expect("bin dir");
+    let kind = if program.len() == 2 { "v2" } else { "v1" };
     let compose = Compose {
         program,
-        project: format!("cmtest{}", std::process::id()),
+        project: format!("cmtest{}{kind}", std::process::id()),
         mongo_image: std::env::var("CM_MONGO_IMAGE").unwrap_or_else(|_| "cm-secantusdb:local".into()),
     };
     // The one command a newcomer runs (with this build's binaries rather than a release build).
     let started = Instant::now();
     let up = run(Command::new(repo_root().join("docker/up.sh"))
         .arg("4")
+        .env("CM_COMPOSE", compose.program.join(" "))
         .env("CM_BIN_DIR", bin_dir)
         .env("COMPOSE_PROJECT_NAME", &compose.project));
     assert!(up.status.success(), "docker/up.sh failed:\n{}", text(&up));
