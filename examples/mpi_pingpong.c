@@ -20,9 +20,11 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 1;
     }
+    static const int sizes[] = {1, 64, 4096, 262144, 4194304};
     char *buffer = calloc(1 << 22, 1);
-    for (int bytes = 1; bytes <= (1 << 22); bytes *= 64) {
-        int rounds = bytes < 4096 ? 1000 : 20;
+    for (int s = 0; s < 5; s++) {
+        int bytes = sizes[s];
+        int rounds = bytes < 4096 ? 100 : 10;
         MPI_Barrier(MPI_COMM_WORLD);
         double start = MPI_Wtime();
         for (int i = 0; i < rounds; i++) {

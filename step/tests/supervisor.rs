@@ -107,7 +107,7 @@ fn a_replica_gets_the_job_environment_its_cm_variables_null_stdin_default_sigpip
     assert_eq!(
         lines[1],
         "CM_CPUS CM_JOB_ID CM_JOB_NAME CM_LOCAL_RANK CM_NNODES CM_NODELIST CM_NODENAME CM_NODE_RANK CM_NPROCS \
-         CM_NPROCS_PER_NODE CM_PROC_RANK CM_RESTART_COUNT CM_SUBMIT_DIR GREETING PATH PWD "
+         CM_NPROCS_PER_NODE CM_PROC_RANK CM_RESTART_COUNT CM_SUBMIT_DIR GREETING PATH PMI_FD PMI_RANK PMI_SIZE PWD "
     );
 }
 
