@@ -60,4 +60,4 @@ strip docker/bin/* 2>/dev/null || true
 echo "building cm-node:latest..."
 docker build -q --build-arg BASE_IMAGE="$base" -t cm-node:latest -f docker/Dockerfile.prebuilt . >/dev/null
 rm -rf docker/bin
-echo "ready: CM_MONGO_IMAGE=cm-secantusdb:local docker-compose up -d --scale compute=4"
+echo "images ready (docker/up.sh starts the cluster with them)"

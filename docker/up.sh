@@ -39,7 +39,9 @@ if command -v cargo >/dev/null 2>&1; then
         cargo build --release --bins --quiet
         bin_dir="${CARGO_TARGET_DIR:-target}/release"
     fi
-    docker/prepare-local.sh "$bin_dir" | while IFS= read -r line; do say "$line"; done
+    # Progress lines, without the Docker engine's notice that its legacy builder is deprecated.
+    docker/prepare-local.sh "$bin_dir" 2>&1 | grep --line-buffered -v -e DEPRECATED -e buildx -e '^ *$' \
+        | while IFS= read -r line; do say "$line"; done
     mongo_image=cm-secantusdb:local
 elif timeout 60 docker pull -q mongo:7 >/dev/null 2>&1; then
     say "no cargo here: building the node image from source (docker/Dockerfile; about 10 minutes)..."
@@ -54,7 +56,9 @@ printf 'CM_MONGO_IMAGE=%s\n' "$mongo_image" > .env
 say "wrote .env (CM_MONGO_IMAGE=$mongo_image)"
 
 say "starting the database, the head and $nodes compute nodes..."
-"${compose[@]}" up -d --scale compute="$nodes" 2>&1 | grep -v -e '^Creating' -e '^Starting' -e 'is up-to-date' || true
+log="$(mktemp)"
+"${compose[@]}" up -d --scale compute="$nodes" > "$log" 2>&1 || { cat "$log" >&2; fail "${compose[*]} up failed"; }
+rm -f "$log"
 up=0
 for _ in $(seq 1 120); do
     up="$("${compose[@]}" exec -T head sh -c 'cminfo --json | python3 -c "import json, sys

@@ -265,7 +265,10 @@ fn scenario(program: Vec<String>) {
     for node in info["nodes"].as_array().expect("nodes").iter().filter(|n| n["role"] == "Compute") {
         assert!(node["containment"].as_str().is_some_and(|c| c.starts_with("cgroup v")), "{node}");
     }
-    let out = compose.head("alice", r#"cmrun --wait --mem-per-node 32 "perl -e '\$x = q(x) x (128 << 20)'""#);
+    let out = compose.head(
+        "alice",
+        "cmrun --wait --mem-per-node 32 python3 /usr/local/share/doc/cm/examples/out_of_memory.py",
+    );
     assert_eq!(out.status.code(), Some(137), "{}", text(&out));
     assert!(text(&out).contains("OutOfMemory"), "{}", text(&out));
     let hog: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
@@ -336,6 +339,23 @@ fn scenario(program: Vec<String>) {
         c.info().is_some_and(|i| computes(&i, "Up") == 4 && computes(&i, "Down") == 0)
     });
     assert_eq!(compute_names(&compose), ["compute-1", "compute-2", "compute-3", "compute-4"]);
+
+    // Faults injected on purpose, as a class would (docs/teaching.md): a hung daemon and a
+    // crashed one are noticed and come back, the crashed one by its container's restart policy.
+    for (fault, node) in [("freeze compute-2 8", "compute-2"), ("crash compute-3", "compute-3")] {
+        let injected = Instant::now();
+        let out = compose.head("root", &format!("cmctl fault {fault}"));
+        assert!(out.status.success(), "{}", text(&out));
+        let health = |c: &Compose| {
+            let info = c.info().unwrap_or_default();
+            let nodes = info["nodes"].as_array().cloned().unwrap_or_default();
+            nodes.iter().find(|n| n["id"] == node).map(|n| n["health"]["health"].to_string()).unwrap_or_default()
+        };
+        compose.wait(&format!("{node} to be Down"), Duration::from_secs(60), |c| health(c) == "\"Down\"");
+        let down = injected.elapsed();
+        compose.wait(&format!("{node} to be Up again"), Duration::from_secs(90), |c| health(c) == "\"Up\"");
+        eprintln!("cmctl fault {fault}: Down after {down:?}, Up again after {:?}", injected.elapsed());
+    }
 
     // Scaling up adds compute-5 and compute-6; scaling down again removes them, leaving no
     // Down ghosts (the containers stopped on purpose leave the cluster).
