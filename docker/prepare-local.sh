@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares every image the simulated cluster needs on a machine with a Docker engine but no
 # image registry, from Debian's packages, PyPI and this repository:
-#   cm-base:bookworm-HASH  Debian bookworm with MUNGE, MPICH, a compiler and a class's tools,
+#   cm-base:trixie-HASH    Debian trixie with MUNGE, MPICH, a compiler and a class's tools,
 #                          from debootstrap, imported into Docker (built once per package list)
 #   cm-secantusdb:local    a MongoDB-compatible database (SecantusDB) on that base (built once)
 #   cm-node:latest         the cm node image around binaries built on this host (rebuilt each run)
@@ -14,10 +14,12 @@ cd "$(dirname "$0")/.."
 # What the nodes carry besides cm: MUNGE (each node runs munged, so users' tools anywhere prove
 # who runs them), MPICH and a compiler (users build and run MPI programs; cm serves PMI), what a
 # class writes and runs programs with, and dig, with which a container finds its name. automake
-# is named because debootstrap cannot pick it among libmpich-dev's alternatives.
+# is named because debootstrap cannot pick it among libmpich-dev's alternatives. Trixie, not
+# bookworm: bookworm's MPICH 4.0 can hang in MPI_Finalize across hosts (its UCX teardown waits on
+# peers already blocked in the last PMI barrier; MPICH removed that barrier in 4.1), trixie's is 4.2.
 packages=munge,mpich,libmpich-dev,gcc,libc6-dev,automake,make,python3,procps,nano,less,man-db,bind9-dnsutils
 # The tag names the package list, so a changed list makes a new base.
-base="cm-base:bookworm-$(printf '%s' "$packages" | sha256sum | cut -c1-8)"
+base="cm-base:trixie-$(printf '%s' "$packages" | sha256sum | cut -c1-8)"
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     if [ "$(id -u)" != 0 ]; then
         echo "prepare-local.sh builds the base image with debootstrap, which needs root: run it with sudo" >&2
@@ -31,7 +33,7 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     chmod 755 "$rootfs"
     trap 'rm -rf "$rootfs"' EXIT
     echo "building $base with debootstrap (a few minutes, once)..."
-    debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    debootstrap --variant=minbase --include="$packages" trixie "$rootfs" http://deb.debian.org/debian >/dev/null
     # No documentation besides manual pages, no translations, no package lists.
     rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/info/* \
         "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*
@@ -40,9 +42,15 @@ fi
 
 if ! docker image inspect cm-secantusdb:local >/dev/null 2>&1; then
     echo "building cm-secantusdb:local..."
-    # Wheels come from the host's pip (the image's Python is bookworm's 3.11, as here).
+    # Wheels come from the host's pip, for the base image's Python.
+    python="$(docker run --rm "$base" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     rm -rf docker/wheels && mkdir -p docker/wheels
-    python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir docker/wheels "SecantusDB==0.7.0b3"
+    platforms=()
+    for p in manylinux2014 manylinux_2_17 manylinux_2_24 manylinux_2_27 manylinux_2_28; do
+        platforms+=(--platform "${p}_x86_64")
+    done
+    python3 -m pip download --quiet --disable-pip-version-check --dest docker/wheels --only-binary=:all: \
+        --python-version "$python" "${platforms[@]}" "SecantusDB==0.7.0b3"
     docker build -q --build-arg BASE_IMAGE="$base" -t cm-secantusdb:local -f docker/Dockerfile.secantusdb docker >/dev/null
     rm -rf docker/wheels
 fi
