@@ -265,13 +265,14 @@ fn scenario(program: Vec<String>) {
     for node in info["nodes"].as_array().expect("nodes").iter().filter(|n| n["role"] == "Compute") {
         assert!(node["containment"].as_str().is_some_and(|c| c.starts_with("cgroup v")), "{node}");
     }
-    let out = compose.head(
-        "alice",
-        "cmrun --wait --mem-per-node 32 python3 /usr/local/share/doc/cm/examples/out_of_memory.py",
-    );
+    let out = compose
+        .head("alice", "cmrun --wait --mem-per-node 32 python3 /usr/local/share/doc/cm/examples/out_of_memory.py");
     assert_eq!(out.status.code(), Some(137), "{}", text(&out));
     assert!(text(&out).contains("OutOfMemory"), "{}", text(&out));
-    let hog: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
+    // The job id, then what the job wrote as it went.
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let hog: u64 = stdout.lines().next().and_then(|l| l.trim().parse().ok()).expect("job id");
+    assert!(stdout.contains("holding 16 MB"), "{stdout}");
     let peak = compose.job(hog)["nodes"][0]["end"]["usage"]["peak_memory_bytes"].as_u64().expect("peak");
     assert!(peak <= 34 << 20, "peak {peak} over a 32 MB limit");
 
@@ -340,21 +341,37 @@ fn scenario(program: Vec<String>) {
     });
     assert_eq!(compute_names(&compose), ["compute-1", "compute-2", "compute-3", "compute-4"]);
 
-    // Faults injected on purpose, as a class would (docs/teaching.md): a hung daemon and a
-    // crashed one are noticed and come back, the crashed one by its container's restart policy.
-    for (fault, node) in [("freeze compute-2 8", "compute-2"), ("crash compute-3", "compute-3")] {
+    // Faults injected on purpose, as a class would (docs/teaching.md), each while a job spans
+    // every node. A hung daemon is noticed (the freeze outlasts heartbeat_timeout, 10 s, with room
+    // for the last heartbeat's age), its job ends NodeFail, and the node comes back. A crashed one
+    // is restarted by its container's restart policy, faster than the head notices the silence:
+    // it registers again without the job, which ends NodeFail too.
+    let health = |c: &Compose, node: &str| {
+        let info = c.info().unwrap_or_default();
+        let nodes = info["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.iter().find(|n| n["id"] == node).map(|n| n["health"]["health"].to_string()).unwrap_or_default()
+    };
+    for (fault, node) in [("freeze compute-2 20", "compute-2"), ("crash compute-3", "compute-3")] {
+        let out = compose.head("alice", "cmrun -n 4 sleep 300");
+        assert!(out.status.success(), "{}", text(&out));
+        let spanning: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("job id");
+        compose.wait("the job to run", Duration::from_secs(30), |c| c.job(spanning)["state"]["status"] == "Running");
         let injected = Instant::now();
         let out = compose.head("root", &format!("cmctl fault {fault}"));
         assert!(out.status.success(), "{}", text(&out));
-        let health = |c: &Compose| {
-            let info = c.info().unwrap_or_default();
-            let nodes = info["nodes"].as_array().cloned().unwrap_or_default();
-            nodes.iter().find(|n| n["id"] == node).map(|n| n["health"]["health"].to_string()).unwrap_or_default()
-        };
-        compose.wait(&format!("{node} to be Down"), Duration::from_secs(60), |c| health(c) == "\"Down\"");
-        let down = injected.elapsed();
-        compose.wait(&format!("{node} to be Up again"), Duration::from_secs(90), |c| health(c) == "\"Up\"");
-        eprintln!("cmctl fault {fault}: Down after {down:?}, Up again after {:?}", injected.elapsed());
+        compose.wait(&format!("job {spanning} to end NodeFail"), Duration::from_secs(60), |c| {
+            c.job(spanning)["state"]["status"] == "NodeFail"
+        });
+        let failed = injected.elapsed();
+        compose.wait(&format!("{node} to be Up"), Duration::from_secs(90), |c| {
+            health(c, node) == "\"Up\"" && c.info().is_some_and(|i| computes(&i, "Up") == 4)
+        });
+        let reason = compose.job(spanning)["state"]["reason"].to_string();
+        assert!(reason.contains(node), "{reason}");
+        eprintln!(
+            "cmctl fault {fault}: the job NodeFail after {failed:?} ({reason}), every node Up after {:?}",
+            injected.elapsed()
+        );
     }
 
     // Scaling up adds compute-5 and compute-6; scaling down again removes them, leaving no
