@@ -131,11 +131,19 @@ pub fn final_state(job: &Job, now: Timestamp) -> JobState {
             NodeEndCause::Lost { reason } => {
                 return JobState::NodeFail { started_at, ended_at, reason: format!("lost on {node}: {reason}") }
             }
-            NodeEndCause::Aborted { reason } => {
-                return JobState::Failed { started_at, ended_at, reason: format!("{reason}, on {node}") }
-            }
             _ => {}
         }
+    }
+    // The first abort is the cause: the ranks of an MPI job abort in turn when a peer has gone.
+    let first_abort = ends
+        .iter()
+        .filter_map(|(node, e)| match &e.cause {
+            NodeEndCause::Aborted { reason } => Some((e.ended_at, node, reason)),
+            _ => None,
+        })
+        .min_by_key(|(at, _, _)| *at);
+    if let Some((_, node, reason)) = first_abort {
+        return JobState::Failed { started_at, ended_at, reason: format!("{reason}, on {node}") };
     }
     if ends.iter().any(|(_, e)| e.cause == NodeEndCause::TimedOut) {
         return JobState::TimedOut { started_at, ended_at };

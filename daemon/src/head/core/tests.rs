@@ -1204,7 +1204,17 @@ fn an_aborted_mpi_rank_fails_the_job_and_stops_its_other_nodes() {
     let reason = "rank 3 called MPI_Abort (error code 2)".to_string();
     f.end(id, "b", &[(2, 143), (3, 143)], NodeEndCause::Aborted { reason });
     assert_eq!(f.take_sent(), vec![pair("a", &format!("free {id}"))]);
-    f.end(id, "a", &[(0, 143), (1, 143)], NodeEndCause::Killed);
+    // Node a's ranks abort in turn, later, once their peer has gone: the first abort is the cause.
+    let end = NodeEnd {
+        ended_at: Timestamp(60),
+        cause: NodeEndCause::Aborted { reason: "rank 1 called MPI_Abort (error code 607768079)".into() },
+        replicas: vec![],
+        usage: None,
+    };
+    let reports = ReportJobs {
+        reports: vec![JobReport::End(ReportJobEnd { node: NodeId::new("a"), job: id, run: 0, end, started_at: None })],
+    };
+    from_node(&mut f.core, ComputeRequest::ReportJobs(reports), Timestamp(60)).expect("report");
     match f.state(id) {
         JobState::Failed { reason, .. } => assert_eq!(reason, "rank 3 called MPI_Abort (error code 2), on b"),
         other => panic!("{other:?}"),
