@@ -595,15 +595,7 @@ impl HeadCore {
         let Some(node) = self.nodes.get(id) else { return Ok(()) };
         tracing::info!(node = %id, "node left the cluster");
         let runs: Vec<JobRun> = node.allocations.iter().map(|a| self.current_run(a.job)).collect();
-        for run in runs {
-            let end = NodeEnd {
-                ended_at: now,
-                cause: NodeEndCause::Lost { reason: format!("node {id} left the cluster") },
-                replicas: vec![],
-                usage: None,
-            };
-            self.record_node_end(run, id, end, None, now)?;
-        }
+        self.lose_runs(id, runs, format!("node {id} left the cluster"), now)?;
         // The jobs' ends are durable before the node they name is gone.
         self.sync()?;
         self.store.remove_node(id)?;
@@ -619,10 +611,15 @@ impl HeadCore {
         let runs: Vec<JobRun> = node.allocations.iter().map(|a| self.current_run(a.job)).collect();
         node.health = NodeHealth::Down { since: now, reason: reason.clone() };
         self.commit(vec![], vec![node])?;
+        self.lose_runs(id, runs, format!("node {id} went down ({reason})"), now)
+    }
+
+    /// Ends `runs` on node `id` as lost there, for `reason`.
+    fn lose_runs(&mut self, id: &NodeId, runs: Vec<JobRun>, reason: String, now: Timestamp) -> Result<(), StoreError> {
         for run in runs {
             let end = NodeEnd {
                 ended_at: now,
-                cause: NodeEndCause::Lost { reason: format!("node {id} went down ({reason})") },
+                cause: NodeEndCause::Lost { reason: reason.clone() },
                 replicas: vec![],
                 usage: None,
             };
