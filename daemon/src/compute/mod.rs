@@ -54,7 +54,7 @@ const FENCE_REPEAT: Duration = Duration::from_secs(3);
 /// A fence reported to the head, waiting for its answer.
 struct PendingFence {
     report: ReportFence,
-    answer: std::sync::mpsc::Sender<cm_step::pmi::relay::FenceOut>,
+    answer: std::sync::mpsc::Sender<FenceOut>,
     reported_at: Instant,
 }
 
