@@ -52,6 +52,9 @@ fn job(cpus: u32, nodes: u32, minutes: u64, partition: &str) -> JobSpec {
         nice: 0,
         priority: None,
         mpi: Default::default(),
+        array: None,
+        dependency: Vec::new(),
+        hold: false,
     }
 }
 

@@ -127,7 +127,7 @@ pub fn value(job: &Job, name: &str, now: Timestamp) -> String {
     let spec = &job.spec;
     let usage = job.usage();
     match name {
-        "JobID" => job.id.to_string(),
+        "JobID" => job.display_id(),
         "JobName" => shown(&spec.name),
         "User" => shown(&spec.user.name),
         "State" => job.state.name().to_string(),

@@ -48,7 +48,7 @@ impl Follower {
         for (node_rank, node) in job.nodes.iter().enumerate() {
             for local in 0..per_node {
                 let rank = node_rank as u64 * per_node + local;
-                let (out, err) = job.spec.output_paths(job.id, &node.node, rank);
+                let (out, err) = job.output_paths(&node.node, rank);
                 for (path, stderr) in [(out, false), (err, true)] {
                     // A file that several ranks share (a pattern without %r) is shown once.
                     if path.starts_with("/dev") || self.files.iter().any(|f| f.path == path) {

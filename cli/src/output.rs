@@ -209,7 +209,7 @@ pub fn jobs_table(jobs: &[Job], left_out: u64) -> String {
         add_row(
             &mut t,
             vec![
-                job.id.to_string(),
+                job.display_id(),
                 job.spec.name.clone(),
                 job.spec.user.name.clone(),
                 job.spec.partition.clone(),
@@ -267,7 +267,7 @@ fn output_files(job: &Job) -> (String, String) {
         spec.stdout.as_deref().unwrap_or(cm_common::job::DEFAULT_STDOUT),
         spec.stderr.as_deref().unwrap_or(cm_common::job::DEFAULT_STDERR),
     ];
-    let first = job.nodes.first().map(|n| spec.output_paths(job.id, &n.node, 0));
+    let first = job.nodes.first().map(|n| job.output_paths(&n.node, 0));
     let describe = |i: usize, pattern: &str| {
         let whole = std::path::Path::new(&spec.workdir).join(pattern.replace("%j", &job.id.to_string()));
         match &first {
@@ -291,6 +291,19 @@ pub fn job_detail(job: &Job) -> String {
     t.load_preset(presets::NOTHING);
     let mut row = |k: &str, v: String| add_row(&mut t, vec![k.to_string(), v]);
     row("Job", job.id.to_string());
+    if let Some(task) = &job.array {
+        let array = spec.array.as_ref().map(ToString::to_string).unwrap_or_default();
+        row("Array", format!("{task} of array {} ({array})", task.array));
+    }
+    if !job.dependency.is_empty() {
+        row("Waits for", cm_common::dependency::show(&job.dependency));
+    }
+    if !spec.dependency.is_empty() {
+        row("Dependency", cm_common::dependency::show(&spec.dependency));
+    }
+    if spec.hold {
+        row("Held", "by its owner (cmctl release releases it)".to_string());
+    }
     row("Name", spec.name.clone());
     row("User", format!("{} (uid {})", spec.user.name, spec.user.uid));
     row("Status", job.state.name().to_string());
@@ -314,7 +327,7 @@ pub fn job_detail(job: &Job) -> String {
         row("Changed", format!("{} by {} (uid {}): {}", update.at, update.by, update.by_uid, update.change));
     }
     match spec.priority {
-        Some(0) => row("Priority set", "0: held by an operator".to_string()),
+        Some(0) => row("Priority set", "0: held by an operator (cmctl release)".to_string()),
         Some(fixed) => row("Priority set", format!("{fixed}, by an operator")),
         None if spec.nice != 0 => row("Nice", spec.nice.to_string()),
         None => {}

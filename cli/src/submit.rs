@@ -1,6 +1,8 @@
 //! Building a job from `cmrun`'s arguments and the calling process (user, directory, environment).
 
+use cm_common::array::ArraySpec;
 use cm_common::config::JobDefaults;
+use cm_common::dependency;
 use cm_common::job::{default_job_name, JobSpec, Mpi, UserIdentity};
 use cm_common::timelimit::parse_time_limit;
 use cm_common::Resources;
@@ -24,8 +26,17 @@ pub struct Request {
     /// A fixed priority (operators only).
     pub priority: Option<u32>,
     pub mpi: Mpi,
+    /// `--array` as given: tasks and throttle.
+    pub array: Option<String>,
+    /// `--dependency` as given.
+    pub dependency: Option<String>,
+    pub hold: bool,
     pub command: Vec<String>,
 }
+
+/// The most tasks an `--array` may spell out here; the head's `limits.max_array_tasks` is the
+/// limit that counts.
+const MAX_TASKS_PARSED: u64 = 4_000_001;
 
 /// One word is passed to `sh -c` as it is (so pipes and `$VARS` work); several words are quoted
 /// so each reaches the program intact, as if it had been exec'd directly.
@@ -82,6 +93,10 @@ pub fn build_spec(
         nice: request.nice.unwrap_or(0),
         priority: request.priority,
         mpi: request.mpi,
+        // The head checks the count against its own limit; this one only bounds the parse.
+        array: request.array.as_deref().map(|a| ArraySpec::parse(a, MAX_TASKS_PARSED)).transpose()?,
+        dependency: request.dependency.as_deref().map(dependency::parse).transpose()?.unwrap_or_default(),
+        hold: request.hold,
     };
     spec.validate()?;
     Ok(spec)

@@ -227,11 +227,15 @@ pub struct SchedulingSettings {
     /// A pending job gains one priority point per minute it waits, up to this age.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// End a job whose dependency can never be met (state DependencyNeverSatisfied), as
+    /// SLURM's `kill_invalid_depend`; off (the default, as SLURM's): it waits, with that reason,
+    /// until its owner cancels it.
+    pub kill_invalid_depend: bool,
 }
 
 impl Default for SchedulingSettings {
     fn default() -> Self {
-        SchedulingSettings { backfill: true, max_age: Duration::from_secs(7 * 86_400) }
+        SchedulingSettings { backfill: true, max_age: Duration::from_secs(7 * 86_400), kill_invalid_depend: false }
     }
 }
 
@@ -272,6 +276,15 @@ pub struct JobLimits {
     pub max_jobs: usize,
     /// Pending and running jobs of one user (root included).
     pub max_jobs_per_user: usize,
+    /// Tasks of one array (`cmrun --array`); each counts as a job toward `max_jobs`.
+    pub max_array_tasks: usize,
+    /// How long a finished job stays in the head's memory (SLURM's `MinJobAge`); it stays in the
+    /// store for good.
+    #[serde(with = "humantime_serde")]
+    pub min_job_age: Duration,
+    /// The most finished jobs the head keeps in memory: past it the oldest leave before
+    /// `min_job_age` (SLURM's `MaxJobCount` bounds them so).
+    pub max_finished_in_memory: usize,
 }
 
 impl JobLimits {
@@ -283,6 +296,7 @@ impl JobLimits {
             ("max_env_bytes", self.max_env_bytes),
             ("max_jobs", self.max_jobs),
             ("max_jobs_per_user", self.max_jobs_per_user),
+            ("max_array_tasks", self.max_array_tasks),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, size)| *size == 0) {
             return Err(format!("limits.{name} must be more than zero"));
@@ -311,6 +325,9 @@ impl Default for JobLimits {
             max_procs_per_cpu: 64,
             max_jobs: 100_000,
             max_jobs_per_user: 20_000,
+            max_array_tasks: 100_000,
+            min_job_age: Duration::from_secs(300),
+            max_finished_in_memory: 10_000,
         }
     }
 }

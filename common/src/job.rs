@@ -4,6 +4,8 @@
 //! `per_node` resources on each. Replicas are numbered by a global rank
 //! (`node_rank * procs_per_node + local_rank`), as MPI and torch.distributed expect.
 
+use crate::array::{ArraySpec, ArrayTask};
+use crate::dependency::Dependency;
 use crate::{JobId, NodeId, Resources, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,6 +71,15 @@ pub struct JobSpec {
     /// How the ranks find each other as one MPI program.
     #[serde(default)]
     pub mpi: Mpi,
+    /// Submitted as an array of tasks (`cmrun --array`), each a job of this spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArraySpec>,
+    /// What must happen before it starts (`cmrun --dependency`), as submitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependency: Vec<Dependency>,
+    /// Held by its owner (`cmrun --hold`, `cmctl hold`) until released (`cmctl release`).
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// How a job's ranks find each other as one MPI program (`cmrun --mpi`).
@@ -125,6 +136,9 @@ impl JobSpec {
             nice: 0,
             priority: None,
             mpi: Mpi::Pmi1,
+            array: None,
+            dependency: Vec::new(),
+            hold: false,
         }
     }
 
@@ -168,6 +182,17 @@ impl JobSpec {
         if let Some(name) = self.env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
             return Err(format!("the environment variable {name} contains a NUL byte"));
         }
+        if let Some(array) = &self.array {
+            array.check()?;
+        }
+        if self.dependency.len() > crate::dependency::MAX_DEPENDENCY_JOBS
+            || self.dependency.iter().map(|d| d.jobs.len()).sum::<usize>() > crate::dependency::MAX_DEPENDENCY_JOBS
+        {
+            return Err(format!(
+                "a job may name at most {} jobs it depends on",
+                crate::dependency::MAX_DEPENDENCY_JOBS
+            ));
+        }
         for pattern in [&self.stdout, &self.stderr].into_iter().flatten() {
             if pattern.is_empty() || pattern.contains('\0') {
                 return Err(format!("the output path {pattern:?} is empty or contains a NUL byte"));
@@ -204,36 +229,6 @@ impl JobSpec {
             Some(message) => Err(message),
             None => Ok(()),
         }
-    }
-
-    /// The stdout and stderr files of the replica with global `rank` on `node`.
-    pub fn output_paths(&self, job: JobId, node: &NodeId, rank: u64) -> (PathBuf, PathBuf) {
-        let expand = |pattern: &str| {
-            let mut out = String::with_capacity(pattern.len() + 16);
-            let mut chars = pattern.chars();
-            while let Some(c) = chars.next() {
-                if c != '%' {
-                    out.push(c);
-                    continue;
-                }
-                match chars.next() {
-                    Some('j') => out.push_str(&job.to_string()),
-                    Some('n') => out.push_str(node.as_str()),
-                    Some('r') => out.push_str(&rank.to_string()),
-                    Some('%') => out.push('%'),
-                    Some(other) => {
-                        out.push('%');
-                        out.push(other);
-                    }
-                    None => out.push('%'),
-                }
-            }
-            Path::new(&self.workdir).join(out)
-        };
-        (
-            expand(self.stdout.as_deref().unwrap_or(DEFAULT_STDOUT)),
-            expand(self.stderr.as_deref().unwrap_or(DEFAULT_STDERR)),
-        )
     }
 }
 
@@ -358,12 +353,24 @@ pub enum JobState {
     NodeFail { started_at: Timestamp, ended_at: Timestamp, reason: String },
     /// The kernel killed a process of the job for going over the job's memory on a node.
     OutOfMemory { started_at: Timestamp, ended_at: Timestamp, reason: String },
+    /// A dependency could never be met, and the head ends such jobs
+    /// (`scheduling.kill_invalid_depend`); it never started.
+    DependencyNeverSatisfied { ended_at: Timestamp, reason: String },
 }
 
 impl JobState {
     /// Every state's name, as [`JobState::name`] gives it.
-    pub const NAMES: [&'static str; 8] =
-        ["Pending", "Running", "Completed", "Failed", "Killed", "TimedOut", "NodeFail", "OutOfMemory"];
+    pub const NAMES: [&'static str; 9] = [
+        "Pending",
+        "Running",
+        "Completed",
+        "Failed",
+        "Killed",
+        "TimedOut",
+        "NodeFail",
+        "OutOfMemory",
+        "DependencyNeverSatisfied",
+    ];
 
     /// The name shown in tables and accepted by filters.
     pub fn name(&self) -> &'static str {
@@ -376,6 +383,7 @@ impl JobState {
             JobState::TimedOut { .. } => "TimedOut",
             JobState::NodeFail { .. } => "NodeFail",
             JobState::OutOfMemory { .. } => "OutOfMemory",
+            JobState::DependencyNeverSatisfied { .. } => "DependencyNeverSatisfied",
         }
     }
 
@@ -384,7 +392,8 @@ impl JobState {
         match self {
             JobState::Failed { reason, .. }
             | JobState::NodeFail { reason, .. }
-            | JobState::OutOfMemory { reason, .. } => Some(reason),
+            | JobState::OutOfMemory { reason, .. }
+            | JobState::DependencyNeverSatisfied { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -395,7 +404,7 @@ impl JobState {
 
     pub fn started_at(&self) -> Option<Timestamp> {
         match self {
-            JobState::Pending => None,
+            JobState::Pending | JobState::DependencyNeverSatisfied { .. } => None,
             JobState::Running { started_at }
             | JobState::Completed { started_at, .. }
             | JobState::Failed { started_at, .. }
@@ -414,7 +423,8 @@ impl JobState {
             | JobState::Killed { ended_at, .. }
             | JobState::TimedOut { ended_at, .. }
             | JobState::NodeFail { ended_at, .. }
-            | JobState::OutOfMemory { ended_at, .. } => Some(*ended_at),
+            | JobState::OutOfMemory { ended_at, .. }
+            | JobState::DependencyNeverSatisfied { ended_at, .. } => Some(*ended_at),
         }
     }
 }
@@ -440,6 +450,9 @@ pub struct JobFilter {
     /// Jobs placed on any of these nodes; empty: anywhere, or nowhere yet.
     #[serde(default)]
     pub nodes: Vec<NodeId>,
+    /// Tasks of these arrays; empty: any job.
+    #[serde(default)]
+    pub arrays: Vec<JobId>,
 }
 
 impl JobFilter {
@@ -450,6 +463,7 @@ impl JobFilter {
             && self.since.is_none_or(|since| job.state.ended_at().is_none_or(|ended| ended >= since))
             && self.until.is_none_or(|until| job.submitted_at < until)
             && (self.nodes.is_empty() || job.nodes.iter().any(|n| self.nodes.contains(&n.node)))
+            && (self.arrays.is_empty() || job.array.as_ref().is_some_and(|a| self.arrays.contains(&a.array)))
     }
 }
 
@@ -481,6 +495,15 @@ pub struct Job {
     /// Why a pending job waits, as the head sees it when it answers a listing; never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<PendingReason>,
+    /// Its place in an array (`cmrun --array`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayTask>,
+    /// Its dependencies not yet met; the head drops each as it is met.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependency: Vec<Dependency>,
+    /// Why one of its dependencies can never be met, once the head has found so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependency_never: Option<String>,
 }
 
 /// How many of a job's [`JobUpdate`]s it keeps.
@@ -528,7 +551,6 @@ impl Job {
     pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp, submit_token: String) -> Self {
         Job {
             id,
-            spec,
             submitted_at,
             state: JobState::Pending,
             nodes: Vec::new(),
@@ -537,6 +559,10 @@ impl Job {
             updates: Vec::new(),
             priority: None,
             pending_reason: None,
+            array: spec_array_record(id, &spec),
+            dependency: spec.dependency.clone(),
+            dependency_never: None,
+            spec,
         }
     }
 
@@ -554,6 +580,8 @@ impl Job {
                 stdout: spec.stdout.clone(),
                 stderr: spec.stderr.clone(),
                 partition: spec.partition.clone(),
+                array: spec.array.clone(),
+                dependency: spec.dependency.clone(),
                 ..*spec
             },
             state: self.state.clone(),
@@ -561,8 +589,58 @@ impl Job {
             submit_token: self.submit_token.clone(),
             updates: self.updates.clone(),
             pending_reason: self.pending_reason.clone(),
+            array: self.array.clone(),
+            dependency: self.dependency.clone(),
+            dependency_never: self.dependency_never.clone(),
             ..*self
         }
+    }
+
+    /// The stdout and stderr files of the replica with global `rank` on `node`: the patterns
+    /// with `%j` the job id, `%n` the node, `%r` the rank, `%A` the array's id (the job id
+    /// outside an array), `%a` the array task's index (nothing outside an array), `%%` a `%`.
+    pub fn output_paths(&self, node: &NodeId, rank: u64) -> (PathBuf, PathBuf) {
+        let expand = |pattern: &str| {
+            let mut out = String::with_capacity(pattern.len() + 16);
+            let mut chars = pattern.chars();
+            while let Some(c) = chars.next() {
+                if c != '%' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('j') => out.push_str(&self.id.to_string()),
+                    Some('n') => out.push_str(node.as_str()),
+                    Some('r') => out.push_str(&rank.to_string()),
+                    Some('A') => out.push_str(&self.array.as_ref().map_or(self.id, |a| a.array).to_string()),
+                    Some('a') => out.push_str(&self.array.as_ref().map(|a| a.task.to_string()).unwrap_or_default()),
+                    Some('%') => out.push('%'),
+                    Some(other) => {
+                        out.push('%');
+                        out.push(other);
+                    }
+                    None => out.push('%'),
+                }
+            }
+            Path::new(&self.spec.workdir).join(out)
+        };
+        (
+            expand(self.spec.stdout.as_deref().unwrap_or(DEFAULT_STDOUT)),
+            expand(self.spec.stderr.as_deref().unwrap_or(DEFAULT_STDERR)),
+        )
+    }
+
+    /// How it is named in tables: `12`, an array task `12_7`, an array's waiting tasks `12_[8-99]`.
+    pub fn display_id(&self) -> String {
+        match &self.array {
+            Some(task) => task.to_string(),
+            None => self.id.to_string(),
+        }
+    }
+
+    /// How many jobs it stands for: an array's record stands for each task waiting in it.
+    pub fn weight(&self) -> u64 {
+        self.array.as_ref().map_or(1, ArrayTask::tasks)
     }
 
     /// This job's current run.
@@ -620,9 +698,16 @@ impl Job {
             }
             JobState::TimedOut { .. } => Some(124),
             JobState::Killed { .. } => Some(143),
-            JobState::NodeFail { .. } => Some(1),
+            JobState::NodeFail { .. } | JobState::DependencyNeverSatisfied { .. } => Some(1),
         }
     }
+}
+
+/// The record of a new array: every task waits in it.
+fn spec_array_record(id: JobId, spec: &JobSpec) -> Option<ArrayTask> {
+    let mut waiting = spec.array.as_ref()?.tasks.clone();
+    let task = waiting.pop_first()?;
+    Some(ArrayTask { array: id, task, waiting })
 }
 
 /// The name a job gets when the user gives none: the command's first word, without its directory.
@@ -642,16 +727,27 @@ mod tests {
 
     #[test]
     fn output_paths_expand_patterns() {
-        let mut s = spec();
+        let mut job = Job::new(JobId(7), spec(), Timestamp(0), String::new());
         let node = NodeId::new("c1");
-        let (out, err) = s.output_paths(JobId(7), &node, 3);
+        let (out, err) = job.output_paths(&node, 3);
         assert_eq!(out, PathBuf::from("/home/alice/cmlogs/7/c1.3.out"));
         assert_eq!(err, PathBuf::from("/home/alice/cmlogs/7/c1.3.err"));
-        s.stdout = Some("/tmp/o-%j-%n-%r-%%-%x.txt".into());
-        s.stderr = Some("e%j".into());
-        let (out, err) = s.output_paths(JobId(7), &node, 3);
-        assert_eq!(out, PathBuf::from("/tmp/o-7-c1-3-%-%x.txt"));
+        job.spec.stdout = Some("/tmp/o-%j-%n-%r-%%-%x-%A-%a.txt".into());
+        job.spec.stderr = Some("e%j".into());
+        let (out, err) = job.output_paths(&node, 3);
+        assert_eq!(out, PathBuf::from("/tmp/o-7-c1-3-%-%x-7-.txt"));
         assert_eq!(err, PathBuf::from("/home/alice/e7"));
+        job.array = Some(ArrayTask { array: JobId(5), task: 2, waiting: Default::default() });
+        assert_eq!(job.output_paths(&node, 3).0, PathBuf::from("/tmp/o-7-c1-3-%-%x-5-2.txt"));
+    }
+
+    #[test]
+    fn a_new_array_is_one_record_holding_every_task() {
+        let mut s = spec();
+        s.array = Some(crate::array::ArraySpec::parse("3-5,9%2", 100).unwrap());
+        let job = Job::new(JobId(12), s, Timestamp(0), String::new());
+        assert_eq!(job.display_id(), "12_[3-5,9]");
+        assert_eq!(job.weight(), 4);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`ids`]: `JobId` and `NodeId` newtypes.
 //! - [`time`]: wall-clock timestamps as they travel and are stored.
 //! - [`resources`]: CPUs and memory, as capacities and reservations.
+//! - [`array`]: job arrays' task sets (`0-99:10%8`).
+//! - [`dependency`]: `afterok:12`, `singleton` and the rest.
 //! - [`job`]: what a user submits (`JobSpec`) and what the head tracks (`Job`, `JobState`).
 //! - [`node`]: what the head knows of each node (`Node`, `NodeHealth`).
 //! - [`partition`]: named groups of nodes with limits of their own.
@@ -13,7 +15,9 @@
 //! - [`config`]: `config.yaml` and its defaults.
 //! - [`error`]: the errors this crate returns.
 
+pub mod array;
 pub mod config;
+pub mod dependency;
 pub mod error;
 pub mod ids;
 pub mod job;

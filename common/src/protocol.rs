@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a change breaks decoding by the previous release. 2: job reports travel in
 /// batches ([`ReportJobs`]). 3: the body travels as bytes under an [`Auth`]. 4: MPI fences
-/// ([`ReportFence`], [`FenceDone`]).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// ([`ReportFence`], [`FenceDone`]). 5: arrays, dependencies, holds, [`KillJobs`], [`WaitJob`].
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// How a message proves where it comes from. Nothing in a message says who its sender is: the
 /// receiver learns it from the kernel (a Unix socket's peer), from MUNGE, or from the cluster key.
@@ -177,7 +177,100 @@ pub enum ClientRequest {
     UpdateJob(UpdateJob),
     /// A fault, on purpose, for teaching and testing (`cmctl fault`): root and `operators` only.
     InjectFault(InjectFault),
+    /// Cancel every job a selection names, in one request and one store sync (`cmkill`).
+    KillJobs(KillJobs),
+    /// One job, once it has ended or been placed in a run other than `known_run`, or once
+    /// `timeout_ms` has passed (`cmrun --wait`): the head answers when that happens, not when
+    /// asked again.
+    WaitJob(WaitJob),
 }
+
+/// The jobs a request names: by id, id range or array task, and by owner, state and name. A
+/// job is selected if it matches every filter given (an empty one matches all) and, if any
+/// references are given, one of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSelection {
+    #[serde(default)]
+    pub jobs: Vec<JobRef>,
+    /// Owners, by uid.
+    #[serde(default)]
+    pub users: Vec<u32>,
+    /// States, by name (`Pending`, `Running`).
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// Job names.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+impl JobSelection {
+    /// Whether it names no job at all: no reference and no filter.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.users.is_empty() && self.states.is_empty() && self.names.is_empty()
+    }
+}
+
+/// A job as a user names it: `12` (for an array, every task), `12_7` (one task of array 12),
+/// `100-200` (every job with an id in the range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobRef {
+    Job(JobId),
+    Task(JobId, u32),
+    Range(JobId, JobId),
+}
+
+impl std::str::FromStr for JobRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<JobRef, String> {
+        let id = |s: &str| -> std::result::Result<JobId, String> {
+            match s.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(JobId(n)),
+                _ => Err(format!("{text:?} is not a job: give an id (12), an array task (12_7) or a range (12-40)")),
+            }
+        };
+        if let Some((array, task)) = text.split_once('_') {
+            let task = task.parse::<u32>().map_err(|_| format!("{text:?}: {task:?} is not an array task index"))?;
+            return Ok(JobRef::Task(id(array)?, task));
+        }
+        if let Some((first, last)) = text.split_once('-') {
+            let (first, last) = (id(first)?, id(last)?);
+            if first > last {
+                return Err(format!("the range {text:?} runs backwards"));
+            }
+            return Ok(JobRef::Range(first, last));
+        }
+        id(text).map(JobRef::Job)
+    }
+}
+
+impl std::fmt::Display for JobRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobRef::Job(id) => write!(f, "{id}"),
+            JobRef::Task(array, task) => write!(f, "{array}_{task}"),
+            JobRef::Range(first, last) => write!(f, "{first}-{last}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillJobs {
+    pub selection: JobSelection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitJob {
+    pub id: JobId,
+    /// The run the waiter has seen placed; `None`: none yet.
+    #[serde(default)]
+    pub known_run: Option<u32>,
+    /// The longest the head holds the request (it may answer sooner: see `MAX_WAIT_MS`).
+    pub timeout_ms: u32,
+}
+
+/// The longest the head holds a [`WaitJob`], well within a tool's request timeout.
+pub const MAX_WAIT_MS: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InjectFault {
@@ -271,6 +364,10 @@ pub enum JobChange {
     AutoPriority,
     /// Its nice value: the owner may lower the job's priority (0 and up), operators anything.
     Nice(i32),
+    /// Hold it (`cmctl hold`): its owner or an operator.
+    Hold,
+    /// Release its owner's hold, and an operator's too if an operator asks (`cmctl release`).
+    Release,
 }
 
 impl std::fmt::Display for JobChange {
@@ -279,6 +376,8 @@ impl std::fmt::Display for JobChange {
             JobChange::Priority(p) => write!(f, "priority={p}"),
             JobChange::AutoPriority => write!(f, "priority=auto"),
             JobChange::Nice(n) => write!(f, "nice={n}"),
+            JobChange::Hold => write!(f, "hold"),
+            JobChange::Release => write!(f, "release"),
         }
     }
 }
@@ -293,6 +392,16 @@ pub enum ClientResponse {
     JobKilled(JobKilled),
     NodeAdministered(NodeAdministered),
     FaultInjected(FaultInjected),
+    JobsKilled(JobsKilled),
+}
+
+/// What a [`KillJobs`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobsKilled {
+    /// The jobs cancelled, as tables name them (`42`, `12_7`, `12_[8-99]`).
+    pub killed: Vec<String>,
+    /// One line for each job named that was not cancelled, and why.
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

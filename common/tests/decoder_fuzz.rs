@@ -25,6 +25,9 @@ fn valid_messages() -> Vec<Vec<u8>> {
         nice: 0,
         priority: None,
         mpi: cm_common::job::Mpi::Pmi1,
+        array: Some(cm_common::array::ArraySpec::parse("0-99:3,200%4", 1000).expect("array")),
+        dependency: cm_common::dependency::parse("afterok:3:4,singleton").expect("dependency"),
+        hold: true,
     };
     let job = Job::new(JobId(7), spec.clone(), Timestamp(1), "token".into());
     let submit = HeadRequest::Client(ClientRequest::AssignJobId(AssignJobId { spec, token: "t".into() }));
@@ -33,6 +36,18 @@ fn valid_messages() -> Vec<Vec<u8>> {
         encode("fuzz", &submit).expect("encode"),
         encode("fuzz", &start).expect("encode"),
         encode("fuzz", &HeadRequest::Client(ClientRequest::FetchNodes(FetchNodes {}))).expect("encode"),
+        encode(
+            "fuzz",
+            &HeadRequest::Client(ClientRequest::KillJobs(KillJobs {
+                selection: JobSelection {
+                    jobs: vec![JobRef::Job(JobId(3)), JobRef::Task(JobId(4), 7), JobRef::Range(JobId(5), JobId(9))],
+                    users: vec![1000],
+                    states: vec!["Pending".into()],
+                    names: vec!["x".into()],
+                },
+            })),
+        )
+        .expect("encode"),
         encode_envelope("fuzz", &Auth::Sealed { at_ms: 1, nonce: vec![7; 24] }, &[1, 2, 3]).expect("encode"),
         encode_envelope("fuzz", &Auth::Munge { credential: "MUNGE:AwQ:".into() }, &[1]).expect("encode"),
     ]

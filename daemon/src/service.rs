@@ -69,6 +69,12 @@ impl<E> EventSender<E> {
     }
 }
 
+/// A request left to be answered later ([`Inbox::defer`]), and how its reply is to be sealed.
+pub struct Later {
+    seal: ReplySeal,
+    deferred: cm_transport::Deferred,
+}
+
 /// The requests and events of one role's loop.
 pub struct Inbox<Req, E> {
     responder: Responder,
@@ -157,6 +163,23 @@ impl<Req: DeserializeOwned, E> Inbox<Req, E> {
     /// network would: the sender's deadline runs out.
     pub fn forget(&mut self) {
         self.owes_reply = None;
+    }
+
+    /// Leaves the request [`Inbox::next`] handed out last to be answered later, with
+    /// [`Inbox::reply_later`]; other requests are taken meanwhile.
+    pub fn defer(&mut self) -> Option<Later> {
+        let seal = self.owes_reply.take()?;
+        Some(Later { seal, deferred: self.responder.defer()? })
+    }
+
+    /// Answers a request left for later.
+    pub fn reply_later(&mut self, later: Later, body: &[u8]) {
+        self.responder.send_later(later.deferred, &later.seal.reply(&self.me, body));
+    }
+
+    /// Whether the sender of a request left for later is still there to be answered.
+    pub fn still_waiting(&self, later: &Later) -> bool {
+        self.responder.is_connected(&later.deferred)
     }
 
     /// Answers the request [`Inbox::next`] handed out last.

@@ -83,7 +83,7 @@ fn partitions_refuse_what_is_over_their_limits_and_keep_their_jobs_on_their_node
 
     // Held (priority 0) by root: it waits, saying so, until released.
     let held = cluster.submit(&["--priority", "0", "true"]);
-    assert!(wait_until(LONG, || cluster.job(held)["pending_reason"]["word"] == "Held"));
+    assert!(wait_until(LONG, || cluster.job(held)["pending_reason"]["word"] == "JobHeldAdmin"));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(cluster.job_status(held), "Pending");
     let (ok, said) = text(&cluster, "cmctl", &["update", "job", &held.to_string(), "priority=auto"]);

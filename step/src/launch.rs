@@ -66,6 +66,13 @@ impl ReplicaPlan<'_> {
             ("CM_RESTART_COUNT".into(), self.job.run.to_string()),
             ("CM_CPUS".into(), self.job.spec.per_node.cpus.to_string()),
         ];
+        if let (Some(task), Some(array)) = (&self.job.array, &spec.array) {
+            env.push(("CM_ARRAY_JOB_ID".into(), task.array.to_string()));
+            env.push(("CM_ARRAY_TASK_ID".into(), task.task.to_string()));
+            env.push(("CM_ARRAY_TASK_COUNT".into(), array.tasks.count().to_string()));
+            env.push(("CM_ARRAY_TASK_MIN".into(), array.tasks.first().unwrap_or(0).to_string()));
+            env.push(("CM_ARRAY_TASK_MAX".into(), array.tasks.last().unwrap_or(0).to_string()));
+        }
         if !self.cpus.is_empty() {
             env.push(("CM_JOB_CPUS".into(), crate::cgroup::cpu_list(self.cpus)));
         }
@@ -280,7 +287,7 @@ impl ChildSetup {
 /// done, for the job's failure reason.
 pub fn spawn_replica(plan: &ReplicaPlan<'_>, stack: &mut [u8]) -> Result<Pid, String> {
     let spec = &plan.job.spec;
-    let (stdout, stderr) = plan.job.spec.output_paths(plan.job.id, plan.node, plan.rank());
+    let (stdout, stderr) = plan.job.output_paths(plan.node, plan.rank());
     let workdir = Path::new(&spec.workdir);
     let mut mkdirs = dirs_below(workdir, &stdout);
     for dir in dirs_below(workdir, &stderr) {

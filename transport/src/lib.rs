@@ -19,7 +19,7 @@ pub mod responder;
 pub mod zmtp;
 
 pub use requester::Requester;
-pub use responder::{Incoming, Responder};
+pub use responder::{Deferred, Incoming, Responder};
 
 use std::time::Duration;
 

@@ -127,6 +127,13 @@ pub struct Responder {
     per_peer: HashMap<PeerKey, usize>,
 }
 
+/// A request left to be answered later ([`Responder::defer`]).
+#[derive(Debug)]
+pub struct Deferred {
+    token: Token,
+    envelope: Vec<Vec<u8>>,
+}
+
 /// A request as it came off the socket: one frame, or why it was refused.
 pub enum Incoming {
     Message(Vec<u8>),
@@ -430,6 +437,27 @@ impl Responder {
             tracing::warn!(endpoint = %self.endpoint, "a reply with no request to answer was dropped");
             return;
         };
+        self.send_to(token, envelope, reply);
+    }
+
+    /// Leaves the request taken last to be answered later, with [`Responder::send_later`], so
+    /// that others are taken meanwhile. Its peer, a REQ socket, sends nothing more until then;
+    /// a DEALER peer's later requests may be answered first.
+    pub fn defer(&mut self) -> Option<Deferred> {
+        self.answering.take().map(|(token, envelope)| Deferred { token, envelope })
+    }
+
+    /// Answers a deferred request (nothing happens if its peer has gone).
+    pub fn send_later(&mut self, deferred: Deferred, reply: &[u8]) {
+        self.send_to(deferred.token, deferred.envelope, reply);
+    }
+
+    /// Whether the peer of a deferred request is still connected.
+    pub fn is_connected(&self, deferred: &Deferred) -> bool {
+        self.peers.contains_key(&deferred.token)
+    }
+
+    fn send_to(&mut self, token: Token, envelope: Vec<Vec<u8>>, reply: &[u8]) {
         let Some(peer) = self.peers.get_mut(&token) else {
             tracing::debug!(endpoint = %self.endpoint, "the requester left before its reply");
             return;

@@ -25,6 +25,9 @@ struct Args {
     /// Only these jobs (comma-separated ids).
     #[arg(short = 'j', long = "jobs", value_delimiter = ',')]
     jobs: Vec<JobId>,
+    /// Only the tasks of these arrays (comma-separated array ids).
+    #[arg(long = "array", value_delimiter = ',')]
+    arrays: Vec<JobId>,
     /// Only these users' jobs (comma-separated names or uids).
     #[arg(short = 'u', long = "user", value_delimiter = ',')]
     users: Vec<String>,
@@ -73,7 +76,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now();
     let time = |text: &Option<String>| text.as_deref().map(|t| parse_time(t, now)).transpose().map_err(|e| anyhow!(e));
     let me = nix::unistd::getuid().as_raw();
-    let users = match (args.users.is_empty(), args.all_users || !args.jobs.is_empty() || me == 0) {
+    let named = !args.jobs.is_empty() || !args.arrays.is_empty();
+    let users = match (args.users.is_empty(), args.all_users || named || me == 0) {
         (false, _) => {
             args.users.iter().map(|u| accounting::uid_of(u)).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?
         }
@@ -87,6 +91,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         since: time(&args.start)?,
         until: time(&args.end)?,
         nodes: args.nodes.iter().map(|n| NodeId::new(n.as_str())).collect(),
+        arrays: args.arrays.clone(),
     };
     let mut client = HeadClient::connect(&args.head, "cmacct")?;
     let request = FetchJobs { include_finished: true, limit: (args.limit > 0).then_some(args.limit), filter };

@@ -15,7 +15,8 @@ use cm_common::{JobId, NodeId};
 const EXAMPLES: &str = "Examples:
   cmctl drain c3 --reason 'new disk'   no new jobs on c3; its running ones finish
   cmctl resume c3
-  cmctl update job 42 priority=0       hold job 42 (priority=auto releases it)
+  cmctl hold 42 43                     hold pending jobs (cmctl release 42 43 lets them go)
+  cmctl update job 42 priority=0       an operator's hold on job 42 (priority=auto releases it)
   cmctl update job 42 nice=100         lower its priority (owners may, too)
   cmctl show partition
   cmctl fault freeze c2 30             c2 stops answering for 30 s: watch it go Down in cminfo";
@@ -49,6 +50,16 @@ enum Command {
     Update {
         #[command(subcommand)]
         what: Update,
+    },
+    /// Hold pending jobs: they wait until released (their owner, root or an operator).
+    Hold {
+        #[arg(required = true)]
+        jobs: Vec<JobId>,
+    },
+    /// Release held jobs: an owner's hold, and an operator's too if an operator asks.
+    Release {
+        #[arg(required = true)]
+        jobs: Vec<JobId>,
     },
     /// Show a node, a job or a partition in full.
     Show {
@@ -130,6 +141,25 @@ fn administer(client: &mut HeadClient, node: NodeId, action: NodeAction) -> anyh
     Ok(())
 }
 
+/// Holds or releases each of `jobs`, saying what became of each; fails if any could not be.
+fn hold_or_release(client: &mut HeadClient, jobs: Vec<JobId>, change: JobChange, done: &str) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for id in jobs {
+        match client.call(ClientRequest::UpdateJob(UpdateJob { id, changes: vec![change.clone()] })) {
+            Ok(ClientResponse::Job(reply)) => cm_cli::outln!("job {} {done}", reply.job.display_id()),
+            Ok(_) => bail!("unexpected reply from the head"),
+            Err(e) => {
+                eprintln!("cmctl: job {id}: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} job(s) not {done}");
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let mut client = HeadClient::connect(&args.head, "cmctl")?;
     match args.command {
@@ -157,6 +187,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             cm_cli::out!("{}", output::job_detail(&reply.job));
             Ok(())
         }
+        Command::Hold { jobs } => hold_or_release(&mut client, jobs, JobChange::Hold, "held"),
+        Command::Release { jobs } => hold_or_release(&mut client, jobs, JobChange::Release, "released"),
         Command::Update { what: Update::Job { id, changes } } => {
             let ClientResponse::Job(reply) = client.call(ClientRequest::UpdateJob(UpdateJob { id, changes }))? else {
                 bail!("unexpected reply from the head");

@@ -1,50 +1,91 @@
-//! `cmkill`: cancel pending or running jobs.
+//! `cmkill`: cancel pending or running jobs, by id, range, array or array task, or every job of
+//! a user, in a state or of a name, in one request to the head.
 #![cfg_attr(not(test), no_main)]
 
+use anyhow::{anyhow, bail};
 use clap::Parser;
 use cm_cli::client::{HeadArgs, HeadClient};
-use cm_common::protocol::{ClientRequest, ClientResponse, KillJob};
-use cm_common::JobId;
+use cm_common::job::JobState;
+use cm_common::protocol::{ClientRequest, ClientResponse, JobRef, JobSelection, KillJobs};
 
 const EXAMPLES: &str = "Examples:
-  cmkill 42         cancel job 42
-  cmkill 42 43 44   cancel several";
+  cmkill 42                 cancel job 42
+  cmkill 42 43 100-200      several, and every job from 100 to 200
+  cmkill 12                 every task of array 12
+  cmkill 12_7               task 7 of array 12
+  cmkill --me --state Pending            all your pending jobs
+  cmkill --user alice --name sweep       alice's jobs named sweep (root and operators)";
 
-/// Cancel jobs: a pending job leaves the queue; a running job is killed on every node.
+/// Cancel jobs: a pending job leaves the queue; a running job is killed on every node. Jobs
+/// named by id must all be yours (root and the operators may cancel any); with only filters,
+/// other users' jobs are left alone.
 #[derive(Debug, Parser)]
 #[command(name = "cmkill", version, after_help = EXAMPLES)]
 struct Args {
     #[command(flatten)]
     head: HeadArgs,
-    /// The jobs to cancel.
-    #[arg(required = true)]
-    jobs: Vec<JobId>,
+    /// The jobs to cancel: ID, ID_TASK (one task of an array), FIRST-LAST (a range of ids).
+    jobs: Vec<JobRef>,
+    /// Only your own jobs.
+    #[arg(long)]
+    me: bool,
+    /// Only jobs of these users (names or uids, comma-separated).
+    #[arg(short = 'u', long = "user", value_delimiter = ',')]
+    users: Vec<String>,
+    /// Only jobs in these states (Pending, Running; comma-separated).
+    #[arg(short = 't', long = "state", value_delimiter = ',')]
+    states: Vec<String>,
+    /// Only jobs of these names (comma-separated).
+    #[arg(short = 'n', long = "name", value_delimiter = ',')]
+    names: Vec<String>,
 }
 
 cm_cli::tool_main!(main);
 
 fn main() {
     let args = cm_cli::generate::parse::<Args>();
-    let mut client = match HeadClient::connect(&args.head, "cmkill") {
-        Ok(client) => client,
+    match run(args) {
+        Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("cmkill: {e:#}");
             std::process::exit(1);
         }
-    };
-    let mut failed = false;
-    for id in args.jobs {
-        match client.call(ClientRequest::KillJob(KillJob { id })) {
-            Ok(ClientResponse::JobKilled(k)) => cm_cli::outln!("job {} killed (was {})", k.id, k.previous_state),
-            Ok(_) => {
-                eprintln!("cmkill: job {id}: unexpected reply from the head (another cm release?)");
-                failed = true;
-            }
-            Err(e) => {
-                eprintln!("cmkill: job {id}: {e:#}");
-                failed = true;
-            }
-        }
     }
-    std::process::exit(i32::from(failed));
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    let mut users: Vec<u32> =
+        args.users.iter().map(|u| cm_cli::accounting::uid_of(u)).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
+    if args.me {
+        users.push(nix::unistd::getuid().as_raw());
+    }
+    let states = args
+        .states
+        .iter()
+        .map(|s| {
+            JobState::NAMES
+                .iter()
+                .find(|n| n.eq_ignore_ascii_case(s))
+                .map(|n| n.to_string())
+                .ok_or_else(|| anyhow!("there is no state {s:?}; the states are {}", JobState::NAMES.join(", ")))
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    let selection = JobSelection { jobs: args.jobs, users, states, names: args.names };
+    if selection.is_empty() {
+        bail!("name the jobs to cancel (ID, ID_TASK, FIRST-LAST), or select them (--me, --user, --state, --name)");
+    }
+    let mut client = HeadClient::connect(&args.head, "cmkill")?;
+    let ClientResponse::JobsKilled(reply) = client.call(ClientRequest::KillJobs(KillJobs { selection }))? else {
+        bail!("unexpected reply from the head (another cm release?)");
+    };
+    match reply.killed.len() {
+        0 if reply.refused.is_empty() => cm_cli::outln!("no pending or running job matched"),
+        0 => {}
+        1..=20 => cm_cli::outln!("killed {}", reply.killed.join(" ")),
+        n => cm_cli::outln!("killed {n} jobs ({} ... {})", reply.killed[0], reply.killed[n - 1]),
+    }
+    for line in &reply.refused {
+        eprintln!("cmkill: {}", cm_cli::output::shown(line));
+    }
+    Ok(i32::from(!reply.refused.is_empty()))
 }

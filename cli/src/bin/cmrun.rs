@@ -6,12 +6,8 @@ use clap::Parser;
 use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::follow::Follower;
 use cm_cli::submit::{build_spec, current_user, submit_token, Request};
-use cm_common::job::{JobState, Mpi};
-use cm_common::protocol::{AssignJobId, ClientRequest, ClientResponse, GetJob, KillJob};
-use cm_common::JobId;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use cm_common::job::Mpi;
+use cm_common::protocol::{AssignJobId, ClientRequest, ClientResponse};
 
 const EXAMPLES: &str = "Examples:
   cmrun hostname                           one process on one node; prints the job id
@@ -19,12 +15,15 @@ const EXAMPLES: &str = "Examples:
   cmrun --wait -t 10 ./simulate            wait for it (Ctrl-C cancels); exit with its code
   cmrun -P debug -c 4 --mem-per-node 2000 make -j4
   cmrun -o 'out/%j.%r.txt' ./sweep         where each rank's stdout goes
-  cmrun -n 2 -p 2 -W -l ./mpi_hello        an MPI program of 4 ranks (MPICH), no mpiexec";
+  cmrun -n 2 -p 2 -W -l ./mpi_hello        an MPI program of 4 ranks (MPICH), no mpiexec
+  cmrun --array 0-99%8 ./task.sh           100 tasks, 8 at a time; each sees CM_ARRAY_TASK_ID
+  cmrun -d afterok:42 ./analyse            starts once job 42 has completed
+  cmrun job.sh                             a batch script: its #CM lines give options (#CM -n 2)";
 
 /// Submit a job: COMMAND runs as `sh -c COMMAND` in N processes on each of N nodes, as you, in
 /// this directory, with this environment plus CM_* variables.
 #[derive(Debug, Parser)]
-#[command(name = "cmrun", version, after_help = EXAMPLES)]
+#[command(name = "cmrun", version, after_help = EXAMPLES, args_override_self = true)]
 struct Args {
     #[command(flatten)]
     head: HeadArgs,
@@ -76,6 +75,18 @@ struct Args {
     /// connection (PMI_FD), which MPICH's MPI_Init uses; none gives none.
     #[arg(long, value_parser = ["pmi1", "none"], default_value = "pmi1")]
     mpi: String,
+    /// Submit an array of tasks, each a job of its own that sees CM_ARRAY_TASK_ID: 0-99,
+    /// 1,5,7-9, 0-99:10 (every tenth), with %N to run at most N at once (0-99%8).
+    #[arg(long)]
+    array: Option<String>,
+    /// Start only once other jobs have: after:ID (started), afterany:ID (ended), afterok:ID
+    /// (completed), afternotok:ID (failed), each with :ID:ID... for several, or singleton (no
+    /// earlier job of yours of the same name is pending or running); several joined with `,`.
+    #[arg(short = 'd', long)]
+    dependency: Option<String>,
+    /// Submit it held: it waits until released (cmctl release ID).
+    #[arg(short = 'H', long)]
+    hold: bool,
     /// With --wait, begin each line of output with its rank (`3: ...`), as srun --label.
     #[arg(short = 'l', long, requires = "wait")]
     label: bool,
@@ -88,6 +99,13 @@ cm_cli::tool_main!(main);
 
 fn main() {
     let args = cm_cli::generate::parse::<Args>();
+    let args = match with_directives(args) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("cmrun: {e}");
+            std::process::exit(2);
+        }
+    };
     match run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -95,6 +113,19 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The arguments with a batch script's `#CM` lines before the command line's own options
+/// (which therefore override them), and the command that runs the script.
+fn with_directives(args: Args) -> Result<Args, String> {
+    let Some(first) = args.command.first() else { return Ok(args) };
+    let Some(script) = cm_cli::directives::script(first)? else { return Ok(args) };
+    let mut words: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let program = words.first().cloned().unwrap_or_else(|| "cmrun".into());
+    words.splice(0..1, std::iter::once(program).chain(script.options.iter().map(Into::into)));
+    let mut args = Args::try_parse_from(words).map_err(|e| format!("in the #CM lines of {first}: {e}"))?;
+    args.command[0] = script.program;
+    Ok(args)
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
@@ -114,6 +145,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         nice: args.nice,
         priority: args.priority,
         mpi: if args.mpi == "none" { Mpi::None } else { Mpi::Pmi1 },
+        array: args.array,
+        dependency: args.dependency,
+        hold: args.hold,
         command: args.command,
     };
     let workdir = std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory: {e}"))?;
@@ -131,77 +165,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         _ => bail!("unexpected reply from the head (another cm release?)"),
     };
     cm_cli::outln!("{id}");
-    let code = if args.wait { wait_for(&mut client, id, Follower::new(args.label))? } else { 0 };
+    let code =
+        if args.wait { cm_cli::wait::wait_for(&mut client, &args.head, id, Follower::new(args.label))? } else { 0 };
     Ok(code)
-}
-
-/// The signals that cancel a job `cmrun --wait` waits for: the number of the last one caught.
-fn catch_cancel_signals() -> anyhow::Result<Arc<AtomicUsize>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let caught = Arc::new(AtomicUsize::new(0));
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
-        signal_hook::flag::register_usize(signal, caught.clone(), signal as usize)?;
-    }
-    Ok(caught)
-}
-
-/// Polls the job until it ends, backing off from 10 ms to 500 ms between polls. A signal cancels
-/// the job (then the job's end is still awaited, so its processes are gone when cmrun returns);
-/// a second one stops waiting.
-fn wait_for(client: &mut HeadClient, id: JobId, mut output: Follower) -> anyhow::Result<i32> {
-    let caught = catch_cancel_signals()?;
-    let mut cancelled_by = None;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if let Some(signal) = take_signal(&caught) {
-            if cancelled_by.is_some() {
-                eprintln!("cmrun: stopped waiting for job {id}, which is being cancelled");
-                return Ok(128 + signal);
-            }
-            eprintln!("cmrun: cancelling job {id} (signal {signal}); again to stop waiting");
-            match client.call(ClientRequest::KillJob(KillJob { id })) {
-                Ok(_) => {}
-                // It may have ended meanwhile: its state below says so.
-                Err(e) => eprintln!("cmrun: {e:#}"),
-            }
-            cancelled_by = Some(signal);
-        }
-        let job = match client.call(ClientRequest::GetJob(GetJob { id }))? {
-            ClientResponse::Job(reply) => reply.job,
-            _ => bail!("unexpected reply from the head (another cm release?)"),
-        };
-        output.track(&job);
-        if let Some(code) = job.exit_code() {
-            output.show(true);
-            if let Some(unseen) = output.none_visible(&job) {
-                eprintln!(
-                    "cmrun: the job's output is not visible on this host (no {}): its working directory is not shared with its nodes",
-                    cm_cli::output::shown(&unseen.display().to_string())
-                );
-            }
-            if let Some(signal) = cancelled_by.filter(|_| matches!(job.state, JobState::Killed { .. })) {
-                return Ok(128 + signal);
-            }
-            if code != 0 {
-                let reason = job.state.reason().map(|r| format!(": {r}")).unwrap_or_default();
-                eprintln!("cmrun: job {id} ended {}{}", job.state.name(), cm_cli::output::shown(&reason));
-            }
-            return Ok(code);
-        }
-        // In slices, so that a signal is acted on at once and new output shown within 100 ms.
-        let until = Instant::now() + pause;
-        let mut next_look = Instant::now();
-        while Instant::now() < until && caught.load(Ordering::Relaxed) == 0 {
-            if Instant::now() >= next_look {
-                output.show(false);
-                next_look = Instant::now() + Duration::from_millis(100);
-            }
-            std::thread::sleep(Duration::from_millis(20).min(pause));
-        }
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
-}
-
-fn take_signal(caught: &AtomicUsize) -> Option<i32> {
-    i32::try_from(caught.swap(0, Ordering::Relaxed)).ok().filter(|&s| s != 0)
 }

@@ -8,13 +8,15 @@
 //! follow from it go out, so nothing is said that a crash could take back. Then, after the reply,
 //! a scheduling pass runs if anything changed, so a job on an idle cluster starts as soon as it is
 //! submitted, and its placements are synced before the starts go out. A periodic tick also checks
-//! node heartbeats.
+//! node heartbeats. A tool waiting for a job (`cmrun --wait`) is answered when the job ends, at
+//! the end of the turn that ended it: its request waits in [`waiters`], not in a polling loop.
 //! The store is MongoDB when a URI is configured, else the embedded one.
 
 pub mod comm;
 pub mod core;
 pub mod tokens;
 pub mod user_names;
+mod waiters;
 
 use crate::service::{body_bytes, Inbox, Next};
 use crate::settings::HeadConfig;
@@ -125,16 +127,21 @@ pub fn run(
     };
     let mut core = HeadCore::open(store, Box::new(comm), me_node, settings, now)?;
 
+    let mut waiters = waiters::Waiters::default();
     let mut next_tick = Instant::now() + config.scheduler_interval;
     while !shutdown.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Instant::now()).min(MAX_WAIT);
         let mut reply = None;
         match inbox.next(wait) {
             Ok(Some(Next::Request(request))) => {
-                reply = Some(match core.handle(&request.identity, request.body, Timestamp::now()) {
-                    HeadReply::Client(reply) => body_bytes(&reply),
-                    HeadReply::Compute(reply) => body_bytes(&reply),
-                });
+                reply = match core.handle(&request.identity, request.body, Timestamp::now()) {
+                    HeadReply::Client(reply) => Some(body_bytes(&reply)),
+                    HeadReply::Compute(reply) => Some(body_bytes(&reply)),
+                    HeadReply::Later(uid, wait) => {
+                        waiters.add(&mut inbox, uid, wait);
+                        None
+                    }
+                };
             }
             Ok(Some(Next::Event(failure))) => core.delivery_failed(failure, Timestamp::now()),
             Ok(None) => {}
@@ -156,6 +163,8 @@ pub fn run(
         core.schedule_if_needed(Timestamp::now());
         if let Err(e) = core.sync() {
             tracing::error!(error = %e, "cannot sync the job store; placements wait until it can");
+        } else {
+            waiters.answer(&mut inbox, &mut core, Timestamp::now());
         }
     }
     tracing::info!("head shutting down");

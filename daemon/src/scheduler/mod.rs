@@ -70,6 +70,9 @@ pub struct Candidate<'a> {
     pub partition: usize,
     /// How long it may run (its time limit); `None`: for ever.
     pub duration: Option<Duration>,
+    /// How many times it may start in this pass: 1 for a job; for an array's record, the tasks
+    /// waiting in it that its throttle lets start. Each start is a placement of its own.
+    pub starts: u32,
 }
 
 /// The rest of what a pass depends on.
@@ -79,7 +82,8 @@ pub struct Policy {
     pub now: Timestamp,
 }
 
-/// A decision: start `job` on `nodes` (in node-rank order).
+/// A decision: start `job` on `nodes` (in node-rank order). An array's record may be placed
+/// several times in one pass, once for each task that starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub job: JobId,
@@ -246,9 +250,14 @@ pub fn schedule(
     let mut has_jobs = vec![false; partitions.len()];
     candidates.iter().for_each(|c| has_jobs[c.partition] = true);
     let mut unblocked = has_jobs.iter().filter(|&&h| h).count();
-    let mut queue: BinaryHeap<(u64, Reverse<JobId>, usize)> =
-        candidates.iter().enumerate().map(|(i, c)| (c.priority, Reverse(c.job.id), i)).collect();
-    while let Some((_, _, index)) = queue.pop() {
+    let mut queue: BinaryHeap<(u64, Reverse<JobId>, usize)> = candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.starts > 0)
+        .map(|(i, c)| (c.priority, Reverse(c.job.id), i))
+        .collect();
+    let mut started = vec![0u32; candidates.len()];
+    while let Some((priority, id, index)) = queue.pop() {
         if plan.free_cpus == 0 && unblocked == 0 {
             break; // nothing more can start, and every partition's first blocked job is known
         }
@@ -274,6 +283,10 @@ pub fn schedule(
                 *running.entry(user).or_default() += 1;
                 pass.placements
                     .push(Placement { job: job.id, nodes: chosen.iter().map(|&i| nodes[i].id.clone()).collect() });
+                started[index] += 1;
+                if started[index] < c.starts {
+                    queue.push((priority, id, index)); // the array's next task, first in line still
+                }
                 continue;
             }
         }

@@ -20,9 +20,9 @@ pub fn priority(job: &Job, partition_priority: u32, max_age: Duration, now: Time
     u64::try_from(computed.max(1)).unwrap_or(1)
 }
 
-/// Whether an operator holds `job` (its priority fixed at 0).
+/// Whether `job` is held: by its owner (`cmctl hold`), or by an operator (its priority fixed at 0).
 pub fn is_held(job: &Job) -> bool {
-    job.spec.priority == Some(0)
+    job.spec.hold || job.spec.priority == Some(0)
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ fn freed_in(id: &str, cpus: u32, free: u32, secs: u64) -> NodeView {
 
 /// Jobs in id order, each of a priority lower than the one before (so FIFO), unlimited.
 fn fifo(jobs: &[Job]) -> Vec<Candidate<'_>> {
-    jobs.iter().map(|job| Candidate { job, priority: 1_000_000 - job.id.0, partition: 0, duration: None }).collect()
+    jobs.iter()
+        .map(|job| Candidate { job, priority: 1_000_000 - job.id.0, partition: 0, duration: None, starts: 1 })
+        .collect()
 }
 
 fn limited<'a>(mut candidates: Vec<Candidate<'a>>, secs: &[Option<u64>]) -> Vec<Candidate<'a>> {

@@ -87,6 +87,9 @@ pub mod contract_tests {
             nice: 5,
             priority: Some(7),
             mpi: cm_common::job::Mpi::None,
+            array: Some(cm_common::array::ArraySpec::parse("1-9:2%3", 100).expect("array")),
+            dependency: cm_common::dependency::parse("afterany:1").expect("dependency"),
+            hold: true,
         };
         Job::new(id, spec, Timestamp(1000 + id.0), format!("token-{id}"))
     }
@@ -186,6 +189,8 @@ pub mod contract_tests {
         };
         assert_eq!(ids(window, 10), [502, 503], "ended from 20 s on, submitted before 1504");
         assert_eq!(ids(JobFilter { jobs: vec![JobId(502), JobId(504)], ..Default::default() }, 10), [502, 504]);
+        // Each of these jobs is an array of its own.
+        assert_eq!(ids(JobFilter { arrays: vec![JobId(503), JobId(501)], ..Default::default() }, 10), [501, 503]);
         store.sync().expect("sync");
         drop(store);
         assert_eq!(open().job(JobId(503)).expect("read").as_ref(), Some(&jobs[2]), "usage survives a restart");

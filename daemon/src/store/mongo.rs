@@ -272,6 +272,10 @@ fn finished_filter(filter: &JobFilter) -> Document {
         let nodes: Vec<&str> = filter.nodes.iter().map(NodeId::as_str).collect();
         query.insert("nodes.node", doc! { "$in": nodes });
     }
+    if !filter.arrays.is_empty() {
+        let ids: Vec<i64> = filter.arrays.iter().map(|id| i64::try_from(id.0).unwrap_or(i64::MAX)).collect();
+        query.insert("array.array", doc! { "$in": ids });
+    }
     query
 }
 

@@ -87,7 +87,7 @@ impl HeadCore {
             return Err(invalid(format!("job {id} is {}; only a pending job can change", job.state.name())));
         }
         if req.changes.is_empty() {
-            return Err(invalid("say what to change: priority=N, priority=auto or nice=N"));
+            return Err(invalid("say what to change: priority=N, priority=auto, nice=N, hold or release"));
         }
         for change in &req.changes {
             match *change {
@@ -109,6 +109,14 @@ impl HeadCore {
                 JobChange::Priority(priority) => job.spec.priority = Some(priority),
                 JobChange::AutoPriority => job.spec.priority = None,
                 JobChange::Nice(nice) => job.spec.nice = nice,
+                JobChange::Hold => job.spec.hold = true,
+                // An operator's release lifts an operator's hold (priority 0) too, as scontrol's.
+                JobChange::Release => {
+                    job.spec.hold = false;
+                    if operator && job.spec.priority == Some(0) {
+                        job.spec.priority = None;
+                    }
+                }
             }
         }
         let by = self.user_names.name(uid, "");

@@ -11,6 +11,9 @@ const ANONYMOUS: u32 = u32::MAX;
 pub enum HeadReply {
     Client(Reply<ClientResponse>),
     Compute(Reply<ComputeResponse>),
+    /// Nothing yet: a [`WaitJob`] from `uid`, to be answered once [`HeadCore::wait_answer`]
+    /// has an answer for it.
+    Later(u32, WaitJob),
 }
 
 impl HeadCore {
@@ -18,6 +21,12 @@ impl HeadCore {
     /// daemons of the cluster as daemons; nothing else is taken.
     pub fn handle(&mut self, identity: &Identity, request: HeadRequest, now: Timestamp) -> HeadReply {
         match (identity, request) {
+            (Identity::User(uid), HeadRequest::Client(ClientRequest::WaitJob(wait))) => {
+                match self.wait_answer(*uid, &wait, now) {
+                    Some(reply) => HeadReply::Client(reply),
+                    None => HeadReply::Later(*uid, wait),
+                }
+            }
             (Identity::User(uid), HeadRequest::Client(req)) => HeadReply::Client(self.handle_client(*uid, req, now)),
             (Identity::Anonymous, HeadRequest::Client(req)) => HeadReply::Client(self.handle_anonymous(req)),
             (Identity::Daemon(sender), HeadRequest::Compute(req)) => {
@@ -72,26 +81,60 @@ impl HeadCore {
                 self.fetch_jobs(req, only, now)
             }
             ClientRequest::GetJob(GetJob { id }) => {
+                // A finished job kept in memory is a summary: the store has it whole.
                 let mut job = match self.jobs.get(&id) {
                     Some(job) => job.clone(),
                     None => self.store.job(id).map_err(unavailable)?.ok_or_else(|| not_found(id))?,
                 };
-                if job.spec.user.uid != uid && !self.is_operator(uid) {
-                    if self.settings.private_data {
-                        return Err(not_found(id));
-                    }
-                    // Another user's environment holds their secrets.
-                    job.spec.env.clear();
-                }
-                self.explain_pending(std::slice::from_mut(&mut job), now);
+                self.show_job(uid, &mut job, now)?;
                 Ok(ClientResponse::Job(JobReply { job }))
             }
+            ClientRequest::WaitJob(wait) => self
+                .wait_answer(uid, &wait, now)
+                .unwrap_or_else(|| Err(invalid("a wait is answered when the job changes"))),
             ClientRequest::AssignJobId(req) => self.submit(uid, req, now),
             ClientRequest::KillJob(KillJob { id }) => self.kill(uid, id, now),
+            ClientRequest::KillJobs(KillJobs { selection }) => self.kill_jobs(uid, selection, now),
             ClientRequest::AdministerNode(req) => self.administer(uid, req, now),
             ClientRequest::UpdateJob(req) => self.update_job(uid, req, now),
             ClientRequest::InjectFault(req) => self.inject_fault(uid, req),
         }
+    }
+
+    /// Makes `job` fit for `uid` to see: another's environment is left out (it holds their
+    /// secrets), and with `private_data` another's job is not found.
+    fn show_job(&mut self, uid: u32, job: &mut Job, now: Timestamp) -> Result<(), ErrorReply> {
+        if job.spec.user.uid != uid && !self.is_operator(uid) {
+            if self.settings.private_data {
+                return Err(not_found(job.id));
+            }
+            job.spec.env.clear();
+        }
+        self.explain_pending(std::slice::from_mut(job), now);
+        Ok(())
+    }
+
+    /// The answer to `wait` now, if it has one: the job once it has ended or been placed in a
+    /// run other than the one the waiter knows; `None` while neither has happened and the
+    /// waiter's time is not up (the head's loop holds the request until then).
+    pub fn wait_answer(&mut self, uid: u32, wait: &WaitJob, now: Timestamp) -> Option<Reply<ClientResponse>> {
+        let id = wait.id;
+        let mut job = match self.jobs.get(&id).or_else(|| self.finished.get(id)) {
+            Some(job) => {
+                let placed = !job.nodes.is_empty() && wait.known_run != Some(job.run);
+                if !job.state.is_terminal() && !placed {
+                    return None;
+                }
+                job.clone()
+            }
+            None => match self.store.job(id) {
+                Ok(Some(job)) => job,
+                Ok(None) => return Some(Err(not_found(id))),
+                Err(e) => return Some(Err(unavailable(e))),
+            },
+        };
+        job.spec.env.clear(); // a waiter follows states, not environments
+        Some(self.show_job(uid, &mut job, now).map(|()| ClientResponse::Job(JobReply { job })))
     }
 
     /// Pending and running jobs (and finished ones if asked), of user `only` if given.
@@ -140,7 +183,15 @@ impl HeadCore {
             ));
         }
         spec.user.name = self.user_names.name(spec.user.uid, &spec.user.name);
-        self.check_queue_has_room(spec.user.uid)?;
+        let tasks = spec.array.as_ref().map_or(1, |a| a.tasks.count());
+        let max_tasks = self.settings.limits.max_array_tasks;
+        if tasks > u64::try_from(max_tasks).unwrap_or(u64::MAX) {
+            return Err(invalid(format!(
+                "the array has {tasks} tasks, over the limit of {max_tasks} (limits.max_array_tasks in the head's config.yaml)"
+            )));
+        }
+        self.check_queue_has_room(spec.user.uid, usize::try_from(tasks).unwrap_or(usize::MAX))?;
+        self.check_dependencies(&spec.dependency)?;
         let partition = self.admit_to_partition(uid, &mut spec)?;
         self.check_cluster_can_fit(&spec, partition)?;
         let warning = self.settings.workdirs.concern(&spec.workdir);
@@ -152,16 +203,24 @@ impl HeadCore {
         self.commit_now(vec![job], vec![]).map_err(unavailable)?;
         self.last_job_id = id;
         self.wants_schedule = true;
-        tracing::info!(job = %id, "job submitted");
+        tracing::info!(job = %id, tasks, "job submitted");
         Ok(ClientResponse::JobAccepted(JobAccepted { id, warning }))
     }
 
-    /// Refuses a job beyond the queue's limits: all users' pending and running jobs together, and
-    /// the submitting user's.
-    fn check_queue_has_room(&self, uid: u32) -> Result<(), ErrorReply> {
+    /// Refuses `jobs` more jobs (an array's tasks) beyond the queue's limits: all users' pending
+    /// and running jobs together, and the submitting user's.
+    fn check_queue_has_room(&self, uid: u32, jobs: usize) -> Result<(), ErrorReply> {
         let limits = &self.settings.limits;
         let (all, mine) = (self.queued.all, self.queued.of_user(uid));
         let full = |what: String| Err(ErrorReply::new(ErrorCode::Unavailable, what));
+        if jobs > 1
+            && (all.saturating_add(jobs) > limits.max_jobs || mine.saturating_add(jobs) > limits.max_jobs_per_user)
+        {
+            return full(format!(
+                "the array's {jobs} tasks do not fit in the queue: {all} jobs are pending or running ({mine} yours), the limits are {} and {} per user (limits.max_jobs, limits.max_jobs_per_user)",
+                limits.max_jobs, limits.max_jobs_per_user
+            ));
+        }
         if all >= limits.max_jobs {
             return full(format!(
                 "the queue is full: {all} jobs are pending or running, the limit (limits.max_jobs); submit again when some have ended"
@@ -288,35 +347,5 @@ impl HeadCore {
     /// The most processes one job may start on `node`.
     pub(super) fn max_procs(&self, node: &Node) -> u64 {
         u64::from(self.settings.limits.max_procs_per_cpu) * u64::from(node.capacity.cpus)
-    }
-
-    fn kill(&mut self, uid: u32, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
-        let mut job = match self.jobs.get(&id) {
-            Some(job) => job.clone(),
-            None => match self.store.job(id).map_err(unavailable)? {
-                Some(job) => return Err(invalid(format!("job {id} has already ended ({})", job.state.name()))),
-                None => return Err(not_found(id)),
-            },
-        };
-        if job.state.is_terminal() {
-            return Err(invalid(format!("job {id} has already ended ({})", job.state.name())));
-        }
-        if uid != job.spec.user.uid && !self.is_operator(uid) {
-            return Err(ErrorReply::new(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "job {id} belongs to {} (uid {}); only its owner, root or an operator may kill it",
-                    job.spec.user.name, job.spec.user.uid
-                ),
-            ));
-        }
-        let previous_state = job.state.name().to_string();
-        job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: uid };
-        let still_running: Vec<NodeId> = job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect();
-        let run = job.job_run();
-        self.commit_now(vec![job], vec![]).map_err(unavailable)?;
-        self.send_free(run, &still_running);
-        tracing::info!(job = %id, by = uid, "job killed");
-        Ok(ClientResponse::JobKilled(JobKilled { id, previous_state }))
     }
 }

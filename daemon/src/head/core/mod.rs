@@ -10,13 +10,18 @@
 //! Resources: a job's reservation on a node (an `Allocation`) is released only when that node
 //! reports the job's end there, or the node is lost, so a killed job's CPUs are not handed out
 //! while its processes are still dying. The users' requests, and who may make them, are in
-//! [`clients`], operators' orders about nodes in [`admin`], faults injected on purpose in
-//! [`faults`], MPI fences across nodes in [`fences`]; the tests in `tests.rs`.
+//! [`clients`], cancelling jobs in [`kills`], dependencies between jobs in [`dependencies`],
+//! finished jobs kept a while in [`finished`], operators' orders about nodes in [`admin`], faults
+//! injected on purpose in [`faults`], MPI fences across nodes in [`fences`]; the tests in
+//! `tests.rs`. Arrays' tasks are split off their array's record as they start (`scheduling`).
 
 mod admin;
 mod clients;
+mod dependencies;
 mod faults;
 mod fences;
+mod finished;
+mod kills;
 mod queued;
 mod reasons;
 mod scheduling;
@@ -69,6 +74,8 @@ pub struct HeadCore {
     nodes: BTreeMap<NodeId, Node>,
     /// Jobs not yet settled (see `Job::is_settled`).
     jobs: BTreeMap<JobId, Job>,
+    /// Jobs settled lately (`limits.min_job_age`).
+    finished: finished::Finished,
     /// How many of them are pending or running, in all and per user.
     queued: queued::Queued,
     /// Recent submission tokens, so a retried submit returns the same id.
@@ -205,7 +212,9 @@ impl HeadCore {
         let partitions = settings.partitions.iter().cloned().map(Rules::new).collect();
         let default_partition = cm_common::partition::default_partition(&settings.partitions)
             .and_then(|d| settings.partitions.iter().position(|p| p.name == d.name));
+        let finished = finished::Finished::new(settings.limits.min_job_age, settings.limits.max_finished_in_memory);
         let mut core = HeadCore {
+            finished,
             store,
             comm,
             settings,
@@ -246,6 +255,14 @@ impl HeadCore {
 
     pub fn job(&self, id: JobId) -> Option<&Job> {
         self.jobs.get(&id)
+    }
+
+    /// A job no longer active: from memory while it is kept there, else from the store.
+    fn ended_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        match self.finished.get(id) {
+            Some(job) => Ok(Some(job.clone())),
+            None => self.store.job(id),
+        }
     }
 
     pub fn node(&self, id: &NodeId) -> Option<&Node> {
@@ -311,6 +328,7 @@ impl HeadCore {
             self.queued.change(self.jobs.get(&job.id), Some(&job));
             if job.is_settled() {
                 self.jobs.remove(&job.id);
+                self.finished.keep(&job, job.state.ended_at().unwrap_or(job.submitted_at));
             } else {
                 self.jobs.insert(job.id, job);
             }
@@ -565,6 +583,7 @@ impl HeadCore {
     pub fn tick(&mut self, now: Timestamp) {
         self.wants_schedule = true;
         self.periodic_pass = true;
+        self.finished.expire(now);
         let jobs = &self.jobs;
         self.fences.retain(|run| {
             jobs.get(&run.job).is_some_and(|j| j.run == run.run && matches!(j.state, JobState::Running { .. }))

@@ -1,5 +1,6 @@
 //! How many jobs are pending or running, in all and per user, kept as jobs change so that a
-//! submission checks the queue's limits without counting the queue.
+//! submission checks the queue's limits without counting the queue. An array's record counts
+//! for each task waiting in it.
 
 use cm_common::job::Job;
 use std::collections::HashMap;
@@ -27,19 +28,21 @@ impl Queued {
 
     /// A job went from `before` to `after` (either absent: new, or forgotten).
     pub fn change(&mut self, before: Option<&Job>, after: Option<&Job>) {
-        let queued = |job: Option<&Job>| job.filter(|j| !j.state.is_terminal()).map(|j| j.spec.user.uid);
-        if let Some(uid) = queued(before) {
-            self.all -= 1;
+        let queued = |job: Option<&Job>| {
+            job.filter(|j| !j.state.is_terminal()).map(|j| (j.spec.user.uid, usize::try_from(j.weight()).unwrap_or(1)))
+        };
+        if let Some((uid, weight)) = queued(before) {
+            self.all -= weight;
             if let Some(count) = self.by_user.get_mut(&uid) {
-                *count -= 1;
+                *count -= weight;
                 if *count == 0 {
                     self.by_user.remove(&uid);
                 }
             }
         }
-        if let Some(uid) = queued(after) {
-            self.all += 1;
-            *self.by_user.entry(uid).or_insert(0) += 1;
+        if let Some((uid, weight)) = queued(after) {
+            self.all += weight;
+            *self.by_user.entry(uid).or_insert(0) += weight;
         }
     }
 }

@@ -38,10 +38,28 @@ impl HeadCore {
             expected_start: None,
             reserved_nodes: vec![],
         };
-        if scheduler::is_held(job) {
+        if job.spec.priority == Some(0) {
             return reason(
-                "Held",
-                format!("an operator holds it (priority 0); cmctl update job {} priority=auto releases it", job.id),
+                "JobHeldAdmin",
+                format!("an operator holds it (priority 0); an operator's cmctl release {} releases it", job.id),
+            );
+        }
+        if job.spec.hold {
+            return reason("JobHeldUser", format!("held; cmctl release {} releases it", job.display_id()));
+        }
+        if let Some(never) = &job.dependency_never {
+            return reason("DependencyNeverSatisfied", never.clone());
+        }
+        if !job.dependency.is_empty() {
+            return reason("Dependency", format!("it waits for {}", cm_common::dependency::show(&job.dependency)));
+        }
+        if let Some(limit) = self.throttled(job) {
+            return reason(
+                "JobArrayTaskLimit",
+                format!(
+                    "{limit} task(s) of array {} run, its limit (--array ...%{limit})",
+                    job.array.as_ref().map_or(job.id, |a| a.array)
+                ),
             );
         }
         let Some(p) = p else {

@@ -6,6 +6,20 @@ use super::*;
 use crate::scheduler::{Candidate, PartitionView, Policy};
 use std::collections::HashMap;
 
+/// Whether pending `job`'s dependencies let it start.
+fn may_start(job: &Job) -> bool {
+    job.dependency.is_empty() && job.dependency_never.is_none()
+}
+
+/// How many of pending `job`'s tasks may start now: its throttle less its array's running tasks.
+fn task_starts(job: &Job, running: &HashMap<JobId, u32>) -> u32 {
+    let waiting = u32::try_from(job.weight()).unwrap_or(u32::MAX);
+    match (job.array.as_ref(), job.spec.array.as_ref().and_then(|a| a.throttle)) {
+        (Some(task), Some(limit)) => waiting.min(limit.saturating_sub(running.get(&task.array).copied().unwrap_or(0))),
+        _ => waiting,
+    }
+}
+
 impl HeadCore {
     /// The partition `job` runs in, as an index into `partitions`; `None` if it names one the
     /// head no longer has.
@@ -103,18 +117,22 @@ impl HeadCore {
             self.blocked.clear();
             return;
         }
+        // Dependencies are settled first: a job whose last one was just met may start now.
+        let periodic = std::mem::take(&mut self.periodic_pass);
+        self.resolve_dependencies(now);
         // With no CPU free nothing can start: a pass after each submission to a full cluster
         // would only order the whole queue again, for the pending reasons. The periodic pass
         // does that.
-        if !std::mem::take(&mut self.periodic_pass) && self.no_cpu_free() {
+        if !periodic && self.no_cpu_free() {
             return;
         }
         let views = self.node_views(now);
         let partitions = self.partition_views(&views);
+        let running_tasks = self.running_tasks();
         let candidates: Vec<Candidate> = self
             .jobs
             .values()
-            .filter(|j| j.state == JobState::Pending && !scheduler::is_held(j))
+            .filter(|j| j.state == JobState::Pending && !scheduler::is_held(j) && may_start(j))
             .filter_map(|job| {
                 let partition = self.partition_of(&job.spec)?;
                 let duration = self.duration(&job.spec, partition);
@@ -122,7 +140,8 @@ impl HeadCore {
                     return None;
                 }
                 let priority = self.priority(job, Some(partition), now);
-                Some(Candidate { job, priority, partition, duration })
+                let starts = task_starts(job, &running_tasks);
+                Some(Candidate { job, priority, partition, duration, starts })
             })
             .collect();
         let policy = Policy { backfill: self.settings.scheduling.backfill, now };
@@ -133,24 +152,19 @@ impl HeadCore {
         }
         let mut jobs = Vec::with_capacity(pass.placements.len());
         let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+        // Arrays' records that tasks were split off, as they are after.
+        let mut records: BTreeMap<JobId, Job> = BTreeMap::new();
         for placement in pass.placements {
-            let Some(mut job) = self.jobs.get(&placement.job).cloned() else { continue };
-            job.state = JobState::Running { started_at: now };
-            job.nodes =
-                placement.nodes.iter().map(|n| JobNode { node: n.clone(), started_at: None, end: None }).collect();
-            for id in &placement.nodes {
-                let node = match nodes.get_mut(id) {
-                    Some(node) => node,
-                    None => match self.nodes.get(id) {
-                        Some(node) => nodes.entry(id.clone()).or_insert_with(|| node.clone()),
-                        None => continue,
-                    },
-                };
-                node.allocations.push(Allocation { job: job.id, resources: job.spec.per_node });
-            }
-            jobs.push(job);
+            let Some(mut record) = records.remove(&placement.job).or_else(|| self.jobs.get(&placement.job).cloned())
+            else {
+                continue;
+            };
+            jobs.push(self.place(&mut record, placement.nodes, now, &mut nodes));
+            records.insert(record.id, record);
         }
-        let starts: Vec<Job> = jobs.clone();
+        // A record whose every task started is itself the last task, among `jobs` already.
+        jobs.extend(records.into_values().filter(|r| r.state == JobState::Pending));
+        let starts: Vec<Job> = jobs.iter().filter(|j| j.state != JobState::Pending).cloned().collect();
         if let Err(e) = self.commit(jobs, nodes.into_values().collect()) {
             // Nothing was placed; the next pass tries again.
             tracing::error!(error = %e, "cannot persist placements");
@@ -162,6 +176,72 @@ impl HeadCore {
                 self.send(id, NodeRequest::StartJob(StartJob { job: job.clone() }));
             }
         }
+    }
+
+    /// Starts `record` on `placed`, or the first task waiting in it, split off as a job with an
+    /// id of its own, where others wait with it; reserves its share of `nodes`.
+    fn place(
+        &mut self,
+        record: &mut Job,
+        placed: Vec<NodeId>,
+        now: Timestamp,
+        nodes: &mut BTreeMap<NodeId, Node>,
+    ) -> Job {
+        let mut job = match record.array.as_ref() {
+            Some(array) if !array.waiting.is_empty() => {
+                let id = JobId(self.last_job_id.0 + 1);
+                self.last_job_id = id;
+                let task = array.task;
+                super::kills::take_task(record, task, id)
+            }
+            _ => {
+                let job = record.clone();
+                record.state = JobState::Running { started_at: now }; // nothing waits in it now
+                job
+            }
+        };
+        job.state = JobState::Running { started_at: now };
+        job.nodes = placed.iter().map(|n| JobNode { node: n.clone(), started_at: None, end: None }).collect();
+        for id in &placed {
+            let node = match nodes.get_mut(id) {
+                Some(node) => node,
+                None => match self.nodes.get(id) {
+                    Some(node) => nodes.entry(id.clone()).or_insert_with(|| node.clone()),
+                    None => continue,
+                },
+            };
+            node.allocations.push(Allocation { job: job.id, resources: job.spec.per_node });
+        }
+        job
+    }
+
+    /// Running tasks, by array, for arrays' throttles: none counted where no pending array has one.
+    pub(super) fn running_tasks(&self) -> HashMap<JobId, u32> {
+        let mut counts = HashMap::new();
+        let throttled = |j: &Job| j.spec.array.as_ref().is_some_and(|a| a.throttle.is_some());
+        if !self.jobs.values().any(|j| j.state == JobState::Pending && throttled(j)) {
+            return counts;
+        }
+        for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Running { .. }) && throttled(j)) {
+            if let Some(task) = &job.array {
+                *counts.entry(task.array).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// The throttle of pending `job`'s array, if as many of its tasks as that run now.
+    pub(super) fn throttled(&self, job: &Job) -> Option<u32> {
+        let limit = job.spec.array.as_ref()?.throttle?;
+        let array = job.array.as_ref()?.array;
+        let running = self
+            .jobs
+            .values()
+            .filter(|j| {
+                matches!(j.state, JobState::Running { .. }) && j.array.as_ref().is_some_and(|a| a.array == array)
+            })
+            .count();
+        (running >= limit as usize).then_some(limit)
     }
 
     /// The partitions with the nodes now in each, for the tools.

@@ -277,6 +277,7 @@ fn listed_for(f: &mut Fixture, identity: &Identity) -> Reply<Vec<JobId>> {
         HeadReply::Client(Err(e)) => Err(e),
         HeadReply::Client(Ok(other)) => panic!("{other:?}"),
         HeadReply::Compute(other) => panic!("{other:?}"),
+        HeadReply::Later(..) => panic!("a listing is answered at once"),
     }
 }
 
@@ -1097,7 +1098,7 @@ fn operators_fix_or_hold_a_priority_and_owners_may_only_lower_theirs() {
     let niced = update(&mut f, ALICE, first, vec![JobChange::Nice(100)]).expect("the owner may lower it");
     assert_eq!(niced.priority, Some(9_900));
     let held = update(&mut f, 0, second, vec![JobChange::Priority(0)]).expect("root holds it");
-    assert_eq!(held.pending_reason.map(|r| r.word), Some("Held".into()));
+    assert_eq!(held.pending_reason.map(|r| r.word), Some("JobHeldAdmin".into()));
     assert_eq!(f.core.stored_job(second).spec.priority, Some(0), "kept in the store");
     let recorded = &f.core.stored_job(second).updates;
     assert_eq!(recorded.iter().map(|u| (u.by_uid, u.change.as_str())).collect::<Vec<_>>(), [(0, "priority=0")]);

@@ -1,0 +1,178 @@
+//! Cancelling jobs: one by id (`cmrun --wait` on Ctrl-C), or every job a selection names, in one
+//! request, one store write and one sync however many it names (`cmkill`: ids, ranges, arrays,
+//! array tasks, owners, states, names). A task that still waits in its array's record is split
+//! off as a job of its own, cancelled, so that accounting shows it.
+
+use super::*;
+use cm_common::array::ArrayTask;
+use std::collections::HashSet;
+
+impl HeadCore {
+    pub(super) fn kill(&mut self, uid: u32, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
+        let mut job = match self.jobs.get(&id) {
+            Some(job) => job.clone(),
+            None => match self.ended_job(id).map_err(unavailable)? {
+                Some(job) => return Err(invalid(format!("job {id} has already ended ({})", job.state.name()))),
+                None => return Err(not_found(id)),
+            },
+        };
+        if job.state.is_terminal() {
+            return Err(invalid(format!("job {id} has already ended ({})", job.state.name())));
+        }
+        if uid != job.spec.user.uid && !self.is_operator(uid) {
+            return Err(ErrorReply::new(ErrorCode::PermissionDenied, not_yours(&job)));
+        }
+        let previous_state = job.state.name().to_string();
+        let still_running = cancel(&mut job, uid, now);
+        let run = job.job_run();
+        self.commit_now(vec![job], vec![]).map_err(unavailable)?;
+        self.send_free(run, &still_running);
+        self.wants_schedule = true;
+        tracing::info!(job = %id, by = uid, "job killed");
+        Ok(ClientResponse::JobKilled(JobKilled { id, previous_state }))
+    }
+
+    /// Cancels every pending or running job `selection` names that `uid` may cancel: their own,
+    /// or any for root and the operators. Jobs named by id that cannot be cancelled get a line
+    /// each in the reply; jobs only a filter names are left alone if they are another's.
+    pub(super) fn kill_jobs(&mut self, uid: u32, selection: JobSelection, now: Timestamp) -> Reply<ClientResponse> {
+        if selection.is_empty() {
+            return Err(invalid("name the jobs to cancel, or select them (--me, --user, --state, --name)"));
+        }
+        if let Some(state) = selection.states.iter().find(|s| !JobState::NAMES.contains(&s.as_str())) {
+            return Err(invalid(format!("there is no state {state:?}; the states are {}", JobState::NAMES.join(", "))));
+        }
+        let operator = self.is_operator(uid);
+        let refs = &selection.jobs;
+        let mut matched = vec![false; refs.len()];
+        let mut refused = Vec::new();
+        let filtered = |job: &Job| {
+            (selection.users.is_empty() || selection.users.contains(&job.spec.user.uid))
+                && (selection.states.is_empty() || selection.states.iter().any(|s| s == job.state.name()))
+                && (selection.names.is_empty() || selection.names.contains(&job.spec.name))
+        };
+        // Whole jobs: every active job a reference names (or, with none, every one the filters do).
+        let mut cancelled: Vec<Job> = Vec::new();
+        let mut records: HashSet<JobId> = HashSet::new();
+        for job in self.jobs.values().filter(|j| !j.state.is_terminal()) {
+            let named: Vec<usize> = (0..refs.len()).filter(|&i| names_whole(&refs[i], job)).collect();
+            named.iter().for_each(|&i| matched[i] = true);
+            if (!refs.is_empty() && named.is_empty()) || !filtered(job) {
+                continue;
+            }
+            if job.spec.user.uid != uid && !operator {
+                if !named.is_empty() {
+                    refused.push(not_yours(job));
+                }
+                continue;
+            }
+            if job.array.as_ref().is_some_and(|a| !a.waiting.is_empty()) {
+                records.insert(job.id);
+            }
+            cancelled.push(job.clone());
+        }
+        // Single tasks still waiting in their array's record: split off, then cancelled.
+        let mut split: BTreeMap<JobId, Job> = BTreeMap::new();
+        for (i, r) in refs.iter().enumerate() {
+            let JobRef::Task(array, task) = *r else { continue };
+            if matched[i] {
+                continue;
+            }
+            let record = self.jobs.values().find(|j| {
+                j.array.as_ref().is_some_and(|a| a.array == array && !a.waiting.is_empty() && a.all().contains(task))
+            });
+            let Some(record) = record.cloned() else { continue };
+            matched[i] = true;
+            if records.contains(&record.id) || !filtered(&record) {
+                continue; // cancelled whole already, or not selected
+            }
+            if record.spec.user.uid != uid && !operator {
+                refused.push(not_yours(&record));
+                continue;
+            }
+            let record = split.entry(record.id).or_insert(record);
+            if !record.array.as_ref().is_some_and(|a| a.all().contains(task)) {
+                continue; // named twice
+            }
+            let id = JobId(self.last_job_id.0 + 1);
+            self.last_job_id = id;
+            cancelled.push(take_task(record, task, id));
+        }
+        for (_, r) in refs.iter().enumerate().filter(|(i, _)| !matched[*i]) {
+            refused.push(self.why_not_cancelled(r).map_err(unavailable)?);
+        }
+        let mut frees = Vec::new();
+        let mut killed = Vec::new();
+        for job in &mut cancelled {
+            killed.push(job.display_id());
+            if !job.state.is_terminal() {
+                let nodes = cancel(job, uid, now);
+                frees.push((job.job_run(), nodes));
+            }
+        }
+        let count = cancelled.len();
+        cancelled.extend(split.into_values());
+        if !cancelled.is_empty() {
+            self.commit_now(cancelled, vec![]).map_err(unavailable)?;
+        }
+        for (run, nodes) in frees {
+            self.send_free(run, &nodes);
+        }
+        self.wants_schedule = true;
+        tracing::info!(jobs = count, by = uid, "jobs killed");
+        Ok(ClientResponse::JobsKilled(JobsKilled { killed, refused }))
+    }
+
+    /// Why a reference that names no active job cancelled nothing.
+    fn why_not_cancelled(&self, r: &JobRef) -> Result<String, StoreError> {
+        Ok(match *r {
+            JobRef::Job(id) => match self.ended_job(id)? {
+                Some(job) => format!("job {id} has already ended ({})", job.state.name()),
+                None => format!("job {id} does not exist"),
+            },
+            JobRef::Task(array, task) => format!("array {array} has no task {task} pending or running"),
+            JobRef::Range(first, last) => format!("no job from {first} to {last} is pending or running"),
+        })
+    }
+}
+
+/// Whether `r` names all of `job`: its id, its array's id, its id's range, or its task.
+fn names_whole(r: &JobRef, job: &Job) -> bool {
+    let array = job.array.as_ref();
+    match *r {
+        JobRef::Job(id) => job.id == id || array.is_some_and(|a| a.array == id),
+        JobRef::Range(first, last) => (first..=last).contains(&job.id),
+        JobRef::Task(id, task) => array.is_some_and(|a| a.array == id && a.task == task && a.waiting.is_empty()),
+    }
+}
+
+/// Splits `task` off array `record` (where it waits) as job `id`, pending.
+pub(super) fn take_task(record: &mut Job, task: u32, id: JobId) -> Job {
+    let mut job = record.clone();
+    job.id = id;
+    job.submit_token = String::new();
+    if let Some(a) = record.array.as_mut() {
+        if a.task == task {
+            a.task = a.waiting.pop_first().unwrap_or(task);
+        } else {
+            a.waiting.remove(task);
+        }
+        job.array = Some(ArrayTask { array: a.array, task, waiting: Default::default() });
+    }
+    job
+}
+
+/// Marks `job` killed by `uid`; returns the nodes that still run it.
+fn cancel(job: &mut Job, uid: u32, now: Timestamp) -> Vec<NodeId> {
+    job.state = JobState::Killed { started_at: job.state.started_at(), ended_at: now, by_uid: uid };
+    job.nodes.iter().filter(|n| n.end.is_none()).map(|n| n.node.clone()).collect()
+}
+
+fn not_yours(job: &Job) -> String {
+    format!(
+        "job {} belongs to {} (uid {}); only its owner, root or an operator may cancel it",
+        job.display_id(),
+        job.spec.user.name,
+        job.spec.user.uid
+    )
+}
