@@ -11,7 +11,10 @@ pub const FIELDS: [(&str, &str); 21] = [
     ("JobID", "the job's id"),
     ("JobName", "its name"),
     ("User", "who submitted it"),
-    ("State", "Pending, Running, Completed, Failed, Killed, TimedOut, NodeFail or OutOfMemory"),
+    (
+        "State",
+        "Pending, Running, Completed, Failed, Killed, TimedOut, NodeFail, OutOfMemory or DependencyNeverSatisfied",
+    ),
     ("Submit", "when it was submitted (UTC)"),
     ("Start", "when it started"),
     ("End", "when it ended"),

@@ -58,6 +58,24 @@ impl JobBuilder {
         self.job.spec.priority = Some(priority);
         self
     }
+    /// An array: `--array` as cmrun takes it.
+    pub fn array(mut self, tasks: &str) -> Self {
+        self.job.spec.array = Some(cm_common::array::ArraySpec::parse(tasks, 1_000_000).expect("array"));
+        self
+    }
+    /// Dependencies: `--dependency` as cmrun takes it.
+    pub fn dependency(mut self, text: &str) -> Self {
+        self.job.spec.dependency = cm_common::dependency::parse(text).expect("dependency");
+        self
+    }
+    pub fn hold(mut self) -> Self {
+        self.job.spec.hold = true;
+        self
+    }
+    pub fn name(mut self, name: &str) -> Self {
+        self.job.spec.name = name.into();
+        self
+    }
     pub fn spec(&self) -> JobSpec {
         self.job.spec.clone()
     }

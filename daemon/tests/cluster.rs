@@ -660,20 +660,7 @@ fn tools_started_with_stdout_closed_keep_their_connection_clean() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[test] fn $case() { super::$case(super::StoreKind::Embedded) })*
-        }
-        mod mongodb {
-            $(#[test] fn $case() {
-                if let Some(store) = super::StoreKind::mongo(stringify!($case)) { super::$case(store) }
-            })*
-        }
-    };
-}
-
-on_both_stores!(
+cm_testkit::on_both_stores!(
     a_two_node_two_process_job_writes_four_outputs_with_ranks_and_node_list,
     a_job_larger_than_the_cluster_is_refused_at_submit_time,
     a_job_that_must_wait_starts_when_resources_free,

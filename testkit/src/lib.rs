@@ -136,6 +136,22 @@ pub enum StoreKind {
     Mongo(String),
 }
 
+/// Makes each named test function (taking a [`StoreKind`]) a test on the embedded store, in
+/// `mod embedded`, and on MongoDB, in `mod mongodb` (skipped, outside CI, without a server).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $case() { super::$case($crate::StoreKind::Embedded) })*
+        }
+        mod mongodb {
+            $(#[test] fn $case() {
+                if let Some(store) = $crate::StoreKind::mongo(stringify!($case)) { super::$case(store) }
+            })*
+        }
+    };
+}
+
 impl StoreKind {
     /// A fresh MongoDB database, or `None` (test skipped, with a printed reason) where no server
     /// can be had outside CI.

@@ -81,8 +81,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
     match reply.killed.len() {
         0 if reply.refused.is_empty() => cm_cli::outln!("no pending or running job matched"),
         0 => {}
-        1..=20 => cm_cli::outln!("killed {}", reply.killed.join(" ")),
-        n => cm_cli::outln!("killed {n} jobs ({} ... {})", reply.killed[0], reply.killed[n - 1]),
+        1 => cm_cli::outln!("killed 1 job: {}", reply.killed[0]),
+        n @ 2..=20 => cm_cli::outln!("killed {n} jobs: {}", reply.killed.join(" ")),
+        n => cm_cli::outln!("killed {n} jobs: {} ... {}", reply.killed[0], reply.killed[n - 1]),
     }
     for line in &reply.refused {
         eprintln!("cmkill: {}", cm_cli::output::shown(line));

@@ -1324,3 +1324,5 @@ fn only_operators_inject_faults_and_a_rank_goes_to_the_node_that_runs_it() {
     let out_of_range = inject(&mut f, 0, Fault::KillRank { job: id, rank: 4 }).expect_err("4 ranks");
     assert_eq!(out_of_range.message, format!("job {id} has ranks 0 to 3"));
 }
+
+mod workflows;
