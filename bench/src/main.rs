@@ -12,7 +12,9 @@
 //! 5. head CPU and memory with 1,000 heartbeating computes (a load generator that speaks the
 //!    real protocol as many nodes, see `fake_nodes`);
 //! 6. one scheduling pass with 10,000 pending jobs and 1,000 busy nodes, with backfill, timed
-//!    in the head's own state machine in this process (`scheduling_pass`).
+//!    in the head's own state machine in this process (`scheduling_pass`);
+//! 7-10. workflows at scale (`workflows`): a 10,000-task array beside 10,000 separate jobs,
+//!    cancelling 5,000 pending jobs, the head's memory over 100,000 jobs, `cmrun --wait true`.
 //!
 //! Each scenario's cluster directory (state, job outputs) is removed when cmbench exits, not when
 //! the scenario ends: on ext4 a file created within a while of many deletions costs more, so
@@ -22,6 +24,7 @@ mod cpu;
 mod fake_nodes;
 mod scheduling_pass;
 mod stats;
+mod workflows;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
@@ -47,8 +50,8 @@ const BENCH_LOG: &str = "warn";
 #[derive(Debug, Parser)]
 #[command(name = "cmbench", about = "Measure cm on a local cluster of real daemons")]
 struct Args {
-    /// Which scenarios to run (1-6).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 3, 4, 5, 6])]
+    /// Which scenarios to run (1-10).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10])]
     only: Vec<u32>,
     /// The head's store: embedded or mongodb (scenarios 1-3; SecantusDB or mongod is started).
     #[arg(long, default_value = "embedded")]
@@ -70,7 +73,7 @@ struct Args {
 }
 
 /// The figures the goals are about, by their path in a run's JSON, for the medians.
-const HEADLINES: [&str; 17] = [
+const HEADLINES: [&str; 25] = [
     "serial_cli.per_second",
     "serial_cli.jobs_held.per_second",
     "serial_cli.floor.per_second",
@@ -88,6 +91,14 @@ const HEADLINES: [&str; 17] = [
     "head_at_1000_nodes.head_rss_mb",
     "scheduling_pass.pass.p50_ms",
     "scheduling_pass.pass.p99_ms",
+    "array.array_tasks_per_second",
+    "array.separate_jobs_per_second",
+    "bulk_cancel.seconds",
+    "memory.head_rss_mb.10k",
+    "memory.head_rss_mb.50k",
+    "memory.head_rss_mb.100k",
+    "wait.latency.p50_ms",
+    "wait.latency.p99_ms",
 ];
 
 /// How the benchmark's jobs are submitted: `cmrun` arguments before the command.
@@ -577,11 +588,26 @@ fn main() -> anyhow::Result<()> {
                 4 => cminfo_latency(scale(10_000, 2_000), 256, &mut later)?,
                 5 => head_at_scale(1000, scale(20, 6) as u64, &mut later)?,
                 6 => scheduling_pass::scheduling_pass(10_000, 1000, scale(30, 10))?,
+                7 => workflows::array(&store, scale(10_000, 2_000), &mut later)?,
+                8 => workflows::bulk_cancel(5_000, &mut later)?,
+                9 if args.quick => workflows::memory(20_000, &[5_000, 10_000, 20_000], &mut later)?,
+                9 => workflows::memory(100_000, &[10_000, 50_000, 100_000], &mut later)?,
+                10 => workflows::wait_round_trip(scale(200, 50), &mut later)?,
                 other => bail!("no scenario {other}"),
             };
-            let name =
-                ["", "serial_cli", "throughput", "submit_to_start", "cminfo", "head_at_1000_nodes", "scheduling_pass"]
-                    [*scenario as usize];
+            let name = [
+                "",
+                "serial_cli",
+                "throughput",
+                "submit_to_start",
+                "cminfo",
+                "head_at_1000_nodes",
+                "scheduling_pass",
+                "array",
+                "bulk_cancel",
+                "memory",
+                "wait",
+            ][*scenario as usize];
             results.insert(name.into(), result);
         }
         runs.push(Value::Object(results));

@@ -176,6 +176,17 @@ impl TaskSet {
         true
     }
 
+    /// Adds `task`, lower than every task in it.
+    fn insert_first(&mut self, task: u32) {
+        match self.runs.first_mut() {
+            Some(run) if run.first > task && run.first - task == run.step && run.first != run.last => run.first = task,
+            Some(run) if run.first == run.last && run.first > task => {
+                *run = Run { first: task, last: run.first, step: run.first - task };
+            }
+            _ => self.runs.insert(0, Run { first: task, last: task, step: 1 }),
+        }
+    }
+
     /// Every task, in order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.runs.iter().flat_map(|r| (r.first..=r.last).step_by(r.step as usize))
@@ -266,7 +277,14 @@ impl ArrayTask {
 
     /// Every task this job stands for.
     pub fn all(&self) -> TaskSet {
-        TaskSet::of(std::iter::once(self.task).chain(self.waiting.iter()))
+        let mut all = self.waiting.clone();
+        all.insert_first(self.task);
+        all
+    }
+
+    /// Whether `task` is among the tasks this job stands for.
+    pub fn holds(&self, task: u32) -> bool {
+        self.task == task || self.waiting.contains(task)
     }
 }
 
@@ -354,6 +372,13 @@ mod tests {
             prop_assert_eq!(set.iter().collect::<Vec<_>>(), model.iter().copied().collect::<Vec<_>>());
             prop_assert_eq!(set.pop_first(), model.pop_first());
             prop_assert_eq!(set.count(), model.len() as u64);
+            // A record's tasks: the first and those waiting with it.
+            if let Some(first) = set.pop_first() {
+                let record = ArrayTask { array: JobId(1), task: first, waiting: set.clone() };
+                let all: Vec<u32> = record.all().iter().collect();
+                prop_assert_eq!(all, std::iter::once(first).chain(set.iter()).collect::<Vec<_>>());
+                prop_assert!(record.holds(first) && set.iter().all(|t| record.holds(t)));
+            }
         }
 
         /// Any text is parsed or refused with a message, never a panic; what parses is in range.

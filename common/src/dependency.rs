@@ -46,8 +46,9 @@ pub struct Dependency {
     pub jobs: Vec<JobId>,
 }
 
-/// The most jobs one `--dependency` may name.
-pub const MAX_DEPENDENCY_JOBS: usize = 1000;
+/// The most jobs one `--dependency` may name: each is looked at in every scheduling pass while
+/// it is not met.
+pub const MAX_DEPENDENCY_JOBS: usize = 100;
 
 /// Parses `afterok:12:13,afterany:14,singleton`; every part must be met (SLURM's `,`).
 pub fn parse(text: &str) -> Result<Vec<Dependency>, String> {

@@ -310,3 +310,27 @@ fn a_shortfall_names_the_closest_node_and_what_it_lacks() {
         Some("no other node is large enough")
     );
 }
+
+/// An array's record starts as many tasks as its `starts` allow and room there is, in its place
+/// in line; then it is the first blocked job, and lower jobs backfill only around it.
+#[test]
+fn an_array_record_starts_several_tasks_in_its_turn() {
+    let array = JobBuilder::new(1).cpus(1).array("0-9").build();
+    let after = JobBuilder::new(2).cpus(1).build();
+    let jobs = [array, after];
+    // (starts allowed, free CPUs on one node) -> placements of the record, and of job 2
+    let table: [(u32, u32, usize, bool); 5] =
+        [(10, 4, 4, false), (2, 4, 2, true), (0, 4, 0, true), (10, 0, 0, false), (3, 3, 3, false)];
+    for (starts, free, records, other) in table {
+        let mut candidates = fifo(&jobs);
+        candidates[0].starts = starts;
+        let pass = run(&candidates, &[busy("a", 4, free)]);
+        let of = |id: u64| pass.placements.iter().filter(|p| p.job == JobId(id)).count();
+        assert_eq!(of(1), records, "starts {starts}, {free} free");
+        assert_eq!(of(2) == 1, other, "starts {starts}, {free} free: job 2");
+        let blocked = pass.blocked[0].as_ref().map(|b| b.job);
+        if starts > 0 && records < starts as usize {
+            assert_eq!(blocked, Some(JobId(1)), "the record's next task is first in line");
+        }
+    }
+}

@@ -5,7 +5,10 @@
 
 use super::*;
 use cm_common::array::ArrayTask;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+/// The most references and filters one cancel may carry: each costs a look at every active job.
+const MAX_SELECTION: usize = 10_000;
 
 impl HeadCore {
     pub(super) fn kill(&mut self, uid: u32, id: JobId, now: Timestamp) -> Reply<ClientResponse> {
@@ -39,6 +42,12 @@ impl HeadCore {
         if selection.is_empty() {
             return Err(invalid("name the jobs to cancel, or select them (--me, --user, --state, --name)"));
         }
+        let size = selection.jobs.len() + selection.users.len() + selection.states.len() + selection.names.len();
+        if size > MAX_SELECTION {
+            return Err(invalid(format!(
+                "name at most {MAX_SELECTION} jobs, users, states and names in one request (use ranges: 100-200)"
+            )));
+        }
         if let Some(state) = selection.states.iter().find(|s| !JobState::NAMES.contains(&s.as_str())) {
             return Err(invalid(format!("there is no state {state:?}; the states are {}", JobState::NAMES.join(", "))));
         }
@@ -54,8 +63,9 @@ impl HeadCore {
         // Whole jobs: every active job a reference names (or, with none, every one the filters do).
         let mut cancelled: Vec<Job> = Vec::new();
         let mut records: HashSet<JobId> = HashSet::new();
+        let index = RefIndex::of(refs);
         for job in self.jobs.values().filter(|j| !j.state.is_terminal()) {
-            let named: Vec<usize> = (0..refs.len()).filter(|&i| names_whole(&refs[i], job)).collect();
+            let named = index.naming(job);
             named.iter().for_each(|&i| matched[i] = true);
             if (!refs.is_empty() && named.is_empty()) || !filtered(job) {
                 continue;
@@ -72,16 +82,21 @@ impl HeadCore {
             cancelled.push(job.clone());
         }
         // Single tasks still waiting in their array's record: split off, then cancelled.
+        let records_by_array: HashMap<JobId, JobId> = self
+            .jobs
+            .values()
+            .filter_map(|j| j.array.as_ref().filter(|a| !a.waiting.is_empty()).map(|a| (a.array, j.id)))
+            .collect();
         let mut split: BTreeMap<JobId, Job> = BTreeMap::new();
         for (i, r) in refs.iter().enumerate() {
             let JobRef::Task(array, task) = *r else { continue };
             if matched[i] {
                 continue;
             }
-            let record = self.jobs.values().find(|j| {
-                j.array.as_ref().is_some_and(|a| a.array == array && !a.waiting.is_empty() && a.all().contains(task))
-            });
-            let Some(record) = record.cloned() else { continue };
+            let record = records_by_array.get(&array).and_then(|id| self.jobs.get(id));
+            let Some(record) = record.filter(|j| j.array.as_ref().is_some_and(|a| a.holds(task))).cloned() else {
+                continue;
+            };
             matched[i] = true;
             if records.contains(&record.id) || !filtered(&record) {
                 continue; // cancelled whole already, or not selected
@@ -91,7 +106,7 @@ impl HeadCore {
                 continue;
             }
             let record = split.entry(record.id).or_insert(record);
-            if !record.array.as_ref().is_some_and(|a| a.all().contains(task)) {
+            if !record.array.as_ref().is_some_and(|a| a.holds(task)) {
                 continue; // named twice
             }
             let id = JobId(self.last_job_id.0 + 1);
@@ -136,13 +151,42 @@ impl HeadCore {
     }
 }
 
-/// Whether `r` names all of `job`: its id, its array's id, its id's range, or its task.
-fn names_whole(r: &JobRef, job: &Job) -> bool {
-    let array = job.array.as_ref();
-    match *r {
-        JobRef::Job(id) => job.id == id || array.is_some_and(|a| a.array == id),
-        JobRef::Range(first, last) => (first..=last).contains(&job.id),
-        JobRef::Task(id, task) => array.is_some_and(|a| a.array == id && a.task == task && a.waiting.is_empty()),
+/// The references of a selection, by what they name, so that each job is matched in a few
+/// lookups however many there are.
+struct RefIndex {
+    /// By job or array id, and by (array, task): the references' positions.
+    ids: HashMap<JobId, Vec<usize>>,
+    tasks: HashMap<(JobId, u32), Vec<usize>>,
+    ranges: Vec<(JobId, JobId, usize)>,
+}
+
+impl RefIndex {
+    fn of(refs: &[JobRef]) -> RefIndex {
+        let mut index = RefIndex { ids: HashMap::new(), tasks: HashMap::new(), ranges: Vec::new() };
+        for (i, r) in refs.iter().enumerate() {
+            match *r {
+                JobRef::Job(id) => index.ids.entry(id).or_default().push(i),
+                JobRef::Task(array, task) => index.tasks.entry((array, task)).or_default().push(i),
+                JobRef::Range(first, last) => index.ranges.push((first, last, i)),
+            }
+        }
+        index
+    }
+
+    /// The references that name all of `job`: its id, its array's id, a range it is in, or its
+    /// task (a task of its own, not one waiting in a record).
+    fn naming(&self, job: &Job) -> Vec<usize> {
+        let mut named: Vec<usize> = self.ids.get(&job.id).cloned().unwrap_or_default();
+        if let Some(a) = job.array.as_ref() {
+            if a.array != job.id {
+                named.extend(self.ids.get(&a.array).into_iter().flatten());
+            }
+            if a.waiting.is_empty() {
+                named.extend(self.tasks.get(&(a.array, a.task)).into_iter().flatten());
+            }
+        }
+        named.extend(self.ranges.iter().filter(|(first, last, _)| (first..=last).contains(&&job.id)).map(|r| r.2));
+        named
     }
 }
 
