@@ -13,8 +13,9 @@
 //!    real protocol as many nodes, see `fake_nodes`);
 //! 6. one scheduling pass with 10,000 pending jobs and 1,000 busy nodes, with backfill, timed
 //!    in the head's own state machine in this process (`scheduling_pass`);
-//! 7-10. workflows at scale (`workflows`): a 10,000-task array beside 10,000 separate jobs,
-//!    cancelling 5,000 pending jobs, the head's memory over 100,000 jobs, `cmrun --wait true`.
+//! 7. to 10. workflows at scale (`workflows`): a 10,000-task array beside 10,000 separate
+//!    jobs, cancelling 5,000 pending jobs, the head's memory over 100,000 jobs, and
+//!    `cmrun --wait true`.
 //!
 //! Each scenario's cluster directory (state, job outputs) is removed when cmbench exits, not when
 //! the scenario ends: on ext4 a file created within a while of many deletions costs more, so
