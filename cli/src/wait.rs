@@ -10,7 +10,8 @@ use anyhow::bail;
 use cm_common::job::JobState;
 use cm_common::protocol::{ClientRequest, ClientResponse, KillJob, WaitJob, MAX_WAIT_MS};
 use cm_common::JobId;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,12 +19,13 @@ use std::time::Duration;
 pub fn wait_for(client: &mut HeadClient, head: &HeadArgs, id: JobId, follower: Follower) -> anyhow::Result<i32> {
     let caught = catch_cancel_signals()?;
     let output = Arc::new(Mutex::new(follower));
-    let done = Arc::new(AtomicBool::new(false));
+    // Dropped when the job has ended: the watcher stops at once, not at its next look.
+    let (done, stop) = std::sync::mpsc::channel::<()>();
     let cancelled_by = Arc::new(AtomicUsize::new(0));
     let watcher = {
-        let (output, done, cancelled_by, head) = (output.clone(), done.clone(), cancelled_by.clone(), head.clone());
+        let (output, cancelled_by, head) = (output.clone(), cancelled_by.clone(), head.clone());
         std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
+            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(100)) {
                 if let Some(signal) = take_signal(&caught) {
                     if cancelled_by.load(Ordering::Relaxed) != 0 {
                         eprintln!("cmrun: stopped waiting for job {id}, which is being cancelled");
@@ -41,7 +43,6 @@ pub fn wait_for(client: &mut HeadClient, head: &HeadArgs, id: JobId, follower: F
                 if let Ok(mut output) = output.lock() {
                     output.show(false);
                 }
-                std::thread::sleep(Duration::from_millis(100));
             }
         })
     };
@@ -64,7 +65,7 @@ pub fn wait_for(client: &mut HeadClient, head: &HeadArgs, id: JobId, follower: F
             break job;
         }
     };
-    done.store(true, Ordering::Relaxed);
+    drop(done);
     let _ = watcher.join();
     let code = job.exit_code().unwrap_or(1);
     let mut output = output.lock().map_err(|_| anyhow::anyhow!("the output thread failed"))?;

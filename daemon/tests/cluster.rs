@@ -136,7 +136,7 @@ fn cmkill_removes_a_pending_job_for_good(store: StoreKind) {
     cluster.wait_status(blocker, "Running", LONG);
     let out = cluster.tool("cmkill", &[&pending.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("was Pending"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("killed 1 job: {pending}"));
     assert_eq!(cluster.job_status(pending), "Killed");
     let out = cluster.tool("cmkill", &[&blocker.to_string()]);
     assert!(out.status.success());

@@ -242,6 +242,15 @@ fn scenario(program: Vec<String>) {
     let table = String::from_utf8_lossy(&compose.head("alice", "cminfo --all").stdout).to_string();
     assert!(table.contains("alice") && table.contains("Completed"), "{table}");
 
+    // A batch script of a throttled array whose #CM lines give its options, and a job that
+    // waits for every task of it, across the containers.
+    let sweep = "printf '#!/bin/sh\\n#CM --array 0-5%%2 -o arr.%%a.out\\necho $CM_ARRAY_TASK_ID\\n' > sweep.sh \
+                 && a=$(cmrun sweep.sh) && cmrun --wait -d afterok:$a -o all.out 'cat arr.*.out | sort | tr -d \"\\n\"' \
+                 && cat all.out";
+    let out = compose.head("alice", sweep);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("012345"), "{}", text(&out));
+
     // The image's sample MPI program, built by alice with MPICH, runs as one MPI job of 4 ranks
     // over two containers (cm serves PMI; no mpiexec, no ssh).
     let out = compose.head(

@@ -76,8 +76,9 @@ struct Args {
     #[arg(long, value_parser = ["pmi1", "none"], default_value = "pmi1")]
     mpi: String,
     /// Submit an array of tasks, each a job of its own that sees CM_ARRAY_TASK_ID: 0-99,
-    /// 1,5,7-9, 0-99:10 (every tenth), with %N to run at most N at once (0-99%8).
-    #[arg(long)]
+    /// 1,5,7-9, 0-99:10 (every tenth), with %N to run at most N at once (0-99%8). To wait for
+    /// all of them: cmrun --wait -d afterany:ID true.
+    #[arg(long, conflicts_with = "wait")]
     array: Option<String>,
     /// Start only once other jobs have: after:ID (started), afterany:ID (ended), afterok:ID
     /// (completed), afternotok:ID (failed), each with :ID:ID... for several, or singleton (no
