@@ -37,7 +37,7 @@ fn cmrun_refuses_bad_numbers_and_limits_before_sending() {
 fn cmkill_refuses_what_is_not_a_job_id() {
     let out = tool("cmkill", &["abc"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a job id"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"abc\" is not a job: give an id"));
 }
 
 #[test]

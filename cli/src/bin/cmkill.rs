@@ -4,8 +4,8 @@
 
 use anyhow::{anyhow, bail};
 use clap::Parser;
+use cm_cli::accounting;
 use cm_cli::client::{HeadArgs, HeadClient};
-use cm_common::job::JobState;
 use cm_common::protocol::{ClientRequest, ClientResponse, JobRef, JobSelection, KillJobs};
 
 const EXAMPLES: &str = "Examples:
@@ -32,9 +32,9 @@ struct Args {
     /// Only jobs of these users (names or uids, comma-separated).
     #[arg(short = 'u', long = "user", value_delimiter = ',')]
     users: Vec<String>,
-    /// Only jobs in these states (Pending, Running; comma-separated).
-    #[arg(short = 't', long = "state", value_delimiter = ',')]
-    states: Vec<String>,
+    /// Only jobs in these states (Pending, Running; any case, comma-separated).
+    #[arg(short = 't', long = "state")]
+    states: Option<String>,
     /// Only jobs of these names (comma-separated).
     #[arg(short = 'n', long = "name", value_delimiter = ',')]
     names: Vec<String>,
@@ -55,21 +55,12 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<i32> {
     let mut users: Vec<u32> =
-        args.users.iter().map(|u| cm_cli::accounting::uid_of(u)).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
+        args.users.iter().map(|u| accounting::uid_of(u)).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
     if args.me {
         users.push(nix::unistd::getuid().as_raw());
     }
-    let states = args
-        .states
-        .iter()
-        .map(|s| {
-            JobState::NAMES
-                .iter()
-                .find(|n| n.eq_ignore_ascii_case(s))
-                .map(|n| n.to_string())
-                .ok_or_else(|| anyhow!("there is no state {s:?}; the states are {}", JobState::NAMES.join(", ")))
-        })
-        .collect::<anyhow::Result<Vec<String>>>()?;
+    let states = args.states.as_deref().map(accounting::parse_states).transpose().map_err(|e| anyhow!(e))?;
+    let states = states.unwrap_or_default();
     let selection = JobSelection { jobs: args.jobs, users, states, names: args.names };
     if selection.is_empty() {
         bail!("name the jobs to cancel (ID, ID_TASK, FIRST-LAST), or select them (--me, --user, --state, --name)");
