@@ -137,6 +137,15 @@ fn bulk_cancel_takes_arrays_tasks_and_filters_and_survives_a_restart(store: Stor
     let out = cluster.tool("cmkill", &[&array.to_string(), "99999"]);
     assert_eq!(out.status.code(), Some(1), "a job that does not exist is an error: {:?}", text(&out));
     assert!(text(&out).1.contains("99999 does not exist"), "{:?}", text(&out));
+    let task = |t: &str| -> serde_json::Value {
+        let out = cluster.tool("cminfo", &["--json", &format!("{array}_{t}")]);
+        assert!(out.status.success(), "{:?}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    assert_eq!(task("7")["array"]["task"], 7, "a task split off, cancelled");
+    assert_eq!(task("50")["id"], array, "a task that waited in the record is shown by the record");
+    let out = cluster.tool("cminfo", &[&format!("{array}_100")]);
+    assert!(!out.status.success() && text(&out).1.contains("has no task 100"), "{:?}", text(&out));
     let killed: Vec<serde_json::Value> = array_tasks(&cluster, array);
     assert!(killed.iter().all(|t| t["state"] == "Killed"), "{killed:#?}");
     assert_eq!(killed.len(), 3, "tasks 7 and 8, and the record with the other 98: {killed:#?}");

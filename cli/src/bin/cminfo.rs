@@ -8,7 +8,7 @@ use cm_cli::accounting::{fields_json, fields_table, parse_format, parse_states, 
 use cm_cli::client::{HeadArgs, HeadClient};
 use cm_cli::output;
 use cm_common::job::JobFilter;
-use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs, FetchNodes, GetJob};
+use cm_common::protocol::{ClientRequest, ClientResponse, FetchJobs, FetchNodes, GetJob, JobRef};
 use cm_common::{JobId, NodeId};
 
 const EXAMPLES: &str = "Examples:
@@ -53,8 +53,8 @@ struct Args {
     /// Show only the partitions, their nodes grouped by status (as sinfo does).
     #[arg(long)]
     partitions: bool,
-    /// Show this job in full.
-    job: Option<JobId>,
+    /// Show this job in full: an id (12) or an array task (12_7).
+    job: Option<JobRef>,
 }
 
 cm_cli::tool_main!(main);
@@ -66,9 +66,27 @@ fn main() {
     }
 }
 
+/// The id of the job `job` names: a task of an array is a job of its own once it has started,
+/// and the array's record while it waits there.
+fn job_id(client: &mut HeadClient, job: JobRef) -> anyhow::Result<JobId> {
+    let (array, task) = match job {
+        JobRef::Job(id) => return Ok(id),
+        JobRef::Range(..) => bail!("give one job, not a range"),
+        JobRef::Task(array, task) => (array, task),
+    };
+    let filter = JobFilter { arrays: vec![array], ..JobFilter::default() };
+    let request = FetchJobs { include_finished: true, limit: None, filter };
+    let ClientResponse::Jobs(reply) = client.call(ClientRequest::FetchJobs(request))? else {
+        bail!("unexpected reply from the head");
+    };
+    let found = reply.jobs.iter().find(|j| j.array.as_ref().is_some_and(|a| a.holds(task)));
+    found.map(|j| j.id).ok_or_else(|| anyhow!("array {array} has no task {task}"))
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let mut client = HeadClient::connect(&args.head, "cminfo")?;
-    if let Some(id) = args.job {
+    if let Some(job) = args.job {
+        let id = job_id(&mut client, job)?;
         let ClientResponse::Job(reply) = client.call(ClientRequest::GetJob(GetJob { id }))? else {
             bail!("unexpected reply from the head");
         };
