@@ -55,10 +55,13 @@ impl HeadCore {
         let refs = &selection.jobs;
         let mut matched = vec![false; refs.len()];
         let mut refused = Vec::new();
+        let users: HashSet<u32> = selection.users.iter().copied().collect();
+        let states: HashSet<&str> = selection.states.iter().map(String::as_str).collect();
+        let names: HashSet<&str> = selection.names.iter().map(String::as_str).collect();
         let filtered = |job: &Job| {
-            (selection.users.is_empty() || selection.users.contains(&job.spec.user.uid))
-                && (selection.states.is_empty() || selection.states.iter().any(|s| s == job.state.name()))
-                && (selection.names.is_empty() || selection.names.contains(&job.spec.name))
+            (users.is_empty() || users.contains(&job.spec.user.uid))
+                && (states.is_empty() || states.contains(job.state.name()))
+                && (names.is_empty() || names.contains(job.spec.name.as_str()))
         };
         // Whole jobs: every active job a reference names (or, with none, every one the filters do).
         let mut cancelled: Vec<Job> = Vec::new();
@@ -113,7 +116,7 @@ impl HeadCore {
             self.last_job_id = id;
             cancelled.push(take_task(record, task, id));
         }
-        for (_, r) in refs.iter().enumerate().filter(|(i, _)| !matched[*i]) {
+        for (r, _) in refs.iter().zip(&matched).filter(|(_, matched)| !**matched) {
             refused.push(self.why_not_cancelled(r).map_err(unavailable)?);
         }
         let mut frees = Vec::new();
