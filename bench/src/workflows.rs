@@ -6,6 +6,7 @@
 //! 9. 100,000 short jobs in a row, in chunks, the head's RSS after 10k, 50k and 100k;
 //! 10. `cmrun --wait true` on an idle cluster, end to end, as a user runs it.
 
+use crate::cpu::{machine_ticks, process_ticks, ticks_per_second, ClusterTicks};
 use crate::stats::Samples;
 use crate::{head, rss_mb, spec, submit, wait_idle, JobOptions, Leftovers, BENCH_CONFIG, BENCH_LOG};
 use anyhow::{bail, Context};
@@ -22,12 +23,28 @@ pub fn array(store: &StoreKind, tasks: usize, later: &mut Leftovers) -> anyhow::
     let mut h = head(&cluster)?;
     let mut job = spec(&cluster.workdir, "true", DISCARD)?;
     job.array = Some(ArraySpec::parse(&format!("0-{}", tasks - 1), tasks as u64).map_err(anyhow::Error::msg)?);
+    let head_pid = cluster.head.pid().context("head pid")?;
+    let (cluster_before, head_before, machine_before) =
+        (ClusterTicks::now(&cluster)?, process_ticks(head_pid)?, machine_ticks()?);
     let started = Instant::now();
     submit(&mut h, &job)?;
     let submitted = started.elapsed();
     wait_idle(&mut h, Duration::from_secs(1200))?;
     let array_seconds = started.elapsed().as_secs_f64();
     let array_rate = tasks as f64 / array_seconds;
+    // Where each task's CPU went, in ms: the head, the compute daemons, the jobs (supervisors and
+    // the tasks' own processes), and the machine in all.
+    let spent = ClusterTicks::now(&cluster)?.since(cluster_before);
+    let head_ticks = process_ticks(head_pid)?.saturating_sub(head_before);
+    let machine_ticks_spent = machine_ticks()?.0.saturating_sub(machine_before.0);
+    let per_task =
+        |ticks: u64| -> anyhow::Result<f64> { Ok(ticks as f64 / ticks_per_second()? * 1000.0 / tasks as f64) };
+    let cpu = json!({
+        "head_ms": per_task(head_ticks)?,
+        "compute_daemons_ms": per_task(spent.daemons.saturating_sub(head_ticks))?,
+        "jobs_ms": per_task(spent.jobs)?,
+        "machine_ms": per_task(machine_ticks_spent)?,
+    });
     job.array = None;
     let started = Instant::now();
     for _ in 0..tasks {
@@ -37,9 +54,14 @@ pub fn array(store: &StoreKind, tasks: usize, later: &mut Leftovers) -> anyhow::
     let jobs_seconds = started.elapsed().as_secs_f64();
     let jobs_rate = tasks as f64 / jobs_seconds;
     println!(
-        "7. {tasks} tasks of `true` on 4 x 32 CPUs, output discarded: as one array {array_rate:.0} tasks/s (submitted in {submitted:.2?}, all done in {array_seconds:.1} s); as separate jobs {jobs_rate:.0} jobs/s ({jobs_seconds:.1} s)"
+        "7. {tasks} tasks of `true` on 4 x 32 CPUs, output discarded: as one array {array_rate:.0} tasks/s (submitted in {submitted:.2?}, all done in {array_seconds:.1} s; CPU per task in ms: the head {:.2}, the compute daemons {:.2}, the jobs {:.2}, the machine {:.2}); as separate jobs {jobs_rate:.0} jobs/s ({jobs_seconds:.1} s)",
+        cpu["head_ms"].as_f64().unwrap_or(f64::NAN),
+        cpu["compute_daemons_ms"].as_f64().unwrap_or(f64::NAN),
+        cpu["jobs_ms"].as_f64().unwrap_or(f64::NAN),
+        cpu["machine_ms"].as_f64().unwrap_or(f64::NAN),
     );
     Ok(json!({ "tasks": tasks, "array_tasks_per_second": array_rate, "array_seconds": array_seconds,
+               "array_cpu_per_task": cpu,
                "separate_jobs_per_second": jobs_rate, "separate_seconds": jobs_seconds }))
 }
 
