@@ -414,6 +414,16 @@ fn nobody_cannot_jump_the_queue_nor_hold_or_reorder_anothers_jobs() {
     }
     let (code, text) = said(attacker.tool(&cluster, "cmctl", &["update", "job", &mine.to_string(), "nice=50"]));
     assert!(code == Some(0) && text.contains("Nice"), "lowering one's own job is allowed: {text}");
+    // Nor hold, nor cancel in bulk, root's job: by id, by range, or by filters that name root.
+    let (code, text) = said(attacker.tool(&cluster, "cmctl", &["hold", &roots.to_string()]));
+    assert!(code == Some(1) && text.contains("only its owner, root or an operator"), "{text}");
+    let range = format!("{roots}-{roots}");
+    let (code, text) = said(attacker.tool(&cluster, "cmkill", &[&range]));
+    assert!(code == Some(1) && text.contains("only its owner, root or an operator"), "{text}");
+    let (code, text) = said(attacker.tool(&cluster, "cmkill", &["--user", "root", "--state", "Pending"]));
+    assert!(code == Some(0) && text.contains("no pending or running job matched"), "{text}");
+    assert_eq!(cluster.job_status(roots), "Pending");
+    assert_eq!(cluster.job(roots)["spec"]["hold"], false);
     let job = cluster.job(roots);
     assert_eq!(
         (job["spec"]["priority"].clone(), job["priority"].as_u64().map(|p| p >= 10_000)),
