@@ -113,6 +113,9 @@ fn held_jobs_wait_until_released_and_directives_are_applied_then_overridden() {
     std::fs::write(&script, "#!/bin/sh\n#CM --nodes lots\ntrue\n").expect("script");
     let out = cluster.tool("cmrun", &["job.sh"]);
     assert!(!out.status.success() && text(&out).1.contains("#CM lines of job.sh"), "{:?}", text(&out));
+    std::fs::write(&script, "#!/bin/sh\n#CM --bogus 3\ntrue\n").expect("script");
+    let out = cluster.tool("cmrun", &["job.sh"]);
+    assert!(!out.status.success() && text(&out).1.contains("\"--bogus\" is not an option"), "{:?}", text(&out));
     cluster.assert_alive();
 }
 

@@ -123,8 +123,20 @@ fn with_directives(args: Args) -> Result<Args, String> {
     let Some(script) = cm_cli::directives::script(first)? else { return Ok(args) };
     let mut words: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let program = words.first().cloned().unwrap_or_else(|| "cmrun".into());
+    // The directives alone first, so that one short of its value does not take the next word.
+    let alone = std::iter::once(program.clone()).chain(script.options.iter().map(Into::into));
+    let refused = |e: clap::Error| {
+        let text = e.to_string();
+        let line = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+        format!("in the #CM lines of {first}: {line}")
+    };
+    let parsed = Args::try_parse_from(alone.chain(["--".into(), "true".into()])).map_err(refused)?;
+    // A word cmrun does not take would otherwise begin the command.
+    if let Some(stray) = parsed.command.first().filter(|_| parsed.command.len() > 1) {
+        return Err(format!("in the #CM lines of {first}: {stray:?} is not an option of cmrun (cmrun --help)"));
+    }
     words.splice(0..1, std::iter::once(program).chain(script.options.iter().map(Into::into)));
-    let mut args = Args::try_parse_from(words).map_err(|e| format!("in the #CM lines of {first}: {e}"))?;
+    let mut args = Args::try_parse_from(words).map_err(|e| format!("{e}"))?;
     args.command[0] = script.program;
     Ok(args)
 }
