@@ -179,9 +179,9 @@ pub enum ClientRequest {
     InjectFault(InjectFault),
     /// Cancel every job a selection names, in one request and one store sync (`cmkill`).
     KillJobs(KillJobs),
-    /// One job, once it has ended or been placed in a run other than `known_run`, or once
-    /// `timeout_ms` has passed (`cmrun --wait`): the head answers when that happens, not when
-    /// asked again.
+    /// One job, once it has ended and its nodes have confirmed its processes are gone, or been
+    /// placed in a run other than `known_run`, or once `timeout_ms` has passed (`cmrun --wait`):
+    /// the head answers when that happens, not when asked again.
     WaitJob(WaitJob),
 }
 

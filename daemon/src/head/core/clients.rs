@@ -114,15 +114,17 @@ impl HeadCore {
         Ok(())
     }
 
-    /// The answer to `wait` now, if it has one: the job once it has ended or been placed in a
-    /// run other than the one the waiter knows; `None` while neither has happened and the
+    /// The answer to `wait` now, if it has one: the job once it has settled (ended, and every
+    /// node has confirmed its processes are gone) or been placed in a run other than the one the
+    /// waiter knows; `None` while neither has happened and the
     /// waiter's time is not up (the head's loop holds the request until then).
     pub fn wait_answer(&mut self, uid: u32, wait: &WaitJob, now: Timestamp) -> Option<Reply<ClientResponse>> {
         let id = wait.id;
         let mut job = match self.jobs.get(&id).or_else(|| self.finished.get(id)) {
             Some(job) => {
+                // Settled, not only ended: a cancelled job's processes are gone by then.
                 let placed = !job.nodes.is_empty() && wait.known_run != Some(job.run);
-                if !job.state.is_terminal() && !placed {
+                if !job.is_settled() && !placed {
                     return None;
                 }
                 job.clone()

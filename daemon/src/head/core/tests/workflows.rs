@@ -324,6 +324,14 @@ fn a_wait_is_answered_when_the_job_is_placed_and_when_it_ends() {
         Some(Ok(ClientResponse::Job(reply))) => assert_eq!(reply.job.exit_code(), Some(3)),
         other => panic!("{other:?}"),
     }
+    // A cancelled job is answered once its node has confirmed the end, not at the cancel.
+    let cancelled = f.submit_ok(JobBuilder::new(0), "c");
+    pass(&mut f);
+    f.core.handle_client(ALICE, ClientRequest::KillJob(KillJob { id: cancelled }), Timestamp(30)).expect("kill");
+    let wait_cancelled = WaitJob { id: cancelled, known_run: Some(0), timeout_ms: 1000 };
+    assert!(f.core.wait_answer(ALICE, &wait_cancelled, Timestamp(30)).is_none(), "its processes may still run");
+    f.end(cancelled, "a", &[(0, 143)], NodeEndCause::Killed);
+    assert!(f.core.wait_answer(ALICE, &wait_cancelled, Timestamp(30)).is_some());
     let unknown = WaitJob { id: JobId(99), known_run: None, timeout_ms: 1 };
     assert_eq!(
         f.core.wait_answer(ALICE, &unknown, Timestamp(20)).expect("answered").unwrap_err().code,
