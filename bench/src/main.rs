@@ -74,7 +74,7 @@ struct Args {
 }
 
 /// The figures the goals are about, by their path in a run's JSON, for the medians.
-const HEADLINES: [&str; 25] = [
+const HEADLINES: [&str; 27] = [
     "serial_cli.per_second",
     "serial_cli.jobs_held.per_second",
     "serial_cli.floor.per_second",
@@ -96,7 +96,9 @@ const HEADLINES: [&str; 25] = [
     "array.separate_jobs_per_second",
     "bulk_cancel.seconds",
     "memory.head_rss_mb.10k",
+    "memory.head_rss_mb.25k",
     "memory.head_rss_mb.50k",
+    "memory.head_rss_mb.75k",
     "memory.head_rss_mb.100k",
     "wait.latency.p50_ms",
     "wait.latency.p99_ms",
@@ -592,7 +594,7 @@ fn main() -> anyhow::Result<()> {
                 7 => workflows::array(&store, scale(10_000, 2_000), &mut later)?,
                 8 => workflows::bulk_cancel(5_000, &mut later)?,
                 9 if args.quick => workflows::memory(20_000, &[5_000, 10_000, 20_000], &mut later)?,
-                9 => workflows::memory(100_000, &[10_000, 50_000, 100_000], &mut later)?,
+                9 => workflows::memory(100_000, &[10_000, 25_000, 50_000, 75_000, 100_000], &mut later)?,
                 10 => workflows::wait_round_trip(scale(200, 50), &mut later)?,
                 other => bail!("no scenario {other}"),
             };

@@ -3,7 +3,7 @@
 //!    of tasks as separate jobs, both with output discarded (as HyperQueue's array runs are
 //!    measured: `hq submit --array ... --stdout=none --stderr=none`);
 //! 8. cancelling 5,000 pending jobs with one `cmkill --me --state Pending`;
-//! 9. 100,000 short jobs in a row, in chunks, the head's RSS after 10k, 50k and 100k;
+//! 9. 100,000 short jobs in a row, in chunks, the head's RSS after 10k, 25k, 50k, 75k and 100k;
 //! 10. `cmrun --wait true` on an idle cluster, end to end, as a user runs it.
 
 use crate::cpu::{machine_ticks, process_ticks, ticks_per_second, ClusterTicks};
