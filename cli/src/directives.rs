@@ -14,9 +14,9 @@ const MAX_HEADER: u64 = 64 * 1024;
 pub struct Script {
     /// The options its `#CM` lines give, word by word.
     pub options: Vec<String>,
-    /// The command that runs it: `./job.sh` where it is executable, else through its `#!`
-    /// interpreter, else `sh`.
-    pub program: String,
+    /// The words that run it, before its arguments: `./job.sh` where it is executable, else
+    /// its `#!` interpreter's words and `./job.sh`, else `sh ./job.sh`.
+    pub program: Vec<String>,
 }
 
 /// `word` as a batch script, if it names a file in the current directory (no `/` in it, as
@@ -35,16 +35,17 @@ pub fn script(word: &str) -> Result<Option<Script>, String> {
     }
     let options = parse(&header).map_err(|e| format!("{word}: {e}"))?;
     let local = if word.contains('/') { word.to_string() } else { format!("./{word}") };
-    let quoted = shell_words::quote(&local).into_owned();
     use std::os::unix::fs::PermissionsExt;
-    let program = if meta.permissions().mode() & 0o111 != 0 {
-        quoted
-    } else {
+    let mut program: Vec<String> = Vec::new();
+    if meta.permissions().mode() & 0o111 == 0 {
         match header.lines().next().and_then(|l| l.strip_prefix("#!")) {
-            Some(interpreter) if !interpreter.trim().is_empty() => format!("{} {quoted}", interpreter.trim()),
-            _ => format!("sh {quoted}"),
+            Some(interpreter) if !interpreter.trim().is_empty() => {
+                program.extend(interpreter.split_whitespace().map(String::from))
+            }
+            _ => program.push("sh".into()),
         }
-    };
+    }
+    program.push(local);
     Ok(Some(Script { options, program }))
 }
 
@@ -87,9 +88,9 @@ mod tests {
         let path = job.to_str().unwrap();
         let found = script(path).unwrap().unwrap();
         assert_eq!(found.options, ["-n", "3"]);
-        assert_eq!(found.program, format!("/usr/bin/python3 {path}"));
+        assert_eq!(found.program, ["/usr/bin/python3", path]);
         std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(script(path).unwrap().unwrap().program, path);
+        assert_eq!(script(path).unwrap().unwrap().program, [path]);
         assert_eq!(script("/nonexistent/job.sh").unwrap(), None);
         assert_eq!(script(dir.path().to_str().unwrap()).unwrap(), None, "a directory is no script");
     }

@@ -101,12 +101,14 @@ fn held_jobs_wait_until_released_and_directives_are_applied_then_overridden() {
     cluster.wait_status(held, "Completed", LONG);
 
     let script = cluster.workdir.join("job.sh");
-    std::fs::write(&script, "#!/bin/sh\n#CM -a fromscript\n#CM -n 2 --time-limit 5\n\necho $CM_NNODES\n")
-        .expect("script");
-    let from_script = cluster.submit(&["job.sh"]);
+    let text_of_script = "#!/bin/sh\n#CM -a fromscript\n#CM -n 2 --time-limit 5 -o out.%r\n\necho $CM_NNODES $1\n";
+    std::fs::write(&script, text_of_script).expect("script");
+    let from_script = cluster.submit(&["job.sh", "an argument"]);
     let job = cluster.wait_status(from_script, "Completed", LONG);
     assert_eq!((job["spec"]["name"].as_str(), job["spec"]["nodes"].as_u64()), (Some("fromscript"), Some(2)));
     assert_eq!(job["spec"]["time_limit_secs"], 300);
+    let out = std::fs::read_to_string(cluster.workdir.join("out.1")).expect("output");
+    assert_eq!(out, "2 an argument\n", "run through its interpreter, with its argument");
     let overridden = cluster.submit(&["-a", "mine", "-n", "1", "job.sh"]);
     let job = cluster.wait_status(overridden, "Completed", LONG);
     assert_eq!((job["spec"]["name"].as_str(), job["spec"]["nodes"].as_u64()), (Some("mine"), Some(1)));

@@ -137,7 +137,8 @@ fn with_directives(args: Args) -> Result<Args, String> {
     }
     words.splice(0..1, std::iter::once(program).chain(script.options.iter().map(Into::into)));
     let mut args = Args::try_parse_from(words).map_err(|e| format!("{e}"))?;
-    args.command[0] = script.program;
+    // The script's words, then its arguments, each quoted for the shell as several words are.
+    args.command.splice(0..1, script.program);
     Ok(args)
 }
 
