@@ -6,6 +6,13 @@ use super::*;
 use crate::scheduler::PartitionView;
 use cm_common::job::PendingReason;
 
+/// What is running, counted once for all the jobs of a listing: by (partition, uid), and each
+/// array's tasks.
+struct Seen {
+    running: std::collections::HashMap<(usize, u32), u32>,
+    tasks: std::collections::HashMap<JobId, u32>,
+}
+
 impl HeadCore {
     /// Gives every pending job in `jobs` its priority and its reason.
     pub(super) fn explain_pending(&self, jobs: &mut [Job], now: Timestamp) {
@@ -14,12 +21,12 @@ impl HeadCore {
         }
         let views = self.node_views(now);
         let partitions = self.partition_views(&views);
-        let running = self.running_counts();
+        let seen = Seen { running: self.running_counts(), tasks: self.running_tasks() };
         for job in jobs.iter_mut().filter(|j| j.state == JobState::Pending) {
             let p = self.partition_of(&job.spec);
             let priority = self.priority(job, p, now);
             job.priority = Some(priority);
-            job.pending_reason = Some(self.pending_reason(job, p, priority, &views, &partitions, &running));
+            job.pending_reason = Some(self.pending_reason(job, p, priority, &views, &partitions, &seen));
         }
     }
 
@@ -30,8 +37,9 @@ impl HeadCore {
         priority: u64,
         views: &[NodeView],
         partitions: &[PartitionView],
-        running: &std::collections::HashMap<(usize, u32), u32>,
+        seen: &Seen,
     ) -> PendingReason {
+        let running = &seen.running;
         let reason = |word: &str, sentence: String| PendingReason {
             word: word.to_string(),
             sentence,
@@ -53,7 +61,7 @@ impl HeadCore {
         if !job.dependency.is_empty() {
             return reason("Dependency", format!("it waits for {}", cm_common::dependency::show(&job.dependency)));
         }
-        if let Some(limit) = self.throttled(job) {
+        if let Some(limit) = super::scheduling::throttled(job, &seen.tasks) {
             return reason(
                 "JobArrayTaskLimit",
                 format!(

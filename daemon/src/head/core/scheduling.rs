@@ -11,6 +11,14 @@ fn may_start(job: &Job) -> bool {
     job.dependency.is_empty() && job.dependency_never.is_none()
 }
 
+/// The throttle of pending `job`'s array, if as many of its tasks as that run now (`running`,
+/// from `running_tasks`).
+pub(super) fn throttled(job: &Job, running: &HashMap<JobId, u32>) -> Option<u32> {
+    let limit = job.spec.array.as_ref()?.throttle?;
+    let array = job.array.as_ref()?.array;
+    (running.get(&array).copied().unwrap_or(0) >= limit).then_some(limit)
+}
+
 /// How many of pending `job`'s tasks may start now: its throttle less its array's running tasks.
 fn task_starts(job: &Job, running: &HashMap<JobId, u32>) -> u32 {
     let waiting = u32::try_from(job.weight()).unwrap_or(u32::MAX);
@@ -228,20 +236,6 @@ impl HeadCore {
             }
         }
         counts
-    }
-
-    /// The throttle of pending `job`'s array, if as many of its tasks as that run now.
-    pub(super) fn throttled(&self, job: &Job) -> Option<u32> {
-        let limit = job.spec.array.as_ref()?.throttle?;
-        let array = job.array.as_ref()?.array;
-        let running = self
-            .jobs
-            .values()
-            .filter(|j| {
-                matches!(j.state, JobState::Running { .. }) && j.array.as_ref().is_some_and(|a| a.array == array)
-            })
-            .count();
-        (running >= limit as usize).then_some(limit)
     }
 
     /// The partitions with the nodes now in each, for the tools.
