@@ -638,6 +638,23 @@ impl Job {
         }
     }
 
+    /// Splits `task`, which waits in this array's record, off as job `id`, pending; the record
+    /// keeps the other tasks.
+    pub fn take_task(&mut self, task: u32, id: JobId) -> Job {
+        let mut job = self.clone();
+        job.id = id;
+        job.submit_token = String::new();
+        if let Some(a) = self.array.as_mut() {
+            if a.task == task {
+                a.task = a.waiting.pop_first().unwrap_or(task);
+            } else {
+                a.waiting.remove(task);
+            }
+            job.array = Some(ArrayTask { array: a.array, task, waiting: Default::default() });
+        }
+        job
+    }
+
     /// How many jobs it stands for: an array's record stands for each task waiting in it.
     pub fn weight(&self) -> u64 {
         self.array.as_ref().map_or(1, ArrayTask::tasks)

@@ -177,31 +177,26 @@ impl HeadCore {
             }
         }
         for &id in targets {
-            match progress.get(&id) {
+            let partial = match progress.get(&id) {
                 Some(p) if p.whole() => continue,
-                Some(_) => {
-                    // Tasks of the array have left memory: all of them are in the store.
-                    let filter = JobFilter { arrays: vec![id], ..Default::default() };
-                    let mut whole = Progress::default();
-                    for job in self.store.finished_jobs(&filter, usize::MAX)? {
-                        whole.add(id, &job);
-                    }
-                    progress.insert(id, whole);
-                }
+                Some(_) => true,
                 None => {
                     let Some(job) = self.store.job(id)? else { continue };
                     let mut p = Progress::default();
                     p.add(id, &job);
-                    if !p.whole() {
-                        // The array's record, which became its last task: read all the tasks.
-                        let filter = JobFilter { arrays: vec![id], ..Default::default() };
-                        p = Progress::default();
-                        for task in self.store.finished_jobs(&filter, usize::MAX)? {
-                            p.add(id, &task);
-                        }
-                    }
+                    let partial = !p.whole(); // the array's record, which became its last task
                     progress.insert(id, p);
+                    partial
                 }
+            };
+            if partial {
+                // Tasks of the array have left memory: all of them are in the store.
+                let filter = JobFilter { arrays: vec![id], ..Default::default() };
+                let mut whole = Progress::default();
+                for task in self.store.finished_jobs(&filter, usize::MAX)? {
+                    whole.add(id, &task);
+                }
+                progress.insert(id, whole);
             }
         }
         Ok(progress)

@@ -4,7 +4,6 @@
 //! off as a job of its own, cancelled, so that accounting shows it.
 
 use super::*;
-use cm_common::array::ArrayTask;
 use std::collections::{HashMap, HashSet};
 
 /// The most references and filters one cancel may carry: each costs a look at every active job.
@@ -114,7 +113,7 @@ impl HeadCore {
             }
             let id = JobId(self.last_job_id.0 + 1);
             self.last_job_id = id;
-            cancelled.push(take_task(record, task, id));
+            cancelled.push(record.take_task(task, id));
         }
         for (r, _) in refs.iter().zip(&matched).filter(|(_, matched)| !**matched) {
             refused.push(self.why_not_cancelled(r).map_err(unavailable)?);
@@ -191,22 +190,6 @@ impl RefIndex {
         named.extend(self.ranges.iter().filter(|(first, last, _)| (first..=last).contains(&&job.id)).map(|r| r.2));
         named
     }
-}
-
-/// Splits `task` off array `record` (where it waits) as job `id`, pending.
-pub(super) fn take_task(record: &mut Job, task: u32, id: JobId) -> Job {
-    let mut job = record.clone();
-    job.id = id;
-    job.submit_token = String::new();
-    if let Some(a) = record.array.as_mut() {
-        if a.task == task {
-            a.task = a.waiting.pop_first().unwrap_or(task);
-        } else {
-            a.waiting.remove(task);
-        }
-        job.array = Some(ArrayTask { array: a.array, task, waiting: Default::default() });
-    }
-    job
 }
 
 /// Marks `job` killed by `uid`; returns the nodes that still run it.

@@ -15,8 +15,7 @@ fn may_start(job: &Job) -> bool {
 /// from `running_tasks`).
 pub(super) fn throttled(job: &Job, running: &HashMap<JobId, u32>) -> Option<u32> {
     let limit = job.spec.array.as_ref()?.throttle?;
-    let array = job.array.as_ref()?.array;
-    (running.get(&array).copied().unwrap_or(0) >= limit).then_some(limit)
+    (task_starts(job, running) == 0).then_some(limit)
 }
 
 /// How many of pending `job`'s tasks may start now: its throttle less its array's running tasks.
@@ -200,7 +199,7 @@ impl HeadCore {
                 let id = JobId(self.last_job_id.0 + 1);
                 self.last_job_id = id;
                 let task = array.task;
-                super::kills::take_task(record, task, id)
+                record.take_task(task, id)
             }
             _ => {
                 let job = record.clone();
@@ -226,11 +225,11 @@ impl HeadCore {
     /// Running tasks, by array, for arrays' throttles: none counted where no pending array has one.
     pub(super) fn running_tasks(&self) -> HashMap<JobId, u32> {
         let mut counts = HashMap::new();
-        let throttled = |j: &Job| j.spec.array.as_ref().is_some_and(|a| a.throttle.is_some());
-        if !self.jobs.values().any(|j| j.state == JobState::Pending && throttled(j)) {
+        let has_throttle = |j: &Job| j.spec.array.as_ref().is_some_and(|a| a.throttle.is_some());
+        if !self.jobs.values().any(|j| j.state == JobState::Pending && has_throttle(j)) {
             return counts;
         }
-        for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Running { .. }) && throttled(j)) {
+        for job in self.jobs.values().filter(|j| matches!(j.state, JobState::Running { .. }) && has_throttle(j)) {
             if let Some(task) = &job.array {
                 *counts.entry(task.array).or_default() += 1;
             }
